@@ -1,0 +1,4 @@
+//! Tidepool client: the user-space NVMe-oF initiator ([`nvmf`]); the file
+//! system, DM event generation, node roles and the FUSE mount build on it.
+
+pub mod nvmf;

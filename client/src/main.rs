@@ -1,0 +1,336 @@
+//! `tidepool`: the Tidepool client. `tidepool nvme ...` drives the
+//! user-space NVMe-oF initiator.
+
+mod bench;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use client::nvmf::{self, ConnectOpts, Controller};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about = "Tidepool client")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// The user-space NVMe-oF initiator.
+    #[command(subcommand)]
+    Nvme(Nvme),
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Target address, host:port.
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    addr: String,
+    /// Subsystem NQN.
+    #[arg(long, default_value = "nqn.2026-11.io.tidepool:vol0")]
+    nqn: String,
+    /// Host NQN (the host ID is derived from it); default: a random UUID NQN.
+    #[arg(long)]
+    hostnqn: Option<String>,
+    /// Enable header digests.
+    #[arg(long)]
+    hdr_digest: bool,
+    /// Enable data digests.
+    #[arg(long)]
+    data_digest: bool,
+    /// Namespace ID.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+}
+
+impl Conn {
+    fn opts(&self) -> ConnectOpts {
+        let mut o = match &self.hostnqn {
+            Some(n) => ConnectOpts::default().with_hostnqn(n),
+            None => ConnectOpts::default(),
+        };
+        o.hdgst = self.hdr_digest;
+        o.ddgst = self.data_digest;
+        o
+    }
+    fn connect(&self) -> anyhow::Result<Controller> {
+        Controller::connect(&self.addr, &self.nqn, &self.opts())
+            .with_context(|| format!("connecting to {} at {}", self.nqn, self.addr))
+    }
+}
+
+#[derive(Subcommand)]
+enum Nvme {
+    /// Print the discovery log page of a discovery controller.
+    Discover {
+        #[arg(long, default_value = "127.0.0.1:8009")]
+        addr: String,
+        #[arg(long)]
+        hostnqn: Option<String>,
+    },
+    /// Identify the controller and its namespaces.
+    Identify(Conn),
+    /// Read blocks to a file (or hex dump to stdout).
+    Read {
+        #[command(flatten)]
+        c: Conn,
+        #[arg(long, default_value_t = 0)]
+        lba: u64,
+        #[arg(long, default_value_t = 1)]
+        blocks: u32,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Write a file's contents (padded to whole blocks) at an LBA.
+    Write {
+        #[command(flatten)]
+        c: Conn,
+        #[arg(long, default_value_t = 0)]
+        lba: u64,
+        #[arg(long)]
+        input: PathBuf,
+        /// Force Unit Access.
+        #[arg(long)]
+        fua: bool,
+    },
+    /// Flush the volatile write cache.
+    Flush(Conn),
+    /// Write zeroes to a block range.
+    WriteZeroes {
+        #[command(flatten)]
+        c: Conn,
+        #[arg(long)]
+        lba: u64,
+        #[arg(long)]
+        blocks: u32,
+        #[arg(long)]
+        deallocate: bool,
+    },
+    /// Deallocate (trim) a block range.
+    Deallocate {
+        #[command(flatten)]
+        c: Conn,
+        #[arg(long)]
+        lba: u64,
+        #[arg(long)]
+        blocks: u32,
+    },
+    /// Reservation Register: register, unregister or replace a key.
+    ResvRegister {
+        #[command(flatten)]
+        c: Conn,
+        /// register | unregister | replace
+        #[arg(long, default_value = "register")]
+        action: String,
+        #[arg(long, default_value = "0", value_parser = parse_key)]
+        crkey: u64,
+        #[arg(long, default_value = "0", value_parser = parse_key)]
+        nrkey: u64,
+        #[arg(long)]
+        iekey: bool,
+    },
+    /// Reservation Acquire: acquire, preempt or preempt-abort.
+    ResvAcquire {
+        #[command(flatten)]
+        c: Conn,
+        /// acquire | preempt | preempt-abort
+        #[arg(long, default_value = "acquire")]
+        action: String,
+        /// 1 WE, 2 EA, 3 WE-RO, 4 EA-RO, 5 WE-AR, 6 EA-AR
+        #[arg(long, default_value_t = 1)]
+        rtype: u8,
+        #[arg(long, value_parser = parse_key)]
+        crkey: u64,
+        #[arg(long, default_value = "0", value_parser = parse_key)]
+        prkey: u64,
+    },
+    /// Reservation Release: release or clear.
+    ResvRelease {
+        #[command(flatten)]
+        c: Conn,
+        /// release | clear
+        #[arg(long, default_value = "release")]
+        action: String,
+        #[arg(long, default_value_t = 1)]
+        rtype: u8,
+        #[arg(long, value_parser = parse_key)]
+        crkey: u64,
+    },
+    /// Reservation Report.
+    ResvReport(Conn),
+    /// Random or sequential I/O benchmark: IOPS and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Top::Nvme(n) => nvme(n),
+    }
+}
+
+/// Reservation keys in decimal or 0x-prefixed hex.
+fn parse_key(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a key: {e}"))
+}
+
+fn action(s: &str, names: &[&str]) -> anyhow::Result<u8> {
+    names
+        .iter()
+        .position(|n| *n == s)
+        .map(|i| i as u8)
+        .ok_or_else(|| anyhow::anyhow!("action {s:?} is not one of {names:?}"))
+}
+
+fn nvme(n: Nvme) -> anyhow::Result<()> {
+    match n {
+        Nvme::Discover { addr, hostnqn } => {
+            let o = match hostnqn {
+                Some(h) => ConnectOpts::default().with_hostnqn(&h),
+                None => ConnectOpts::default(),
+            };
+            let entries = nvmf::discover(&addr, &o)?;
+            println!("Discovery Log Number of Records {}", entries.len());
+            for (i, e) in entries.iter().enumerate() {
+                println!("=====Discovery Log Entry {i}======");
+                println!(
+                    "trtype:  {}",
+                    match e.trtype {
+                        1 => "rdma",
+                        3 => "tcp",
+                        _ => "other",
+                    }
+                );
+                println!(
+                    "subtype: {}",
+                    match e.subtype {
+                        2 => "nvme subsystem",
+                        3 => "current discovery subsystem",
+                        _ => "other",
+                    }
+                );
+                println!("portid:  {}", e.portid.get());
+                println!("trsvcid: {}", e.trsvcid());
+                println!("subnqn:  {}", e.subnqn());
+                println!("traddr:  {}", e.traddr());
+            }
+        }
+        Nvme::Identify(c) => {
+            let ctrl = c.connect()?;
+            let id = &ctrl.id;
+            println!("cntlid  : {}", ctrl.cntlid);
+            println!("sn      : {}", nvme_wire::get_str(&id.sn));
+            println!("mn      : {}", nvme_wire::get_str(&id.mn));
+            println!("fr      : {}", nvme_wire::get_str(&id.fr));
+            println!("subnqn  : {}", nvme_wire::get_str(&id.subnqn));
+            println!("mdts    : {}", id.mdts);
+            println!("oncs    : {:#x}", id.oncs.get());
+            println!("ioccsz  : {}", id.ioccsz.get());
+            println!("io queues: {}", ctrl.io_queue_count());
+            for nsid in ctrl.active_namespaces()? {
+                let ns = ctrl.identify_ns(nsid)?;
+                println!(
+                    "namespace {nsid}: {} blocks of {} bytes ({} MiB), nguid {}",
+                    ns.blocks,
+                    ns.block_size,
+                    (ns.blocks * ns.block_size as u64) >> 20,
+                    ns.nguid.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                );
+            }
+            ctrl.shutdown()?;
+        }
+        Nvme::Read { c, lba, blocks, output } => {
+            let ctrl = c.connect()?;
+            let bs = ctrl.identify_ns(c.nsid)?.block_size;
+            let mut buf = vec![0u8; blocks as usize * bs as usize];
+            let mdts = 4096usize << ctrl.id.mdts;
+            for (i, chunk) in buf.chunks_mut(mdts).enumerate() {
+                ctrl.read_blocks(c.nsid, lba + (i * mdts / bs as usize) as u64, bs, chunk)?;
+            }
+            match output {
+                Some(p) => std::fs::write(&p, &buf)?,
+                None => hexdump(&buf),
+            }
+            ctrl.shutdown()?;
+        }
+        Nvme::Write { c, lba, input, fua } => {
+            let ctrl = c.connect()?;
+            let bs = ctrl.identify_ns(c.nsid)?.block_size as usize;
+            let mut data = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            data.resize(data.len().div_ceil(bs).max(1) * bs, 0);
+            let mdts = 4096usize << ctrl.id.mdts;
+            for (i, chunk) in data.chunks(mdts).enumerate() {
+                ctrl.write_blocks(c.nsid, lba + (i * mdts / bs) as u64, bs as u32, chunk, fua)?;
+            }
+            println!("wrote {} blocks at lba {lba}", data.len() / bs);
+            ctrl.shutdown()?;
+        }
+        Nvme::Flush(c) => {
+            let ctrl = c.connect()?;
+            ctrl.flush(c.nsid)?;
+            ctrl.shutdown()?;
+        }
+        Nvme::WriteZeroes { c, lba, blocks, deallocate } => {
+            let ctrl = c.connect()?;
+            ctrl.write_zeroes(c.nsid, lba, blocks, deallocate)?;
+            ctrl.shutdown()?;
+        }
+        Nvme::Deallocate { c, lba, blocks } => {
+            let ctrl = c.connect()?;
+            ctrl.deallocate(c.nsid, &[(lba, blocks)])?;
+            ctrl.shutdown()?;
+        }
+        Nvme::ResvRegister { c, action: a, crkey, nrkey, iekey } => {
+            let ctrl = c.connect()?;
+            ctrl.resv_register(c.nsid, action(&a, &["register", "unregister", "replace"])?, iekey, crkey, nrkey)?;
+            println!("reservation register ({a}) done");
+            ctrl.shutdown()?;
+        }
+        Nvme::ResvAcquire { c, action: a, rtype, crkey, prkey } => {
+            let ctrl = c.connect()?;
+            ctrl.resv_acquire(c.nsid, action(&a, &["acquire", "preempt", "preempt-abort"])?, rtype, crkey, prkey)?;
+            println!("reservation acquire ({a}) done");
+            ctrl.shutdown()?;
+        }
+        Nvme::ResvRelease { c, action: a, rtype, crkey } => {
+            let ctrl = c.connect()?;
+            ctrl.resv_release(c.nsid, action(&a, &["release", "clear"])?, rtype, crkey)?;
+            println!("reservation release ({a}) done");
+            ctrl.shutdown()?;
+        }
+        Nvme::ResvReport(c) => {
+            let ctrl = c.connect()?;
+            let (gen, rtype, regs) = ctrl.resv_report(c.nsid)?;
+            println!("generation: {gen}\nrtype: {rtype}\nregistrants: {}", regs.len());
+            for r in regs {
+                let hostid: String = r.hostid.iter().map(|b| format!("{b:02x}")).collect();
+                println!("  cntlid {} rkey {:#x} holder {} hostid {hostid}", r.cntlid.get(), r.rkey.get(), r.rcsts & 1);
+            }
+            ctrl.shutdown()?;
+        }
+        Nvme::Bench(b) => bench::run(b)?,
+    }
+    Ok(())
+}
+
+fn hexdump(b: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (i, row) in b.chunks(16).enumerate() {
+        let hex: Vec<String> = row.iter().map(|x| format!("{x:02x}")).collect();
+        let asc: String =
+            row.iter().map(|&x| if x.is_ascii_graphic() || x == b' ' { x as char } else { '.' }).collect();
+        // A closed pipe (`| head`) just ends the dump.
+        if writeln!(out, "{:08x}  {:<48} {asc}", i * 16, hex.join(" ")).is_err() {
+            return;
+        }
+    }
+}

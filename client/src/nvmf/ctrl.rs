@@ -1,0 +1,425 @@
+//! A host's controller: admin queue, I/O queues, identify, keep-alive.
+
+use super::queue::{Completed, DataDir, QueuePair};
+use super::{NvmfError, Result};
+use nvme_wire::fabrics::{cc, csts, fabrics_sqe, Connect, ConnectData, Property, DISCOVERY_NQN};
+use nvme_wire::identify::{cns, IdCtrl, IdNs};
+use nvme_wire::log::{DiscoveryLogEntry, DiscoveryLogHeader};
+use nvme_wire::nvme::{fctype, feat, lid, opc, prop, sqe, Sqe};
+use nvme_wire::resv::{self, KeyPair, RegCtrlExt, ResvStatusExtHdr};
+use nvme_wire::zerocopy::{FromBytes, IntoBytes};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ConnectOpts {
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub io_queues: u16,
+    pub queue_depth: u16,
+    pub hdgst: bool,
+    pub ddgst: bool,
+    /// Keep-alive timeout asked of the controller; Keep Alive is sent every half of it.
+    pub kato_ms: u32,
+    /// Spin on sockets instead of sleeping.
+    pub poll_mode: bool,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        let hostid = *uuid::Uuid::new_v4().as_bytes();
+        Self {
+            hostnqn: format!("nqn.2014-08.org.nvmexpress:uuid:{}", uuid::Uuid::from_bytes(hostid)),
+            hostid,
+            io_queues: 1,
+            queue_depth: 128,
+            hdgst: false,
+            ddgst: false,
+            kato_ms: 10_000,
+            poll_mode: false,
+        }
+    }
+}
+
+impl ConnectOpts {
+    /// A stable identity: host NQN and the host ID derived from it.
+    pub fn with_hostnqn(mut self, nqn: &str) -> Self {
+        self.hostnqn = nqn.to_owned();
+        self.hostid = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, nqn.as_bytes()).as_bytes();
+        self
+    }
+}
+
+/// What a namespace looks like to the host.
+#[derive(Debug, Clone, Copy)]
+pub struct NsInfo {
+    pub nsid: u32,
+    pub blocks: u64,
+    pub block_size: u32,
+    pub nguid: [u8; 16],
+}
+
+pub struct Controller {
+    pub cntlid: u16,
+    pub subnqn: String,
+    pub id: Box<IdCtrl>,
+    admin: Arc<Mutex<QueuePair>>,
+    io: Vec<Mutex<QueuePair>>,
+    stop: Arc<AtomicBool>,
+    keepalive: Option<std::thread::JoinHandle<()>>,
+    pub opts: ConnectOpts,
+}
+
+fn lock(m: &Mutex<QueuePair>) -> std::sync::MutexGuard<'_, QueuePair> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn connect_queue(
+    addr: &str,
+    subnqn: &str,
+    o: &ConnectOpts,
+    qid: u16,
+    depth: u16,
+    cntlid: u16,
+) -> Result<(QueuePair, u16)> {
+    let mut q = QueuePair::connect(addr, qid, depth, o.hdgst, o.ddgst)?;
+    let c = Connect { recfmt: 0, qid, sqsize: depth - 1, cattr: 0, kato: if qid == 0 { o.kato_ms } else { 0 } };
+    let data = ConnectData::new(o.hostid, cntlid, subnqn, &o.hostnqn);
+    let r = q.exec(c.to_sqe(0), DataDir::ToCtrl(data.as_bytes()), None)?;
+    Ok((q, r.result as u16))
+}
+
+impl Controller {
+    /// Connects the admin queue, enables the controller and connects
+    /// `opts.io_queues` I/O queues.
+    pub fn connect(addr: &str, subnqn: &str, opts: &ConnectOpts) -> Result<Self> {
+        if subnqn.len() > nvme_wire::fabrics::NQN_MAX || opts.hostnqn.len() > nvme_wire::fabrics::NQN_MAX {
+            return Err(NvmfError::Invalid("NQN longer than 223 bytes".into()));
+        }
+        let (mut admin, cntlid) = connect_queue(addr, subnqn, opts, 0, 32, 0xffff)?;
+        let cap =
+            admin.exec(Property { eight: true, offset: prop::CAP, value: 0 }.get_sqe(0), DataDir::None, None)?.result;
+        let timeout = Duration::from_millis(500 * nvme_wire::fabrics::cap::to_500ms(cap).max(1) as u64);
+        admin.exec(
+            Property { eight: false, offset: prop::CC, value: cc::ENABLE_DEFAULT as u64 }.set_sqe(0),
+            DataDir::None,
+            None,
+        )?;
+        let t0 = Instant::now();
+        loop {
+            let st = admin
+                .exec(Property { eight: false, offset: prop::CSTS, value: 0 }.get_sqe(0), DataDir::None, None)?
+                .result as u32;
+            if st & csts::CFS != 0 {
+                return Err(NvmfError::Protocol("controller fatal status after enable".into()));
+            }
+            if st & csts::RDY != 0 {
+                break;
+            }
+            if t0.elapsed() > timeout {
+                return Err(NvmfError::Timeout("controller did not become ready".into()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut idb = vec![0u8; 4096];
+        admin.exec(identify_sqe(cns::CONTROLLER, 0), DataDir::FromCtrl(4096), Some(&mut idb))?;
+        let id = Box::new(IdCtrl::read_from_bytes(&idb[..]).map_err(|_| NvmfError::Protocol("identify size".into()))?);
+        let mqes = nvme_wire::fabrics::cap::mqes(cap) as u32 + 1;
+        let depth = (opts.queue_depth as u32).min(mqes).max(2) as u16;
+        let mut io = Vec::new();
+        let is_discovery = subnqn == DISCOVERY_NQN;
+        if !is_discovery && opts.io_queues > 0 {
+            let mut s = sqe(opc::SET_FEATURES, 0, 0);
+            let want = (opts.io_queues - 1) as u32;
+            s.cdw10 = (feat::NUM_QUEUES as u32).into();
+            s.cdw11 = (want | want << 16).into();
+            let granted = (admin.exec(s, DataDir::None, None)?.result as u16) + 1;
+            let inline = (id.ioccsz.get() as usize * 16).saturating_sub(64);
+            for qid in 1..=opts.io_queues.min(granted) {
+                let (mut q, _) = connect_queue(addr, subnqn, opts, qid, depth, cntlid)?;
+                q.inline_max = inline;
+                q.poll_mode = opts.poll_mode;
+                io.push(Mutex::new(q));
+            }
+        }
+        let admin = Arc::new(Mutex::new(admin));
+        let stop = Arc::new(AtomicBool::new(false));
+        let keepalive = (opts.kato_ms > 0).then(|| {
+            let (a, s) = (admin.clone(), stop.clone());
+            let every = Duration::from_millis(opts.kato_ms as u64 / 2);
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !s.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= every {
+                        if let Err(e) = lock(&a).exec(sqe(opc::KEEP_ALIVE, 0, 0), DataDir::None, None) {
+                            tracing::warn!(error = %e, "keep-alive failed");
+                            break;
+                        }
+                        last = Instant::now();
+                    }
+                }
+            })
+        });
+        tracing::info!(addr, subnqn, cntlid, io_queues = io.len(), depth, "connected");
+        Ok(Self { cntlid, subnqn: subnqn.to_owned(), id, admin, io, stop, keepalive, opts: opts.clone() })
+    }
+
+    pub fn io_queue_count(&self) -> usize {
+        self.io.len()
+    }
+
+    /// Exclusive use of I/O queue `i` (for callers that keep many commands in flight).
+    pub fn io_queue(&self, i: usize) -> std::sync::MutexGuard<'_, QueuePair> {
+        lock(&self.io[i % self.io.len()])
+    }
+
+    /// Exclusive use of the admin queue, for asynchronous admin commands
+    /// (Asynchronous Event Request).
+    pub fn admin_queue(&self) -> std::sync::MutexGuard<'_, QueuePair> {
+        lock(&self.admin)
+    }
+
+    pub fn admin_exec(&self, s: Sqe, data: DataDir<'_>, read_into: Option<&mut [u8]>) -> Result<Completed> {
+        lock(&self.admin).exec(s, data, read_into)
+    }
+
+    fn io_exec(&self, s: Sqe, data: DataDir<'_>, read_into: Option<&mut [u8]>) -> Result<Completed> {
+        if self.io.is_empty() {
+            return Err(NvmfError::Invalid("no I/O queues".into()));
+        }
+        // Spread synchronous callers over the queues by thread.
+        let i = thread_slot() % self.io.len();
+        lock(&self.io[i]).exec(s, data, read_into)
+    }
+
+    pub fn identify_ns(&self, nsid: u32) -> Result<NsInfo> {
+        let mut b = vec![0u8; 4096];
+        self.admin_exec(identify_sqe(cns::NAMESPACE, nsid), DataDir::FromCtrl(4096), Some(&mut b))?;
+        let ns = IdNs::read_from_bytes(&b[..]).map_err(|_| NvmfError::Protocol("identify size".into()))?;
+        let block_size =
+            ns.block_size().ok_or_else(|| NvmfError::Protocol("namespace reports an invalid block size".into()))?;
+        if ns.nsze.get() == 0 {
+            return Err(NvmfError::Invalid(format!("namespace {nsid} is not active")));
+        }
+        Ok(NsInfo { nsid, blocks: ns.nsze.get(), block_size, nguid: ns.nguid })
+    }
+
+    pub fn active_namespaces(&self) -> Result<Vec<u32>> {
+        let mut b = vec![0u8; 4096];
+        self.admin_exec(identify_sqe(cns::ACTIVE_NS_LIST, 0), DataDir::FromCtrl(4096), Some(&mut b))?;
+        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).take_while(|&i| i != 0).collect())
+    }
+
+    pub fn get_log_page(&self, l: u8, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let numd = (buf.len() / 4) as u32 - 1;
+        let mut s = sqe(opc::GET_LOG_PAGE, 0, u32::MAX);
+        s.cdw10 = (l as u32 | (numd & 0xffff) << 16).into();
+        s.cdw11 = (numd >> 16).into();
+        s.cdw12 = (offset as u32).into();
+        s.cdw13 = ((offset >> 32) as u32).into();
+        let len = buf.len() as u32;
+        self.admin_exec(s, DataDir::FromCtrl(len), Some(buf)).map(|_| ())
+    }
+
+    fn block_size(&self, nsid: u32) -> Result<u32> {
+        Ok(self.identify_ns(nsid)?.block_size)
+    }
+
+    /// Reads `buf.len()` bytes (a multiple of the block size) from `slba`.
+    pub fn read(&self, nsid: u32, slba: u64, buf: &mut [u8]) -> Result<()> {
+        let bs = self.block_size(nsid)?;
+        self.read_blocks(nsid, slba, bs, buf)
+    }
+
+    pub fn read_blocks(&self, nsid: u32, slba: u64, bs: u32, buf: &mut [u8]) -> Result<()> {
+        let n = buf.len() as u32;
+        let s = rw_sqe(opc::READ, nsid, slba, n, bs)?;
+        self.io_exec(s, DataDir::FromCtrl(n), Some(buf)).map(|_| ())
+    }
+
+    pub fn write(&self, nsid: u32, slba: u64, data: &[u8], fua: bool) -> Result<()> {
+        let bs = self.block_size(nsid)?;
+        self.write_blocks(nsid, slba, bs, data, fua)
+    }
+
+    pub fn write_blocks(&self, nsid: u32, slba: u64, bs: u32, data: &[u8], fua: bool) -> Result<()> {
+        let mut s = rw_sqe(opc::WRITE, nsid, slba, data.len() as u32, bs)?;
+        if fua {
+            s.cdw12 = (s.cdw12.get() | 1 << 30).into();
+        }
+        self.io_exec(s, DataDir::ToCtrl(data), None).map(|_| ())
+    }
+
+    pub fn compare(&self, nsid: u32, slba: u64, bs: u32, data: &[u8]) -> Result<()> {
+        let s = rw_sqe(opc::COMPARE, nsid, slba, data.len() as u32, bs)?;
+        self.io_exec(s, DataDir::ToCtrl(data), None).map(|_| ())
+    }
+
+    pub fn flush(&self, nsid: u32) -> Result<()> {
+        self.io_exec(sqe(opc::FLUSH, 0, nsid), DataDir::None, None).map(|_| ())
+    }
+
+    pub fn write_zeroes(&self, nsid: u32, slba: u64, nlb: u32, deallocate: bool) -> Result<()> {
+        if nlb == 0 || nlb > 65536 {
+            return Err(NvmfError::Invalid("write zeroes covers 1..=65536 blocks".into()));
+        }
+        let mut s = sqe(opc::WRITE_ZEROES, 0, nsid);
+        s.cdw10 = (slba as u32).into();
+        s.cdw11 = ((slba >> 32) as u32).into();
+        s.cdw12 = ((nlb - 1) | if deallocate { 1 << 25 } else { 0 }).into();
+        self.io_exec(s, DataDir::None, None).map(|_| ())
+    }
+
+    /// Dataset Management deallocate of `(slba, nlb)` ranges.
+    pub fn deallocate(&self, nsid: u32, ranges: &[(u64, u32)]) -> Result<()> {
+        if ranges.is_empty() || ranges.len() > 256 {
+            return Err(NvmfError::Invalid("1..=256 ranges".into()));
+        }
+        let mut d = vec![0u8; ranges.len() * 16];
+        for (c, &(slba, nlb)) in d.chunks_exact_mut(16).zip(ranges) {
+            c[4..8].copy_from_slice(&nlb.to_le_bytes());
+            c[8..16].copy_from_slice(&slba.to_le_bytes());
+        }
+        let mut s = sqe(opc::DSM, 0, nsid);
+        s.cdw10 = (ranges.len() as u32 - 1).into();
+        s.cdw11 = (1u32 << 2).into();
+        self.io_exec(s, DataDir::ToCtrl(&d), None).map(|_| ())
+    }
+
+    pub fn resv_register(&self, nsid: u32, action: u8, iekey: bool, crkey: u64, nrkey: u64) -> Result<()> {
+        let mut s = sqe(opc::RESV_REGISTER, 0, nsid);
+        s.cdw10 = resv::cdw10(action, iekey, 0, 0).into();
+        let k = KeyPair { crkey: crkey.into(), nrkey: nrkey.into() };
+        self.io_exec(s, DataDir::ToCtrl(k.as_bytes()), None).map(|_| ())
+    }
+
+    pub fn resv_acquire(&self, nsid: u32, action: u8, rtype: u8, crkey: u64, prkey: u64) -> Result<()> {
+        let mut s = sqe(opc::RESV_ACQUIRE, 0, nsid);
+        s.cdw10 = resv::cdw10(action, false, rtype, 0).into();
+        let k = KeyPair { crkey: crkey.into(), nrkey: prkey.into() };
+        self.io_exec(s, DataDir::ToCtrl(k.as_bytes()), None).map(|_| ())
+    }
+
+    pub fn resv_release(&self, nsid: u32, action: u8, rtype: u8, crkey: u64) -> Result<()> {
+        let mut s = sqe(opc::RESV_RELEASE, 0, nsid);
+        s.cdw10 = resv::cdw10(action, false, rtype, 0).into();
+        self.io_exec(s, DataDir::ToCtrl(&crkey.to_le_bytes()), None).map(|_| ())
+    }
+
+    /// Reservation Report (extended): (generation, type, registrants).
+    pub fn resv_report(&self, nsid: u32) -> Result<(u32, u8, Vec<RegCtrlExt>)> {
+        let len = 64 + 64 * 32;
+        let mut b = vec![0u8; len];
+        let mut s = sqe(opc::RESV_REPORT, 0, nsid);
+        s.cdw10 = ((len / 4 - 1) as u32).into();
+        s.cdw11 = 1.into();
+        self.io_exec(s, DataDir::FromCtrl(len as u32), Some(&mut b))?;
+        let h = ResvStatusExtHdr::read_from_bytes(&b[..64]).map_err(|_| NvmfError::Protocol("report".into()))?;
+        let n = (h.regctl.get() as usize).min(32);
+        let regs = (0..n).filter_map(|i| RegCtrlExt::read_from_bytes(&b[64 + i * 64..128 + i * 64]).ok()).collect();
+        Ok((h.gen.get(), h.rtype, regs))
+    }
+
+    /// Orderly shutdown: CC.SHN, wait for SHST complete, then Disconnect.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_keepalive();
+        let mut a = lock(&self.admin);
+        a.exec(
+            Property { eight: false, offset: prop::CC, value: (cc::ENABLE_DEFAULT | cc::SHN_NORMAL) as u64 }.set_sqe(0),
+            DataDir::None,
+            None,
+        )?;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            let st = a
+                .exec(Property { eight: false, offset: prop::CSTS, value: 0 }.get_sqe(0), DataDir::None, None)?
+                .result as u32;
+            if st & csts::SHST_MASK == csts::SHST_COMPLETE {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        a.exec(fabrics_sqe(fctype::DISCONNECT, 0), DataDir::None, None).map(|_| ())
+    }
+
+    fn stop_keepalive(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(k) = self.keepalive.take() {
+            let _ = k.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("cntlid", &self.cntlid)
+            .field("subnqn", &self.subnqn)
+            .field("io_queues", &self.io.len())
+            .finish()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop_keepalive();
+    }
+}
+
+fn identify_sqe(c: u8, nsid: u32) -> Sqe {
+    let mut s = sqe(opc::IDENTIFY, 0, nsid);
+    s.cdw10 = (c as u32).into();
+    s
+}
+
+fn rw_sqe(op: u8, nsid: u32, slba: u64, bytes: u32, bs: u32) -> Result<Sqe> {
+    if bytes == 0 || !bytes.is_multiple_of(bs) || bytes / bs > 65536 {
+        return Err(NvmfError::Invalid(format!("{bytes} bytes is not 1..=65536 blocks of {bs}")));
+    }
+    let mut s = sqe(op, 0, nsid);
+    s.cdw10 = (slba as u32).into();
+    s.cdw11 = ((slba >> 32) as u32).into();
+    s.cdw12 = (bytes / bs - 1).into();
+    Ok(s)
+}
+
+/// Builds a read or write command for the asynchronous API.
+pub fn io_sqe(write: bool, nsid: u32, slba: u64, nlb: u32) -> Sqe {
+    let mut s = sqe(if write { opc::WRITE } else { opc::READ }, 0, nsid);
+    s.cdw10 = (slba as u32).into();
+    s.cdw11 = ((slba >> 32) as u32).into();
+    s.cdw12 = (nlb.saturating_sub(1)).into();
+    s
+}
+
+fn thread_slot() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
+}
+
+/// Reads the discovery log page from a discovery controller.
+pub fn discover(addr: &str, opts: &ConnectOpts) -> Result<Vec<DiscoveryLogEntry>> {
+    let mut o = opts.clone();
+    o.kato_ms = 0;
+    o.io_queues = 0;
+    let c = Controller::connect(addr, DISCOVERY_NQN, &o)?;
+    let mut h = vec![0u8; 1024];
+    c.get_log_page(lid::DISCOVERY, 0, &mut h)?;
+    let hdr =
+        DiscoveryLogHeader::read_from_bytes(&h[..]).map_err(|_| NvmfError::Protocol("discovery header".into()))?;
+    let n = hdr.numrec.get().min(64) as usize;
+    let mut out = Vec::with_capacity(n);
+    if n > 0 {
+        let mut b = vec![0u8; n * 1024];
+        c.get_log_page(lid::DISCOVERY, 1024, &mut b)?;
+        for e in b.chunks_exact(1024) {
+            out.push(DiscoveryLogEntry::read_from_bytes(e).map_err(|_| NvmfError::Protocol("discovery entry".into()))?);
+        }
+    }
+    let _ = c.shutdown();
+    Ok(out)
+}

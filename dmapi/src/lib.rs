@@ -1,0 +1,1 @@
+//! XDSM (DMAPI) for Tidepool: types, sessions, events and the cluster event protocol.

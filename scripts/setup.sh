@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and running Tidepool needs on Debian 12: a C
+# toolchain for -sys crates, FUSE, and the Rust toolchain check. With
+# --all it also installs the VM/hardware-test tools (scripts/vm/setup.sh).
+# Idempotent and non-interactive.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(build-essential pkg-config fuse3 libfuse3-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found. Install Rust (https://rustup.rs) and re-run." >&2
+    exit 1
+fi
+if [ "${1:-}" = "--all" ]; then
+    scripts/vm/setup.sh
+    command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+fi
+echo "setup: ready"

@@ -1,0 +1,78 @@
+//! A namespace: a backend, its block format, identifiers and reservations.
+
+use crate::backend::Backend;
+use crate::resv::ResvState;
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Namespace {
+    pub nsid: u32,
+    pub backend: Box<dyn Backend>,
+    /// log2 of the block size (9 or 12).
+    pub block_shift: u32,
+    pub nblocks: u64,
+    pub uuid: [u8; 16],
+    pub nguid: [u8; 16],
+    pub resv: RwLock<ResvState>,
+    pub stats: NsStats,
+}
+
+/// Counters for the SMART log, in blocks and commands.
+#[derive(Default)]
+pub struct NsStats {
+    pub read_cmds: AtomicU64,
+    pub write_cmds: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+impl NsStats {
+    pub fn add_read(&self, bytes: u64) {
+        self.read_cmds.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn add_write(&self, bytes: u64) {
+        self.write_cmds.fetch_add(1, Ordering::Relaxed);
+        self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Namespace {
+    /// `uuid` identifies the namespace across restarts; the NGUID is
+    /// derived from it so both stay stable.
+    pub fn new(nsid: u32, backend: Box<dyn Backend>, block_size: u32, uuid: [u8; 16]) -> Result<Self, String> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(format!("block size {block_size} is not 512 or 4096"));
+        }
+        if nsid == 0 || nsid == u32::MAX {
+            return Err(format!("namespace id {nsid} is reserved"));
+        }
+        let block_shift = block_size.trailing_zeros();
+        let nblocks = backend.size() >> block_shift;
+        if nblocks == 0 {
+            return Err("backend is smaller than one block".into());
+        }
+        let mut nguid = uuid;
+        nguid.reverse();
+        Ok(Self {
+            nsid,
+            backend,
+            block_shift,
+            nblocks,
+            uuid,
+            nguid,
+            resv: RwLock::new(ResvState::default()),
+            stats: NsStats::default(),
+        })
+    }
+
+    pub fn block_size(&self) -> u32 {
+        1 << self.block_shift
+    }
+
+    /// Byte range of `nlb` blocks from `slba`, or None if out of range.
+    pub fn byte_range(&self, slba: u64, nlb: u64) -> Option<(u64, u64)> {
+        let end = slba.checked_add(nlb)?;
+        (end <= self.nblocks).then_some((slba << self.block_shift, nlb << self.block_shift))
+    }
+}

@@ -1,0 +1,163 @@
+//! End-to-end tests: a real storage-node process, driven over loopback
+//! by Tidepool's initiator and by hand-made (also malformed) PDUs.
+
+mod common;
+
+use client::nvmf::{ConnectOpts, Controller, DataDir, NvmfError};
+use common::{pattern, Node, NQN};
+use nvme_wire::nvme::{opc, sqe};
+use nvme_wire::resv::action;
+use nvme_wire::status::Status;
+use std::os::unix::fs::FileExt;
+
+fn opts(host: &str) -> ConnectOpts {
+    let mut o = ConnectOpts::default().with_hostnqn(host);
+    o.io_queues = 2;
+    o
+}
+
+fn status_of<T: std::fmt::Debug>(r: Result<T, NvmfError>) -> Status {
+    r.unwrap_err().status().expect("an NVMe status")
+}
+
+#[test]
+fn data_path_with_and_without_digests() {
+    let node = Node::start("32M", &["--allow-any-host"]);
+    for (hd, dd) in [(false, false), (true, true), (true, false)] {
+        let mut o = opts("nqn.2026-11.io.tidepool:host-a");
+        o.hdgst = hd;
+        o.ddgst = dd;
+        let c = Controller::connect(&node.addr, NQN, &o).unwrap();
+        assert_eq!(c.io_queue_count(), 2);
+        let ns = c.identify_ns(1).unwrap();
+        assert_eq!(ns.block_size, 512);
+        assert_eq!(ns.blocks, 32 << 11);
+        // Small writes go in-capsule; 128 KiB ones go by R2T / H2CData.
+        for (lba, len) in [(0u64, 512usize), (8, 4096), (100, 16384), (1000, 131072), (65535 - 256, 131072)] {
+            let data = pattern(lba + hd as u64 * 7 + dd as u64 * 13, len);
+            c.write(1, lba, &data, lba == 8).unwrap();
+            let mut back = vec![0u8; len];
+            c.read(1, lba, &mut back).unwrap();
+            assert_eq!(back, data, "lba {lba} len {len} digests {hd}/{dd}");
+            // The bytes are in the backing file where the LBA says.
+            let mut file = vec![0u8; len];
+            std::fs::File::open(node.volume()).unwrap().read_exact_at(&mut file, lba * 512).unwrap();
+            assert_eq!(file, data);
+            c.compare(1, lba, 512, &data).unwrap();
+        }
+        let mut wrong = pattern(1, 4096);
+        wrong[10] ^= 1;
+        assert_eq!(status_of(c.compare(1, 8, 512, &wrong)).code(), Status::COMPARE_FAILED.code());
+        c.flush(1).unwrap();
+        c.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn zeroes_deallocate_and_errors() {
+    let node = Node::start("16M", &["--allow-any-host"]);
+    let c = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:host-z")).unwrap();
+    let data = pattern(5, 65536);
+    c.write(1, 0, &data, false).unwrap();
+    c.write_zeroes(1, 8, 8, false).unwrap();
+    let mut back = vec![0u8; 65536];
+    c.read(1, 0, &mut back).unwrap();
+    assert_eq!(&back[..4096], &data[..4096]);
+    assert!(back[4096..8192].iter().all(|&b| b == 0), "write zeroes zeroed its range");
+    assert_eq!(&back[8192..], &data[8192..]);
+    c.deallocate(1, &[(16, 32), (64, 8)]).unwrap();
+    c.read(1, 0, &mut back).unwrap();
+    assert!(back[16 * 512..48 * 512].iter().all(|&b| b == 0));
+    assert!(back[64 * 512..72 * 512].iter().all(|&b| b == 0));
+    assert_eq!(&back[48 * 512..64 * 512], &data[48 * 512..64 * 512]);
+
+    let blocks = 16 << 11;
+    let mut one = vec![0u8; 512];
+    assert_eq!(status_of(c.read(1, blocks, &mut one)), Status::LBA_RANGE);
+    assert_eq!(status_of(c.read(1, blocks - 1, &mut vec![0u8; 1024])), Status::LBA_RANGE);
+    assert_eq!(status_of(c.read_blocks(7, 0, 512, &mut one)), Status::INVALID_NS);
+    assert_eq!(status_of(c.deallocate(1, &[(blocks, 1)])), Status::LBA_RANGE);
+    // An opcode no NVM command set defines.
+    let r = c.io_queue(0).exec(sqe(0x7e, 0, 1), DataDir::None, None);
+    assert_eq!(status_of(r), Status::INVALID_OPCODE);
+    // Identify with an unknown CNS, and an admin opcode that is not implemented.
+    let mut s = sqe(opc::IDENTIFY, 0, 0);
+    s.cdw10 = 0x55.into();
+    assert_eq!(status_of(c.admin_exec(s, DataDir::FromCtrl(4096), None)), Status::INVALID_FIELD);
+    assert_eq!(status_of(c.admin_exec(sqe(opc::CREATE_SQ, 0, 0), DataDir::None, None)), Status::INVALID_OPCODE);
+    // A transfer larger than MDTS.
+    let big = 4096usize << c.id.mdts;
+    assert_eq!(status_of(c.read(1, 0, &mut vec![0u8; big * 2])), Status::INVALID_FIELD);
+    // The connection is still good after all of that.
+    c.read(1, 0, &mut one).unwrap();
+    assert_eq!(&one[..], &data[..512]);
+}
+
+#[test]
+fn two_hosts_share_a_namespace() {
+    let node = Node::start("16M", &["--allow-any-host"]);
+    let a = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:host-1")).unwrap();
+    let b = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:host-2")).unwrap();
+    assert_ne!(a.cntlid, b.cntlid);
+    assert_eq!(a.identify_ns(1).unwrap().nguid, b.identify_ns(1).unwrap().nguid, "one namespace, one NGUID");
+    let d = pattern(9, 8192);
+    a.write(1, 40, &d, false).unwrap();
+    let mut back = vec![0u8; 8192];
+    b.read(1, 40, &mut back).unwrap();
+    assert_eq!(back, d);
+    let d2 = pattern(10, 8192);
+    b.write(1, 40, &d2, false).unwrap();
+    a.read(1, 40, &mut back).unwrap();
+    assert_eq!(back, d2);
+}
+
+#[test]
+fn reservations_fence_a_host() {
+    let node = Node::start("16M", &["--allow-any-host"]);
+    let a = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:mgr-a")).unwrap();
+    let b = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:mgr-b")).unwrap();
+    let d = pattern(3, 4096);
+    a.resv_register(1, action::REGISTER, false, 0, 0xaaaa).unwrap();
+    b.resv_register(1, action::REGISTER, false, 0, 0xbbbb).unwrap();
+    a.resv_acquire(1, action::ACQUIRE, 1, 0xaaaa, 0).unwrap(); // Write Exclusive
+    let (gen, rtype, regs) = b.resv_report(1).unwrap();
+    assert_eq!(rtype, 1);
+    assert_eq!(gen, 2);
+    assert_eq!(regs.len(), 2);
+    let holder: Vec<_> = regs.iter().filter(|r| r.rcsts & 1 == 1).map(|r| r.rkey.get()).collect();
+    assert_eq!(holder, vec![0xaaaa]);
+    a.write(1, 0, &d, false).unwrap();
+    assert_eq!(status_of(b.write(1, 0, &d, false)), Status::RESERVATION_CONFLICT);
+    let mut back = vec![0u8; 4096];
+    b.read(1, 0, &mut back).unwrap(); // reads are allowed under Write Exclusive
+    assert_eq!(back, d);
+    // B fences A: preempt and abort, taking Exclusive Access.
+    assert_eq!(status_of(b.resv_acquire(1, action::ACQUIRE, 1, 0xbbbb, 0)), Status::RESERVATION_CONFLICT);
+    b.resv_acquire(1, action::PREEMPT_ABORT, 2, 0xbbbb, 0xaaaa).unwrap();
+    assert_eq!(status_of(a.write(1, 0, &d, false)), Status::RESERVATION_CONFLICT);
+    assert_eq!(status_of(a.read(1, 0, &mut back)), Status::RESERVATION_CONFLICT);
+    let (_, rtype, regs) = a.resv_report(1).unwrap();
+    assert_eq!((rtype, regs.len()), (2, 1));
+    b.write(1, 0, &pattern(4, 4096), false).unwrap();
+    b.resv_release(1, action::RELEASE, 2, 0xbbbb).unwrap();
+    a.read(1, 0, &mut back).unwrap();
+    assert_eq!(back, pattern(4, 4096));
+}
+
+#[test]
+fn only_listed_hosts_connect() {
+    let node = Node::start("8M", &["--allow-host", "nqn.2026-11.io.tidepool:allowed"]);
+    let err = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:stranger")).unwrap_err();
+    assert_eq!(err.status().map(|s| s.code()), Some(Status::CONNECT_INVALID_HOST.code()), "{err}");
+    let err = Controller::connect(&node.addr, "nqn.2026-11.io.tidepool:nope", &opts("nqn.2026-11.io.tidepool:allowed"))
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.code()), Some(Status::CONNECT_INVALID_PARAM.code()), "{err}");
+    let c = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:allowed")).unwrap();
+    c.write(1, 0, &[1u8; 512], false).unwrap();
+    // Discovery shows the subsystem only to hosts allowed into it.
+    let d = node.discovery.as_ref().unwrap();
+    let seen = client::nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:allowed")).unwrap();
+    assert!(seen.iter().any(|e| e.subnqn() == NQN && e.trsvcid() == node.addr.rsplit(':').next().unwrap()));
+    let hidden = client::nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:stranger")).unwrap();
+    assert!(hidden.iter().all(|e| e.subnqn() != NQN));
+}
