@@ -1,0 +1,134 @@
+//! The DMAPI error type: every failure carries the XDSM errno a C caller would see.
+//!
+//! ```
+//! use dmapi::DmError;
+//! let e = DmError::TooBig { needed: 96 };
+//! assert_eq!(e.errno(), libc::E2BIG);
+//! ```
+
+use crate::types::{DmSessId, NodeId};
+
+/// A failed DMAPI call. [`DmError::errno`] gives the XDSM errno.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DmError {
+    /// EINVAL: an argument (session id, token, handle, flag...) is not valid.
+    #[error("EINVAL: {0}")]
+    Inval(&'static str),
+    /// EINVAL: the session lives on another node and the call would change it or
+    /// its events (B13); only queries may be made away from the session node.
+    #[error("EINVAL: session {sid} lives on node {node}; this call must be made there")]
+    NotSessionNode {
+        /// The session named in the call.
+        sid: DmSessId,
+        /// The node that owns it.
+        node: NodeId,
+    },
+    /// ESRCH: the token was valid once but its event has been responded to or moved.
+    #[error("ESRCH: {0}")]
+    Srch(&'static str),
+    /// ENOENT: the token is not one of this session's events.
+    #[error("ENOENT: {0}")]
+    NoEnt(&'static str),
+    /// EBADF: the handle does not name a live object.
+    #[error("EBADF: {0}")]
+    BadF(&'static str),
+    /// E2BIG: the caller's buffer is too small; `needed` bytes (or elements) would do.
+    #[error("E2BIG: buffer too small, {needed} needed")]
+    TooBig {
+        /// The length that would have been enough.
+        needed: usize,
+    },
+    /// EACCES: the caller lacks the needed DM right.
+    #[error("EACCES: {0}")]
+    Acces(&'static str),
+    /// EBUSY: the object is in use (for example a session with outstanding tokens).
+    #[error("EBUSY: {0}")]
+    Busy(&'static str),
+    /// EAGAIN: nothing available and the caller asked not to wait.
+    #[error("EAGAIN: {0}")]
+    Again(&'static str),
+    /// EINTR: a blocking call was interrupted (shutdown or an explicit interrupt).
+    #[error("EINTR: {0}")]
+    Intr(&'static str),
+    /// EPERM: the caller is not privileged to make this call.
+    #[error("EPERM: {0}")]
+    Perm(&'static str),
+    /// ENOMEM: a resource limit was reached.
+    #[error("ENOMEM: {0}")]
+    NoMem(&'static str),
+    /// EEXIST: the object already exists.
+    #[error("EEXIST: {0}")]
+    Exist(&'static str),
+    /// EIO: the session failed and was not reclaimed in time, or the transport failed.
+    #[error("EIO: {0}")]
+    Io(String),
+    /// ENOTSUP: the call or event type is not supported here.
+    #[error("ENOTSUP: {0}")]
+    NotSup(&'static str),
+    /// A synchronous event or message was answered `DM_RESP_ABORT` with this errno.
+    #[error("aborted by the DM application with errno {0}")]
+    Aborted(i32),
+}
+
+impl DmError {
+    /// The XDSM errno value for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DmError::Inval(_) | DmError::NotSessionNode { .. } => libc::EINVAL,
+            DmError::Srch(_) => libc::ESRCH,
+            DmError::NoEnt(_) => libc::ENOENT,
+            DmError::BadF(_) => libc::EBADF,
+            DmError::TooBig { .. } => libc::E2BIG,
+            DmError::Acces(_) => libc::EACCES,
+            DmError::Busy(_) => libc::EBUSY,
+            DmError::Again(_) => libc::EAGAIN,
+            DmError::Intr(_) => libc::EINTR,
+            DmError::Perm(_) => libc::EPERM,
+            DmError::NoMem(_) => libc::ENOMEM,
+            DmError::Exist(_) => libc::EEXIST,
+            DmError::Io(_) => libc::EIO,
+            DmError::NotSup(_) => libc::ENOTSUP,
+            DmError::Aborted(e) => *e,
+        }
+    }
+}
+
+/// Result of a DMAPI call.
+pub type DmResult<T> = Result<T, DmError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_values_match_libc() {
+        let cases: Vec<(DmError, i32)> = vec![
+            (DmError::Inval("x"), libc::EINVAL),
+            (DmError::NotSessionNode { sid: DmSessId(5), node: NodeId(2) }, libc::EINVAL),
+            (DmError::Srch("x"), libc::ESRCH),
+            (DmError::NoEnt("x"), libc::ENOENT),
+            (DmError::BadF("x"), libc::EBADF),
+            (DmError::TooBig { needed: 3 }, libc::E2BIG),
+            (DmError::Acces("x"), libc::EACCES),
+            (DmError::Busy("x"), libc::EBUSY),
+            (DmError::Again("x"), libc::EAGAIN),
+            (DmError::Intr("x"), libc::EINTR),
+            (DmError::Perm("x"), libc::EPERM),
+            (DmError::NoMem("x"), libc::ENOMEM),
+            (DmError::Exist("x"), libc::EEXIST),
+            (DmError::Io("x".into()), libc::EIO),
+            (DmError::NotSup("x"), libc::ENOTSUP),
+            (DmError::Aborted(libc::EDQUOT), libc::EDQUOT),
+        ];
+        for (e, n) in cases {
+            assert_eq!(e.errno(), n, "{e}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_errno_and_needed_length() {
+        assert_eq!(DmError::TooBig { needed: 96 }.to_string(), "E2BIG: buffer too small, 96 needed");
+        let e = DmError::NotSessionNode { sid: DmSessId(7), node: NodeId(3) };
+        assert!(e.to_string().contains("node 3"));
+    }
+}

@@ -1,0 +1,67 @@
+//! Node-to-node message exchange behind one small trait, so the DM event path does not
+//! care whether frames travel over TCP (here) or RDMA (later, behind the same trait).
+//!
+//! ```no_run
+//! use std::collections::HashMap;
+//! use dmapi::proto::{Frame, Message};
+//! use dmapi::transport::{tcp::{TcpConfig, TcpTransport}, Transport};
+//! use dmapi::types::NodeId;
+//! let a = TcpTransport::start(TcpConfig::new(NodeId(1), "127.0.0.1:0".parse().unwrap(), b"key")).unwrap();
+//! a.add_peer(NodeId(2), "127.0.0.1:7002".parse().unwrap());
+//! a.send(NodeId(2), &Frame::new(NodeId(1), 1, Message::Heartbeat { now_ns: 0 })).unwrap();
+//! let (from, frame) = a.recv(None).unwrap();
+//! ```
+
+pub mod tcp;
+
+use std::time::Duration;
+
+use crate::proto::Frame;
+use crate::types::NodeId;
+use crate::wire::WireError;
+
+/// Why a transport call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// Socket error.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The peer failed authentication (wrong cluster key or not a Tidepool node).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The peer sent bytes that do not decode.
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    /// No address is known for this node.
+    #[error("unknown peer {0}")]
+    UnknownPeer(NodeId),
+    /// Nothing arrived in time.
+    #[error("timed out")]
+    Timeout,
+    /// The transport was shut down.
+    #[error("transport closed")]
+    Closed,
+}
+
+impl From<std::io::Error> for TransportError {
+    fn from(e: std::io::Error) -> Self {
+        TransportError::Io(e.to_string())
+    }
+}
+
+impl From<TransportError> for crate::DmError {
+    fn from(e: TransportError) -> Self {
+        crate::DmError::Io(e.to_string())
+    }
+}
+
+/// Framed, authenticated message exchange with the cluster's nodes.
+pub trait Transport: Send + Sync {
+    /// This node.
+    fn local_node(&self) -> NodeId;
+    /// Sends one frame to `peer`, connecting and authenticating first if needed.
+    fn send(&self, peer: NodeId, frame: &Frame) -> Result<(), TransportError>;
+    /// The next frame from any peer, with the (authenticated) peer's id. `None`
+    /// waits for ever.
+    fn recv(&self, timeout: Option<Duration>) -> Result<(NodeId, Frame), TransportError>;
+}
