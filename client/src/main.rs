@@ -161,6 +161,18 @@ enum Nvme {
     ResvReport(Conn),
     /// Random or sequential I/O benchmark: IOPS and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Connect controllers and keep their queues idle (for memory measurements).
+    Hold {
+        #[command(flatten)]
+        c: Conn,
+        #[arg(long, default_value_t = 1)]
+        controllers: u16,
+        /// I/O queues per controller.
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -317,6 +329,14 @@ fn nvme(n: Nvme) -> anyhow::Result<()> {
             ctrl.shutdown()?;
         }
         Nvme::Bench(b) => bench::run(b)?,
+        Nvme::Hold { c, controllers, queues, seconds } => {
+            let mut o = c.opts();
+            o.io_queues = queues;
+            let ctrls = (0..controllers).map(|_| Controller::connect(&c.addr, &c.nqn, &o)).collect::<Result<Vec<_>, _>>()?;
+            let qps: usize = ctrls.iter().map(|c| c.io_queue_count() + 1).sum();
+            println!("holding {} controllers, {qps} queue pairs", ctrls.len());
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+        }
     }
     Ok(())
 }

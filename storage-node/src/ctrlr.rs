@@ -41,7 +41,22 @@ pub struct Ctrl {
     pub dead: AtomicBool,
     pub created: Instant,
     pub err_count: AtomicU64,
+    /// The newest failed commands, newest last, for the Error Information log.
+    pub errors: Mutex<VecDeque<ErrorRecord>>,
 }
+
+/// One failed command, as the Error Information log page reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorRecord {
+    pub count: u64,
+    pub sqid: u16,
+    pub cid: u16,
+    pub status: nvme_wire::status::Status,
+    pub nsid: u32,
+}
+
+/// Entries kept for the Error Information log (ELPE + 1).
+pub const ERROR_LOG_ENTRIES: usize = 64;
 
 #[derive(Default)]
 pub struct AerState {
@@ -82,6 +97,7 @@ impl Ctrl {
             dead: AtomicBool::new(false),
             created: Instant::now(),
             err_count: AtomicU64::new(0),
+            errors: Mutex::new(VecDeque::with_capacity(ERROR_LOG_ENTRIES)),
         }
     }
 
@@ -115,6 +131,16 @@ impl Ctrl {
             st = (st & !csts::SHST_MASK) | csts::SHST_COMPLETE;
         }
         self.csts.store(st, Ordering::Release);
+    }
+
+    /// Records a failed command for the Error Information log.
+    pub fn record_error(&self, sqid: u16, cid: u16, status: nvme_wire::status::Status, nsid: u32) {
+        let count = self.err_count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut e = self.errors.lock();
+        if e.len() == ERROR_LOG_ENTRIES {
+            e.pop_front();
+        }
+        e.push_back(ErrorRecord { count, sqid, cid, status, nsid });
     }
 
     pub fn is_ready(&self) -> bool {

@@ -91,6 +91,23 @@ fn zeroes_deallocate_and_errors() {
     // The connection is still good after all of that.
     c.read(1, 0, &mut one).unwrap();
     assert_eq!(&one[..], &data[..512]);
+    // The failures are in the Error Information log, newest first.
+    let mut log = vec![0u8; 64 * 8];
+    c.get_log_page(nvme_wire::nvme::lid::ERROR, 0, &mut log).unwrap();
+    let entry = |i: usize| {
+        let e = &log[i * 64..i * 64 + 64];
+        let count = u64::from_le_bytes(e[0..8].try_into().unwrap());
+        let status = Status::from_cqe_field(u16::from_le_bytes([e[12], e[13]]));
+        let nsid = u32::from_le_bytes(e[24..28].try_into().unwrap());
+        (count, status, nsid)
+    };
+    let (newest, st, _) = entry(0);
+    assert_eq!(st, Status::INVALID_FIELD, "the MDTS violation was last");
+    let (older, _, _) = entry(1);
+    assert_eq!(older + 1, newest);
+    let all: Vec<_> = (0..8).map(entry).collect();
+    assert!(all.iter().any(|&(_, s, n)| s == Status::INVALID_NS && n == 7));
+    assert!(all.iter().any(|&(_, s, n)| s == Status::LBA_RANGE && n == 1));
 }
 
 #[test]
@@ -160,4 +177,72 @@ fn only_listed_hosts_connect() {
     assert!(seen.iter().any(|e| e.subnqn() == NQN && e.trsvcid() == node.addr.rsplit(':').next().unwrap()));
     let hidden = client::nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:stranger")).unwrap();
     assert!(hidden.iter().all(|e| e.subnqn() != NQN));
+}
+
+/// Many commands in flight on one queue are gathered into backend
+/// batches; each still gets its own status and data, including when some
+/// in a batch fail (a read past the end of a shrunken file, a write
+/// fenced off by a reservation).
+#[test]
+fn batched_io_keeps_each_command_s_result() {
+    use client::nvmf::io_sqe;
+    let node = Node::start("16M", &["--allow-any-host"]);
+    let mut o = opts("nqn.2026-11.io.tidepool:batch-a");
+    o.io_queues = 1;
+    let a = Controller::connect(&node.addr, NQN, &o).unwrap();
+    let data = pattern(77, 1 << 20);
+    for (i, chunk) in data.chunks(65536).enumerate() {
+        a.write(1, (i * 128) as u64, chunk, false).unwrap();
+    }
+    // The namespace keeps its size; the file behind it loses its second half.
+    std::fs::OpenOptions::new().write(true).open(node.volume()).unwrap().set_len(512 << 10).unwrap();
+    let mut q = a.io_queue(0);
+    let mut want = std::collections::HashMap::new();
+    for k in 0..32u64 {
+        let lba = if k % 2 == 0 { k * 8 } else { 1024 + k * 8 };
+        let cid = q.submit(io_sqe(false, 1, lba, 8), DataDir::FromCtrl(4096), k).unwrap();
+        want.insert(cid, lba);
+    }
+    let mut out = Vec::new();
+    while out.len() < 32 {
+        q.poll(&mut out, 1).unwrap();
+    }
+    for c in &out {
+        let lba = want[&c.cid] as usize;
+        if lba < 1024 {
+            assert!(c.status.is_success(), "lba {lba}: {}", c.status);
+            assert_eq!(q.data(c.cid), &data[lba * 512..lba * 512 + 4096], "lba {lba}");
+        } else {
+            assert_eq!(c.status.code(), Status::UNRECOVERED_READ.code(), "lba {lba}");
+        }
+    }
+    drop(q);
+
+    // A fenced host's batch: its reads pass, its writes conflict.
+    let b = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:batch-b")).unwrap();
+    a.resv_register(1, action::REGISTER, false, 0, 1).unwrap();
+    a.resv_acquire(1, action::ACQUIRE, 1, 1, 0).unwrap();
+    let mut q = b.io_queue(0);
+    let junk = pattern(5, 4096);
+    let mut kinds = std::collections::HashMap::new();
+    for k in 0..32u64 {
+        let write = k % 3 == 0;
+        let dir = if write { DataDir::ToCtrl(&junk) } else { DataDir::FromCtrl(4096) };
+        let cid = q.submit(io_sqe(write, 1, k * 8, 8), dir, k).unwrap();
+        kinds.insert(cid, (write, k * 8));
+    }
+    let mut out = Vec::new();
+    while out.len() < 32 {
+        q.poll(&mut out, 1).unwrap();
+    }
+    for c in &out {
+        let (write, lba) = kinds[&c.cid];
+        if write {
+            assert_eq!(c.status, Status::RESERVATION_CONFLICT);
+        } else {
+            assert!(c.status.is_success());
+            let lba = lba as usize;
+            assert_eq!(q.data(c.cid), &data[lba * 512..lba * 512 + 4096]);
+        }
+    }
 }

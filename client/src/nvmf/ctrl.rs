@@ -84,6 +84,9 @@ fn connect_queue(
     cntlid: u16,
 ) -> Result<(QueuePair, u16)> {
     let mut q = QueuePair::connect(addr, qid, depth, o.hdgst, o.ddgst)?;
+    // NVMe/TCP carries the Connect data in-capsule on every queue; the I/O
+    // queue's own in-capsule limit (IOCCSZ) is only known after Connect.
+    q.inline_max = q.inline_max.max(size_of::<ConnectData>());
     let c = Connect { recfmt: 0, qid, sqsize: depth - 1, cattr: 0, kato: if qid == 0 { o.kato_ms } else { 0 } };
     let data = ConnectData::new(o.hostid, cntlid, subnqn, &o.hostnqn);
     let r = q.exec(c.to_sqe(0), DataDir::ToCtrl(data.as_bytes()), None)?;

@@ -7,7 +7,7 @@
 //! write invalidates them. FUA writes use `RWF_DSYNC` so only that write
 //! is made durable, not the whole file.
 
-use super::{Backend, ZEROES};
+use super::{uring, Backend, IoBuf, IoOp, ZEROES};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -129,6 +129,42 @@ impl FileBackend {
     }
 }
 
+impl FileBackend {
+    fn uring_batch(&self, ops: &mut [IoOp<'_>]) {
+        let mut flat: [uring::RawOp; uring::RING_ENTRIES as usize] = std::array::from_fn(|_| uring::RawOp::EMPTY);
+        for (r, op) in flat.iter_mut().zip(ops.iter_mut()) {
+            let (ptr, len, write, dsync) = match &mut op.buf {
+                IoBuf::Read(b) => (b.as_mut_ptr(), b.len(), false, false),
+                IoBuf::Write(b, fua) => (b.as_ptr() as *mut u8, b.len(), true, *fua),
+            };
+            let fd = self.pick(ptr, len, op.off).as_raw_fd();
+            *r = uring::RawOp { fd, write, dsync, ptr, len, off: op.off, res: Ok(0) };
+        }
+        let n = ops.len();
+        // SAFETY: every op points into a distinct buffer borrowed from `ops`,
+        // which lives (and is not otherwise touched) until `run` returns.
+        let ran = unsafe { uring::run(&mut flat[..n]) };
+        for (op, r) in ops.iter_mut().zip(flat.iter_mut()) {
+            op.res = if !ran {
+                match &mut op.buf {
+                    IoBuf::Read(b) => self.read_at(b, op.off),
+                    IoBuf::Write(b, fua) => self.write_at(b, op.off, *fua),
+                }
+            } else {
+                match std::mem::replace(&mut r.res, Ok(0)) {
+                    Ok(k) if k == r.len => Ok(()),
+                    // A short transfer (rare for files): finish it synchronously.
+                    Ok(k) => match &mut op.buf {
+                        IoBuf::Read(b) => self.read_at(&mut b[k..], op.off + k as u64),
+                        IoBuf::Write(b, fua) => self.write_at(&b[k..], op.off + k as u64, *fua),
+                    },
+                    Err(e) => Err(e),
+                }
+            };
+        }
+    }
+}
+
 impl Backend for FileBackend {
     fn size(&self) -> u64 {
         self.size
@@ -183,6 +219,12 @@ impl Backend for FileBackend {
         match self.buffered.metadata() {
             Ok(m) if !self.is_blockdev => (m.blocks() * 512).min(self.size),
             _ => self.size,
+        }
+    }
+
+    fn submit_batch(&self, ops: &mut [IoOp<'_>]) {
+        for chunk in ops.chunks_mut(uring::RING_ENTRIES as usize) {
+            self.uring_batch(chunk);
         }
     }
 

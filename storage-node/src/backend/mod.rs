@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod mem;
+mod uring;
 
 use std::io;
 
@@ -27,6 +28,37 @@ pub trait Backend: Send + Sync {
         self.size()
     }
     fn describe(&self) -> String;
+
+    /// Runs a batch of reads and writes, filling each op's result. The
+    /// default runs them one by one; the file backend hands the whole batch
+    /// to io_uring so the device sees them all at once.
+    fn submit_batch(&self, ops: &mut [IoOp<'_>]) {
+        for op in ops.iter_mut() {
+            op.res = match &mut op.buf {
+                IoBuf::Read(b) => self.read_at(b, op.off),
+                IoBuf::Write(b, fua) => self.write_at(b, op.off, *fua),
+            };
+        }
+    }
+}
+
+/// The data of one batched operation.
+pub enum IoBuf<'a> {
+    Read(&'a mut [u8]),
+    /// Data, and whether it must be durable on completion (FUA).
+    Write(&'a [u8], bool),
+}
+
+pub struct IoOp<'a> {
+    pub buf: IoBuf<'a>,
+    pub off: u64,
+    pub res: std::io::Result<()>,
+}
+
+impl<'a> IoOp<'a> {
+    pub fn new(buf: IoBuf<'a>, off: u64) -> Self {
+        Self { buf, off, res: Ok(()) }
+    }
 }
 
 /// A zero page used to write zeroes where the backend cannot punch holes.

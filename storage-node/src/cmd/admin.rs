@@ -4,7 +4,7 @@
 use super::{Completion, Parsed, QueueCtx, Xfer};
 use crate::ctrlr::{Ctrl, AER_LIMIT};
 use nvme_wire::identify::{cns, nidt, oncs, IdCtrl, IdNs, NsIdDesc, CNTRLTYPE_DISCOVERY, CNTRLTYPE_IO, RESCAP_ALL};
-use nvme_wire::log::{self as wlog, DiscoveryLogEntry, DiscoveryLogHeader, SmartLog};
+use nvme_wire::log::{self as wlog, DiscoveryLogEntry, DiscoveryLogHeader, ErrorLogEntry, SmartLog};
 use nvme_wire::nvme::{feat, lid, opc, Sqe};
 use nvme_wire::status::Status;
 use nvme_wire::zerocopy::{FromZeros, IntoBytes};
@@ -154,7 +154,7 @@ fn fill_id_ctrl(ctx: &QueueCtx, ctrl: &Ctrl, id: &mut IdCtrl) {
     id.aerl = (AER_LIMIT - 1) as u8;
     id.frmw = 0x3; // one slot, read only
     id.lpa = (1 << 1) | (1 << 2); // commands-effects log, extended Get Log Page
-    id.elpe = 0;
+    id.elpe = (crate::ctrlr::ERROR_LOG_ENTRIES - 1) as u8;
     id.wctemp = 343.into();
     id.cctemp = 373.into();
     id.kas = 10.into(); // keep-alive granularity: 1 s
@@ -185,11 +185,26 @@ fn get_log_page(
     scratch.clear();
     match l {
         lid::DISCOVERY if ctrl.subsys.is_discovery => discovery_log(ctx, ctrl, scratch),
-        lid::ERROR => scratch.resize(64, 0),
+        lid::ERROR => {
+            // Newest first, as the spec orders the log.
+            for r in ctrl.errors.lock().iter().rev() {
+                let mut e = ErrorLogEntry::new_zeroed();
+                e.error_count = r.count.into();
+                e.sqid = r.sqid.into();
+                e.cmdid = r.cid.into();
+                e.status_field = r.status.to_cqe_field().into();
+                e.param_error_location = 0xffff.into();
+                e.nsid = r.nsid.into();
+                e.trtype = ctx.trtype;
+                scratch.extend_from_slice(e.as_bytes());
+            }
+            scratch.resize(scratch.len().max(64), 0);
+        }
         lid::SMART if !ctrl.subsys.is_discovery => {
             let mut s = SmartLog::new_zeroed();
             s.temperature = 313.into();
             s.avail_spare = 100;
+            s.num_err_log_entries = (ctrl.err_count.load(Ordering::Relaxed) as u128).to_le_bytes();
             s.spare_thresh = 10;
             let (mut rb, mut wb, mut rc, mut wc) = (0u128, 0u128, 0u128, 0u128);
             for ns in ctrl.subsys.nsids().into_iter().filter_map(|i| ctrl.subsys.namespace(i)) {

@@ -1,6 +1,7 @@
 //! NVM I/O commands and reservations.
 
 use super::{Cmd, Completion, Parsed, QueueCtx, Xfer};
+use crate::backend::{IoBuf, IoOp};
 use crate::ctrlr::Ctrl;
 use crate::namespace::Namespace;
 use nvme_wire::nvme::{opc, Sqe};
@@ -245,6 +246,72 @@ pub fn execute(
             }
             Completion::ok(0)
         }
+    }
+}
+
+/// A read or write that can run in a batch, as [`batchable`] found it.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchIo {
+    pub write: bool,
+    pub off: u64,
+    pub fua: bool,
+    pub len: u32,
+}
+
+/// Whether a parsed command is a plain read or write that the transport
+/// may gather with others into one backend submission.
+pub fn batchable(p: &super::Parsed) -> Option<(&Arc<Namespace>, BatchIo)> {
+    match &p.cmd {
+        Cmd::Io { ns, cmd: IoCmd::Read { off } } => {
+            Some((ns, BatchIo { write: false, off: *off, fua: false, len: p.xfer.len() }))
+        }
+        Cmd::Io { ns, cmd: IoCmd::Write { off, fua } } => {
+            Some((ns, BatchIo { write: true, off: *off, fua: *fua, len: p.xfer.len() }))
+        }
+        _ => None,
+    }
+}
+
+/// Runs a batch of reads and writes on one namespace in one backend
+/// submission, under the reservation read lock (as [`execute`] does for
+/// single commands). `out[i]` receives the completion of `ops[i]`.
+pub fn execute_batch(ctrl: &Ctrl, ns: &Namespace, ops: &mut [IoOp<'_>], out: &mut [Completion]) {
+    debug_assert_eq!(ops.len(), out.len());
+    out.fill(Completion::ok(0));
+    let h = &ctrl.hostid;
+    let r = ns.resv.read();
+    let (read_ok, write_ok) = (r.check_access(h, false), r.check_access(h, true));
+    if read_ok.is_ok() && write_ok.is_ok() {
+        ns.backend.submit_batch(ops);
+    } else {
+        // Some are fenced off: run only the permitted ones.
+        for (op, c) in ops.iter_mut().zip(out.iter_mut()) {
+            match if matches!(op.buf, IoBuf::Write(..)) { write_ok } else { read_ok } {
+                Ok(()) => ns.backend.submit_batch(std::slice::from_mut(op)),
+                Err(s) => *c = s.into(),
+            }
+        }
+    }
+    drop(r);
+    for (op, c) in ops.iter_mut().zip(out.iter_mut()) {
+        if !c.status.is_success() {
+            continue;
+        }
+        let (write, len) = match &op.buf {
+            IoBuf::Read(b) => (false, b.len() as u64),
+            IoBuf::Write(b, _) => (true, b.len() as u64),
+        };
+        *c = match std::mem::replace(&mut op.res, Ok(())) {
+            Ok(()) if write => {
+                ns.stats.add_write(len);
+                Completion::ok(0)
+            }
+            Ok(()) => {
+                ns.stats.add_read(len);
+                Completion::ok(0)
+            }
+            Err(e) => io_err(e, write),
+        };
     }
 }
 

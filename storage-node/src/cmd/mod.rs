@@ -113,14 +113,17 @@ pub fn parse(ctx: &QueueCtx, sqe: &Sqe) -> Result<Parsed, Completion> {
         // Only Connect is valid before the queue is connected.
         return Err(Completion::err(Status::CMD_SEQ_ERROR));
     };
-    if ctx.qid == 0 {
-        admin::parse(ctx, ctrl, sqe).map_err(Completion::err)
+    let r = if ctx.qid == 0 {
+        admin::parse(ctx, ctrl, sqe)
+    } else if !ctrl.is_ready() {
+        Err(Status::CMD_SEQ_ERROR)
     } else {
-        if !ctrl.is_ready() {
-            return Err(Completion::err(Status::CMD_SEQ_ERROR));
-        }
-        io::parse(ctx, ctrl, sqe).map_err(Completion::err)
-    }
+        io::parse(ctx, ctrl, sqe)
+    };
+    r.map_err(|s| {
+        ctrl.record_error(ctx.qid, sqe.cid.get(), s, sqe.nsid.get());
+        Completion::err(s)
+    })
 }
 
 /// Executes a parsed command. `data_in` holds exactly `xfer` bytes for
@@ -151,7 +154,7 @@ pub fn execute(
     };
     if !c.status.is_success() {
         if let Some(ctrl) = &ctx.ctrl {
-            ctrl.err_count.fetch_add(1, Ordering::Relaxed);
+            ctrl.record_error(ctx.qid, sqe.cid.get(), c.status, sqe.nsid.get());
         }
         tracing::debug!(qid = ctx.qid, opcode = sqe.opcode, cid = sqe.cid.get(), status = %c.status, "command failed");
     }

@@ -4,6 +4,7 @@
 //! it never interprets commands itself. The core reaches back into a
 //! transport only through [`crate::ctrlr::QueueHandle`].
 
+pub mod pair;
 pub mod tcp;
 
 use crate::target::Target;

@@ -10,6 +10,8 @@
 //! into the send buffer, behind its C2HData header.
 
 use super::{Listener, Transport};
+use crate::backend::{IoBuf, IoOp};
+use crate::cmd::io::BatchIo;
 use crate::cmd::{self, Completion, QueueCtx, Xfer};
 use crate::ctrlr::QueueHandle;
 use crate::target::Target;
@@ -21,6 +23,7 @@ use nvme_wire::zerocopy::{FromBytes, FromZeros, IntoBytes};
 use parking_lot::Mutex;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,10 +127,49 @@ impl From<io::Error> for ConnErr {
     }
 }
 
+/// What the queue needs of a byte stream. TCP in production; a Unix
+/// socket pair lets tests and the fuzzer drive the same state machine
+/// without a network.
+pub trait Sock: Read + Write + Send + Sync + Sized + 'static {
+    fn try_clone_sock(&self) -> io::Result<Self>;
+    fn shutdown_both(&self);
+    fn set_nonblocking_sock(&self, on: bool) -> io::Result<()>;
+    fn set_read_timeout_sock(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Disables Nagle where the stream has it.
+    fn no_delay(&self) {}
+}
+
+macro_rules! impl_sock {
+    ($t:ty, |$s:ident| $nodelay:block) => {
+        impl Sock for $t {
+            fn try_clone_sock(&self) -> io::Result<Self> {
+                self.try_clone()
+            }
+            fn shutdown_both(&self) {
+                let _ = self.shutdown(Shutdown::Both);
+            }
+            fn set_nonblocking_sock(&self, on: bool) -> io::Result<()> {
+                self.set_nonblocking(on)
+            }
+            fn set_read_timeout_sock(&self, t: Option<Duration>) -> io::Result<()> {
+                self.set_read_timeout(t)
+            }
+            fn no_delay(&self) {
+                let $s = self;
+                $nodelay
+            }
+        }
+    };
+}
+impl_sock!(TcpStream, |s| {
+    let _ = s.set_nodelay(true);
+});
+impl_sock!(UnixStream, |_s| {});
+
 /// The send side, shared with the controller so an asynchronous event can
 /// be completed from another thread.
-struct Tx {
-    stream: TcpStream,
+struct Tx<S: Sock> {
+    stream: S,
     buf: Vec<u8>,
     hdgst: bool,
     ddgst: bool,
@@ -136,7 +178,7 @@ struct Tx {
     broken: bool,
 }
 
-impl Tx {
+impl<S: Sock> Tx<S> {
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() || self.broken {
             return Ok(());
@@ -231,18 +273,18 @@ impl Tx {
     }
 }
 
-struct TcpQueue {
+struct TcpQueue<S: Sock> {
     qid: u16,
-    tx: Arc<Mutex<Tx>>,
-    sock: TcpStream,
+    tx: Arc<Mutex<Tx<S>>>,
+    sock: S,
 }
 
-impl QueueHandle for TcpQueue {
+impl<S: Sock> QueueHandle for TcpQueue<S> {
     fn qid(&self) -> u16 {
         self.qid
     }
     fn kill(&self) {
-        let _ = self.sock.shutdown(Shutdown::Both);
+        self.sock.shutdown_both();
     }
     fn complete_async(&self, cid: u16, status: Status, result: u64) {
         let mut tx = self.tx.lock();
@@ -254,21 +296,21 @@ impl QueueHandle for TcpQueue {
 }
 
 /// Bytes received but not yet consumed.
-struct Rx {
-    stream: TcpStream,
+struct Rx<S: Sock> {
+    stream: S,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
     busy_poll: Option<Duration>,
 }
 
-impl Rx {
+impl<S: Sock> Rx<S> {
     fn avail(&self) -> usize {
         self.end - self.start
     }
 
     /// Makes `n` bytes available, sending pending responses before waiting.
-    fn ensure(&mut self, n: usize, tx: &Mutex<Tx>) -> io::Result<()> {
+    fn ensure(&mut self, n: usize, tx: &Mutex<Tx<S>>) -> io::Result<()> {
         debug_assert!(n <= self.buf.len());
         while self.avail() < n {
             if self.start > 0 && self.buf.len() - self.start < n {
@@ -285,6 +327,12 @@ impl Rx {
         Ok(())
     }
 
+    /// Whether a complete PDU is buffered, so handling it will not block.
+    fn has_whole_pdu(&self) -> bool {
+        let b = &self.buf[self.start..self.end];
+        b.len() >= 8 && b.len() >= u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize
+    }
+
     fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
@@ -295,7 +343,7 @@ impl Rx {
 
     /// Fills `dst` from buffered bytes, then straight from the socket so
     /// large payloads are not copied twice.
-    fn read_into(&mut self, dst: &mut [u8], tx: &Mutex<Tx>) -> io::Result<()> {
+    fn read_into(&mut self, dst: &mut [u8], tx: &Mutex<Tx<S>>) -> io::Result<()> {
         let n = self.avail().min(dst.len());
         dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.consume(n);
@@ -310,7 +358,7 @@ impl Rx {
         Ok(())
     }
 
-    fn skip(&mut self, mut n: usize, tx: &Mutex<Tx>) -> io::Result<()> {
+    fn skip(&mut self, mut n: usize, tx: &Mutex<Tx<S>>) -> io::Result<()> {
         while n > 0 {
             let k = n.min(self.buf.len());
             self.ensure(k, tx)?;
@@ -323,17 +371,17 @@ impl Rx {
 
 /// Reads what the socket has; in poll mode spins on a non-blocking read
 /// for up to `spin` before sleeping in the kernel.
-fn sock_read(stream: &mut TcpStream, spin: Option<Duration>, dst: &mut [u8]) -> io::Result<usize> {
+fn sock_read<S: Sock>(stream: &mut S, spin: Option<Duration>, dst: &mut [u8]) -> io::Result<usize> {
     if let Some(spin) = spin {
         let t0 = std::time::Instant::now();
-        stream.set_nonblocking(true)?;
+        stream.set_nonblocking_sock(true)?;
         let r = loop {
             match stream.read(dst) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && t0.elapsed() < spin => std::hint::spin_loop(),
                 other => break other,
             }
         };
-        stream.set_nonblocking(false)?;
+        stream.set_nonblocking_sock(false)?;
         match r {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             other => return other,
@@ -352,21 +400,29 @@ struct Slot {
     received: u32,
 }
 
-struct Conn {
-    rx: Rx,
-    tx: Arc<Mutex<Tx>>,
+struct Conn<S: Sock> {
+    rx: Rx<S>,
+    tx: Arc<Mutex<Tx<S>>>,
     ctx: QueueCtx,
     hdgst: bool,
     ddgst: bool,
     slots: Vec<Slot>,
     free: Vec<u16>,
     scratch: Vec<u8>,
-    handle: Option<Arc<TcpQueue>>,
+    handle: Option<Arc<TcpQueue<S>>>,
+    /// Reads and writes waiting to go to the backend together.
+    batch: Vec<(usize, BatchIo)>,
+    batch_ns: Option<Arc<crate::namespace::Namespace>>,
 }
 
-fn serve(target: Arc<Target>, s: TcpStream, opts: TcpOpts) {
-    let _ = s.set_nodelay(true);
-    let tx_stream = match s.try_clone() {
+/// Largest batch of reads/writes handed to the backend at once.
+const MAX_BATCH: usize = 32;
+
+/// Serves one queue pair on `s` until the host disconnects or breaks the
+/// protocol. Returns when the connection is closed.
+pub fn serve<S: Sock>(target: Arc<Target>, s: S, opts: TcpOpts) {
+    s.no_delay();
+    let tx_stream = match s.try_clone_sock() {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "cannot clone socket");
@@ -399,6 +455,8 @@ fn serve(target: Arc<Target>, s: TcpStream, opts: TcpOpts) {
         free: (0..depth as u16).rev().collect(),
         scratch: Vec::new(),
         handle: None,
+        batch: Vec::with_capacity(MAX_BATCH),
+        batch_ns: None,
     };
     let r = c.run();
     match r {
@@ -425,7 +483,7 @@ fn serve(target: Arc<Target>, s: TcpStream, opts: TcpOpts) {
             let _ = tx.flush();
         }
     }
-    let _ = c.rx.stream.shutdown(Shutdown::Both);
+    c.rx.stream.shutdown_both();
     if let Some(ctrl) = &c.ctx.ctrl {
         if c.ctx.qid == 0 {
             // Losing the admin queue ends the association.
@@ -434,7 +492,7 @@ fn serve(target: Arc<Target>, s: TcpStream, opts: TcpOpts) {
     }
 }
 
-impl Conn {
+impl<S: Sock> Conn<S> {
     fn fatal<T>(&self, mut f: Fatal, hdr: &[u8]) -> Result<T, ConnErr> {
         f.hdr = hdr[..hdr.len().min(w::MAX_HLEN)].to_vec();
         Err(ConnErr::Fatal(Box::new(f)))
@@ -443,6 +501,10 @@ impl Conn {
     fn run(&mut self) -> Result<(), ConnErr> {
         self.initialize()?;
         loop {
+            // Run gathered I/O before waiting for more input.
+            if !self.batch.is_empty() && !self.rx.has_whole_pdu() {
+                self.run_batch()?;
+            }
             // The whole header, with its digest, lands in `hdr`.
             self.rx.ensure(8, &self.tx)?;
             let ch = CommonHeader::read_from_bytes(&self.rx.buf[self.rx.start..self.rx.start + 8])
@@ -499,9 +561,9 @@ impl Conn {
 
     /// ICReq / ICResp exchange.
     fn initialize(&mut self) -> Result<(), ConnErr> {
-        self.rx.stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        self.rx.stream.set_read_timeout_sock(Some(Duration::from_secs(10)))?;
         self.rx.ensure(128, &self.tx)?;
-        self.rx.stream.set_read_timeout(None)?;
+        self.rx.stream.set_read_timeout_sock(None)?;
         let req = IcReq::read_from_bytes(&self.rx.buf[self.rx.start..self.rx.start + 128])
             .map_err(|_| io::Error::other("short ICReq"))?;
         self.rx.consume(128);
@@ -709,6 +771,22 @@ impl Conn {
 
     /// Runs the slot's command and queues its data and completion.
     fn execute(&mut self, slot: usize) -> Result<(), ConnErr> {
+        if self.ctx.qid != 0 {
+            let b = self.slots[slot].parsed.as_ref().and_then(cmd::io::batchable).map(|(ns, io)| (ns.clone(), io));
+            if let Some((ns, io)) = b {
+                if self.batch_ns.as_ref().is_some_and(|cur| !Arc::ptr_eq(cur, &ns)) {
+                    self.run_batch()?;
+                }
+                self.batch_ns = Some(ns);
+                self.batch.push((slot, io));
+                if self.batch.len() == MAX_BATCH {
+                    self.run_batch()?;
+                }
+                return Ok(());
+            }
+            // Anything else runs after the reads and writes before it.
+            self.run_batch()?;
+        }
         let Some(p) = self.slots[slot].parsed.take() else {
             return self.complete(slot, Completion::err(Status::INTERNAL));
         };
@@ -757,9 +835,83 @@ impl Conn {
         self.complete(slot, c)
     }
 
+    /// Hands the gathered reads and writes to the backend in one batch:
+    /// reads land straight in their C2HData PDUs in the send buffer, writes
+    /// come from their slots.
+    fn run_batch(&mut self) -> Result<(), ConnErr> {
+        let Some(ns) = self.batch_ns.take() else { return Ok(()) };
+        let Some(ctrl) = self.ctx.ctrl.clone() else { return Ok(()) };
+        ctrl.last_seen.store(self.ctx.target.now_ms(), std::sync::atomic::Ordering::Relaxed);
+        let n = self.batch.len();
+        let tx_arc = self.tx.clone();
+        let mut tx = tx_arc.lock();
+        // (PDU start, data start, end) of each read's C2HData in the send buffer.
+        let mut regions = [(0usize, 0usize, 0usize); MAX_BATCH];
+        for (k, (_, io)) in self.batch.iter().enumerate() {
+            if !io.write {
+                let (start, data_at) = tx.reserve_c2h(io.len as usize);
+                regions[k] = (start, data_at, tx.buf.len());
+            }
+        }
+        let mut done = [Completion::ok(0); MAX_BATCH];
+        {
+            let mut ops: [IoOp<'_>; MAX_BATCH] = std::array::from_fn(|_| IoOp::new(IoBuf::Read(&mut []), 0));
+            let mut rest: &mut [u8] = &mut tx.buf[..];
+            let mut at = 0;
+            for (k, (slot, io)) in self.batch.iter().enumerate() {
+                let buf = if io.write {
+                    IoBuf::Write(&self.slots[*slot].buf[..io.len as usize], io.fua)
+                } else {
+                    let (_, data_at, _) = regions[k];
+                    let tail = std::mem::take(&mut rest);
+                    let (_, tail) = tail.split_at_mut(data_at - at);
+                    let (mine, tail) = tail.split_at_mut(io.len as usize);
+                    rest = tail;
+                    at = data_at + io.len as usize;
+                    IoBuf::Read(mine)
+                };
+                ops[k] = IoOp::new(buf, io.off);
+            }
+            cmd::io::execute_batch(&ctrl, &ns, &mut ops[..n], &mut done[..n]);
+        }
+        // Finish the reads that worked; cut the PDUs of those that failed
+        // (last first, so earlier offsets stay valid).
+        let success_flag = self.ctx.sqflow_disabled;
+        for k in (0..n).rev() {
+            let (slot, io) = self.batch[k];
+            if io.write {
+                continue;
+            }
+            let (start, data_at, end) = regions[k];
+            if done[k].status.is_success() {
+                tx.finish_c2h(start, data_at, io.len as usize, self.slots[slot].sqe.cid.get(), success_flag);
+            } else {
+                tx.buf.drain(start..end);
+            }
+        }
+        drop(tx);
+        let batch = std::mem::take(&mut self.batch);
+        for (k, &(slot, io)) in batch.iter().enumerate() {
+            self.slots[slot].parsed = None;
+            if !io.write && success_flag && done[k].status.is_success() {
+                self.ctx.advance_sqhd();
+                self.release(slot);
+            } else {
+                self.complete(slot, done[k])?;
+            }
+        }
+        self.batch = batch;
+        self.batch.clear();
+        let mut tx = self.tx.lock();
+        if tx.buf.len() > SEND_FLUSH_AT {
+            tx.flush()?;
+        }
+        Ok(())
+    }
+
     fn register_queue(&mut self) -> Result<(), ConnErr> {
         let Some(ctrl) = self.ctx.ctrl.clone() else { return Ok(()) };
-        let sock = self.rx.stream.try_clone()?;
+        let sock = self.rx.stream.try_clone_sock()?;
         let q = Arc::new(TcpQueue { qid: self.ctx.qid, tx: self.tx.clone(), sock });
         let weak: std::sync::Weak<dyn QueueHandle> = Arc::downgrade(&q) as std::sync::Weak<dyn QueueHandle>;
         ctrl.add_queue(weak);

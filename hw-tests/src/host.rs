@@ -1,0 +1,196 @@
+//! Host-side helpers: find the project's built binaries, pick free loopback
+//! ports, and run processes that are killed (by their own PID) when dropped.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::Skip;
+
+/// Locate a workspace binary: `$TIDEPOOL_BIN_DIR`, then `target/release`,
+/// then `target/debug` (also honouring `$CARGO_TARGET_DIR`). Not built is a
+/// skip, not a failure: hw-tests cannot make cargo build another package's
+/// binaries.
+pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
+    let mut dirs = Vec::new();
+    if let Ok(d) = std::env::var("TIDEPOOL_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    let mut targets = vec![crate::workspace_root().join("target")];
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        targets.insert(0, PathBuf::from(t));
+    }
+    for t in &targets {
+        dirs.push(t.join("release"));
+        dirs.push(t.join("debug"));
+    }
+    let found: Vec<PathBuf> = dirs.iter().map(|d| d.join(name)).filter(|p| is_executable(p)).collect();
+    if let Some(p) = found.first() {
+        tracing::info!(path = %p.display(), "using binary");
+        // A stale release build silently tests old code; say so.
+        let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+        if let Some(newer) = found.iter().skip(1).find(|q| mtime(q) > mtime(p)) {
+            tracing::warn!(using = %p.display(), newer = %newer.display(), "a newer build of {name} exists");
+        }
+        return Ok(p.clone());
+    }
+    Err(Skip::missing(format!(
+        "binary `{name}` not built (looked in {}); build it with \
+         `cargo build --release -p storage-node -p client` or set TIDEPOOL_BIN_DIR",
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// Locate a system tool on `PATH`; missing is a skip.
+pub fn tool(name: &str) -> std::result::Result<PathBuf, Skip> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| Skip::missing(format!("`{name}` not installed (run scripts/vm/setup.sh)")))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// A currently free TCP port on 127.0.0.1. The kernel may hand it out again
+/// before it is used, but loopback test runs are short enough for that to be
+/// rare, and every user of the port reports a clear bind error if it happens.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A child process that is killed by its PID (SIGTERM, then SIGKILL) and
+/// reaped when dropped; its stdout and stderr go to a log file.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `cmd` with output appended to `log`.
+    pub fn start(name: &str, mut cmd: Command, log: &Path) -> Result<Daemon> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        tracing::info!(?cmd, "starting {name}");
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Daemon { name: name.to_owned(), child: Some(child), log: log.to_owned() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until `addr` accepts TCP connections; fail early, with the log,
+    /// if the process exits first.
+    pub fn wait_for_port(&mut self, addr: SocketAddr, limit: Duration) -> Result<()> {
+        let until = Instant::now() + limit;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("{} exited ({st}) before listening on {addr}:\n{}", self.name, self.log());
+                }
+            }
+            if Instant::now() > until {
+                bail!("{} not listening on {addr} after {limit:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send `sig` to the process (by its PID only).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on the PID of a child we spawned and have not
+            // yet reaped, so the PID cannot have been reused.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// Stop the process (SIGTERM, then SIGKILL after `grace`) and reap it.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut c) = self.child.take() else { return };
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: as in `signal`: our own unreaped child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let until = Instant::now() + grace;
+            while Instant::now() < until {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+    }
+
+    /// Is the process still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// Run a command to completion with a time limit, capturing its output.
+/// A command still running at the limit is killed (by PID) and reported.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (o, e) = (drain_bytes(stdout), drain_bytes(stderr));
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output { status, stdout: o.join().unwrap_or_default(), stderr: e.join().unwrap_or_default() })
+}
+
+/// Read `r` to its end on a thread (so a full pipe never blocks the child).
+pub(crate) fn drain_bytes<R: Read + Send + 'static>(r: Option<R>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
