@@ -332,7 +332,8 @@ fn nvme(n: Nvme) -> anyhow::Result<()> {
         Nvme::Hold { c, controllers, queues, seconds } => {
             let mut o = c.opts();
             o.io_queues = queues;
-            let ctrls = (0..controllers).map(|_| Controller::connect(&c.addr, &c.nqn, &o)).collect::<Result<Vec<_>, _>>()?;
+            let ctrls =
+                (0..controllers).map(|_| Controller::connect(&c.addr, &c.nqn, &o)).collect::<Result<Vec<_>, _>>()?;
             let qps: usize = ctrls.iter().map(|c| c.io_queue_count() + 1).sum();
             println!("holding {} controllers, {qps} queue pairs", ctrls.len());
             std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
