@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::Skip;
 
-/// Locate a workspace binary: `$TIDEPOOL_BIN_DIR`, then `target/release`,
-/// then `target/debug` (also honouring `$CARGO_TARGET_DIR`). Not built is a
+/// Locate a workspace binary: `$TIDEPOOL_BIN_DIR`, else the newest of
+/// `target/{release,debug}` (also honouring `$CARGO_TARGET_DIR`). Not built is a
 /// skip, not a failure: hw-tests cannot make cargo build another package's
 /// binaries.
 pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
@@ -31,14 +31,17 @@ pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
         dirs.push(t.join("debug"));
     }
     let found: Vec<PathBuf> = dirs.iter().map(|d| d.join(name)).filter(|p| is_executable(p)).collect();
-    if let Some(p) = found.first() {
+    // An explicit TIDEPOOL_BIN_DIR wins; otherwise the newest build, so a
+    // stale release binary never silently tests old code.
+    let mtime = |p: &PathBuf| p.metadata().and_then(|m| m.modified()).ok();
+    let pick = if std::env::var_os("TIDEPOOL_BIN_DIR").is_some() && found.first().is_some_and(|p| p.starts_with(&dirs[0])) {
+        found.first().cloned()
+    } else {
+        found.iter().max_by_key(|p| mtime(p)).cloned()
+    };
+    if let Some(p) = pick {
         tracing::info!(path = %p.display(), "using binary");
-        // A stale release build silently tests old code; say so.
-        let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-        if let Some(newer) = found.iter().skip(1).find(|q| mtime(q) > mtime(p)) {
-            tracing::warn!(using = %p.display(), newer = %newer.display(), "a newer build of {name} exists");
-        }
-        return Ok(p.clone());
+        return Ok(p);
     }
     Err(Skip::missing(format!(
         "binary `{name}` not built (looked in {}); build it with \

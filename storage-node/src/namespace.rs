@@ -3,7 +3,7 @@
 use crate::backend::Backend;
 use crate::resv::ResvState;
 use parking_lot::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct Namespace {
     pub nsid: u32,
@@ -15,6 +15,10 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub resv: RwLock<ResvState>,
     pub stats: NsStats,
+    /// Cleared while the namespace is taken out of service (for example
+    /// while its backing device is replaced): I/O gets Namespace Not
+    /// Ready, which hosts retry, instead of an error they would not.
+    pub ready: AtomicBool,
 }
 
 /// Counters for the SMART log, in blocks and commands.
@@ -63,6 +67,7 @@ impl Namespace {
             nguid,
             resv: RwLock::new(ResvState::default()),
             stats: NsStats::default(),
+            ready: AtomicBool::new(true),
         })
     }
 

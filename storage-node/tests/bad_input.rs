@@ -212,4 +212,12 @@ fn asynchronous_event_reports_a_new_namespace() {
     assert_eq!(&log[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(c.active_namespaces().unwrap(), vec![1, 2]);
     assert_eq!(c.identify_ns(2).unwrap().block_size, 4096);
+    // Out of service: I/O is refused with a status the host may retry.
+    let ns2 = sub.namespace(2).unwrap();
+    ns2.ready.store(false, std::sync::atomic::Ordering::Release);
+    let e = c.read_blocks(2, 0, 4096, &mut [0u8; 4096]).unwrap_err();
+    assert_eq!(e.status(), Some(nvme_wire::status::Status::NS_NOT_READY));
+    assert!(!nvme_wire::status::Status::NS_NOT_READY.dnr());
+    ns2.ready.store(true, std::sync::atomic::Ordering::Release);
+    c.write_blocks(2, 1, 4096, &[7u8; 4096], false).unwrap();
 }

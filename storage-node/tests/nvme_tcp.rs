@@ -85,6 +85,9 @@ fn zeroes_deallocate_and_errors() {
     s.cdw10 = 0x55.into();
     assert_eq!(status_of(c.admin_exec(s, DataDir::FromCtrl(4096), None)), Status::INVALID_FIELD);
     assert_eq!(status_of(c.admin_exec(sqe(opc::CREATE_SQ, 0, 0), DataDir::None, None)), Status::INVALID_OPCODE);
+    // Disconnect belongs to I/O queues; the admin queue ends by closing.
+    let disc = nvme_wire::fabrics::fabrics_sqe(nvme_wire::nvme::fctype::DISCONNECT, 0);
+    assert_eq!(status_of(c.admin_exec(disc, DataDir::None, None)), Status::INVALID_OPCODE);
     // A transfer larger than MDTS.
     let big = 4096usize << c.id.mdts;
     assert_eq!(status_of(c.read(1, 0, &mut vec![0u8; big * 2])), Status::INVALID_FIELD);

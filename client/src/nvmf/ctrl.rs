@@ -2,10 +2,10 @@
 
 use super::queue::{Completed, DataDir, QueuePair};
 use super::{NvmfError, Result};
-use nvme_wire::fabrics::{cc, csts, fabrics_sqe, Connect, ConnectData, Property, DISCOVERY_NQN};
+use nvme_wire::fabrics::{cc, csts, Connect, ConnectData, Property, DISCOVERY_NQN};
 use nvme_wire::identify::{cns, IdCtrl, IdNs};
 use nvme_wire::log::{DiscoveryLogEntry, DiscoveryLogHeader};
-use nvme_wire::nvme::{fctype, feat, lid, opc, prop, sqe, Sqe};
+use nvme_wire::nvme::{feat, lid, opc, prop, sqe, Sqe};
 use nvme_wire::resv::{self, KeyPair, RegCtrlExt, ResvStatusExtHdr};
 use nvme_wire::zerocopy::{FromBytes, IntoBytes};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -325,7 +325,19 @@ impl Controller {
         Ok((h.gen.get(), h.rtype, regs))
     }
 
-    /// Orderly shutdown: CC.SHN, wait for SHST complete, then Disconnect.
+    /// Largest transfer one command may move (MDTS; 0 means no limit, for
+    /// which 1 MiB is used).
+    pub fn max_transfer(&self) -> usize {
+        if self.id.mdts == 0 {
+            1 << 20
+        } else {
+            4096usize << self.id.mdts.min(12)
+        }
+    }
+
+    /// Orderly shutdown: CC.SHN and wait for SHST complete; the queues
+    /// close when the controller is dropped. (Disconnect is an I/O-queue
+    /// command only: the admin queue ends by closing its connection.)
     pub fn shutdown(mut self) -> Result<()> {
         self.stop_keepalive();
         let mut a = lock(&self.admin);
@@ -340,11 +352,11 @@ impl Controller {
                 .exec(Property { eight: false, offset: prop::CSTS, value: 0 }.get_sqe(0), DataDir::None, None)?
                 .result as u32;
             if st & csts::SHST_MASK == csts::SHST_COMPLETE {
-                break;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        a.exec(fabrics_sqe(fctype::DISCONNECT, 0), DataDir::None, None).map(|_| ())
+        Err(NvmfError::Timeout("controller did not complete its shutdown".into()))
     }
 
     fn stop_keepalive(&mut self) {

@@ -41,7 +41,8 @@ pub fn parse(ctx: &QueueCtx, sqe: &Sqe) -> Result<Parsed, Status> {
                 (FabricsCmd::PropertySet(p), Xfer::None)
             }
         }
-        fctype::DISCONNECT => (FabricsCmd::Disconnect, Xfer::None),
+        // Disconnect deletes an I/O queue; the admin queue ends by closing.
+        fctype::DISCONNECT if ctx.qid != 0 => (FabricsCmd::Disconnect, Xfer::None),
         _ => return Err(Status::INVALID_OPCODE),
     };
     Ok(Parsed { cmd: super::Cmd::Fabrics(cmd), xfer })

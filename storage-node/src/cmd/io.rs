@@ -42,6 +42,9 @@ pub fn parse(ctx: &QueueCtx, ctrl: &Ctrl, sqe: &Sqe) -> Result<Parsed, Status> {
         return Ok(Parsed { cmd: Cmd::Io { ns, cmd: IoCmd::Flush }, xfer: Xfer::None });
     }
     let ns = ctrl.subsys.namespace(nsid).ok_or(Status::INVALID_NS)?;
+    if !ns.ready.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(Status::NS_NOT_READY);
+    }
     let c12 = sqe.cdw12.get();
     let (cmd, xfer) = match sqe.opcode {
         opc::READ => {

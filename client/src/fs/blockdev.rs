@@ -1,0 +1,128 @@
+//! Block devices the file system runs on: a shared NVMe-oF namespace, or
+//! memory for tests. Offsets are in file-system blocks.
+
+use super::{FsError, Result};
+use crate::nvmf::Controller;
+use std::sync::Arc;
+
+pub trait BlockDev: Send + Sync {
+    /// File-system block size in bytes (a multiple of the device's LBA size).
+    fn block_size(&self) -> u32;
+    /// Capacity in file-system blocks.
+    fn blocks(&self) -> u64;
+    fn read(&self, block: u64, buf: &mut [u8]) -> Result<()>;
+    /// `fua`: durable when this returns.
+    fn write(&self, block: u64, data: &[u8], fua: bool) -> Result<()>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<()>;
+}
+
+fn check(bs: u32, blocks: u64, block: u64, len: usize) -> Result<()> {
+    if len == 0 || len % bs as usize != 0 {
+        return Err(FsError::Invalid(format!("{len} bytes is not whole {bs}-byte blocks")));
+    }
+    if block.checked_add((len / bs as usize) as u64).is_none_or(|e| e > blocks) {
+        return Err(FsError::Invalid(format!("blocks {block}+{} beyond the end ({blocks})", len / bs as usize)));
+    }
+    Ok(())
+}
+
+/// A volume in memory.
+pub struct MemDev {
+    bs: u32,
+    data: parking_lot::RwLock<Vec<u8>>,
+}
+
+impl MemDev {
+    pub fn new(block_size: u32, bytes: u64) -> Self {
+        Self { bs: block_size, data: parking_lot::RwLock::new(vec![0; bytes as usize]) }
+    }
+    /// A copy of the raw bytes (for tests that inspect or corrupt the volume).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.data.read().clone()
+    }
+    pub fn restore(&self, bytes: &[u8]) {
+        self.data.write().copy_from_slice(bytes);
+    }
+}
+
+impl BlockDev for MemDev {
+    fn block_size(&self) -> u32 {
+        self.bs
+    }
+    fn blocks(&self) -> u64 {
+        self.data.read().len() as u64 / self.bs as u64
+    }
+    fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        check(self.bs, self.blocks(), block, buf.len())?;
+        let off = (block * self.bs as u64) as usize;
+        buf.copy_from_slice(&self.data.read()[off..off + buf.len()]);
+        Ok(())
+    }
+    fn write(&self, block: u64, data: &[u8], _fua: bool) -> Result<()> {
+        check(self.bs, self.blocks(), block, data.len())?;
+        let off = (block * self.bs as u64) as usize;
+        self.data.write()[off..off + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A namespace on a storage node, reached through the user-space initiator.
+pub struct NvmfDev {
+    ctrl: Arc<Controller>,
+    nsid: u32,
+    lba_size: u32,
+    bs: u32,
+    blocks: u64,
+    max_io: usize,
+}
+
+impl NvmfDev {
+    pub fn new(ctrl: Arc<Controller>, nsid: u32, block_size: u32) -> Result<Self> {
+        let ns = ctrl.identify_ns(nsid).map_err(|e| FsError::Io(e.to_string()))?;
+        if block_size % ns.block_size != 0 {
+            return Err(FsError::Invalid(format!(
+                "block size {block_size} is not a multiple of the LBA size {}",
+                ns.block_size
+            )));
+        }
+        let max_io = ctrl.max_transfer();
+        let blocks = ns.blocks * ns.block_size as u64 / block_size as u64;
+        Ok(Self { ctrl, nsid, lba_size: ns.block_size, bs: block_size, blocks, max_io })
+    }
+}
+
+impl BlockDev for NvmfDev {
+    fn block_size(&self) -> u32 {
+        self.bs
+    }
+    fn blocks(&self) -> u64 {
+        self.blocks
+    }
+    fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        check(self.bs, self.blocks, block, buf.len())?;
+        let per = (self.bs / self.lba_size) as u64;
+        for (i, chunk) in buf.chunks_mut(self.max_io).enumerate() {
+            let lba = block * per + (i * self.max_io / self.lba_size as usize) as u64;
+            self.ctrl.read_blocks(self.nsid, lba, self.lba_size, chunk).map_err(|e| FsError::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+    fn write(&self, block: u64, data: &[u8], fua: bool) -> Result<()> {
+        check(self.bs, self.blocks, block, data.len())?;
+        let per = (self.bs / self.lba_size) as u64;
+        for (i, chunk) in data.chunks(self.max_io).enumerate() {
+            let lba = block * per + (i * self.max_io / self.lba_size as usize) as u64;
+            self.ctrl
+                .write_blocks(self.nsid, lba, self.lba_size, chunk, fua)
+                .map_err(|e| FsError::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        self.ctrl.flush(self.nsid).map_err(|e| FsError::Io(e.to_string()))
+    }
+}
