@@ -34,11 +34,12 @@ pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     // An explicit TIDEPOOL_BIN_DIR wins; otherwise the newest build, so a
     // stale release binary never silently tests old code.
     let mtime = |p: &PathBuf| p.metadata().and_then(|m| m.modified()).ok();
-    let pick = if std::env::var_os("TIDEPOOL_BIN_DIR").is_some() && found.first().is_some_and(|p| p.starts_with(&dirs[0])) {
-        found.first().cloned()
-    } else {
-        found.iter().max_by_key(|p| mtime(p)).cloned()
-    };
+    let pick =
+        if std::env::var_os("TIDEPOOL_BIN_DIR").is_some() && found.first().is_some_and(|p| p.starts_with(&dirs[0])) {
+            found.first().cloned()
+        } else {
+            found.iter().max_by_key(|p| mtime(p)).cloned()
+        };
     if let Some(p) = pick {
         tracing::info!(path = %p.display(), "using binary");
         return Ok(p);

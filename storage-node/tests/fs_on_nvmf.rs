@@ -14,7 +14,8 @@ use std::sync::Arc;
 #[test]
 fn a_second_host_replays_the_first_host_s_journal() {
     let node = Node::start("64M", &["--allow-any-host"]);
-    let host = |n: &str| Arc::new(Controller::connect(&node.addr, NQN, &ConnectOpts::default().with_hostnqn(n)).unwrap());
+    let host =
+        |n: &str| Arc::new(Controller::connect(&node.addr, NQN, &ConnectOpts::default().with_hostnqn(n)).unwrap());
     let a = host("nqn.2026-11.io.tidepool:mgr-1");
     let dev: Arc<dyn BlockDev> = Arc::new(NvmfDev::new(a.clone(), 1, 4096).unwrap());
     let sb = mkfs::mkfs(&*dev, &mkfs::MkfsOpts { label: "shared".into(), ..Default::default() }).unwrap();

@@ -14,17 +14,16 @@ use super::format::{
     seal, sealed_ok, JournalCommit, JournalDesc, JournalHeader, JCOMMIT_MAGIC, JDESC_MAGIC, JHDR_MAGIC,
 };
 use super::{FsError, Result};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-/// A committed transaction not yet written home.
+/// Where a committed transaction not yet written home sits in the ring.
 struct Live {
     seq: u64,
     /// Journal position of its descriptor and its length in blocks.
     pos: u64,
     len: u64,
-    blocks: Vec<(u64, Vec<u8>)>,
 }
 
 pub struct Journal {
@@ -39,6 +38,9 @@ pub struct Journal {
     /// Where the next transaction is written.
     tail: u64,
     live: VecDeque<Live>,
+    /// The newest committed image of every block not yet written home:
+    /// what a reader must see instead of the stale home block.
+    newest: HashMap<u64, Vec<u8>>,
 }
 
 /// The largest transaction, in metadata blocks, one descriptor can name.
@@ -85,12 +87,14 @@ impl Journal {
             next_seq: h.head_seq.get(),
             tail: h.head_pos.get(),
             live: VecDeque::new(),
+            newest: HashMap::new(),
         };
         let mut replayed = 0;
-        while let Some(tx) = j.read_tx(j.tail, j.next_seq)? {
+        while let Some((tx, blocks)) = j.read_tx(j.tail, j.next_seq)? {
             j.next_seq = tx.seq + 1;
             j.tail = tx.pos + tx.len;
             j.live.push_back(tx);
+            j.newest.extend(blocks);
             replayed += 1;
         }
         if replayed > 0 {
@@ -102,7 +106,7 @@ impl Journal {
 
     /// Reads the transaction with sequence `seq` at `pos` (or, if it would
     /// not have fit there, at the start of the ring). None at the end of the log.
-    fn read_tx(&self, pos: u64, seq: u64) -> Result<Option<Live>> {
+    fn read_tx(&self, pos: u64, seq: u64) -> Result<Option<(Live, Vec<(u64, Vec<u8>)>)>> {
         for p in [pos, 1] {
             if p >= self.nblocks {
                 continue;
@@ -117,7 +121,7 @@ impl Journal {
         Ok(None)
     }
 
-    fn read_tx_at(&self, pos: u64, seq: u64) -> Result<Option<Live>> {
+    fn read_tx_at(&self, pos: u64, seq: u64) -> Result<Option<(Live, Vec<(u64, Vec<u8>)>)>> {
         let bs = self.bs;
         let mut d = vec![0u8; bs];
         self.dev.read(self.start + pos, &mut d)?;
@@ -140,7 +144,7 @@ impl Journal {
         }
         let homes = rest.chunks_exact(8).take(count).map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])));
         let blocks = homes.zip(images.chunks_exact(bs)).map(|(h, img)| (h, img.to_vec())).collect();
-        Ok(Some(Live { seq, pos, len, blocks }))
+        Ok(Some((Live { seq, pos, len }, blocks)))
     }
 
     /// Makes the new images of `blocks` durable. Each image must be one
@@ -178,25 +182,32 @@ impl Journal {
         c.tx_crc = crc.into();
         buf[(count + 1) * bs..(count + 1) * bs + 24].copy_from_slice(c.as_bytes());
         self.dev.write(self.start + pos, &buf, true)?;
-        self.live.push_back(Live { seq, pos, len, blocks: blocks.iter().map(|(h, b)| (*h, b.to_vec())).collect() });
+        self.live.push_back(Live { seq, pos, len });
+        for (h, b) in blocks {
+            self.newest.insert(*h, b.to_vec());
+        }
         self.next_seq = seq + 1;
         self.tail = pos + len;
         Ok(seq)
     }
 
-    /// Writes every live transaction's blocks home, in order, makes them
+    /// The newest committed image of `block` if it is not written home yet.
+    pub fn newest(&self, block: u64) -> Option<&[u8]> {
+        self.newest.get(&block).map(|v| &v[..])
+    }
+
+    /// Writes the newest image of every journaled block home, makes them
     /// durable, then moves the journal header past them.
     pub fn checkpoint(&mut self) -> Result<()> {
         if self.live.is_empty() {
             return Ok(());
         }
-        for tx in &self.live {
-            for (home, img) in &tx.blocks {
-                self.dev.write(*home, img, false)?;
-            }
+        for (home, img) in &self.newest {
+            self.dev.write(*home, img, false)?;
         }
         self.dev.flush()?;
         self.live.clear();
+        self.newest.clear();
         self.head_seq = self.next_seq;
         self.head_pos = if self.tail >= self.nblocks { 1 } else { self.tail };
         let mut b = vec![0u8; self.bs];

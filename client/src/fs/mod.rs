@@ -21,6 +21,7 @@
 pub mod blockdev;
 pub mod format;
 pub mod journal;
+pub mod meta;
 pub mod mkfs;
 
 /// File-system errors, each with the errno a POSIX caller sees.

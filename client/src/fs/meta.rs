@@ -1,0 +1,1039 @@
+//! The metadata store a file system's manager node runs: inodes, the
+//! allocation bitmap, directories and extent maps, cached in memory and
+//! persisted through the journal. Every operation is one journal
+//! transaction: when a call returns, its change is durable, and a manager
+//! that takes over replays it ([`MetaStore::open`]).
+//!
+//! Directories are blocks of packed entries; the store indexes them in
+//! memory (name → entry), so lookups stay O(1) in directories of any size.
+
+use super::blockdev::BlockDev;
+use super::format::{seal, sealed_ok, Extent, Inode, Layout, Superblock, INODE_SIZE, ROOT_INO};
+use super::journal::{max_tx_blocks, Journal};
+use super::mkfs::{inode_location, read_superblock};
+use super::{FsError, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+const DIR_MAGIC: [u8; 4] = *b"TPDR";
+const DIR_HDR: usize = 8;
+const EXT_MAGIC: [u8; 4] = *b"TPEX";
+pub const NAME_MAX: usize = 255;
+
+/// File type of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    Other = 4,
+}
+
+impl Kind {
+    fn of_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+    fn from_u8(v: u8) -> Kind {
+        match v {
+            1 => Kind::File,
+            2 => Kind::Dir,
+            3 => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    /// Index into the directory's block list.
+    block: usize,
+}
+
+struct Dir {
+    entries: HashMap<Vec<u8>, DirEntry>,
+    blocks: Vec<DirBlock>,
+}
+
+/// One directory block: where it is, its bytes in use and its names, so
+/// rewriting it after a change touches only its own entries.
+struct DirBlock {
+    pblk: u64,
+    used: usize,
+    names: std::collections::BTreeSet<Vec<u8>>,
+}
+
+/// Who is asking, for ownership of new inodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cred {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct MetaStore {
+    dev: Arc<dyn BlockDev>,
+    sb: Superblock,
+    layout: Layout,
+    bs: usize,
+    journal: Journal,
+    bitmap: Vec<u8>,
+    inodes: HashMap<u64, Inode>,
+    free_inos: Vec<u64>,
+    dirs: HashMap<u64, Dir>,
+    /// Overflow extents of inodes whose map outgrew the inode.
+    ext_blocks: HashMap<u64, Vec<Extent>>,
+    /// Blocks changed by the operation in progress.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    free_blocks: u64,
+    alloc_hint: u64,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn name_ok(name: &[u8]) -> Result<()> {
+    if name.is_empty()
+        || name.len() > NAME_MAX
+        || name.contains(&b'/')
+        || name.contains(&0)
+        || name == b"."
+        || name == b".."
+    {
+        return Err(FsError::Invalid(format!("bad name {:?}", String::from_utf8_lossy(name))));
+    }
+    Ok(())
+}
+
+/// Errors that carry a specific errno.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("no space left on the volume")]
+    NoSpace,
+    #[error("file too large or too fragmented")]
+    TooBig,
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+impl MetaError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            MetaError::NotFound => libc::ENOENT,
+            MetaError::Exists => libc::EEXIST,
+            MetaError::NotDir => libc::ENOTDIR,
+            MetaError::IsDir => libc::EISDIR,
+            MetaError::NotEmpty => libc::ENOTEMPTY,
+            MetaError::Invalid(_) => libc::EINVAL,
+            MetaError::NoSpace => libc::ENOSPC,
+            MetaError::TooBig => libc::EFBIG,
+            MetaError::Fs(e) => e.errno(),
+        }
+    }
+}
+
+pub type MResult<T> = std::result::Result<T, MetaError>;
+
+impl MetaStore {
+    /// Opens the file system on `dev`: replays the journal, then loads
+    /// the bitmap, inode table and directories.
+    pub fn open(dev: Arc<dyn BlockDev>) -> Result<MetaStore> {
+        let sb = read_superblock(&*dev)?;
+        let layout = Layout {
+            total: sb.total_blocks.get(),
+            journal_start: sb.journal_start.get(),
+            journal_blocks: sb.journal_blocks.get(),
+            bitmap_start: sb.bitmap_start.get(),
+            bitmap_blocks: sb.bitmap_blocks.get(),
+            inode_start: sb.inode_start.get(),
+            inode_blocks: sb.inode_blocks.get(),
+            inode_count: sb.inode_count.get(),
+            data_start: sb.data_start.get(),
+        };
+        let bs = sb.block_size.get() as usize;
+        let (journal, _) = Journal::open(dev.clone(), layout.journal_start, layout.journal_blocks)?;
+        let mut bitmap = vec![0u8; layout.bitmap_blocks as usize * bs];
+        dev.read(layout.bitmap_start, &mut bitmap)?;
+        let mut table = vec![0u8; layout.inode_blocks as usize * bs];
+        dev.read(layout.inode_start, &mut table)?;
+        let mut inodes = HashMap::new();
+        let mut free_inos = Vec::new();
+        for ino in (1..=layout.inode_count).rev() {
+            let off = (ino as usize - 1) * INODE_SIZE;
+            let i = Inode::read_from_prefix(&table[off..])
+                .map_err(|_| FsError::Corrupt { block: 0, why: "inode".into() })?
+                .0;
+            if i.mode.get() == 0 {
+                free_inos.push(ino);
+            } else {
+                if i.ino.get() != ino {
+                    return Err(FsError::Corrupt {
+                        block: layout.inode_start + off as u64 / bs as u64,
+                        why: format!("inode {ino} says it is {}", i.ino.get()),
+                    });
+                }
+                inodes.insert(ino, i);
+            }
+        }
+        let used = (0..layout.total).filter(|&b| bitmap[(b / 8) as usize] & (1 << (b % 8)) != 0).count() as u64;
+        let mut m = MetaStore {
+            dev,
+            sb,
+            layout,
+            bs,
+            journal,
+            bitmap,
+            inodes,
+            free_inos,
+            dirs: HashMap::new(),
+            ext_blocks: HashMap::new(),
+            dirty: BTreeMap::new(),
+            free_blocks: layout.total - used,
+            alloc_hint: layout.data_start,
+        };
+        let with_overflow: Vec<(u64, u64)> = m
+            .inodes
+            .values()
+            .filter(|i| i.extent_block.get() != 0)
+            .map(|i| (i.ino.get(), i.extent_block.get()))
+            .collect();
+        for (ino, blk) in with_overflow {
+            let exts = m.read_ext_block(blk)?;
+            m.ext_blocks.insert(ino, exts);
+        }
+        let dirs: Vec<u64> =
+            m.inodes.values().filter(|i| Kind::of_mode(i.mode.get()) == Kind::Dir).map(|i| i.ino.get()).collect();
+        for d in dirs {
+            let dir = m.load_dir(d)?;
+            m.dirs.insert(d, dir);
+        }
+        Ok(m)
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.bs as u32
+    }
+
+    fn read_ext_block(&self, blk: u64) -> Result<Vec<Extent>> {
+        let mut b = vec![0u8; self.bs];
+        self.dev.read(blk, &mut b)?;
+        if !sealed_ok(&b) || b[..4] != EXT_MAGIC {
+            return Err(FsError::Corrupt { block: blk, why: "extent block".into() });
+        }
+        let n = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+        (0..n.min((self.bs - 12) / 24))
+            .map(|i| {
+                Extent::read_from_prefix(&b[8 + i * 24..])
+                    .map(|x| x.0)
+                    .map_err(|_| FsError::Corrupt { block: blk, why: "extent".into() })
+            })
+            .collect()
+    }
+
+    /// All extents of an inode, in file order.
+    pub fn extents(&self, ino: u64) -> Vec<Extent> {
+        let Some(i) = self.inodes.get(&ino) else { return Vec::new() };
+        let mut v: Vec<Extent> = i.extents[..(i.nextents.get() as usize).min(6)].to_vec();
+        if let Some(more) = self.ext_blocks.get(&ino) {
+            v.extend_from_slice(more);
+        }
+        v
+    }
+
+    fn load_dir(&self, ino: u64) -> Result<Dir> {
+        let mut dir = Dir { entries: HashMap::new(), blocks: Vec::new() };
+        let mut names = std::collections::BTreeSet::new();
+        let mut b = vec![0u8; self.bs];
+        for e in self.extents(ino) {
+            for k in 0..e.len.get() as u64 {
+                let blk = e.pblk.get() + k;
+                self.dev.read(blk, &mut b)?;
+                if !sealed_ok(&b) || b[..4] != DIR_MAGIC {
+                    return Err(FsError::Corrupt { block: blk, why: format!("directory block of inode {ino}") });
+                }
+                let used = u16::from_le_bytes([b[4], b[5]]) as usize;
+                let idx = dir.blocks.len();
+                let mut at = DIR_HDR;
+                while at + 10 <= used.min(self.bs - 4) {
+                    let child = u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+                    let kind = Kind::from_u8(b[at + 8]);
+                    let n = b[at + 9] as usize;
+                    if at + 10 + n > self.bs - 4 {
+                        return Err(FsError::Corrupt { block: blk, why: "directory entry runs past the block".into() });
+                    }
+                    let name = b[at + 10..at + 10 + n].to_vec();
+                    names.insert(name.clone());
+                    dir.entries.insert(name, DirEntry { ino: child, kind, block: idx });
+                    at += 10 + n;
+                }
+                dir.blocks.push(DirBlock { pblk: blk, used: used.max(DIR_HDR), names: std::mem::take(&mut names) });
+            }
+        }
+        Ok(dir)
+    }
+
+    // ---- transaction plumbing --------------------------------------------
+
+    fn block_image(&mut self, blk: u64) -> Result<&mut Vec<u8>> {
+        if !self.dirty.contains_key(&blk) {
+            // The journal may hold a newer image than the home block.
+            let b = match self.journal.newest(blk) {
+                Some(img) => img.to_vec(),
+                None => {
+                    let mut b = vec![0u8; self.bs];
+                    self.dev.read(blk, &mut b)?;
+                    b
+                }
+            };
+            self.dirty.insert(blk, b);
+        }
+        Ok(self.dirty.get_mut(&blk).expect("just inserted"))
+    }
+
+    fn put_inode(&mut self, i: Inode) -> Result<()> {
+        let (blk, off) = inode_location(&self.layout, self.bs as u32, i.ino.get());
+        let img = self.block_image(blk)?;
+        img[off..off + INODE_SIZE].fill(0);
+        img[off..off + size_of::<Inode>()].copy_from_slice(i.as_bytes());
+        if i.mode.get() == 0 {
+            self.inodes.remove(&i.ino.get());
+        } else {
+            self.inodes.insert(i.ino.get(), i);
+        }
+        Ok(())
+    }
+
+    fn set_bit(&mut self, blk: u64, used: bool) -> Result<()> {
+        let byte = (blk / 8) as usize;
+        let mask = 1u8 << (blk % 8);
+        let was = self.bitmap[byte] & mask != 0;
+        if was == used {
+            return Ok(());
+        }
+        if used {
+            self.bitmap[byte] |= mask;
+            self.free_blocks -= 1;
+        } else {
+            self.bitmap[byte] &= !mask;
+            self.free_blocks += 1;
+        }
+        let bmblk = byte / self.bs;
+        let start = bmblk * self.bs;
+        let copy = self.bitmap[start..start + self.bs].to_vec();
+        let home = self.layout.bitmap_start + bmblk as u64;
+        *self.block_image(home)? = copy;
+        Ok(())
+    }
+
+    /// Commits the blocks the operation dirtied as one transaction.
+    fn commit(&mut self) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        if self.dirty.len() > max_tx_blocks(self.bs) {
+            self.dirty.clear();
+            return Err(FsError::Invalid("operation touches more blocks than one transaction holds".into()));
+        }
+        let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
+        self.journal.commit(&refs)?;
+        Ok(())
+    }
+
+    /// Forgets an operation that failed: if it had changed anything, the
+    /// cache is rebuilt from the volume (the journal holds every committed
+    /// change), so memory never keeps what the disk does not.
+    fn abort(&mut self) {
+        if std::mem::take(&mut self.dirty).is_empty() {
+            return;
+        }
+        match MetaStore::open(self.dev.clone()) {
+            Ok(fresh) => *self = fresh,
+            Err(e) => tracing::error!(error = %e, "reloading metadata after a failed operation"),
+        }
+    }
+
+    fn run<T>(&mut self, f: impl FnOnce(&mut Self) -> MResult<T>) -> MResult<T> {
+        debug_assert!(self.dirty.is_empty(), "an operation is already in progress");
+        match f(self) {
+            Ok(v) => {
+                self.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
+
+    // ---- allocation -------------------------------------------------------
+
+    fn is_used(&self, b: u64) -> bool {
+        self.bitmap[(b / 8) as usize] & (1 << (b % 8)) != 0
+    }
+
+    /// Allocates up to `want` contiguous blocks (at least one).
+    fn alloc_run(&mut self, want: u64) -> MResult<(u64, u64)> {
+        if self.free_blocks == 0 {
+            return Err(MetaError::NoSpace);
+        }
+        let (lo, hi) = (self.layout.data_start, self.layout.total);
+        let mut b = self.alloc_hint.clamp(lo, hi - 1);
+        for _ in 0..(hi - lo) {
+            if !self.is_used(b) {
+                let mut n = 1;
+                while n < want && b + n < hi && !self.is_used(b + n) {
+                    n += 1;
+                }
+                for k in 0..n {
+                    self.set_bit(b + k, true)?;
+                }
+                self.alloc_hint = b + n;
+                return Ok((b, n));
+            }
+            b = if b + 1 >= hi { lo } else { b + 1 };
+        }
+        Err(MetaError::NoSpace)
+    }
+
+    fn alloc_ino(&mut self) -> MResult<u64> {
+        self.free_inos.pop().ok_or(MetaError::NoSpace)
+    }
+
+    fn set_extents(&mut self, ino: u64, exts: &[Extent]) -> MResult<()> {
+        let mut i = *self.inodes.get(&ino).ok_or(MetaError::NotFound)?;
+        let inline = exts.len().min(6);
+        i.extents = [Extent::default(); 6];
+        i.extents[..inline].copy_from_slice(&exts[..inline]);
+        i.nextents = (inline as u16).into();
+        let rest = &exts[inline..];
+        let cap = (self.bs - 12) / 24;
+        if rest.len() > cap {
+            return Err(MetaError::TooBig);
+        }
+        if rest.is_empty() {
+            if i.extent_block.get() != 0 {
+                self.set_bit(i.extent_block.get(), false)?;
+                i.extent_block = 0.into();
+            }
+            self.ext_blocks.remove(&ino);
+        } else {
+            if i.extent_block.get() == 0 {
+                let (b, _) = self.alloc_run(1)?;
+                i.extent_block = b.into();
+            }
+            let mut img = vec![0u8; self.bs];
+            img[..4].copy_from_slice(&EXT_MAGIC);
+            img[4..8].copy_from_slice(&(rest.len() as u32).to_le_bytes());
+            for (k, e) in rest.iter().enumerate() {
+                img[8 + k * 24..32 + k * 24].copy_from_slice(e.as_bytes());
+            }
+            seal(&mut img);
+            *self.block_image(i.extent_block.get())? = img;
+            self.ext_blocks.insert(ino, rest.to_vec());
+        }
+        self.put_inode(i)?;
+        Ok(())
+    }
+
+    // ---- directories --------------------------------------------------------
+
+    fn dir_block_image(&mut self, dir: u64, idx: usize) -> MResult<Vec<u8>> {
+        let d = self.dirs.get(&dir).ok_or(MetaError::NotDir)?;
+        let mut img = vec![0u8; self.bs];
+        img[..4].copy_from_slice(&DIR_MAGIC);
+        let mut at = DIR_HDR;
+        for name in &d.blocks[idx].names {
+            let e = &d.entries[name];
+            img[at..at + 8].copy_from_slice(&e.ino.to_le_bytes());
+            img[at + 8] = e.kind as u8;
+            img[at + 9] = name.len() as u8;
+            img[at + 10..at + 10 + name.len()].copy_from_slice(name);
+            at += 10 + name.len();
+        }
+        img[4..6].copy_from_slice(&(at as u16).to_le_bytes());
+        seal(&mut img);
+        Ok(img)
+    }
+
+    fn write_dir_block(&mut self, dir: u64, idx: usize) -> MResult<()> {
+        let img = self.dir_block_image(dir, idx)?;
+        let blk = self.dirs[&dir].blocks[idx].pblk;
+        *self.block_image(blk)? = img;
+        Ok(())
+    }
+
+    fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, kind: Kind) -> MResult<()> {
+        let need = 10 + name.len();
+        let room = self.bs - 4;
+        let idx = match self.dirs.get(&dir).ok_or(MetaError::NotDir)?.blocks.iter().position(|b| b.used + need <= room)
+        {
+            Some(i) => i,
+            None => {
+                let (b, _) = self.alloc_run(1)?;
+                let mut exts = self.extents(dir);
+                let nblocks: u64 = exts.iter().map(|e| e.len.get() as u64).sum();
+                match exts.last_mut() {
+                    Some(l) if l.pblk.get() + l.len.get() as u64 == b => l.len = (l.len.get() + 1).into(),
+                    _ => exts.push(Extent { lblk: nblocks.into(), pblk: b.into(), len: 1.into(), flags: 0.into() }),
+                }
+                self.set_extents(dir, &exts)?;
+                let d = self.dirs.get_mut(&dir).ok_or(MetaError::NotDir)?;
+                d.blocks.push(DirBlock { pblk: b, used: DIR_HDR, names: Default::default() });
+                let mut i = self.inodes[&dir];
+                i.size = ((nblocks + 1) * self.bs as u64).into();
+                i.blocks = (i.blocks.get() + 1).into();
+                self.put_inode(i)?;
+                self.dirs.get(&dir).map_or(0, |d| d.blocks.len()) - 1
+            }
+        };
+        let d = self.dirs.get_mut(&dir).ok_or(MetaError::NotDir)?;
+        d.entries.insert(name.to_vec(), DirEntry { ino, kind, block: idx });
+        d.blocks[idx].used += need;
+        d.blocks[idx].names.insert(name.to_vec());
+        self.write_dir_block(dir, idx)
+    }
+
+    fn dir_remove(&mut self, dir: u64, name: &[u8]) -> MResult<DirEntry> {
+        let d = self.dirs.get_mut(&dir).ok_or(MetaError::NotDir)?;
+        let e = d.entries.remove(name).ok_or(MetaError::NotFound)?;
+        d.blocks[e.block].used -= 10 + name.len();
+        d.blocks[e.block].names.remove(name);
+        self.write_dir_block(dir, e.block)?;
+        Ok(e)
+    }
+
+    fn touch(&mut self, ino: u64, m: bool, c: bool) -> MResult<()> {
+        let mut i = *self.inodes.get(&ino).ok_or(MetaError::NotFound)?;
+        let t = now_ns();
+        if m {
+            i.mtime_ns = t.into();
+        }
+        if c {
+            i.ctime_ns = t.into();
+        }
+        self.put_inode(i)?;
+        Ok(())
+    }
+
+    fn new_inode(&mut self, mode: u32, cred: Cred, nlink: u32) -> MResult<Inode> {
+        let ino = self.alloc_ino()?;
+        let t = now_ns();
+        let mut i = Inode::new_zeroed();
+        i.ino = ino.into();
+        i.generation = ((t as u32) | 1).into();
+        i.mode = mode.into();
+        i.uid = cred.uid.into();
+        i.gid = cred.gid.into();
+        i.nlink = nlink.into();
+        i.atime_ns = t.into();
+        i.mtime_ns = t.into();
+        i.ctime_ns = t.into();
+        Ok(i)
+    }
+
+    fn free_inode(&mut self, ino: u64) -> MResult<()> {
+        let exts = self.extents(ino);
+        for e in &exts {
+            for k in 0..e.len.get() as u64 {
+                self.set_bit(e.pblk.get() + k, false)?;
+            }
+        }
+        let i = *self.inodes.get(&ino).ok_or(MetaError::NotFound)?;
+        if i.extent_block.get() != 0 {
+            self.set_bit(i.extent_block.get(), false)?;
+        }
+        self.ext_blocks.remove(&ino);
+        self.dirs.remove(&ino);
+        let mut z = Inode::new_zeroed();
+        z.ino = ino.into();
+        self.put_inode(z)?;
+        self.free_inos.push(ino);
+        Ok(())
+    }
+
+    // ---- the operations -----------------------------------------------------
+
+    pub fn getattr(&self, ino: u64) -> MResult<Inode> {
+        self.inodes.get(&ino).copied().ok_or(MetaError::NotFound)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> MResult<DirEntry> {
+        let d = self.dirs.get(&parent).ok_or(MetaError::NotDir)?;
+        d.entries.get(name).copied().ok_or(MetaError::NotFound)
+    }
+
+    /// Entries of a directory, sorted by name.
+    pub fn readdir(&self, dir: u64) -> MResult<Vec<(Vec<u8>, u64, Kind)>> {
+        let d = self.dirs.get(&dir).ok_or(MetaError::NotDir)?;
+        let mut v: Vec<_> = d.entries.iter().map(|(n, e)| (n.clone(), e.ino, e.kind)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    }
+
+    /// Creates a regular file, directory or symlink named `name` in `parent`.
+    pub fn create(&mut self, parent: u64, name: &[u8], mode: u32, cred: Cred) -> MResult<Inode> {
+        name_ok(name)?;
+        self.run(|m| {
+            if Kind::of_mode(m.getattr(parent)?.mode.get()) != Kind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if m.lookup(parent, name).is_ok() {
+                return Err(MetaError::Exists);
+            }
+            let kind = Kind::of_mode(mode);
+            let i = m.new_inode(mode, cred, if kind == Kind::Dir { 2 } else { 1 })?;
+            m.put_inode(i)?;
+            if kind == Kind::Dir {
+                m.dirs.insert(i.ino.get(), Dir { entries: HashMap::new(), blocks: Vec::new() });
+                let mut p = m.getattr(parent)?;
+                p.nlink = (p.nlink.get() + 1).into();
+                m.put_inode(p)?;
+            }
+            m.dir_add(parent, name, i.ino.get(), kind)?;
+            m.touch(parent, true, true)?;
+            Ok(m.inodes[&i.ino.get()])
+        })
+    }
+
+    /// Removes a non-directory entry; frees the inode at its last link.
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> MResult<()> {
+        self.run(|m| {
+            let e = m.lookup(parent, name)?;
+            if e.kind == Kind::Dir {
+                return Err(MetaError::IsDir);
+            }
+            m.dir_remove(parent, name)?;
+            m.drop_link(e.ino)?;
+            m.touch(parent, true, true)
+        })
+    }
+
+    fn drop_link(&mut self, ino: u64) -> MResult<()> {
+        let mut i = self.getattr(ino)?;
+        let n = i.nlink.get().saturating_sub(1);
+        if n == 0 {
+            self.free_inode(ino)
+        } else {
+            i.nlink = n.into();
+            i.ctime_ns = now_ns().into();
+            self.put_inode(i)?;
+            Ok(())
+        }
+    }
+
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> MResult<()> {
+        self.run(|m| {
+            let e = m.lookup(parent, name)?;
+            if e.kind != Kind::Dir {
+                return Err(MetaError::NotDir);
+            }
+            if !m.dirs.get(&e.ino).is_some_and(|d| d.entries.is_empty()) {
+                return Err(MetaError::NotEmpty);
+            }
+            m.dir_remove(parent, name)?;
+            m.free_inode(e.ino)?;
+            let mut p = m.getattr(parent)?;
+            p.nlink = (p.nlink.get().saturating_sub(1)).into();
+            m.put_inode(p)?;
+            m.touch(parent, true, true)
+        })
+    }
+
+    /// A hard link to a non-directory.
+    pub fn link(&mut self, ino: u64, parent: u64, name: &[u8]) -> MResult<Inode> {
+        name_ok(name)?;
+        self.run(|m| {
+            let mut i = m.getattr(ino)?;
+            if Kind::of_mode(i.mode.get()) == Kind::Dir {
+                return Err(MetaError::IsDir);
+            }
+            if m.lookup(parent, name).is_ok() {
+                return Err(MetaError::Exists);
+            }
+            i.nlink = (i.nlink.get() + 1).into();
+            i.ctime_ns = now_ns().into();
+            m.put_inode(i)?;
+            m.dir_add(parent, name, ino, Kind::of_mode(i.mode.get()))?;
+            m.touch(parent, true, true)?;
+            Ok(i)
+        })
+    }
+
+    /// Renames, replacing an existing target as POSIX rename does (a
+    /// directory only by an empty directory, a file only by a non-directory).
+    pub fn rename(&mut self, sp: u64, sname: &[u8], dp: u64, dname: &[u8]) -> MResult<()> {
+        name_ok(dname)?;
+        self.run(|m| {
+            let src = m.lookup(sp, sname)?;
+            if !m.dirs.contains_key(&dp) {
+                return Err(MetaError::NotDir);
+            }
+            if src.kind == Kind::Dir && (src.ino == dp || m.is_ancestor(src.ino, dp)) {
+                return Err(MetaError::Invalid("cannot move a directory into itself".into()));
+            }
+            if let Ok(old) = m.lookup(dp, dname) {
+                if old.ino == src.ino {
+                    return Ok(());
+                }
+                match (src.kind == Kind::Dir, old.kind == Kind::Dir) {
+                    (true, false) => return Err(MetaError::NotDir),
+                    (false, true) => return Err(MetaError::IsDir),
+                    (true, true) if !m.dirs.get(&old.ino).is_some_and(|d| d.entries.is_empty()) => {
+                        return Err(MetaError::NotEmpty)
+                    }
+                    _ => {}
+                }
+                m.dir_remove(dp, dname)?;
+                if old.kind == Kind::Dir {
+                    m.free_inode(old.ino)?;
+                    let mut p = m.getattr(dp)?;
+                    p.nlink = (p.nlink.get().saturating_sub(1)).into();
+                    m.put_inode(p)?;
+                } else {
+                    m.drop_link(old.ino)?;
+                }
+            }
+            m.dir_remove(sp, sname)?;
+            m.dir_add(dp, dname, src.ino, src.kind)?;
+            if src.kind == Kind::Dir && sp != dp {
+                let mut a = m.getattr(sp)?;
+                a.nlink = (a.nlink.get().saturating_sub(1)).into();
+                m.put_inode(a)?;
+                let mut b = m.getattr(dp)?;
+                b.nlink = (b.nlink.get() + 1).into();
+                m.put_inode(b)?;
+            }
+            m.touch(sp, true, true)?;
+            m.touch(dp, true, true)?;
+            m.touch(src.ino, false, true)
+        })
+    }
+
+    fn is_ancestor(&self, dir: u64, of: u64) -> bool {
+        // Walk down from `dir`: is `of` inside it?
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            if let Some(x) = self.dirs.get(&d) {
+                for e in x.entries.values().filter(|e| e.kind == Kind::Dir) {
+                    if e.ino == of {
+                        return true;
+                    }
+                    stack.push(e.ino);
+                }
+            }
+        }
+        false
+    }
+
+    /// Changes mode, owner, size or times. A smaller size frees the blocks past it.
+    pub fn setattr(&mut self, ino: u64, set: &SetAttr) -> MResult<Inode> {
+        self.run(|m| {
+            let mut i = m.getattr(ino)?;
+            if let Some(mode) = set.mode {
+                i.mode = ((i.mode.get() & libc::S_IFMT) | (mode & 0o7777)).into();
+            }
+            if let Some(uid) = set.uid {
+                i.uid = uid.into();
+            }
+            if let Some(gid) = set.gid {
+                i.gid = gid.into();
+            }
+            if let Some(t) = set.atime_ns {
+                i.atime_ns = t.into();
+            }
+            if let Some(t) = set.mtime_ns {
+                i.mtime_ns = t.into();
+            }
+            i.ctime_ns = now_ns().into();
+            m.put_inode(i)?;
+            if let Some(size) = set.size {
+                if Kind::of_mode(i.mode.get()) == Kind::Dir {
+                    return Err(MetaError::IsDir);
+                }
+                m.truncate_blocks(ino, size)?;
+                let mut i = m.getattr(ino)?;
+                i.size = size.into();
+                i.mtime_ns = now_ns().into();
+                m.put_inode(i)?;
+            }
+            Ok(m.inodes[&ino])
+        })
+    }
+
+    fn truncate_blocks(&mut self, ino: u64, size: u64) -> MResult<()> {
+        let keep = size.div_ceil(self.bs as u64);
+        let mut out = Vec::new();
+        let mut freed = 0u64;
+        for e in self.extents(ino) {
+            let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
+            if l >= keep {
+                for k in 0..n {
+                    self.set_bit(p + k, false)?;
+                }
+                freed += n;
+            } else if l + n > keep {
+                let stay = keep - l;
+                for k in stay..n {
+                    self.set_bit(p + k, false)?;
+                }
+                freed += n - stay;
+                out.push(Extent { len: (stay as u32).into(), ..e });
+            } else {
+                out.push(e);
+            }
+        }
+        self.set_extents(ino, &out)?;
+        let mut i = self.getattr(ino)?;
+        i.blocks = (i.blocks.get().saturating_sub(freed)).into();
+        self.put_inode(i)?;
+        Ok(())
+    }
+
+    /// Maps file blocks `lblk..lblk+count` of `ino`, allocating what is
+    /// not mapped yet; returns the extents covering the range. Data then
+    /// goes straight between the client and the storage node.
+    pub fn allocate(&mut self, ino: u64, lblk: u64, count: u64) -> MResult<Vec<Extent>> {
+        self.run(|m| {
+            let i = m.getattr(ino)?;
+            if Kind::of_mode(i.mode.get()) == Kind::Dir {
+                return Err(MetaError::IsDir);
+            }
+            let mut exts = m.extents(ino);
+            let mut added = 0u64;
+            let mut l = lblk;
+            while l < lblk + count {
+                if let Some(e) = exts.iter().find(|e| e.lblk.get() <= l && l < e.lblk.get() + e.len.get() as u64) {
+                    l = e.lblk.get() + e.len.get() as u64;
+                    continue;
+                }
+                // Up to the next mapped block, or the end of the request.
+                let next = exts.iter().map(|e| e.lblk.get()).filter(|&s| s > l).min().unwrap_or(u64::MAX);
+                let want = (lblk + count).min(next) - l;
+                let (p, n) = m.alloc_run(want.min(u32::MAX as u64))?;
+                match exts
+                    .iter_mut()
+                    .find(|e| e.lblk.get() + e.len.get() as u64 == l && e.pblk.get() + e.len.get() as u64 == p)
+                {
+                    Some(e) => e.len = (e.len.get() + n as u32).into(),
+                    None => {
+                        exts.push(Extent { lblk: l.into(), pblk: p.into(), len: (n as u32).into(), flags: 0.into() })
+                    }
+                }
+                exts.sort_by_key(|e| e.lblk.get());
+                added += n;
+                l += n;
+            }
+            if added > 0 {
+                m.set_extents(ino, &exts)?;
+                let mut i = m.getattr(ino)?;
+                i.blocks = (i.blocks.get() + added).into();
+                m.put_inode(i)?;
+            }
+            Ok(m.extents(ino)
+                .into_iter()
+                .filter(|e| e.lblk.get() < lblk + count && e.lblk.get() + e.len.get() as u64 > lblk)
+                .collect())
+        })
+    }
+
+    /// (total blocks, free blocks, total inodes, free inodes)
+    pub fn statfs(&self) -> (u64, u64, u64, u64) {
+        (self.layout.total, self.free_blocks, self.layout.inode_count, self.free_inos.len() as u64)
+    }
+
+    /// Writes every journaled change home and trims the journal.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.journal.checkpoint()
+    }
+}
+
+/// What [`MetaStore::setattr`] changes; `None` leaves a field alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime_ns: Option<u64>,
+    pub mtime_ns: Option<u64>,
+}
+
+pub const ROOT: u64 = ROOT_INO;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::blockdev::MemDev;
+    use crate::fs::mkfs::{mkfs, MkfsOpts};
+
+    const FILE: u32 = libc::S_IFREG | 0o644;
+    const DIR: u32 = libc::S_IFDIR | 0o755;
+    const ME: Cred = Cred { uid: 1000, gid: 1000 };
+
+    fn fresh(bytes: u64) -> (Arc<MemDev>, MetaStore) {
+        let dev = Arc::new(MemDev::new(4096, bytes));
+        mkfs(&*dev, &MkfsOpts { bytes_per_inode: 8192, ..Default::default() }).unwrap();
+        let m = MetaStore::open(dev.clone()).unwrap();
+        (dev, m)
+    }
+
+    fn errno<T: std::fmt::Debug>(r: MResult<T>) -> i32 {
+        r.unwrap_err().errno()
+    }
+
+    #[test]
+    fn posix_namespace_operations() {
+        let (_, mut m) = fresh(64 << 20);
+        let a = m.create(ROOT, b"a", FILE, ME).unwrap();
+        assert_eq!((a.uid.get(), a.nlink.get()), (1000, 1));
+        let d = m.create(ROOT, b"d", DIR, ME).unwrap();
+        assert_eq!(m.getattr(ROOT).unwrap().nlink.get(), 3, "root gains a link per subdirectory");
+        assert_eq!(errno(m.create(ROOT, b"a", FILE, ME)), libc::EEXIST);
+        assert_eq!(errno(m.create(a.ino.get(), b"x", FILE, ME)), libc::ENOTDIR);
+        assert_eq!(errno(m.create(ROOT, b"a/b", FILE, ME)), libc::EINVAL);
+        assert_eq!(errno(m.create(ROOT, b"..", FILE, ME)), libc::EINVAL);
+        // Hard link, then unlink one name: the inode lives on.
+        let l = m.link(a.ino.get(), d.ino.get(), b"a2").unwrap();
+        assert_eq!(l.nlink.get(), 2);
+        m.unlink(ROOT, b"a").unwrap();
+        assert_eq!(m.getattr(a.ino.get()).unwrap().nlink.get(), 1);
+        assert_eq!(errno(m.lookup(ROOT, b"a")), libc::ENOENT);
+        assert_eq!(errno(m.link(d.ino.get(), ROOT, b"dl")), libc::EISDIR);
+        assert_eq!(errno(m.unlink(ROOT, b"d")), libc::EISDIR);
+        assert_eq!(errno(m.rmdir(ROOT, b"d")), libc::ENOTEMPTY);
+        // Rename over an existing file frees the old target.
+        let b = m.create(ROOT, b"b", FILE, ME).unwrap();
+        m.rename(d.ino.get(), b"a2", ROOT, b"b").unwrap();
+        assert_eq!(m.lookup(ROOT, b"b").unwrap().ino, a.ino.get());
+        assert_eq!(errno(m.getattr(b.ino.get())), libc::ENOENT);
+        // Directories: not into themselves, not over a file.
+        let sub = m.create(d.ino.get(), b"sub", DIR, ME).unwrap();
+        assert_eq!(errno(m.rename(ROOT, b"d", sub.ino.get(), b"loop")), libc::EINVAL);
+        assert_eq!(errno(m.rename(ROOT, b"d", ROOT, b"b")), libc::ENOTDIR);
+        m.rename(d.ino.get(), b"sub", ROOT, b"sub2").unwrap();
+        assert_eq!(m.getattr(ROOT).unwrap().nlink.get(), 4);
+        assert_eq!(m.getattr(d.ino.get()).unwrap().nlink.get(), 2);
+        m.rmdir(ROOT, b"d").unwrap();
+        let names: Vec<Vec<u8>> = m.readdir(ROOT).unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(names, vec![b"b".to_vec(), b"sub2".to_vec()]);
+    }
+
+    #[test]
+    fn every_acknowledged_change_survives_a_manager_crash() {
+        let (dev, mut m) = fresh(64 << 20);
+        let d = m.create(ROOT, b"dir", DIR, ME).unwrap();
+        let f = m.create(d.ino.get(), b"file", FILE, ME).unwrap();
+        m.allocate(f.ino.get(), 0, 10).unwrap();
+        m.setattr(f.ino.get(), &SetAttr { size: Some(40960), mode: Some(0o600), ..Default::default() }).unwrap();
+        let before = (m.readdir(ROOT).unwrap(), m.getattr(f.ino.get()).unwrap(), m.extents(f.ino.get()), m.statfs());
+        // Crash: no checkpoint, nothing written home but the journal.
+        drop(m);
+        let m = MetaStore::open(dev.clone()).unwrap();
+        let after = (m.readdir(ROOT).unwrap(), m.getattr(f.ino.get()).unwrap(), m.extents(f.ino.get()), m.statfs());
+        assert_eq!(before, after);
+        assert_eq!(after.1.mode.get(), libc::S_IFREG | 0o600);
+        assert_eq!(m.lookup(d.ino.get(), b"file").unwrap().ino, f.ino.get());
+    }
+
+    #[test]
+    fn allocation_truncation_and_many_extents() {
+        let (dev, mut m) = fresh(64 << 20);
+        let a = m.create(ROOT, b"a", FILE, ME).unwrap().ino.get();
+        let b = m.create(ROOT, b"b", FILE, ME).unwrap().ino.get();
+        let (_, free0, _, _) = m.statfs();
+        // Interleave two files block by block: each ends up with many extents.
+        for k in 0..20 {
+            m.allocate(a, k, 1).unwrap();
+            m.allocate(b, k, 1).unwrap();
+        }
+        assert_eq!(m.extents(a).len(), 20, "more extents than the inode holds inline");
+        assert_eq!(m.statfs().1, free0 - 40 - 2, "40 data blocks and two overflow extent blocks");
+        // Already mapped blocks are not allocated again.
+        let again = m.allocate(a, 5, 3).unwrap();
+        assert_eq!(again.iter().map(|e| e.len.get()).sum::<u32>(), 3);
+        assert_eq!(m.statfs().1, free0 - 42);
+        m.setattr(a, &SetAttr { size: Some(3 * 4096), ..Default::default() }).unwrap();
+        assert_eq!(m.extents(a).len(), 3);
+        assert_eq!(m.getattr(a).unwrap().blocks.get(), 3);
+        drop(m);
+        let mut m = MetaStore::open(dev).unwrap();
+        assert_eq!(m.extents(b).len(), 20);
+        assert_eq!(m.extents(a).len(), 3);
+        m.unlink(ROOT, b"b").unwrap();
+        m.unlink(ROOT, b"a").unwrap();
+        assert_eq!(m.statfs().1, free0, "every block comes back");
+    }
+
+    #[test]
+    fn a_full_volume_says_enospc_and_stays_consistent() {
+        let (dev, mut m) = fresh(8 << 20);
+        let f = m.create(ROOT, b"big", FILE, ME).unwrap().ino.get();
+        let mut got = 0;
+        for step in [64u64, 1] {
+            loop {
+                let free = m.statfs().1;
+                match m.allocate(f, got, step) {
+                    Ok(_) => got += step,
+                    Err(e) => {
+                        assert_eq!(e.errno(), libc::ENOSPC);
+                        assert_eq!(m.statfs().1, free, "a failed allocation allocates nothing");
+                        break;
+                    }
+                }
+            }
+        }
+        assert_eq!(m.statfs().1, 0);
+        assert_eq!(m.getattr(f).unwrap().blocks.get(), got);
+        assert_eq!(errno(m.create(ROOT, b"more", FILE, ME).and_then(|i| m.allocate(i.ino.get(), 0, 1))), libc::ENOSPC);
+        drop(m);
+        let m = MetaStore::open(dev).unwrap();
+        assert_eq!(m.statfs().1, 0);
+        assert!(m.lookup(ROOT, b"big").is_ok());
+    }
+
+    #[test]
+    fn large_directories_stay_fast_and_persist() {
+        let (dev, mut m) = fresh(256 << 20);
+        let d = m.create(ROOT, b"big", DIR, ME).unwrap().ino.get();
+        let n = 20_000;
+        for i in 0..n {
+            m.create(d, format!("entry-{i:06}").as_bytes(), FILE, ME).unwrap();
+        }
+        m.checkpoint().unwrap();
+        for i in (0..n).step_by(97) {
+            m.unlink(d, format!("entry-{i:06}").as_bytes()).unwrap();
+        }
+        let left = m.readdir(d).unwrap().len();
+        drop(m);
+        let m = MetaStore::open(dev).unwrap();
+        assert_eq!(m.readdir(d).unwrap().len(), left);
+        assert!(m.lookup(d, b"entry-000001").is_ok());
+        assert_eq!(errno(m.lookup(d, b"entry-000097")), libc::ENOENT);
+    }
+}
