@@ -18,7 +18,7 @@ pub trait BlockDev: Send + Sync {
 }
 
 fn check(bs: u32, blocks: u64, block: u64, len: usize) -> Result<()> {
-    if len == 0 || len % bs as usize != 0 {
+    if len == 0 || !len.is_multiple_of(bs as usize) {
         return Err(FsError::Invalid(format!("{len} bytes is not whole {bs}-byte blocks")));
     }
     if block.checked_add((len / bs as usize) as u64).is_none_or(|e| e > blocks) {
@@ -83,7 +83,7 @@ pub struct NvmfDev {
 impl NvmfDev {
     pub fn new(ctrl: Arc<Controller>, nsid: u32, block_size: u32) -> Result<Self> {
         let ns = ctrl.identify_ns(nsid).map_err(|e| FsError::Io(e.to_string()))?;
-        if block_size % ns.block_size != 0 {
+        if !block_size.is_multiple_of(ns.block_size) {
             return Err(FsError::Invalid(format!(
                 "block size {block_size} is not a multiple of the LBA size {}",
                 ns.block_size

@@ -18,6 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
+/// A transaction read back from the journal: where it is, and its blocks.
+type ReadTx = (Live, Vec<(u64, Vec<u8>)>);
+
 /// Where a committed transaction not yet written home sits in the ring.
 struct Live {
     seq: u64,
@@ -106,7 +109,7 @@ impl Journal {
 
     /// Reads the transaction with sequence `seq` at `pos` (or, if it would
     /// not have fit there, at the start of the ring). None at the end of the log.
-    fn read_tx(&self, pos: u64, seq: u64) -> Result<Option<(Live, Vec<(u64, Vec<u8>)>)>> {
+    fn read_tx(&self, pos: u64, seq: u64) -> Result<Option<ReadTx>> {
         for p in [pos, 1] {
             if p >= self.nblocks {
                 continue;
@@ -121,7 +124,7 @@ impl Journal {
         Ok(None)
     }
 
-    fn read_tx_at(&self, pos: u64, seq: u64) -> Result<Option<(Live, Vec<(u64, Vec<u8>)>)>> {
+    fn read_tx_at(&self, pos: u64, seq: u64) -> Result<Option<ReadTx>> {
         let bs = self.bs;
         let mut d = vec![0u8; bs];
         self.dev.read(self.start + pos, &mut d)?;
