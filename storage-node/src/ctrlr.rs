@@ -43,6 +43,11 @@ pub struct Ctrl {
     pub err_count: AtomicU64,
     /// The newest failed commands, newest last, for the Error Information log.
     pub errors: Mutex<VecDeque<ErrorRecord>>,
+    /// Reservation notifications not yet read, oldest first, and how many
+    /// were ever queued (the log page's count).
+    pub resv_log: Mutex<(VecDeque<(u8, u32)>, u64)>,
+    /// Reservation Notification Mask (feature 82h): bit n masks log type n.
+    pub resv_mask: AtomicU32,
 }
 
 /// One failed command, as the Error Information log page reports it.
@@ -98,6 +103,8 @@ impl Ctrl {
             created: Instant::now(),
             err_count: AtomicU64::new(0),
             errors: Mutex::new(VecDeque::with_capacity(ERROR_LOG_ENTRIES)),
+            resv_log: Mutex::new((VecDeque::new(), 0)),
+            resv_mask: AtomicU32::new(0),
         }
     }
 
@@ -209,6 +216,32 @@ impl Ctrl {
                 a.pending_cids.push(cid);
             }
             (None, _) => self.aer.lock().pending_cids.push(cid),
+        }
+    }
+
+    /// Queues a reservation notification (log page 80h) for this host and
+    /// raises the asynchronous event unless the type is masked. A host that
+    /// was preempted learns it at once: the fence is visible, not silent.
+    pub fn reservation_notice(&self, log_type: u8, nsid: u32) {
+        if self.resv_mask.load(Ordering::Relaxed) & (1 << log_type) != 0 {
+            return;
+        }
+        let first = {
+            let mut l = self.resv_log.lock();
+            if l.0.len() >= 255 {
+                l.0.pop_front();
+            }
+            l.0.push_back((log_type, nsid));
+            l.1 += 1;
+            l.0.len() == 1
+        };
+        // One event until the host drains the log, as for other log pages.
+        if first {
+            self.raise_event(nvme_wire::log::aen_result(
+                aen::TYPE_IO_CMD_SPECIFIC,
+                aen::IO_RESV_LOG_AVAIL,
+                nvme_wire::nvme::lid::RESV_NOTIFICATION,
+            ));
         }
     }
 

@@ -16,6 +16,8 @@ pub struct Subsystem {
     namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
     /// Bumped whenever the namespace set changes.
     pub ns_generation: AtomicU64,
+    /// Controllers of this subsystem, for notifications (reservations).
+    ctrls: parking_lot::Mutex<Vec<std::sync::Weak<crate::ctrlr::Ctrl>>>,
 }
 
 impl Subsystem {
@@ -35,6 +37,7 @@ impl Subsystem {
             allowed_hosts: RwLock::new(hosts.into_iter().collect()),
             namespaces: RwLock::new(BTreeMap::new()),
             ns_generation: AtomicU64::new(0),
+            ctrls: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -42,6 +45,17 @@ impl Subsystem {
         let mut s = Self::new(nvme_wire::fabrics::DISCOVERY_NQN, "", "Tidepool discovery", true, []);
         s.is_discovery = true;
         s
+    }
+
+    pub fn add_ctrl(&self, c: &Arc<crate::ctrlr::Ctrl>) {
+        let mut v = self.ctrls.lock();
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(c));
+    }
+
+    /// Live controllers of this subsystem.
+    pub fn ctrls(&self) -> Vec<Arc<crate::ctrlr::Ctrl>> {
+        self.ctrls.lock().iter().filter_map(|w| w.upgrade()).filter(|c| !c.dead.load(Ordering::Acquire)).collect()
     }
 
     pub fn host_allowed(&self, hostnqn: &str) -> bool {

@@ -142,6 +142,7 @@ impl Target {
             }
             let max_q = if subsys.is_discovery { 0 } else { self.opts.max_io_queues };
             let c = Arc::new(Ctrl::new(id, subsys, hostnqn.to_owned(), hostid, kato_ms, max_q, self.now_ms()));
+            c.subsys.add_ctrl(&c);
             ctrls.insert(id, c.clone());
             return Some(c);
         }

@@ -221,3 +221,40 @@ fn asynchronous_event_reports_a_new_namespace() {
     ns2.ready.store(true, std::sync::atomic::Ordering::Release);
     c.write_blocks(2, 1, 4096, &[7u8; 4096], false).unwrap();
 }
+
+#[test]
+fn a_preempted_host_hears_of_it() {
+    use nvme_wire::resv::action;
+    let node = Node::start("8M", &["--allow-any-host"]);
+    let a =
+        Controller::connect(&node.addr, NQN, &ConnectOpts::default().with_hostnqn("nqn.2026-11.io.tidepool:old-mgr"))
+            .unwrap();
+    let b =
+        Controller::connect(&node.addr, NQN, &ConnectOpts::default().with_hostnqn("nqn.2026-11.io.tidepool:new-mgr"))
+            .unwrap();
+    a.resv_register(1, action::REGISTER, false, 0, 0xa).unwrap();
+    b.resv_register(1, action::REGISTER, false, 0, 0xb).unwrap();
+    a.resv_acquire(1, action::ACQUIRE, 2, 0xa, 0).unwrap();
+    let cid = {
+        let mut q = a.admin_queue();
+        let cid = q.submit(sqe(opc::ASYNC_EVENT_REQUEST, 0, 0), DataDir::None, 0).unwrap();
+        q.flush().unwrap();
+        cid
+    };
+    b.resv_acquire(1, action::PREEMPT_ABORT, 2, 0xb, 0xa).unwrap();
+    let mut out = Vec::new();
+    a.admin_queue().poll(&mut out, 1).unwrap();
+    assert_eq!(out[0].cid, cid);
+    // I/O command specific event, reservation log page available, log 80h.
+    assert_eq!(out[0].result as u32, 0x0080_0006);
+    let mut log = vec![0u8; 64];
+    a.get_log_page(nvme_wire::nvme::lid::RESV_NOTIFICATION, 0, &mut log).unwrap();
+    assert_eq!(u64::from_le_bytes(log[0..8].try_into().unwrap()), 1, "count");
+    assert_eq!(log[8], nvme_wire::log::resv_notif::REGISTRATION_PREEMPTED);
+    assert_eq!(u32::from_le_bytes(log[12..16].try_into().unwrap()), 1, "nsid");
+    // Reading removed it; the preempting host got nothing.
+    a.get_log_page(nvme_wire::nvme::lid::RESV_NOTIFICATION, 0, &mut log).unwrap();
+    assert_eq!(log[8], 0);
+    b.get_log_page(nvme_wire::nvme::lid::RESV_NOTIFICATION, 0, &mut log).unwrap();
+    assert_eq!(log[8], 0);
+}

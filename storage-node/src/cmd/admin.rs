@@ -272,7 +272,18 @@ fn get_log_page(
                 scratch[at..at + 4].copy_from_slice(&v.to_le_bytes());
             }
         }
-        lid::RESV_NOTIFICATION if !ctrl.subsys.is_discovery => scratch.resize(64, 0),
+        lid::RESV_NOTIFICATION if !ctrl.subsys.is_discovery => {
+            // Each read returns the oldest notification and removes it.
+            let mut e = wlog::ResvNotificationLog::new_zeroed();
+            let mut l = ctrl.resv_log.lock();
+            if let Some((t, nsid)) = l.0.pop_front() {
+                e.count = l.1.into();
+                e.log_type = t;
+                e.num_avail = l.0.len().min(255) as u8;
+                e.nsid = nsid.into();
+            }
+            scratch.extend_from_slice(e.as_bytes());
+        }
         _ => return Completion::err(Status::INVALID_LOG_PAGE),
     }
     out.fill(0);
@@ -333,13 +344,16 @@ fn set_features(ctrl: &Ctrl, fid: u8, cdw11: u32) -> Completion {
             ctrl.async_event_cfg.store(cdw11, Ordering::Release);
             Completion::ok(0)
         }
+        feat::RESV_MASK => {
+            ctrl.resv_mask.store(cdw11 & 0b1110, Ordering::Release);
+            Completion::ok(0)
+        }
         feat::VOLATILE_WC
         | feat::ARBITRATION
         | feat::POWER_MGMT
         | feat::TEMP_THRESH
         | feat::ERR_RECOVERY
-        | feat::IRQ_COALESCE
-        | feat::RESV_MASK => Completion::ok(0),
+        | feat::IRQ_COALESCE => Completion::ok(0),
         feat::HOST_ID => Completion::err(Status::CMD_SEQ_ERROR),
         _ => Completion::err(Status::INVALID_FIELD),
     }
@@ -355,12 +369,8 @@ fn get_features(ctrl: &Ctrl, fid: u8) -> Completion {
         feat::ASYNC_EVENT => ctrl.async_event_cfg.load(Ordering::Acquire) as u64,
         feat::VOLATILE_WC => 1,
         feat::TEMP_THRESH => 343,
-        feat::ARBITRATION
-        | feat::POWER_MGMT
-        | feat::ERR_RECOVERY
-        | feat::IRQ_COALESCE
-        | feat::RESV_MASK
-        | feat::RESV_PERSIST => 0,
+        feat::RESV_MASK => ctrl.resv_mask.load(Ordering::Acquire) as u64,
+        feat::ARBITRATION | feat::POWER_MGMT | feat::ERR_RECOVERY | feat::IRQ_COALESCE | feat::RESV_PERSIST => 0,
         _ => return Completion::err(Status::INVALID_FIELD),
     };
     Completion::ok(v)

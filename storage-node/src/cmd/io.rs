@@ -200,7 +200,7 @@ pub fn execute(
                 k.crkey.get(),
                 k.nrkey.get(),
             );
-            resv_result(ns, r)
+            resv_result(ctrl, ns, r)
         }
         IoCmd::ResvAcquire { cdw10 } => {
             let Ok(k) = KeyPair::read_from_bytes(data_in) else { return Status::SGL_INVALID_DATA.into() };
@@ -212,14 +212,14 @@ pub fn execute(
                 k.crkey.get(),
                 k.nrkey.get(),
             );
-            resv_result(ns, r)
+            resv_result(ctrl, ns, r)
         }
         IoCmd::ResvRelease { cdw10 } => {
             let Some(crkey) = data_in.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))) else {
                 return Status::SGL_INVALID_DATA.into();
             };
             let r = ns.resv.write().release(*h, cdw10 as u8 & 7, cdw10 & 8 != 0, (cdw10 >> 8) as u8, crkey);
-            resv_result(ns, r)
+            resv_result(ctrl, ns, r)
         }
         IoCmd::ResvReport { extended } => {
             if !extended {
@@ -318,11 +318,21 @@ pub fn execute_batch(ctrl: &Ctrl, ns: &Namespace, ops: &mut [IoOp<'_>], out: &mu
     }
 }
 
-fn resv_result(ns: &Namespace, r: Result<crate::resv::Effects, Status>) -> Completion {
+fn resv_result(ctrl: &Ctrl, ns: &Namespace, r: Result<crate::resv::Effects, Status>) -> Completion {
+    use nvme_wire::log::resv_notif;
     match r {
         Ok(fx) => {
             if !fx.preempted.is_empty() {
                 tracing::warn!(nsid = ns.nsid, hosts = fx.preempted.len(), abort = fx.abort, "registrations preempted");
+            }
+            if !fx.preempted.is_empty() || !fx.released_for.is_empty() {
+                for c in ctrl.subsys.ctrls().iter().filter(|c| c.hostid != ctrl.hostid) {
+                    if fx.preempted.contains(&c.hostid) {
+                        c.reservation_notice(resv_notif::REGISTRATION_PREEMPTED, ns.nsid);
+                    } else if fx.released_for.contains(&c.hostid) {
+                        c.reservation_notice(resv_notif::RESERVATION_RELEASED, ns.nsid);
+                    }
+                }
             }
             Completion::ok(0)
         }
