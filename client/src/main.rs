@@ -2,6 +2,8 @@
 //! user-space NVMe-oF initiator.
 
 mod bench;
+#[path = "node/cli.rs"]
+mod node_cli;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -20,6 +22,11 @@ enum Top {
     /// The user-space NVMe-oF initiator.
     #[command(subcommand)]
     Nvme(Nvme),
+    /// The node daemon (DM event path, session manager, fs manager roles).
+    #[command(subcommand)]
+    Node(node_cli::NodeCmd),
+    /// A DM application on the command line (sessions, dispositions, events).
+    Dm(node_cli::DmArgs),
 }
 
 #[derive(Args, Clone)]
@@ -182,6 +189,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().cmd {
         Top::Nvme(n) => nvme(n),
+        Top::Node(n) => node_cli::node(n),
+        Top::Dm(d) => node_cli::dm(d),
     }
 }
 

@@ -64,6 +64,12 @@ pub enum MsgType {
     Ack = 14,
     /// Liveness.
     Heartbeat = 15,
+    /// A read-only question about a session's events, to the session's node (B13:
+    /// `dm_find_eventmsg`, `dm_getall_tokens` made on another node). Header `sid`,
+    /// `token`.
+    Query = 16,
+    /// The answer to a [`MsgType::Query`] (header `ref_seq` the query).
+    QueryReply = 17,
 }
 
 impl MsgType {
@@ -85,6 +91,8 @@ impl MsgType {
             13 => Mount,
             14 => Ack,
             15 => Heartbeat,
+            16 => Query,
+            17 => QueryReply,
             _ => return Err(WireError::UnknownType(v)),
         })
     }
@@ -133,6 +141,21 @@ pub enum DispChange {
         name: DmAttrName,
         /// Set or clear.
         enable: bool,
+    },
+}
+
+/// What a [`Message::Query`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryOp {
+    /// `dm_find_eventmsg(sid, token, buflen)`.
+    FindEventmsg {
+        /// The caller's buffer length.
+        buflen: u64,
+    },
+    /// `dm_getall_tokens(sid, nelem)`.
+    GetallTokens {
+        /// The caller's array length.
+        nelem: u64,
     },
 }
 
@@ -210,8 +233,20 @@ pub enum Message {
     Ack,
     /// See [`MsgType::Heartbeat`].
     Heartbeat {
-        /// Sender's monotonic clock, for round-trip measurement.
+        /// The sender's incarnation (its start time): a change tells the receiver
+        /// the sender restarted.
         now_ns: u64,
+    },
+    /// See [`MsgType::Query`].
+    Query(QueryOp),
+    /// See [`MsgType::QueryReply`].
+    QueryReply {
+        /// 0, or the XDSM errno of the failed call.
+        errno: i32,
+        /// For `E2BIG`, the needed length or count; otherwise 0.
+        needed: u64,
+        /// The answer: the `dm_eventmsg_t` buffer, or the tokens as little-endian i32.
+        data: Vec<u8>,
     },
 }
 
@@ -234,6 +269,8 @@ impl Message {
             Message::Mount { .. } => MsgType::Mount,
             Message::Ack => MsgType::Ack,
             Message::Heartbeat { .. } => MsgType::Heartbeat,
+            Message::Query(_) => MsgType::Query,
+            Message::QueryReply { .. } => MsgType::QueryReply,
         }
     }
 }
@@ -443,6 +480,21 @@ fn encode_payload(e: &mut Enc, msg: &Message) {
             e.u8(*mounted as u8);
         }
         Message::Heartbeat { now_ns } => e.u64(*now_ns),
+        Message::Query(q) => match q {
+            QueryOp::FindEventmsg { buflen } => {
+                e.u8(1);
+                e.u64(*buflen);
+            }
+            QueryOp::GetallTokens { nelem } => {
+                e.u8(2);
+                e.u64(*nelem);
+            }
+        },
+        Message::QueryReply { errno, needed, data } => {
+            e.i32(*errno);
+            e.u64(*needed);
+            e.bytes(data);
+        }
     }
 }
 
@@ -496,6 +548,16 @@ fn decode_payload(t: MsgType, source: NodeId, d: &mut Dec<'_>) -> Result<Message
         MsgType::DispSpec => Message::DispSpec(DispositionTable::decode(d)?),
         MsgType::Mount => Message::Mount { fs: FsId(d.u64("fs")?), mounted: dec_bool(d, "mounted")? },
         MsgType::Heartbeat => Message::Heartbeat { now_ns: d.u64("now")? },
+        MsgType::Query => Message::Query(match d.u8("query op")? {
+            1 => QueryOp::FindEventmsg { buflen: d.u64("buflen")? },
+            2 => QueryOp::GetallTokens { nelem: d.u64("nelem")? },
+            _ => return Err(WireError::Invalid("query op")),
+        }),
+        MsgType::QueryReply => Message::QueryReply {
+            errno: d.i32("errno")?,
+            needed: d.u64("needed")?,
+            data: d.bytes(MAX_PAYLOAD - 16, "query data")?.to_vec(),
+        },
     })
 }
 
@@ -732,6 +794,10 @@ mod tests {
             (any::<u64>(), any::<bool>()).prop_map(|(f, mounted)| Message::Mount { fs: FsId(f), mounted }),
             Just(Message::Ack),
             any::<u64>().prop_map(|now_ns| Message::Heartbeat { now_ns }),
+            any::<u64>().prop_map(|buflen| Message::Query(QueryOp::FindEventmsg { buflen })),
+            any::<u64>().prop_map(|nelem| Message::Query(QueryOp::GetallTokens { nelem })),
+            (any::<i32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(errno, needed, data)| Message::QueryReply { errno, needed, data }),
         ]
     }
 

@@ -88,6 +88,10 @@ pub struct SourceConfig {
     /// Most asynchronous events kept per session node until acknowledged; beyond it
     /// `generate` returns `EAGAIN` rather than lose events.
     pub max_unacked_async: usize,
+    /// Before sleeping, a thread waiting for a response polls for it this long
+    /// (yielding the CPU between polls): on a busy node the answer often comes
+    /// sooner than a sleep-and-wake-up costs. Zero: sleep at once.
+    pub spin_wait: Duration,
 }
 
 impl Default for SourceConfig {
@@ -96,6 +100,7 @@ impl Default for SourceConfig {
             session_failure_timeout: Duration::from_secs(60),
             event_timeout: None,
             max_unacked_async: 1 << 20,
+            spin_wait: Duration::ZERO,
         }
     }
 }
@@ -291,6 +296,12 @@ impl SourceEngine {
     }
 
     fn wait(&self, p: &PendingEvent) -> DmResult<DmResponse> {
+        if !self.cfg.spin_wait.is_zero() {
+            let until = Instant::now() + self.cfg.spin_wait;
+            while Instant::now() < until && p.state.lock().result.is_none() {
+                std::thread::yield_now();
+            }
+        }
         let mut st = p.state.lock();
         loop {
             if let Some(r) = st.result.take() {

@@ -43,3 +43,76 @@ fn a_second_host_replays_the_first_host_s_journal() {
     dev.read(data + 10, &mut buf).unwrap();
     assert!(buf.iter().all(|&x| x == 0xe2), "the last transaction wins");
 }
+
+/// The file system mounted through FUSE on a storage-node volume: POSIX
+/// calls and ordinary tools work, and the tree is there for the next host
+/// that mounts the volume.
+#[test]
+fn fuse_mount_on_a_shared_volume() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return;
+    }
+    let node = Node::start("64M", &["--allow-any-host"]);
+    let mnt = tempfile::tempdir().unwrap();
+    let connect = |n: &str| {
+        let c = Arc::new(Controller::connect(&node.addr, NQN, &ConnectOpts::default().with_hostnqn(n)).unwrap());
+        Arc::new(NvmfDev::new(c, 1, 4096).unwrap()) as Arc<dyn BlockDev>
+    };
+    let dev = connect("nqn.2026-11.io.tidepool:fuse-1");
+    mkfs::mkfs(&*dev, &mkfs::MkfsOpts::default()).unwrap();
+    let session = client::fs::fuse::spawn_mount(dev, mnt.path()).unwrap();
+    let p = |s: &str| mnt.path().join(s);
+    std::fs::create_dir(p("dir")).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(p("dir/big"), &data).unwrap();
+    assert_eq!(std::fs::read(p("dir/big")).unwrap(), data);
+    // Partial overwrite in the middle of a block, and a sparse extension.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(p("dir/big")).unwrap();
+        f.write_all_at(b"hello", 5000).unwrap();
+        f.write_all_at(b"tail", 1_000_000).unwrap();
+    }
+    let back = std::fs::read(p("dir/big")).unwrap();
+    assert_eq!(back.len(), 1_000_004);
+    assert_eq!(&back[5000..5005], b"hello");
+    assert_eq!(&back[..5000], &data[..5000]);
+    assert!(back[300_000..1_000_000].iter().all(|&b| b == 0), "the hole reads as zeroes");
+    std::fs::rename(p("dir/big"), p("moved")).unwrap();
+    std::fs::hard_link(p("moved"), p("dir/link")).unwrap();
+    assert_eq!(std::fs::metadata(p("moved")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("moved", p("sym")).unwrap();
+    assert_eq!(std::fs::read_link(p("sym")).unwrap().to_str(), Some("moved"));
+    std::fs::set_permissions(p("moved"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(p("moved")).unwrap().set_len(10).unwrap();
+    assert_eq!(std::fs::read(p("moved")).unwrap(), &back[..10]);
+    // Ordinary tools.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cp -r dir copy && ls copy && cat sym | wc -c")
+        .current_dir(mnt.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "link\n10\n");
+    assert_eq!(std::fs::remove_dir(p("dir")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(p("dir/link")).unwrap();
+    std::fs::remove_dir(p("dir")).unwrap();
+    drop(session);
+
+    // Another host mounts the same volume and finds the tree.
+    let dev = connect("nqn.2026-11.io.tidepool:fuse-2");
+    let session = client::fs::fuse::spawn_mount(dev, mnt.path()).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(mnt.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["copy", "moved", "sym"]);
+    assert_eq!(std::fs::metadata(p("moved")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(p("copy/link")).unwrap(), &back[..10], "cp copied the hard link after the truncate");
+    drop(session);
+}

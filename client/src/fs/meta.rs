@@ -862,6 +862,22 @@ impl MetaStore {
         })
     }
 
+    /// Grows the recorded size to `size` if it is larger (after a write
+    /// past the end) and stamps the modification time.
+    pub fn extend_size(&mut self, ino: u64, size: u64) -> MResult<Inode> {
+        self.run(|m| {
+            let mut i = m.getattr(ino)?;
+            if size > i.size.get() {
+                i.size = size.into();
+            }
+            let t = now_ns();
+            i.mtime_ns = t.into();
+            i.ctime_ns = t.into();
+            m.put_inode(i)?;
+            Ok(i)
+        })
+    }
+
     /// (total blocks, free blocks, total inodes, free inodes)
     pub fn statfs(&self) -> (u64, u64, u64, u64) {
         (self.layout.total, self.free_blocks, self.layout.inode_count, self.free_inos.len() as u64)

@@ -20,6 +20,7 @@
 
 pub mod blockdev;
 pub mod format;
+pub mod fuse;
 pub mod journal;
 pub mod meta;
 pub mod mkfs;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,9 +45,13 @@ pub struct TcpConfig {
     pub listen: SocketAddr,
     /// Pre-shared cluster key.
     pub cluster_key: Vec<u8>,
-    /// Spin on non-blocking sockets instead of sleeping in the kernel (costs a core
-    /// per connection; lowest latency).
+    /// Spin on non-blocking sockets instead of sleeping in the kernel (lowest
+    /// latency). A connection spins only while it is busy: after `busy_poll_window`
+    /// without data its reader sleeps in a blocking read again, so an idle or spare
+    /// connection does not hold a core.
     pub busy_poll: bool,
+    /// How long a busy-polling reader keeps spinning after the last data.
+    pub busy_poll_window: Duration,
     /// Bound on connecting and on each handshake step.
     pub handshake_timeout: Duration,
 }
@@ -60,6 +64,7 @@ impl TcpConfig {
             listen,
             cluster_key: cluster_key.to_vec(),
             busy_poll: false,
+            busy_poll_window: Duration::from_micros(500),
             handshake_timeout: Duration::from_secs(5),
         }
     }
@@ -71,11 +76,21 @@ struct Conn {
     writer: Mutex<TcpStream>,
 }
 
+/// Frames received before anyone takes them with `recv`; when full, reader threads
+/// stop reading and TCP flow control pushes back on the peers instead of this node
+/// buffering without bound.
+const RECV_QUEUE: usize = 4096;
+
+/// Called on the connection's reader thread for every authenticated frame (see
+/// [`TcpTransport::set_handler`]).
+pub type FrameHandler = Arc<dyn Fn(NodeId, Frame) + Send + Sync>;
+
 struct Inner {
     cfg: TcpConfig,
     peers: Mutex<HashMap<NodeId, SocketAddr>>,
     conns: Mutex<HashMap<NodeId, Arc<Conn>>>,
-    tx: Sender<(NodeId, Frame)>,
+    handler: parking_lot::RwLock<Option<FrameHandler>>,
+    tx: SyncSender<(NodeId, Frame)>,
     rx: Mutex<Receiver<(NodeId, Frame)>>,
     next_conn: AtomicU64,
     closed: AtomicBool,
@@ -132,11 +147,12 @@ impl TcpTransport {
         let listener = TcpListener::bind(cfg.listen)?;
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(RECV_QUEUE);
         let inner = Arc::new(Inner {
             cfg,
             peers: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            handler: parking_lot::RwLock::new(None),
             tx,
             rx: Mutex::new(rx),
             next_conn: AtomicU64::new(1),
@@ -158,6 +174,35 @@ impl TcpTransport {
     /// Sets (or changes) where `node` listens.
     pub fn add_peer(&self, node: NodeId, addr: SocketAddr) {
         self.inner.peers.lock().insert(node, addr);
+    }
+
+    /// Hands every received frame to `h` on the connection's reader thread instead of
+    /// queueing it for [`Transport::recv`]: one thread hand-off less per message
+    /// (the synchronous event round trip is dominated by wake-ups), and a slow
+    /// handler slows only its own peer. The handler must not block for long.
+    pub fn set_handler(&self, h: FrameHandler) {
+        *self.inner.handler.write() = Some(h);
+    }
+
+    /// Sends a small control frame (a heartbeat) unless the connection to `peer` is
+    /// busy writing: a peer that is receiving our data knows we are alive, and a
+    /// heartbeat queued behind a large write blocked by flow control would only
+    /// arrive late. Returns whether the frame was sent.
+    pub fn send_if_idle(&self, peer: NodeId, frame: &Frame) -> Result<bool, TransportError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let bytes = encode_frame(frame)?;
+        let c = self.conn(peer)?;
+        let Some(mut w) = c.writer.try_lock() else {
+            return Ok(false);
+        };
+        if let Err(e) = w.write_all(&bytes) {
+            drop(w);
+            drop_conn(&self.inner, peer, c.id);
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// Whether an authenticated connection to `node` is open now.
@@ -378,6 +423,7 @@ fn reader_loop(inner: Arc<Inner>, peer: NodeId, mut s: TcpStream, id: u64) {
     }
     let mut buf = vec![0u8; 64 * 1024];
     let (mut start, mut end) = (0usize, 0usize);
+    let mut last_data = Instant::now();
     loop {
         // Hand over every complete frame in the buffer.
         loop {
@@ -389,8 +435,14 @@ fn reader_loop(inner: Arc<Inner>, peer: NodeId, mut s: TcpStream, id: u64) {
                         drop_conn(&inner, peer, id);
                         return;
                     }
-                    if inner.tx.send((peer, f)).is_err() {
-                        return;
+                    let h = inner.handler.read().clone();
+                    match h {
+                        Some(h) => h(peer, f),
+                        None => {
+                            if inner.tx.send((peer, f)).is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
                 Err(WireError::Incomplete { needed }) => {
@@ -422,12 +474,35 @@ fn reader_loop(inner: Arc<Inner>, peer: NodeId, mut s: TcpStream, id: u64) {
                 drop_conn(&inner, peer, id);
                 return;
             }
-            Ok(n) => end += n,
+            Ok(n) => {
+                end += n;
+                last_data = Instant::now();
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if inner.closed.load(Ordering::Acquire) {
                     return;
                 }
-                std::hint::spin_loop();
+                if last_data.elapsed() < inner.cfg.busy_poll_window {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                // Idle: sleep in the kernel until data comes, then spin again.
+                let r = s.set_nonblocking(false).and_then(|()| s.read(&mut buf[end..]));
+                let _ = s.set_nonblocking(true);
+                match r {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Ok(0) | Err(_) => {
+                        if !inner.closed.load(Ordering::Acquire) {
+                            debug!(%peer, "connection closed while idle");
+                        }
+                        drop_conn(&inner, peer, id);
+                        return;
+                    }
+                    Ok(n) => {
+                        end += n;
+                        last_data = Instant::now();
+                    }
+                }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
@@ -485,6 +560,24 @@ mod tests {
             a.shutdown();
             b.shutdown();
         }
+    }
+
+    #[test]
+    fn busy_poll_reader_that_went_idle_still_receives_and_handlers_see_frames() {
+        let (a, b) = pair(b"k", b"k", true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        b.set_handler(Arc::new(move |from, f| {
+            let _ = tx.lock().send((from, f.seq));
+        }));
+        a.send(NodeId(2), &hb(1, 1)).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (NodeId(1), 1));
+        // Well past the spin window: the reader sleeps in a blocking read now.
+        thread::sleep(Duration::from_millis(20));
+        assert!(a.send_if_idle(NodeId(2), &hb(1, 2)).unwrap(), "an idle connection takes control frames");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (NodeId(1), 2));
+        a.shutdown();
+        b.shutdown();
     }
 
     #[test]

@@ -1,0 +1,668 @@
+//! `tidepool-dm-bench`: end-to-end DM event benchmarks between real processes on
+//! loopback, each figure printed beside its baseline from the same run.
+//!
+//! * Synchronous round trip: a source process (this one, embedding a node daemon)
+//!   generates read events one at a time; a session process (a child, embedding a
+//!   node daemon and a DM application thread that answers CONTINUE) answers each.
+//!   Baseline: a raw TCP ping-pong between this process and a child, with the same
+//!   request and response sizes as the event and response frames. Both with and
+//!   without busy-poll.
+//! * Asynchronous throughput into one session from 1, 4 and 16 source processes,
+//!   counting every event the DM application receives (nothing may be dropped).
+//! * Memory per session, per queued and outstanding event, and per unacknowledged
+//!   asynchronous event at the source (RSS growth over many of them).
+//!
+//! `tidepool-dm-bench all` runs everything; the other subcommands are the child
+//! processes it starts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use client::node::config::{FsConfig, NodeConfig, PeerConfig};
+use client::node::daemon::Node;
+use dmapi::event::{DmEvent, EventBody};
+use dmapi::proto::{encode_frame, Frame, Message};
+use dmapi::session::{Caller, SessionConfig, SessionEngine};
+use dmapi::source::{SourceConfig, SourceEngine};
+use dmapi::types::*;
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+#[command(about = "Tidepool DM event benchmarks (loopback, real processes)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every benchmark and print the table.
+    All {
+        /// Timed synchronous round trips per configuration.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Asynchronous events per throughput run (split among the sources).
+        #[arg(long, default_value_t = 2_000_000)]
+        tput_events: u64,
+        /// Source process counts for the throughput runs.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 4, 16])]
+        sources: Vec<u32>,
+    },
+    /// Child: the session node with an in-process DM application.
+    SessionNode {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Source peers, `id=addr`.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        #[arg(long, value_enum, default_value = "blocking")]
+        wait: Wait,
+        /// Event type to dispose to the session.
+        #[arg(long, default_value = "read")]
+        event: String,
+        /// Exit after this many events, printing DONE (throughput mode).
+        #[arg(long)]
+        expect: Option<u64>,
+    },
+    /// Child: a source node generating asynchronous events after "GO" on stdin.
+    SourceNode {
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        session: SocketAddr,
+        #[arg(long)]
+        count: u64,
+    },
+    /// Child: the raw TCP ping-pong server.
+    PingServer {
+        #[arg(long)]
+        req: usize,
+        #[arg(long)]
+        resp: usize,
+        #[arg(long)]
+        busy: bool,
+    },
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap_or_else(|_| "127.0.0.1:0".parse().unwrap())
+}
+
+/// How the processes wait for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Wait {
+    /// Everyone sleeps in the kernel until woken.
+    Blocking,
+    /// Transport readers spin while traffic is recent.
+    BusyPoll,
+    /// Application threads (the waiting source, the DM application) poll before sleeping.
+    AppSpin,
+    /// Both.
+    BusyAndSpin,
+}
+
+impl Wait {
+    fn busy(self) -> bool {
+        matches!(self, Wait::BusyPoll | Wait::BusyAndSpin)
+    }
+    fn spin(self) -> bool {
+        matches!(self, Wait::AppSpin | Wait::BusyAndSpin)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Wait::Blocking => "blocking",
+            Wait::BusyPoll => "busy-poll readers",
+            Wait::AppSpin => "spin-wait apps",
+            Wait::BusyAndSpin => "busy-poll + spin-wait",
+        }
+    }
+}
+
+/// How long application threads poll before sleeping in spin-wait modes.
+const SPIN: Duration = Duration::from_micros(300);
+
+fn node_config(id: u32, listen: SocketAddr, peers: Vec<PeerConfig>, mounts: Vec<u64>, wait: Wait) -> NodeConfig {
+    NodeConfig {
+        node_id: id,
+        listen,
+        api_socket: Some(std::env::temp_dir().join(format!("tidepool-bench-{}-{id}.sock", std::process::id()))),
+        cluster_key: Some("bench-key".into()),
+        session_manager: 1,
+        peers,
+        filesystems: vec![FsConfig { id: 1, manager: 1 }],
+        mounts,
+        // Throughput runs oversubscribe the CPUs many times over; a lease closer to
+        // production values keeps a starved heartbeat thread from looking like a crash.
+        failure_timeout_ms: 5000,
+        busy_poll: wait.busy(),
+        spin_wait_us: if wait.spin() { SPIN.as_micros() as u64 } else { 0 },
+        ..NodeConfig::default()
+    }
+}
+
+fn event_type(name: &str) -> anyhow::Result<EventType> {
+    EventType::ALL
+        .iter()
+        .copied()
+        .find(|t| format!("{t:?}").eq_ignore_ascii_case(name))
+        .with_context(|| format!("unknown event {name}"))
+}
+
+fn read_event(node: u32) -> DmEvent {
+    DmEvent::new(
+        EventType::Read,
+        NodeId(node),
+        EventBody::Data { handle: DmHandle::file(FsId(1), 42, 7), offset: 0, length: 4096 },
+    )
+    .unwrap_or_else(|e| unreachable!("a valid read event: {e}"))
+}
+
+fn postcreate_event(node: u32) -> DmEvent {
+    DmEvent::new(
+        EventType::Postcreate,
+        NodeId(node),
+        EventBody::Namespace {
+            mode: 0o644,
+            handle1: Some(DmHandle::file(FsId(1), 2, 0)),
+            handle2: Some(DmHandle::file(FsId(1), 3, 0)),
+            name1: b"file".to_vec(),
+            name2: vec![],
+            retcode: 0,
+        },
+    )
+    .unwrap_or_else(|e| unreachable!("a valid postcreate event: {e}"))
+}
+
+fn wait_route(node: &Node, t: EventType) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.route(FsId(1), t).is_none() {
+        if Instant::now() > deadline {
+            bail!("dispositions never reached node {}", node.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn session_node(
+    listen: SocketAddr,
+    peers: Vec<String>,
+    wait: Wait,
+    event: &str,
+    expect: Option<u64>,
+) -> anyhow::Result<()> {
+    let peers = peers
+        .iter()
+        .map(|p| {
+            let (id, addr) = p.split_once('=').context("peer is id=addr")?;
+            Ok(PeerConfig { id: id.parse()?, addr: addr.parse()? })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let node = Node::start(node_config(1, listen, peers, vec![], wait))?;
+    let dm = node.dm.clone();
+    let sid = dm.dm_create_session(&Caller::root(), DM_NO_SESSION, b"bench")?;
+    let set: EventSet = [event_type(event)?].into_iter().collect();
+    dm.dm_set_disp(sid, &DmHandle::fs(FsId(1)), set)?;
+    dm.dm_set_eventlist(sid, &DmHandle::fs(FsId(1)), set)?;
+    println!("READY");
+    let mut seen = 0u64;
+    let mut first: Option<Instant> = None;
+    loop {
+        let mut evs = Vec::new();
+        if wait.spin() {
+            // Poll without waiting for a while before sleeping in dm_get_events.
+            let until = Instant::now() + SPIN;
+            while Instant::now() < until {
+                match dm.get_events_typed(sid, 1 << 16, 0, 64 << 20) {
+                    Ok(v) => {
+                        evs = v;
+                        break;
+                    }
+                    Err(e) if e.errno() == libc::EAGAIN => std::thread::yield_now(),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if evs.is_empty() {
+            evs = dm.get_events_typed(sid, 1 << 16, DM_EV_WAIT, 64 << 20)?;
+        }
+        first.get_or_insert_with(Instant::now);
+        for e in &evs {
+            if e.token.0 > 0 {
+                dm.dm_respond_event(sid, e.token, DmResponse::Continue, &[])?;
+            }
+        }
+        seen += evs.len() as u64;
+        if expect.is_some_and(|x| seen >= x) {
+            let el = first.map_or(0, |f| f.elapsed().as_nanos());
+            println!("DONE {seen} {el}");
+            // Later duplicates would show as a higher count on a second line.
+            std::thread::sleep(Duration::from_millis(300));
+            let extra = dm.get_events_typed(sid, 1 << 20, 0, 256 << 20).map_or(0, |v| v.len());
+            println!("EXTRA {extra}");
+            std::io::stdout().flush()?;
+            return Ok(());
+        }
+    }
+}
+
+fn source_node(id: u32, listen: SocketAddr, session: SocketAddr, count: u64) -> anyhow::Result<()> {
+    let node =
+        Node::start(node_config(id, listen, vec![PeerConfig { id: 1, addr: session }], vec![1], Wait::Blocking))?;
+    wait_route(&node, EventType::Postcreate)?;
+    println!("READY");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let ev = postcreate_event(id);
+    for _ in 0..count {
+        loop {
+            match node.source.generate(FsId(1), ev.clone()) {
+                Ok(_) => break,
+                // Too many unacknowledged: back off rather than drop.
+                Err(e) if e.errno() == libc::EAGAIN => std::thread::sleep(Duration::from_micros(50)),
+                Err(e) => bail!("generate: {e}"),
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.source.engine().unacked_count(NodeId(1)) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("SENT {count} unacked={}", node.source.engine().unacked_count(NodeId(1)));
+    std::io::stdout().flush()?;
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
+/// Reads exactly `buf`; with `busy`, spins on the non-blocking socket while data
+/// is recent and sleeps in a blocking read once idle, like the transport's
+/// busy-poll readers, so an idle side does not take a core from the other runs.
+fn read_exact_spin(s: &mut TcpStream, buf: &mut [u8], busy: bool) -> std::io::Result<()> {
+    if !busy {
+        return s.read_exact(buf);
+    }
+    let mut got = 0;
+    let start = Instant::now();
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() < Duration::from_micros(500) {
+                    std::hint::spin_loop();
+                } else {
+                    s.set_nonblocking(false)?;
+                    let r = s.read(&mut buf[got..]);
+                    s.set_nonblocking(true)?;
+                    match r? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        n => got += n,
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn ping_server(req: usize, resp: usize, busy: bool) -> anyhow::Result<()> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    println!("READY {}", l.local_addr()?);
+    std::io::stdout().flush()?;
+    let (mut s, _) = l.accept()?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(busy)?;
+    let (mut a, b) = (vec![0u8; req], vec![1u8; resp]);
+    while read_exact_spin(&mut s, &mut a, busy).is_ok() {
+        s.write_all(&b)?;
+    }
+    Ok(())
+}
+
+struct Kid {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Kid {
+    fn spawn(args: &[String]) -> anyhow::Result<Kid> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let out = BufReader::new(child.stdout.take().context("child stdout")?);
+        Ok(Kid { child, out })
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut l = String::new();
+        if self.out.read_line(&mut l)? == 0 {
+            bail!("child exited early");
+        }
+        Ok(l.trim().to_string())
+    }
+
+    fn send(&mut self, s: &str) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().context("child stdin")?;
+        writeln!(stdin, "{s}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|e| unreachable!("valid bounds: {e}"))
+}
+
+/// Frame sizes of a synchronous read event and of its response.
+fn frame_sizes() -> anyhow::Result<(usize, usize)> {
+    let ev = encode_frame(&Frame::new(NodeId(2), 1, Message::Event { fs: FsId(1), sync: true, event: read_event(2) }))?;
+    let resp =
+        encode_frame(&Frame::new(NodeId(1), 1, Message::Response { response: DmResponse::Continue, data: vec![] }))?;
+    Ok((ev.len(), resp.len()))
+}
+
+/// The raw TCP ping-pong baseline: a child echoing fixed-size messages.
+struct PingPong {
+    _kid: Kid,
+    s: TcpStream,
+    busy: bool,
+    req: Vec<u8>,
+    resp: Vec<u8>,
+}
+
+impl PingPong {
+    fn start(busy: bool) -> anyhow::Result<PingPong> {
+        let (req, resp) = frame_sizes()?;
+        let mut args =
+            vec!["ping-server".to_string(), "--req".into(), req.to_string(), "--resp".into(), resp.to_string()];
+        if busy {
+            args.push("--busy".into());
+        }
+        let mut kid = Kid::spawn(&args)?;
+        let l = kid.line()?;
+        let addr: SocketAddr = l.strip_prefix("READY ").context("ping server address")?.parse()?;
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(busy)?;
+        Ok(PingPong { _kid: kid, s, busy, req: vec![2u8; req], resp: vec![0u8; resp] })
+    }
+
+    fn run(&mut self, n: u64, h: Option<&mut Histogram<u64>>) -> anyhow::Result<()> {
+        let mut h = h;
+        for _ in 0..n {
+            let t = Instant::now();
+            self.s.write_all(&self.req)?;
+            read_exact_spin(&mut self.s, &mut self.resp, self.busy)?;
+            if let Some(h) = h.as_deref_mut() {
+                h.record(t.elapsed().as_nanos() as u64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The DM event path: a session child and a source node in this process.
+struct EventPath {
+    _kid: Kid,
+    node: Arc<Node>,
+    ev: DmEvent,
+}
+
+impl EventPath {
+    fn start(wait: Wait) -> anyhow::Result<EventPath> {
+        let (a1, a2) = (free_addr(), free_addr());
+        let wait_arg =
+            clap::ValueEnum::to_possible_value(&wait).map_or("blocking".into(), |v| v.get_name().to_string());
+        let args = vec![
+            "session-node".to_string(),
+            "--listen".into(),
+            a1.to_string(),
+            "--peers".into(),
+            format!("2={a2}"),
+            "--wait".into(),
+            wait_arg,
+        ];
+        let mut kid = Kid::spawn(&args)?;
+        let node = Node::start(node_config(2, a2, vec![PeerConfig { id: 1, addr: a1 }], vec![1], wait))?;
+        if kid.line()? != "READY" {
+            bail!("session node did not start");
+        }
+        wait_route(&node, EventType::Read)?;
+        Ok(EventPath { _kid: kid, node, ev: read_event(2) })
+    }
+
+    fn run(&mut self, n: u64, h: Option<&mut Histogram<u64>>) -> anyhow::Result<()> {
+        let mut h = h;
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = self.node.source.generate(FsId(1), self.ev.clone())?;
+            let el = t.elapsed().as_nanos() as u64;
+            if r != DmResponse::Continue {
+                bail!("unexpected response {r:?}");
+            }
+            if let Some(h) = h.as_deref_mut() {
+                h.record(el)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EventPath {
+    fn drop(&mut self) {
+        self.node.shutdown();
+    }
+}
+
+/// Baseline and DM round trips for one waiting mode, measured in alternating
+/// rounds so that load from other processes on the machine hits both alike.
+fn round_trips(n: u64, wait: Wait) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    // Spinning modes are compared with a spinning ping-pong, blocking with blocking.
+    let mut ping = PingPong::start(wait != Wait::Blocking)?;
+    let mut path = EventPath::start(wait)?;
+    ping.run(n / 10, None)?;
+    path.run(n / 10, None)?;
+    let (mut hb, mut he) = (new_hist(), new_hist());
+    const ROUNDS: u64 = 10;
+    for _ in 0..ROUNDS {
+        ping.run(n / ROUNDS, Some(&mut hb))?;
+        path.run(n / ROUNDS, Some(&mut he))?;
+    }
+    Ok((hb, he))
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn throughput(sources: u32, total: u64) -> anyhow::Result<(f64, u64, u64)> {
+    let sa = free_addr();
+    let addrs: Vec<SocketAddr> = (0..sources).map(|_| free_addr()).collect();
+    let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 2)).collect();
+    let per = total / sources as u64;
+    let expect = per * sources as u64;
+    let mut sess = Kid::spawn(&[
+        "session-node".into(),
+        "--listen".into(),
+        sa.to_string(),
+        "--peers".into(),
+        peers.join(","),
+        "--event".into(),
+        "postcreate".into(),
+        "--expect".into(),
+        expect.to_string(),
+    ])?;
+    if sess.line()? != "READY" {
+        bail!("session node did not start");
+    }
+    let mut kids = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        kids.push(Kid::spawn(&[
+            "source-node".into(),
+            "--id".into(),
+            (i + 2).to_string(),
+            "--listen".into(),
+            a.to_string(),
+            "--session".into(),
+            sa.to_string(),
+            "--count".into(),
+            per.to_string(),
+        ])?);
+    }
+    for k in &mut kids {
+        if k.line()? != "READY" {
+            bail!("source node did not start");
+        }
+    }
+    let t0 = Instant::now();
+    for k in &mut kids {
+        k.send("GO")?;
+    }
+    let done = sess.line()?;
+    let el = t0.elapsed();
+    let got: u64 = done.split_whitespace().nth(1).context("DONE count")?.parse()?;
+    let extra: u64 = sess.line()?.split_whitespace().nth(1).context("EXTRA count")?.parse()?;
+    Ok((got as f64 / el.as_secs_f64(), got + extra, expect))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_string()))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes of RSS growth per item while `f` creates `n` items.
+fn per_item(n: u64, f: impl FnOnce()) -> f64 {
+    let before = rss_kib();
+    f();
+    (rss_kib().saturating_sub(before) * 1024) as f64 / n as f64
+}
+
+fn memory() -> anyhow::Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    let eng = Arc::new(SessionEngine::new(NodeId(1), SessionConfig::default(), Arc::new(|_o| {})));
+    const S: u64 = 20_000;
+    out.push((
+        "per session (empty)".into(),
+        per_item(S, || {
+            for _ in 0..S {
+                let _ = eng.dm_create_session(&Caller::root(), DM_NO_SESSION, b"hsm-session");
+            }
+        }),
+    ));
+    let sid = eng.dm_create_session(&Caller::root(), DM_NO_SESSION, b"one")?;
+    const E: u64 = 200_000;
+    out.push((
+        "per queued sync event (session side)".into(),
+        per_item(E, || {
+            for b in 0..E / 1000 {
+                let batch = (0..1000).map(|i| (b * 1000 + i + 1, true, read_event(2))).collect();
+                let _ = eng.deliver_batch(sid, batch);
+            }
+        }),
+    ));
+    out.push((
+        "per outstanding sync event (token issued)".into(),
+        per_item(E, || {
+            let _ = eng.get_events_typed(sid, E as u32, 0, 1 << 30);
+        }),
+    ));
+    let src = SourceEngine::new(NodeId(2), SourceConfig::default(), Arc::new(|_e: &dmapi::source::OutEvent| Ok(())));
+    let mut t = dmapi::disp::DispositionTable::default();
+    let set: EventSet = [EventType::Postcreate].into_iter().collect();
+    let rsid = DmSessId::compose(NodeId(1), 1)?;
+    t.dm_set_disp(rsid, NodeId(1), &DmHandle::fs(FsId(1)), set)?;
+    t.dm_set_eventlist(&DmHandle::fs(FsId(1)), set)?;
+    src.install_dispositions(Arc::new(t));
+    out.push((
+        "per unacked async event (source side)".into(),
+        per_item(E, || {
+            for _ in 0..E {
+                let _ = src.generate(FsId(1), postcreate_event(2));
+            }
+        }),
+    ));
+    Ok(out)
+}
+
+fn all(events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
+    let (req, resp) = frame_sizes()?;
+    println!(
+        "# Tidepool DM benchmarks (loopback, {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("## Synchronous event round trip ({events} events; request {req} B, response {resp} B)");
+    println!();
+    println!("| mode | path | p50 µs | p99 µs | p99.9 µs | p50 ratio | p99 ratio |");
+    println!("|------|------|-------:|-------:|---------:|----------:|----------:|");
+    for wait in [Wait::Blocking, Wait::BusyPoll, Wait::AppSpin, Wait::BusyAndSpin] {
+        let (base, ev) = round_trips(events, wait)?;
+        let bname = if wait == Wait::Blocking { "raw TCP ping-pong, blocking" } else { "raw TCP ping-pong, spinning" };
+        for (name, h) in [(bname, &base), ("DM sync event round trip", &ev)] {
+            println!(
+                "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                wait.name(),
+                us(h, 0.5),
+                us(h, 0.99),
+                us(h, 0.999),
+                us(h, 0.5) / us(&base, 0.5),
+                us(h, 0.99) / us(&base, 0.99)
+            );
+        }
+    }
+    println!();
+    println!("## Asynchronous events into one session ({tput_events} events per run)");
+    println!();
+    println!("| sources | events/s | delivered (incl. re-sent duplicates) | generated |");
+    println!("|--------:|---------:|---------:|---------:|");
+    for s in sources {
+        let (rate, got, expect) = throughput(s, tput_events)?;
+        println!("| {s} | {rate:.0} | {got} | {expect} |");
+    }
+    println!();
+    println!("## Memory (RSS growth)");
+    println!();
+    println!("| item | bytes |");
+    println!("|------|------:|");
+    for (k, v) in memory()? {
+        println!("| {k} | {v:.0} |");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::All { events, tput_events, sources } => all(events, tput_events, sources),
+        Cmd::SessionNode { listen, peers, wait, event, expect } => session_node(listen, peers, wait, &event, expect),
+        Cmd::SourceNode { id, listen, session, count } => source_node(id, listen, session, count),
+        Cmd::PingServer { req, resp, busy } => ping_server(req, resp, busy),
+    }
+}

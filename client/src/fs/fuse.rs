@@ -1,0 +1,366 @@
+//! FUSE mount of a Tidepool file system (crate `fuser`), so any POSIX
+//! tool works on it.
+//!
+//! This is the single-node mount: the metadata store runs in the mounting
+//! process (it is its own file-system manager) and file data moves
+//! straight between this node and the storage node by extent map. The
+//! kernel checks permissions (`default_permissions`).
+
+use super::blockdev::BlockDev;
+use super::format::Inode;
+use super::meta::{Cred, Kind, MetaError, MetaStore, SetAttr};
+use fuser::{
+    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache attributes and names: short, because
+/// other nodes change the same files.
+const TTL: Duration = Duration::from_secs(1);
+
+pub struct TidepoolFs {
+    meta: MetaStore,
+    dev: Arc<dyn BlockDev>,
+    bs: u64,
+}
+
+fn ts(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn to_ns(t: TimeOrNow) -> u64 {
+    let st = match t {
+        TimeOrNow::SpecificTime(s) => s,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    st.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl TidepoolFs {
+    pub fn new(dev: Arc<dyn BlockDev>) -> super::Result<Self> {
+        let meta = MetaStore::open(dev.clone())?;
+        let bs = meta.block_size() as u64;
+        Ok(Self { meta, dev, bs })
+    }
+
+    fn attr(&self, i: &Inode) -> FileAttr {
+        FileAttr {
+            ino: i.ino.get(),
+            size: i.size.get(),
+            blocks: i.blocks.get() * self.bs / 512,
+            atime: ts(i.atime_ns.get()),
+            mtime: ts(i.mtime_ns.get()),
+            ctime: ts(i.ctime_ns.get()),
+            crtime: ts(i.ctime_ns.get()),
+            kind: kind_of(i.mode.get()),
+            perm: (i.mode.get() & 0o7777) as u16,
+            nlink: i.nlink.get(),
+            uid: i.uid.get(),
+            gid: i.gid.get(),
+            rdev: 0,
+            blksize: self.bs as u32,
+            flags: 0,
+        }
+    }
+
+    /// Reads `len` bytes at `off` of a file, holes as zeroes, clipped to its size.
+    fn read_data(&self, ino: u64, off: u64, len: u64) -> Result<Vec<u8>, MetaError> {
+        let i = self.meta.getattr(ino)?;
+        let end = (off + len).min(i.size.get());
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let (first, last) = (off / self.bs, (end - 1) / self.bs);
+        let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
+        for e in self.meta.extents(ino) {
+            let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
+            let (a, b) = (l.max(first), (l + n).min(last + 1));
+            if a >= b {
+                continue;
+            }
+            let at = ((a - first) * self.bs) as usize;
+            let span = ((b - a) * self.bs) as usize;
+            self.dev.read(p + (a - l), &mut buf[at..at + span])?;
+        }
+        let skip = (off - first * self.bs) as usize;
+        Ok(buf[skip..skip + (end - off) as usize].to_vec())
+    }
+
+    fn write_data(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<(), MetaError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = off + data.len() as u64;
+        let (first, last) = (off / self.bs, (end - 1) / self.bs);
+        let size = self.meta.getattr(ino)?.size.get();
+        let exts = self.meta.allocate(ino, first, last - first + 1)?;
+        // Whole blocks: keep what a partial write does not cover.
+        let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
+        let head = (off - first * self.bs) as usize;
+        if head != 0 || !end.is_multiple_of(self.bs) {
+            let old = self.read_data(ino, first * self.bs, buf.len() as u64)?;
+            buf[..old.len()].copy_from_slice(&old);
+        }
+        buf[head..head + data.len()].copy_from_slice(data);
+        for e in exts {
+            let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
+            let (a, b) = (l.max(first), (l + n).min(last + 1));
+            if a >= b {
+                continue;
+            }
+            let at = ((a - first) * self.bs) as usize;
+            self.dev.write(p + (a - l), &buf[at..at + ((b - a) * self.bs) as usize], false)?;
+        }
+        self.meta.extend_size(ino, end.max(size))?;
+        Ok(())
+    }
+
+    fn entry(&self, i: &Inode, reply: ReplyEntry) {
+        reply.entry(&TTL, &self.attr(i), i.generation.get() as u64);
+    }
+}
+
+fn cred(req: &Request<'_>) -> Cred {
+    Cred { uid: req.uid(), gid: req.gid() }
+}
+
+impl Filesystem for TidepoolFs {
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        match self.meta.lookup(parent, name.as_bytes()).and_then(|e| self.meta.getattr(e.ino)) {
+            Ok(i) => self.entry(&i, reply),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.meta.getattr(ino) {
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime_ns: atime.map(to_ns), mtime_ns: mtime.map(to_ns) };
+        match self.meta.setattr(ino, &set) {
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.read_data(ino, 0, 4096) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.meta.create(parent, name.as_bytes(), mode & !umask, cred(req)) {
+            Ok(i) => self.entry(&i, reply),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match self.meta.create(parent, name.as_bytes(), libc::S_IFDIR | (mode & !umask & 0o7777), cred(req)) {
+            Ok(i) => self.entry(&i, reply),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        match self.meta.unlink(parent, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        match self.meta.rmdir(parent, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let t = target.as_os_str().as_bytes();
+        if t.len() > 4095 {
+            return reply.error(libc::ENAMETOOLONG);
+        }
+        let r = self.meta.create(parent, link_name.as_bytes(), libc::S_IFLNK | 0o777, cred(req)).and_then(|i| {
+            self.write_data(i.ino.get(), 0, t)?;
+            self.meta.getattr(i.ino.get())
+        });
+        match r {
+            Ok(i) => self.entry(&i, reply),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && self.meta.lookup(newparent, newname.as_bytes()).is_ok() {
+            return reply.error(libc::EEXIST);
+        }
+        match self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        match self.meta.link(ino, newparent, newname.as_bytes()) {
+            Ok(i) => self.entry(&i, reply),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        match self.read_data(ino, offset.max(0) as u64, size as u64) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        match self.write_data(ino, offset.max(0) as u64, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        // Metadata is journaled on every change; make the data durable too.
+        match self.dev.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let entries = match self.meta.readdir(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e.errno()),
+        };
+        let dots = [(b".".to_vec(), ino, Kind::Dir), (b"..".to_vec(), ino, Kind::Dir)];
+        for (i, (name, child, kind)) in dots.into_iter().chain(entries).enumerate().skip(offset.max(0) as usize) {
+            let ft = match kind {
+                Kind::Dir => FileType::Directory,
+                Kind::Symlink => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            if reply.add(child, (i + 1) as i64, ft, OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        let (blocks, bfree, files, ffree) = self.meta.statfs();
+        reply.statfs(blocks, bfree, bfree, files, ffree, self.bs as u32, super::meta::NAME_MAX as u32, self.bs as u32);
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.meta.create(parent, name.as_bytes(), libc::S_IFREG | (mode & !umask & 0o7777), cred(req)) {
+            Ok(i) => reply.created(&TTL, &self.attr(&i), i.generation.get() as u64, 0, 0),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+}
+
+/// Mounts the file system on `dev` at `mountpoint` in a background thread;
+/// dropping the session unmounts it.
+pub fn spawn_mount(dev: Arc<dyn BlockDev>, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
+    let fs = TidepoolFs::new(dev).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let opts = [
+        MountOption::FSName("tidepool".into()),
+        MountOption::Subtype("tidepool".into()),
+        MountOption::DefaultPermissions,
+    ];
+    fuser::spawn_mount2(fs, mountpoint, &opts)
+}

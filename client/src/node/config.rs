@@ -1,0 +1,248 @@
+//! The node daemon's static configuration: one TOML file per node (`tidepool node
+//! run --config node.toml`), every field optional with defaults that run a one-node
+//! cluster on this machine.
+//!
+//! ```toml
+//! node_id = 3                      # unique in the cluster, 1..=2047
+//! listen = "127.0.0.1:7103"        # node-to-node DM transport (TCP)
+//! api_socket = "/tmp/tidepool-node-3.sock"
+//! cluster_key = "change me"        # or cluster_key_file = "/etc/tidepool/key"
+//! session_manager = 1              # the node holding sessions and dispositions (B10)
+//! mounts = [1]                     # file systems mounted at start
+//! [[peers]]
+//! id = 1
+//! addr = "127.0.0.1:7101"
+//! [[filesystems]]
+//! id = 1
+//! manager = 2                      # the file system's manager node (B11)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dmapi::types::{FsId, NodeId};
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {err}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        err: std::io::Error,
+    },
+    /// The TOML does not match the schema.
+    #[error("parsing the node configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The values contradict each other.
+    #[error("invalid node configuration: {0}")]
+    Invalid(String),
+}
+
+/// Another node of the cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id.
+    pub id: u32,
+    /// Where its DM transport listens.
+    pub addr: SocketAddr,
+}
+
+/// A file system of the cluster and its manager node.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The file-system id (what `DmHandle::fs` carries).
+    pub id: u64,
+    /// The node that manages it and distributes its dispositions (B11).
+    pub manager: u32,
+}
+
+/// One node daemon's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's unique id (1..=2047, so session ids can name it). Default 1.
+    pub node_id: u32,
+    /// Address of the node-to-node DM transport. Default `127.0.0.1:7101`.
+    pub listen: SocketAddr,
+    /// Unix socket of the local API that DM applications and the file system use.
+    /// Default `/tmp/tidepool-node-<node_id>.sock`.
+    pub api_socket: Option<PathBuf>,
+    /// Pre-shared key authenticating node-to-node connections. Default: a fixed
+    /// development key (a warning is logged); set it, or `cluster_key_file`, on any
+    /// real cluster.
+    pub cluster_key: Option<String>,
+    /// File holding the cluster key (takes precedence over `cluster_key`).
+    pub cluster_key_file: Option<PathBuf>,
+    /// The session manager node (B10). Default 1.
+    pub session_manager: u32,
+    /// The cluster's other nodes.
+    pub peers: Vec<PeerConfig>,
+    /// The cluster's file systems. Default: file system 1 managed by node 1.
+    pub filesystems: Vec<FsConfig>,
+    /// File systems this node mounts at start. Default `[1]`.
+    pub mounts: Vec<u64>,
+    /// Besides root, members of this group may create DM sessions.
+    pub dm_admin_gid: Option<u32>,
+    /// How often heartbeats go to every peer, in milliseconds. Default 200.
+    pub heartbeat_interval_ms: u64,
+    /// A peer silent this long is declared failed, in milliseconds. Default 1500.
+    pub failure_timeout_ms: u64,
+    /// How long synchronous events wait for a failed session node's session to be
+    /// reclaimed before the operations fail with EIO (GPFS
+    /// `dmapiSessionFailureTimeout`), in milliseconds. Default 60000.
+    pub session_failure_timeout_ms: u64,
+    /// Transport readers spin on their sockets while traffic is recent instead of
+    /// sleeping in the kernel (lowest latency; a core per busy connection).
+    pub busy_poll: bool,
+    /// A file-system thread waiting for a synchronous event's answer polls for it
+    /// this long before sleeping, in microseconds. Default 0 (sleep at once).
+    pub spin_wait_us: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            api_socket: None,
+            cluster_key: None,
+            cluster_key_file: None,
+            session_manager: 1,
+            peers: Vec::new(),
+            filesystems: vec![FsConfig { id: 1, manager: 1 }],
+            mounts: vec![1],
+            dm_admin_gid: None,
+            heartbeat_interval_ms: 200,
+            failure_timeout_ms: 1500,
+            session_failure_timeout_ms: 60_000,
+            busy_poll: false,
+            spin_wait_us: 0,
+        }
+    }
+}
+
+/// The development key used when none is configured.
+pub const DEV_CLUSTER_KEY: &str = "tidepool-development-cluster-key";
+
+impl NodeConfig {
+    /// Parses a TOML document and checks it.
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let c: NodeConfig = toml::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.to_path_buf(), err })?;
+        NodeConfig::from_toml(&text)
+    }
+
+    /// Checks the values against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 || self.node_id > dmapi::types::MAX_SESSION_NODE {
+            return bad(format!("node_id {} is outside 1..=2047", self.node_id));
+        }
+        let known = |n: u32| n == self.node_id || self.peers.iter().any(|p| p.id == n);
+        if !known(self.session_manager) {
+            return bad(format!("session_manager {} is neither this node nor a peer", self.session_manager));
+        }
+        for f in &self.filesystems {
+            if !known(f.manager) {
+                return bad(format!("file system {} has manager {}, which is not a known node", f.id, f.manager));
+            }
+        }
+        for m in &self.mounts {
+            if !self.filesystems.iter().any(|f| f.id == *m) {
+                return bad(format!("mounts names file system {m}, which is not in [[filesystems]]"));
+            }
+        }
+        if self.peers.iter().any(|p| p.id == self.node_id) {
+            return bad("a peer has this node's id".into());
+        }
+        if self.heartbeat_interval_ms == 0 || self.failure_timeout_ms <= self.heartbeat_interval_ms {
+            return bad("failure_timeout_ms must exceed heartbeat_interval_ms > 0".into());
+        }
+        Ok(())
+    }
+
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    /// The local API socket path.
+    pub fn api_socket_path(&self) -> PathBuf {
+        self.api_socket.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/tidepool-node-{}.sock", self.node_id)))
+    }
+
+    /// The cluster key bytes.
+    pub fn key(&self) -> Result<Vec<u8>, ConfigError> {
+        if let Some(p) = &self.cluster_key_file {
+            let k = std::fs::read(p).map_err(|err| ConfigError::Read { path: p.clone(), err })?;
+            return Ok(k.trim_ascii().to_vec());
+        }
+        Ok(self.cluster_key.clone().unwrap_or_else(|| DEV_CLUSTER_KEY.into()).into_bytes())
+    }
+
+    /// The manager node of file system `fs`.
+    pub fn fs_manager(&self, fs: FsId) -> Option<NodeId> {
+        self.filesystems.iter().find(|f| f.id == fs.0).map(|f| NodeId(f.manager))
+    }
+
+    /// Every node of the cluster, this one included.
+    pub fn all_nodes(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.peers.iter().map(|p| NodeId(p.id)).collect();
+        v.push(self.node());
+        v.sort_unstable();
+        v
+    }
+
+    /// Heartbeat period.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Silence after which a peer is failed.
+    pub fn failure_timeout(&self) -> Duration {
+        Duration::from_millis(self.failure_timeout_ms)
+    }
+
+    /// GPFS-style session failure timeout.
+    pub fn session_failure_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_failure_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_a_one_node_cluster() {
+        let c = NodeConfig::from_toml("").unwrap();
+        assert_eq!((c.node(), c.session_manager, c.fs_manager(FsId(1))), (NodeId(1), 1, Some(NodeId(1))));
+        assert_eq!(c.key().unwrap(), DEV_CLUSTER_KEY.as_bytes());
+    }
+
+    #[test]
+    fn a_full_file_parses_and_contradictions_are_refused() {
+        let c = NodeConfig::from_toml(
+            "node_id = 3\nsession_manager = 1\nmounts = [1]\n[[peers]]\nid = 1\naddr = \"127.0.0.1:9\"\n\
+             [[filesystems]]\nid = 1\nmanager = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.all_nodes(), vec![NodeId(1), NodeId(3)]);
+        assert!(NodeConfig::from_toml("node_id = 3\nsession_manager = 9\n").is_err());
+        assert!(NodeConfig::from_toml("mounts = [4]\n").is_err());
+        assert!(NodeConfig::from_toml("bogus = 1\n").is_err());
+    }
+}

@@ -1,0 +1,593 @@
+//! The node daemon: one per node, wiring the `dmapi` engines to the transport and
+//! the roles this node plays.
+//!
+//! Every frame a peer sends is handled on that connection's reader thread
+//! ([`Node::handle`]); frames to this node itself (an event for a session here, the
+//! session manager being this node...) go through a loopback queue and thread, so no
+//! engine is ever re-entered from its own outbound hook. A heartbeat thread sends
+//! `Heartbeat` to every peer and turns silence into failure handling: sessions drop
+//! a dead source node's events (a `DM_EVENT_CANCEL` each, tokens retired), and
+//! sources start the session-failure timeout for events waiting on a dead session
+//! node. A peer coming back gets the session registry (from the session manager), its
+//! mounts re-announced, and the events it had not answered or acknowledged re-sent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dmapi::disp::{DispEntry, DispositionTable};
+use dmapi::proto::{DispChange, Frame, Message, QueryOp};
+use dmapi::session::{Outbound, SessionConfig, SessionEngine};
+use dmapi::source::SourceConfig;
+use dmapi::transport::tcp::{TcpConfig, TcpTransport};
+use dmapi::transport::{Transport, TransportError};
+use dmapi::types::{DmResponse, DmSessId, DmToken, EventType, FsId, NodeId};
+use dmapi::{DmError, DmResult};
+use parking_lot::Mutex;
+use tracing::{debug, error, info, info_span, warn};
+
+use super::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
+use crate::dm::session::DmSession;
+use crate::dm::source::EventSource;
+use crate::roles::fs_manager::FsManager;
+use crate::roles::membership::{Membership, PeerChange};
+use crate::roles::session_manager::SessionManager;
+use crate::roles::Sends;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The transport could not start (port in use...).
+    #[error("DM transport: {0}")]
+    Transport(#[from] TransportError),
+    /// A thread or socket could not be created.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How long a call forwarded to another node (a disposition change to the session
+/// manager, a query to a session's node) waits for the answer.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to a call forwarded to another node.
+enum RpcReply {
+    /// A disposition change was applied (or refused).
+    Done(DmResult<()>),
+    /// A query's answer.
+    Data(DmResult<Vec<u8>>),
+}
+
+/// A snapshot of the node for tools and tests.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node.
+    pub node: u32,
+    /// Whether it is the session manager.
+    pub session_manager: bool,
+    /// File systems it manages.
+    pub fs_managed: Vec<u64>,
+    /// File systems it mounts.
+    pub mounts: Vec<u64>,
+    /// Version of its disposition table.
+    pub disp_version: u64,
+    /// Sessions it knows: (sid, node, info).
+    pub sessions: Vec<(i32, u32, Vec<u8>)>,
+    /// Peers it sees alive.
+    pub peers_up: Vec<u32>,
+}
+
+/// One running node daemon.
+pub struct Node {
+    cfg: NodeConfig,
+    me: NodeId,
+    incarnation: u64,
+    transport: Arc<TcpTransport>,
+    seq: Arc<AtomicU64>,
+    local_tx: Mutex<Sender<Frame>>,
+    /// The DM-application API (session side).
+    pub dm: Arc<DmSession>,
+    /// The event source the file system calls.
+    pub source: Arc<EventSource>,
+    sm: Option<SessionManager>,
+    fsm: Option<FsManager>,
+    membership: Membership,
+    rpcs: Mutex<HashMap<u64, SyncSender<RpcReply>>>,
+    mounts: Mutex<BTreeSet<FsId>>,
+    /// Peers an event frame could not be sent to since they were last seen alive.
+    send_failed: Mutex<BTreeSet<NodeId>>,
+    stop: AtomicBool,
+}
+
+impl Node {
+    /// Starts the daemon: transport, engines, roles, heartbeats, mounts.
+    pub fn start(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        cfg.validate()?;
+        let me = cfg.node();
+        let key = cfg.key()?;
+        if key == DEV_CLUSTER_KEY.as_bytes() {
+            warn!("no cluster_key configured: using the development key; any local process can join");
+        }
+        let mut tcfg = TcpConfig::new(me, cfg.listen, &key);
+        tcfg.busy_poll = cfg.busy_poll;
+        let transport = Arc::new(TcpTransport::start(tcfg)?);
+        for p in &cfg.peers {
+            transport.add_peer(NodeId(p.id), p.addr);
+        }
+        let (local_tx, local_rx) = mpsc::channel::<Frame>();
+        let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let node = Arc::new_cyclic(|w: &Weak<Node>| {
+            let seq = Arc::new(AtomicU64::new(1));
+            let w1 = w.clone();
+            let send = Arc::new(move |to: NodeId, f: Frame| match w1.upgrade() {
+                Some(n) => {
+                    let r = n.send_frame(to, f);
+                    if r.is_err() {
+                        n.send_failed.lock().insert(to);
+                    }
+                    r
+                }
+                None => Err(TransportError::Closed),
+            });
+            let source = EventSource::new(
+                me,
+                SourceConfig {
+                    session_failure_timeout: cfg.session_failure_timeout(),
+                    spin_wait: Duration::from_micros(cfg.spin_wait_us),
+                    ..SourceConfig::default()
+                },
+                send,
+                seq.clone(),
+            );
+            let w2 = w.clone();
+            let engine = Arc::new(SessionEngine::new(
+                me,
+                SessionConfig { dm_admin_gid: cfg.dm_admin_gid, ..SessionConfig::default() },
+                Arc::new(move |o: Outbound| {
+                    if let Some(n) = w2.upgrade() {
+                        n.session_outbound(o);
+                    }
+                }),
+            ));
+            let (w3, w4, w5) = (w.clone(), w.clone(), w.clone());
+            let dm = Arc::new(DmSession::new(
+                me,
+                engine,
+                source.engine().clone(),
+                Arc::new(move |sid, ch| match w3.upgrade() {
+                    Some(n) => n.disp_rpc(sid, ch),
+                    None => Err(DmError::Intr("node shutting down")),
+                }),
+                Arc::new(move |node, sid, token, q| match w5.upgrade() {
+                    Some(n) => n.query_rpc(node, sid, token, q),
+                    None => Err(DmError::Intr("node shutting down")),
+                }),
+                Arc::new(move || w4.upgrade().map_or_else(|| Arc::new(DispositionTable::default()), |n| n.table())),
+            ));
+            let managed: Vec<FsId> = cfg.filesystems.iter().filter(|f| f.manager == me.0).map(|f| FsId(f.id)).collect();
+            let fs_managers: BTreeSet<NodeId> = cfg.filesystems.iter().map(|f| NodeId(f.manager)).collect();
+            Node {
+                me,
+                incarnation,
+                transport: transport.clone(),
+                seq,
+                local_tx: Mutex::new(local_tx),
+                dm,
+                source,
+                sm: (cfg.session_manager == me.0).then(|| SessionManager::new(me, cfg.all_nodes(), fs_managers)),
+                fsm: (!managed.is_empty()).then(|| FsManager::new(me, managed)),
+                membership: Membership::new(cfg.failure_timeout()),
+                rpcs: Mutex::new(HashMap::new()),
+                mounts: Mutex::new(BTreeSet::new()),
+                send_failed: Mutex::new(BTreeSet::new()),
+                stop: AtomicBool::new(false),
+                cfg,
+            }
+        });
+        let w = Arc::downgrade(&node);
+        transport.set_handler(Arc::new(move |from, f| {
+            if let Some(n) = w.upgrade() {
+                n.handle(from, f);
+            }
+        }));
+        let w = Arc::downgrade(&node);
+        thread::Builder::new().name(format!("dm-loopback-{me}")).spawn(move || {
+            while let Ok(f) = local_rx.recv() {
+                match w.upgrade() {
+                    Some(n) => n.handle(me, f),
+                    None => return,
+                }
+            }
+        })?;
+        let w = Arc::downgrade(&node);
+        let period = node.cfg.heartbeat_interval();
+        thread::Builder::new().name(format!("dm-heartbeat-{me}")).spawn(move || loop {
+            match w.upgrade() {
+                Some(n) if !n.stop.load(Ordering::Acquire) => n.heartbeat(),
+                _ => return,
+            }
+            thread::sleep(period);
+        })?;
+        for fs in node.cfg.mounts.clone() {
+            node.mount(FsId(fs), true);
+        }
+        info!(node = %me, listen = %transport.local_addr(), sm = node.sm.is_some(), fsm = node.fsm.is_some(),
+            "node daemon started");
+        Ok(node)
+    }
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a frame to `to`, through the loopback queue if `to` is this node.
+    pub fn send_frame(&self, to: NodeId, f: Frame) -> Result<(), TransportError> {
+        if to == self.me {
+            return self.local_tx.lock().send(f).map_err(|_| TransportError::Closed);
+        }
+        self.transport.send(to, &f)
+    }
+
+    fn send_all(&self, sends: Sends) {
+        for (to, mut f) in sends {
+            f.seq = self.next_seq();
+            if let Err(e) = self.send_frame(to, f) {
+                debug!(%to, error = %e, "role message not sent; it is repeated when the node is back");
+            }
+        }
+    }
+
+    fn session_outbound(&self, o: Outbound) {
+        let (to, f) = Frame::from_outbound(&o, self.me, self.next_seq(), NodeId(self.cfg.session_manager));
+        if let Err(e) = self.send_frame(to, f) {
+            warn!(%to, error = %e, ?o, "session message not sent");
+        }
+    }
+
+    /// Sends `f` to `to` and waits for the frame that answers it.
+    fn rpc(&self, to: NodeId, mut f: Frame) -> DmResult<RpcReply> {
+        let seq = self.next_seq();
+        f.seq = seq;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.rpcs.lock().insert(seq, tx);
+        if let Err(e) = self.send_frame(to, f) {
+            self.rpcs.lock().remove(&seq);
+            return Err(DmError::Io(format!("node {to} unreachable: {e}")));
+        }
+        let r = rx.recv_timeout(RPC_TIMEOUT);
+        self.rpcs.lock().remove(&seq);
+        r.map_err(|_| DmError::Io(format!("node {to} did not answer")))
+    }
+
+    fn disp_rpc(&self, sid: DmSessId, ch: DispChange) -> DmResult<()> {
+        let mut f = Frame::new(self.me, 0, Message::DispChange(ch));
+        f.sid = sid;
+        match self.rpc(NodeId(self.cfg.session_manager), f)? {
+            RpcReply::Done(r) => r,
+            RpcReply::Data(_) => Err(DmError::Io("session manager answered a query".into())),
+        }
+    }
+
+    fn query_rpc(&self, node: NodeId, sid: DmSessId, token: DmToken, q: QueryOp) -> DmResult<Vec<u8>> {
+        let mut f = Frame::new(self.me, 0, Message::Query(q));
+        (f.sid, f.token) = (sid, token);
+        match self.rpc(node, f)? {
+            RpcReply::Data(r) => r,
+            RpcReply::Done(_) => Err(DmError::Io(format!("node {node} answered a query with a response"))),
+        }
+    }
+
+    /// The disposition table this node routes events with (the master copy on the
+    /// session manager).
+    pub fn table(&self) -> Arc<DispositionTable> {
+        match &self.sm {
+            Some(sm) => sm.table(),
+            None => self.source.engine().dispositions(),
+        }
+    }
+
+    /// Where an event of type `t` on `fs` generated here would go now.
+    pub fn route(&self, fs: FsId, t: EventType) -> Option<DispEntry> {
+        self.source.engine().dispositions().route(fs, t)
+    }
+
+    /// Mounts (or unmounts) `fs` here: its manager is told and answers with the
+    /// dispositions (B11).
+    pub fn mount(&self, fs: FsId, mounted: bool) {
+        if mounted {
+            self.mounts.lock().insert(fs);
+        } else {
+            self.mounts.lock().remove(&fs);
+        }
+        if let Some(m) = self.cfg.fs_manager(fs) {
+            let f = Frame::new(self.me, self.next_seq(), Message::Mount { fs, mounted });
+            if let Err(e) = self.send_frame(m, f) {
+                info!(%fs, manager = %m, error = %e, "fs manager not reachable yet; mount announced when it is");
+            }
+        }
+    }
+
+    /// A snapshot for tools and tests.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node: self.me.0,
+            session_manager: self.sm.is_some(),
+            fs_managed: self.cfg.filesystems.iter().filter(|f| f.manager == self.me.0).map(|f| f.id).collect(),
+            mounts: self.mounts.lock().iter().map(|f| f.0).collect(),
+            disp_version: self.source.engine().dispositions().version(),
+            sessions: self.dm.engine().sessions().into_iter().map(|s| (s.sid.0, s.node.0, s.info)).collect(),
+            peers_up: self.cfg.peers.iter().filter(|p| self.membership.is_up(NodeId(p.id))).map(|p| p.id).collect(),
+        }
+    }
+
+    fn heartbeat(&self) {
+        for p in &self.cfg.peers {
+            let f = Frame::new(self.me, self.next_seq(), Message::Heartbeat { now_ns: self.incarnation });
+            if let Err(e) = self.transport.send_if_idle(NodeId(p.id), &f) {
+                debug!(peer = p.id, error = %e, "heartbeat not sent");
+            }
+        }
+        for n in self.membership.sweep() {
+            self.on_peer_failed(n);
+        }
+        // A send failed to a peer that never stopped answering heartbeats (a
+        // connection reset, say): re-send what it may have missed.
+        let retry: Vec<NodeId> =
+            self.send_failed.lock().iter().copied().filter(|n| self.membership.is_up(*n)).collect();
+        for n in retry {
+            self.send_failed.lock().remove(&n);
+            let src = self.source.engine();
+            let (p, u) = (src.resend_pending_to(n), src.resend_unacked_to(n));
+            info!(node = %n, pending = p, unacked = u, "events re-sent after a failed send");
+        }
+    }
+
+    /// `n` is alive: first seen, or `recovered` after a failure or restart.
+    fn on_peer_alive(&self, n: NodeId, recovered: bool) {
+        info!(node = %n, recovered, "peer alive");
+        let src = self.source.engine();
+        // Asynchronous events are re-sent only if some may not have arrived: a
+        // needless re-send of a long backlog outruns the session's de-duplication
+        // window and shows up as duplicates.
+        let lost = self.send_failed.lock().remove(&n) || recovered;
+        let p = src.resend_pending_to(n);
+        let u = if lost { src.resend_unacked_to(n) } else { 0 };
+        if p + u > 0 {
+            info!(node = %n, pending = p, unacked = u, "events re-sent to peer");
+        }
+        if let Some(sm) = &self.sm {
+            self.send_all(sm.on_node_alive(n));
+        }
+        let mounts: Vec<FsId> = self.mounts.lock().iter().copied().collect();
+        for fs in mounts {
+            if self.cfg.fs_manager(fs) == Some(n) {
+                let f = Frame::new(self.me, self.next_seq(), Message::Mount { fs, mounted: true });
+                let _ = self.send_frame(n, f);
+            }
+        }
+    }
+
+    fn on_peer_failed(&self, n: NodeId) {
+        warn!(node = %n, "peer failed (no heartbeat)");
+        let cancelled = self.dm.engine().source_node_failed(n);
+        let waiting = self.source.engine().on_session_node_failed(n);
+        info!(node = %n, cancelled, waiting, "failure handled");
+    }
+
+    fn reply_rpc(&self, to: NodeId, ref_seq: u64, r: DmResult<()>) {
+        let response = match r {
+            Ok(()) => DmResponse::Continue,
+            Err(e) => DmResponse::Abort(e.errno().max(1)),
+        };
+        let mut f = Frame::new(self.me, self.next_seq(), Message::Response { response, data: Vec::new() });
+        f.ref_seq = ref_seq;
+        let _ = self.send_frame(to, f);
+    }
+
+    fn ack(&self, to: NodeId, upto: u64) {
+        let mut f = Frame::new(self.me, self.next_seq(), Message::Ack);
+        f.ref_seq = upto;
+        if let Err(e) = self.send_frame(to, f) {
+            debug!(%to, error = %e, "ack not sent; the source re-sends and we de-duplicate");
+        }
+    }
+
+    /// Handles one frame from `from` (a peer, or this node through the loopback).
+    pub fn handle(&self, from: NodeId, f: Frame) {
+        if from != self.me {
+            let inc = match f.msg {
+                Message::Heartbeat { now_ns } => Some(now_ns),
+                _ => None,
+            };
+            match self.membership.heard(from, inc) {
+                Some(PeerChange::Alive(n)) => self.on_peer_alive(n, false),
+                Some(PeerChange::Recovered(n)) => self.on_peer_alive(n, true),
+                Some(PeerChange::Restarted(n)) => {
+                    info!(node = %n, "peer restarted");
+                    self.on_peer_failed(n);
+                    self.on_peer_alive(n, true);
+                }
+                None => {}
+            }
+        }
+        let engine = self.dm.engine();
+        let src = self.source.engine();
+        match f.msg {
+            Message::Event { sync, event, .. } => {
+                let _s = info_span!("event", sid = %f.sid, %from, seq = f.seq).entered();
+                match engine.deliver(f.sid, f.seq, sync, event) {
+                    Ok(_) if !sync => self.ack(from, f.seq),
+                    Ok(_) => {}
+                    Err(DmError::NoMem(_)) => warn!("session queue full; the source re-sends"),
+                    Err(e) => {
+                        debug!(error = %e, "event for no session here");
+                        if !sync {
+                            self.ack(from, f.seq);
+                        }
+                    }
+                }
+            }
+            Message::EventBatch(evs) => self.deliver_batch(from, evs),
+            Message::Response { response, .. } => {
+                let rpc = self.rpcs.lock().remove(&f.ref_seq);
+                match rpc {
+                    Some(tx) => {
+                        let r = match response {
+                            DmResponse::Abort(e) => {
+                                Err(super::api::error_from_errno(e, "session manager refused", None))
+                            }
+                            _ => Ok(()),
+                        };
+                        let _ = tx.try_send(RpcReply::Done(r));
+                    }
+                    None => {
+                        src.on_response(from, f.ref_seq, response);
+                    }
+                }
+            }
+            Message::Pending { delay_ms } => {
+                src.on_pending(f.ref_seq, Duration::from_millis(delay_ms));
+            }
+            Message::SessionCreate { node, info } => match &self.sm {
+                Some(sm) => {
+                    engine.register_remote_session(f.sid, node, &info);
+                    self.send_all(sm.on_session_create(f.sid, node, &info));
+                }
+                None if node == self.me => {
+                    if engine.queued(f.sid).is_err() {
+                        // This node restarted: the session waits for its DM
+                        // application to reclaim it, and for the sources' re-sends.
+                        if let Err(e) = engine.restore_session(f.sid, &info) {
+                            warn!(sid = %f.sid, error = %e, "session not restored");
+                        }
+                    }
+                }
+                None => engine.register_remote_session(f.sid, node, &info),
+            },
+            Message::SessionReclaim { node, info } => {
+                engine.register_remote_session(f.sid, node, &info);
+                if let Some(sm) = &self.sm {
+                    self.send_all(sm.on_session_reclaim(f.sid, node, &info));
+                }
+                src.on_session_reclaimed(f.sid, node);
+            }
+            Message::SessionDestroy => {
+                engine.forget_remote_session(f.sid);
+                if let Some(sm) = &self.sm {
+                    self.send_all(sm.on_session_destroy(f.sid));
+                }
+            }
+            Message::DispChange(ch) => match &self.sm {
+                Some(sm) => {
+                    let r = sm.on_disp_change(f.sid, &ch);
+                    match r {
+                        Ok(sends) => {
+                            self.reply_rpc(from, f.seq, Ok(()));
+                            self.send_all(sends);
+                        }
+                        Err(e) => self.reply_rpc(from, f.seq, Err(e)),
+                    }
+                }
+                None => {
+                    warn!(%from, "disposition change sent to a node that is not the session manager");
+                    self.reply_rpc(from, f.seq, Err(DmError::Inval("not the session manager")));
+                }
+            },
+            Message::DispSpec(t) => {
+                if let Some(fsm) = &self.fsm {
+                    self.send_all(fsm.on_spec(&t));
+                }
+                src.install_dispositions(Arc::new(t));
+            }
+            Message::Mount { fs, mounted } => match &self.fsm {
+                Some(fsm) if fsm.manages(fs) => self.send_all(fsm.on_mount(from, fs, mounted)),
+                _ => warn!(%from, %fs, "mount notice for a file system this node does not manage"),
+            },
+            Message::Ack => {
+                src.on_ack(from, f.ref_seq);
+            }
+            Message::Heartbeat { .. } => {}
+            Message::Query(q) => {
+                // Answered from this node's engine only, never forwarded again.
+                let r = match q {
+                    QueryOp::FindEventmsg { buflen } => engine.dm_find_eventmsg(f.sid, f.token, buflen as usize),
+                    QueryOp::GetallTokens { nelem } => engine
+                        .dm_getall_tokens(f.sid, nelem as usize)
+                        .map(|v| v.iter().flat_map(|t| t.0.to_le_bytes()).collect()),
+                };
+                let (errno, needed, data) = match r {
+                    Ok(d) => (0, 0, d),
+                    Err(DmError::TooBig { needed }) => (libc::E2BIG, needed as u64, Vec::new()),
+                    Err(e) => (e.errno(), 0, Vec::new()),
+                };
+                let mut reply = Frame::new(self.me, self.next_seq(), Message::QueryReply { errno, needed, data });
+                reply.ref_seq = f.seq;
+                let _ = self.send_frame(from, reply);
+            }
+            Message::QueryReply { errno, needed, data } => {
+                if let Some(tx) = self.rpcs.lock().remove(&f.ref_seq) {
+                    let r = match errno {
+                        0 => Ok(data),
+                        libc::E2BIG => Err(DmError::TooBig { needed: needed as usize }),
+                        e => Err(super::api::error_from_errno(e, "query refused by the session node", None)),
+                    };
+                    let _ = tx.try_send(RpcReply::Data(r));
+                }
+            }
+            Message::Hello { .. } | Message::Challenge { .. } | Message::Auth { .. } => {
+                error!(%from, "handshake frame after authentication; ignored");
+            }
+        }
+    }
+
+    fn deliver_batch(&self, from: NodeId, evs: Vec<dmapi::proto::BatchedEvent>) {
+        let engine = self.dm.engine();
+        let mut acked = None;
+        let mut it = evs.into_iter().peekable();
+        while let Some(first) = it.next() {
+            let sid = first.sid;
+            let mut run = vec![(first.seq, first.sync, first.event)];
+            while let Some(e) = it.next_if(|e| e.sid == sid) {
+                run.push((e.seq, e.sync, e.event));
+            }
+            let last = run.last().map(|r| r.0);
+            match engine.deliver_batch(sid, run) {
+                Ok(_) => acked = last,
+                Err(DmError::NoMem(_)) => {
+                    warn!(%sid, %from, "session queue full; batch left for re-send");
+                    break;
+                }
+                Err(e) => {
+                    debug!(%sid, error = %e, "batch for no session here; dropped");
+                    acked = last;
+                }
+            }
+        }
+        if let Some(upto) = acked {
+            self.ack(from, upto);
+        }
+    }
+
+    /// Stops the daemon: blocked callers get EINTR, connections close.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.source.shutdown();
+        self.dm.engine().shutdown();
+        self.transport.shutdown();
+    }
+}

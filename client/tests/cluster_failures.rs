@@ -1,0 +1,215 @@
+//! Failures, bad input and security across real node processes (issue 3 §5): a
+//! session node SIGKILLed with synchronous events pending, reclaimed or not within
+//! the session-failure timeout; a source node killed while its event is
+//! outstanding; malformed, oversized and unauthenticated connections; unprivileged
+//! session creation.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{field, outcome, standard, Cluster, KEY, TIDEPOOL};
+use dmapi::proto::{decode_frame, encode_frame, Frame, Message};
+use dmapi::types::NodeId;
+use dmapi::wire::{MsgHeader, HEADER_LEN};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const T: Duration = Duration::from_secs(20);
+
+/// The session node dies with two synchronous events outstanding; it restarts, the
+/// restarted DM application reclaims its session (found by its info string) and
+/// receives both events again; the blocked operations on B then complete.
+#[test]
+fn session_node_killed_then_reclaimed_loses_nothing() {
+    let mut c = Cluster::start(&standard("session_failure_timeout_ms = 30000", false));
+    let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read,write", "--hold"]);
+    c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
+    let op1 = c.driver_bg(4, &["generate", "--event", "read", "--ino", "101"]);
+    let op2 = c.driver_bg(4, &["generate", "--event", "write", "--ino", "102"]);
+    hsm.expect("EVENT", T);
+    hsm.expect("EVENT", T);
+    c.kill(3);
+    hsm.kill();
+    assert!(c.wait_log(4, "session node failed; events wait for reclaim", T), "node 4 log:\n{}", c.log(4));
+
+    c.restart(3);
+    let mut again = c.listen(3, &["--info", "hsm", "--reclaim"]);
+    assert!(again.seen[0].contains("reclaimed=true"), "{:?}", again.seen);
+    assert_eq!(again.sid, hsm.sid, "the same session id is reclaimed");
+    let mut inos = vec![field(&again.expect("EVENT", T), "ino"), field(&again.expect("EVENT", T), "ino")];
+    inos.sort();
+    assert_eq!(inos, vec!["101", "102"], "both pending events are delivered again");
+    for op in [op1, op2] {
+        let o = outcome(op);
+        assert_eq!(field(&o, "response"), "continue", "{o}");
+    }
+}
+
+/// The session node dies and nobody reclaims the session within the configured
+/// session-failure timeout: the blocked operation fails with EIO and the source
+/// node logs why.
+#[test]
+fn unreclaimed_session_fails_blocked_operations_after_the_timeout() {
+    let mut c = Cluster::start(&standard("session_failure_timeout_ms = 1000", false));
+    let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read", "--hold"]);
+    c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
+    let op = c.driver_bg(4, &["generate", "--event", "read"]);
+    hsm.expect("EVENT", T);
+    c.kill(3);
+    hsm.kill();
+    let o = outcome(op);
+    assert_eq!((field(&o, "response"), field(&o, "errno")), ("error".into(), libc::EIO.to_string()), "{o}");
+    assert!(c.wait_log(4, "was not reclaimed within", T), "node 4 log:\n{}", c.log(4));
+}
+
+/// A source node dies while its synchronous event is outstanding on A: A learns it
+/// from the missing heartbeats, retires the token and tells the DM application
+/// with a cancel event; no token is left.
+#[test]
+fn source_node_killed_with_event_outstanding_is_cleaned_up() {
+    let mut c = Cluster::start(&standard("", false));
+    let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read", "--hold"]);
+    let sid = hsm.sid.to_string();
+    c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
+    let mut op = c.driver_bg(4, &["generate", "--event", "read"]);
+    let token = field(&hsm.expect("EVENT type=read", T), "token");
+    assert_eq!(c.dm_ok(3, &["tokens", "--sid", &sid]).trim(), format!("TOKENS {token}"));
+    c.kill(4);
+    let _ = op.kill();
+    let _ = op.wait();
+    let cancel = hsm.expect("EVENT type=cancel", T);
+    assert_eq!(field(&cancel, "cancelled_token"), token);
+    assert_eq!(field(&cancel, "source_node"), "4");
+    assert_eq!(c.dm_ok(3, &["tokens", "--sid", &sid]).trim(), "TOKENS");
+    let o = c.dm(3, &["respond", "--sid", &sid, "--token", &token]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ESRCH"), "the retired token is gone");
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(key: &[u8], role: &[u8], c: u32, s: u32, n1: &[u8], n2: &[u8]) -> [u8; 32] {
+    let mut m = HmacSha256::new_from_slice(key).unwrap();
+    for part in [role, &c.to_le_bytes(), &s.to_le_bytes(), n1, n2] {
+        m.update(part);
+    }
+    m.finalize().into_bytes().into()
+}
+
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Frame> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    s.read_exact(&mut buf)?;
+    let h = dmapi::wire::decode_header(&buf).map_err(std::io::Error::other)?;
+    buf.resize(HEADER_LEN + h.payload_len.get() as usize, 0);
+    s.read_exact(&mut buf[HEADER_LEN..])?;
+    Ok(decode_frame(&buf).map_err(std::io::Error::other)?.0)
+}
+
+/// Connects to node `to` as node 99 and runs the handshake with `key`.
+fn handshake(port: u16, to: u32, key: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n_c = [7u8; 32];
+    s.write_all(&encode_frame(&Frame::new(NodeId(99), 0, Message::Hello { nonce: n_c })).unwrap()).unwrap();
+    let Message::Challenge { nonce: n_s, .. } = read_frame(&mut s).unwrap().msg else { panic!("no challenge") };
+    let m = mac(key, b"tidepool-dm C", 99, to, &n_s, &n_c);
+    s.write_all(&encode_frame(&Frame::new(NodeId(99), 0, Message::Auth { mac: m })).unwrap()).unwrap();
+    s
+}
+
+/// Whether the peer closed `s` (EOF or reset) within the read timeout.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Garbage, a wrong cluster key, an oversized frame and a malformed frame each get
+/// their connection dropped with an error log; the cluster keeps working.
+#[test]
+fn bad_connections_are_dropped_and_other_peers_are_unaffected() {
+    let c = Cluster::start(&standard("", false));
+    let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read"]);
+    c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
+    let port = c.node(3).port;
+
+    // Not a Tidepool node at all.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(closed(&mut s), "garbage must be refused");
+    assert!(c.wait_log(3, "incoming DM connection refused", T));
+
+    // Wrong cluster key: refused, and nothing it sends is taken.
+    let mut s = handshake(port, 3, b"not the key");
+    let _ = s.write_all(&encode_frame(&Frame::new(NodeId(99), 1, Message::Heartbeat { now_ns: 1 })).unwrap());
+    assert!(closed(&mut s), "an unauthenticated peer must be refused");
+    assert!(c.wait_log(3, "node 99 failed authentication", T), "node 3 log:\n{}", c.log(3));
+
+    // Authenticated, then a header announcing a 2 MiB payload.
+    let mut s = handshake(port, 3, KEY.as_bytes());
+    let mut h = MsgHeader::new(15, 2 << 20, 99, 1, 0).to_bytes().to_vec();
+    h.extend_from_slice(&[0u8; 64]);
+    s.write_all(&h).unwrap();
+    assert!(closed(&mut s), "an oversized frame must drop the connection");
+    assert!(c.wait_log(3, "dropping connection", T), "node 3 log:\n{}", c.log(3));
+
+    // Authenticated, then an unknown message type.
+    let mut s = handshake(port, 3, KEY.as_bytes());
+    let mut f = encode_frame(&Frame::new(NodeId(99), 1, Message::Ack)).unwrap();
+    f[5] = 200;
+    s.write_all(&f).unwrap();
+    assert!(closed(&mut s), "a malformed frame must drop the connection");
+    assert!(c.wait_log(3, "malformed frame; dropping connection", T), "node 3 log:\n{}", c.log(3));
+
+    // The real peers never noticed.
+    assert!(c.driver(4, &["generate", "--event", "read"]).contains("response=continue"));
+    assert_eq!(field(&hsm.expect("EVENT", T), "source_node"), "4");
+}
+
+/// Creating a session (and generating events through the local API) needs root or
+/// the configured DM admin group, checked on the caller's kernel credentials; an
+/// ordinary user is refused with EPERM.
+#[test]
+fn unprivileged_session_creation_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let c = Cluster::start(&standard("dm_admin_gid = 4242", false));
+    let as_user = |uid: u32, gid: u32| {
+        Command::new(TIDEPOOL)
+            .args(["dm", "--socket"])
+            .arg(c.socket(3))
+            .args(["create-session", "--info", "user"])
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    let o = as_user(65534, 65534);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("EPERM"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = as_user(65534, 4242);
+    assert!(o.status.success(), "the admin group may: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("SESSION sid="));
+    // Nor may an ordinary user stand in for the file system.
+    let o = Command::new(common::DRIVER)
+        .arg("--socket")
+        .arg(c.socket(3))
+        .args(["generate", "--event", "read"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("response=error") && out.contains(&format!("errno={}", libc::EPERM)), "{out}");
+}
