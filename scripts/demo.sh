@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Tidepool's main job on one machine, with embedded defaults: a storage
-# node exports a file-backed volume over NVMe/TCP on loopback and the
-# client's user-space initiator drives it (discovery, identify, data
-# written and read back, reservations between two hosts, a short
-# benchmark). Later stages add the file system, client nodes and DM events.
+# Tidepool's main job on one machine, with embedded defaults:
+#  1. a storage node exports a file-backed volume over NVMe/TCP on loopback
+#     and the client's user-space initiator drives it (discovery, identify,
+#     data written and read back, reservations between two hosts, a short
+#     benchmark);
+#  2. four client node daemons form a cluster (session manager, file-system
+#     manager, an HSM session node A, a source node B); a DM application
+#     opens a session on A and prints the events that file operations on
+#     B, on the manager node and on A itself send it, answering CONTINUE,
+#     or ABORT for truncate.
+# The file system that turns real file operations into these events is
+# the next stage; here the DM test driver stands in for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${TIDEPOOL_PORT:-4420}
 DPORT=${TIDEPOOL_DISCOVERY_PORT:-8009}
+DMPORT=${TIDEPOOL_DM_BASE_PORT:-7100}
 
 scripts/setup.sh
 echo "== building (release)"
@@ -15,8 +23,10 @@ cargo build --release --bins -q
 bin=target/release
 work=$(mktemp -d /tmp/tidepool-demo.XXXXXX)
 node_pid=""
+pids=()
 cleanup() {
-    [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
+    for p in $node_pid "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -53,5 +63,45 @@ $bin/tidepool nvme resv-release "${A[@]}" "${HA[@]}" --crkey 0xa --rtype 1
 echo; echo "== 3 s benchmarks: 4 KiB random read and write, QD 32, 2 queues"
 $bin/tidepool nvme bench "${A[@]}" --rw randread --qd 32 --queues 2 --seconds 3
 $bin/tidepool nvme bench "${A[@]}" --rw randwrite --qd 32 --queues 2 --seconds 3
-echo; echo "== done; storage-node log:"
-sed 's/\x1b\[[0-9;]*m//g' "$work/node.log" | tail -5
+echo; echo "== storage-node log (last lines):"
+sed 's/\x1b\[[0-9;]*m//g' "$work/node.log" | tail -3
+
+echo; echo "== DM cluster: node 1 session manager, node 2 manager of fs 1, node 3 = A (HSM session), node 4 = B"
+for id in 1 2 3 4; do
+    {
+        echo "node_id = $id"
+        echo "listen = \"127.0.0.1:$((DMPORT + id))\""
+        echo "api_socket = \"$work/node$id.sock\""
+        echo "cluster_key = \"demo-cluster-key\""
+        echo "session_manager = 1"
+        echo "mounts = [1]"
+        for p in 1 2 3 4; do
+            [ $p = $id ] || printf '[[peers]]\nid = %s\naddr = "127.0.0.1:%s"\n' $p $((DMPORT + p))
+        done
+        printf '[[filesystems]]\nid = 1\nmanager = 2\n'
+    } >"$work/node$id.toml"
+    RUST_LOG=info $bin/tidepool node run --config "$work/node$id.toml" 2>"$work/dmnode$id.log" >/dev/null &
+    pids+=($!)
+done
+for id in 1 2 3 4; do
+    for _ in $(seq 100); do [ -S "$work/node$id.sock" ] && break; sleep 0.1; done
+done
+echo "-- DM application on node 3 opens session 'hsm' for read, write, truncate events"
+$bin/tidepool dm --socket "$work/node3.sock" listen --info hsm --events read,write,truncate --abort truncate=1 >"$work/hsm.out" 2>"$work/hsm.err" &
+pids+=($!)
+for _ in $(seq 100); do grep -q READY "$work/hsm.out" 2>/dev/null && break; sleep 0.1; done
+head -2 "$work/hsm.out"
+drv=$bin/tidepool-dm-testdriver
+for id in 4 2 3; do $drv --socket "$work/node$id.sock" wait-route --event truncate --node 3 >/dev/null; done
+echo "-- file operations generate events on nodes 4 (B), 2 and 3 (A itself):"
+for op in "4 write 1001" "4 read 1001" "2 write 2002" "3 read 3003" "4 truncate 1001"; do
+    set -- $op
+    printf "node %s %-8s ino %s -> " "$1" "$2" "$3"
+    $drv --socket "$work/node$1.sock" generate --event "$2" --ino "$3"
+done
+sleep 0.3
+echo "-- what the DM application on node 3 received:"
+grep EVENT "$work/hsm.out" || { echo "no events arrived"; exit 1; }
+n=$(grep -c EVENT "$work/hsm.out")
+[ "$n" -eq 5 ] || { echo "expected 5 events, got $n"; exit 1; }
+echo; echo "== done"

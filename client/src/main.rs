@@ -22,6 +22,20 @@ enum Top {
     /// The user-space NVMe-oF initiator.
     #[command(subcommand)]
     Nvme(Nvme),
+    /// Make a Tidepool file system on a namespace of a storage node.
+    Mkfs {
+        #[command(flatten)]
+        c: Conn,
+        #[arg(long, default_value = "tidepool")]
+        label: String,
+    },
+    /// Mount a Tidepool file system through FUSE (single-node: this node is
+    /// its manager); runs until unmounted or interrupted.
+    Mount {
+        #[command(flatten)]
+        c: Conn,
+        mountpoint: PathBuf,
+    },
     /// The node daemon (DM event path, session manager, fs manager roles).
     #[command(subcommand)]
     Node(node_cli::NodeCmd),
@@ -189,6 +203,28 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().cmd {
         Top::Nvme(n) => nvme(n),
+        Top::Mkfs { c, label } => {
+            let dev = fs_dev(&c)?;
+            let sb = client::fs::mkfs::mkfs(&*dev, &client::fs::mkfs::MkfsOpts { label, ..Default::default() })?;
+            println!(
+                "tidepool mkfs: {} blocks of {} bytes, {} inodes, journal {} blocks, fsid {}",
+                sb.total_blocks.get(),
+                sb.block_size.get(),
+                sb.inode_count.get(),
+                sb.journal_blocks.get(),
+                uuid::Uuid::from_bytes(sb.fsid)
+            );
+            Ok(())
+        }
+        Top::Mount { c, mountpoint } => {
+            let dev = fs_dev(&c)?;
+            let session = client::fs::fuse::spawn_mount(dev, &mountpoint)
+                .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+            println!("tidepool: mounted {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, mountpoint.display());
+            wait_for_signal();
+            drop(session);
+            Ok(())
+        }
         Top::Node(n) => node_cli::node(n),
         Top::Dm(d) => node_cli::dm(d),
     }
@@ -201,6 +237,29 @@ fn parse_key(s: &str) -> Result<u64, String> {
         None => s.parse(),
     }
     .map_err(|e| format!("{s:?} is not a key: {e}"))
+}
+
+/// The namespace `c` names, as a 4 KiB-block device for the file system.
+fn fs_dev(c: &Conn) -> anyhow::Result<std::sync::Arc<dyn client::fs::blockdev::BlockDev>> {
+    let ctrl = std::sync::Arc::new(c.connect()?);
+    Ok(std::sync::Arc::new(client::fs::blockdev::NvmfDev::new(ctrl, c.nsid, 4096)?))
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn action(s: &str, names: &[&str]) -> anyhow::Result<u8> {

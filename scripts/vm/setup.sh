@@ -11,10 +11,13 @@ set -euo pipefail
 # build it; nvme-cli/fio/e2fsprogs: used inside the guest; tshark: PDU checks;
 # rdma-core/ibverbs-utils/ibverbs-providers (the rxe user-space driver)/
 # iproute2: soft-RoCE setup and ibv_rc_pingpong;
-# jq: fio JSON in scripts/fio.
+# jq: fio JSON in scripts/fio; libibverbs-dev/librdmacm-dev/libclang-dev:
+# building the rdma crate with its `rdma` feature (rdma-sys runs bindgen);
+# perftest: ib_send_lat, a baseline of the RDMA latency benchmark.
 pkgs=(qemu-system-x86 linux-image-amd64 busybox-static kmod cpio
       nvme-cli fio e2fsprogs util-linux iproute2 tshark
-      rdma-core ibverbs-utils ibverbs-providers jq)
+      rdma-core ibverbs-utils ibverbs-providers jq
+      libibverbs-dev librdmacm-dev libclang-dev perftest)
 
 missing=()
 for p in "${pkgs[@]}"; do

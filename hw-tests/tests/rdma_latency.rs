@@ -1,0 +1,51 @@
+//! The RDMA latency benchmark as a test: in one guest boot, 64-byte
+//! ping-pongs over Tidepool's RDMA layer (`rdma-lat`, busy-polled send/recv)
+//! beside `ibv_rc_pingpong`, `ib_send_lat` and a TCP ping-pong of the same
+//! size. It checks that every tool ran and echoed correctly (rdma-lat checks
+//! each message's sequence number) and prints the table; it asserts no
+//! timing, since emulated figures only mean something as ratios.
+
+mod common;
+
+use std::path::PathBuf;
+
+use hw_tests::guest::Guest;
+use hw_tests::{host, or_skip, Skip};
+
+fn rdma_binary(name: &str) -> Result<PathBuf, Skip> {
+    host::binary(name).map_err(|_| {
+        Skip::missing(format!(
+            "`{name}` not built: cargo build --release -p rdma --features rdma \
+             (needs libibverbs-dev, librdmacm-dev, libclang-dev; or set TIDEPOOL_BIN_DIR)"
+        ))
+    })
+}
+
+#[test]
+fn rdma_latency_beside_verbs_baselines_and_tcp() -> anyhow::Result<()> {
+    common::init_tracing();
+    let bin = or_skip!(rdma_binary("rdma-lat"));
+    let run = or_skip!(Guest::new()
+        .env("RDMA_LAT", bin.display())
+        // A short run: the test proves the benchmark works; use the script
+        // directly (BENCH_ITERS, BENCH_ROUNDS) for figures.
+        .env("BENCH_ITERS", 1000)
+        .env("BENCH_ROUNDS", 1)
+        .timeout(common::GUEST_TIMEOUT)
+        .run(include_str!("../guest/rdma_latency.sh"))?
+        .into_result());
+    eprintln!("{}", run.transcript());
+    // soft-RoCE up (2) + rc_pingpong, rdma-lat and tcp in the warm-up and
+    // the measured round (ib_send_lat is a baseline only, noted not checked).
+    run.assert_checks(8);
+    let table: Vec<&str> = run.output.lines().filter(|l| l.starts_with("BENCH ")).collect();
+    println!("{}", table.join("\n"));
+    for tool in ["tool=rdma-lat round=1", "tool=ibv_rc_pingpong round=1", "tool=tcp round=1"] {
+        assert!(
+            table.iter().any(|l| l.starts_with(&format!("BENCH {tool} "))),
+            "no {tool} figure in\n{}",
+            run.transcript()
+        );
+    }
+    Ok(())
+}
