@@ -132,8 +132,18 @@ impl TidepoolFs {
         Ok(())
     }
 
-    fn entry(&self, i: &Inode, reply: ReplyEntry) {
-        reply.entry(&TTL, &self.attr(i), i.generation.get() as u64);
+    fn reply_entry(&self, r: Result<Inode, MetaError>, reply: ReplyEntry) {
+        match r {
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), i.generation.get() as u64),
+            Err(e) => reply.error(e.errno()),
+        }
+    }
+}
+
+fn reply_empty(r: Result<(), MetaError>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.errno()),
     }
 }
 
@@ -143,10 +153,8 @@ fn cred(req: &Request<'_>) -> Cred {
 
 impl Filesystem for TidepoolFs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        match self.meta.lookup(parent, name.as_bytes()).and_then(|e| self.meta.getattr(e.ino)) {
-            Ok(i) => self.entry(&i, reply),
-            Err(e) => reply.error(e.errno()),
-        }
+        let r = self.meta.lookup(parent, name.as_bytes()).and_then(|e| self.meta.getattr(e.ino));
+        self.reply_entry(r, reply);
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
@@ -198,31 +206,21 @@ impl Filesystem for TidepoolFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.meta.create(parent, name.as_bytes(), mode & !umask, cred(req)) {
-            Ok(i) => self.entry(&i, reply),
-            Err(e) => reply.error(e.errno()),
-        }
+        let r = self.meta.create(parent, name.as_bytes(), mode & !umask, cred(req));
+        self.reply_entry(r, reply);
     }
 
     fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        match self.meta.create(parent, name.as_bytes(), libc::S_IFDIR | (mode & !umask & 0o7777), cred(req)) {
-            Ok(i) => self.entry(&i, reply),
-            Err(e) => reply.error(e.errno()),
-        }
+        let r = self.meta.create(parent, name.as_bytes(), libc::S_IFDIR | (mode & !umask & 0o7777), cred(req));
+        self.reply_entry(r, reply);
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.meta.unlink(parent, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply_empty(self.meta.unlink(parent, name.as_bytes()), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.meta.rmdir(parent, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply_empty(self.meta.rmdir(parent, name.as_bytes()), reply);
     }
 
     fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -234,10 +232,7 @@ impl Filesystem for TidepoolFs {
             self.write_data(i.ino.get(), 0, t)?;
             self.meta.getattr(i.ino.get())
         });
-        match r {
-            Ok(i) => self.entry(&i, reply),
-            Err(e) => reply.error(e.errno()),
-        }
+        self.reply_entry(r, reply);
     }
 
     fn rename(
@@ -256,17 +251,12 @@ impl Filesystem for TidepoolFs {
         if flags & libc::RENAME_NOREPLACE != 0 && self.meta.lookup(newparent, newname.as_bytes()).is_ok() {
             return reply.error(libc::EEXIST);
         }
-        match self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        reply_empty(self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes()), reply);
     }
 
     fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
-        match self.meta.link(ino, newparent, newname.as_bytes()) {
-            Ok(i) => self.entry(&i, reply),
-            Err(e) => reply.error(e.errno()),
-        }
+        let r = self.meta.link(ino, newparent, newname.as_bytes());
+        self.reply_entry(r, reply);
     }
 
     fn read(
