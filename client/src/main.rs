@@ -35,6 +35,12 @@ enum Top {
         #[command(flatten)]
         c: Conn,
         mountpoint: PathBuf,
+        /// Generate DM events through this node daemon's local API socket.
+        #[arg(long)]
+        dm_socket: Option<PathBuf>,
+        /// The file system's DM id in the cluster configuration.
+        #[arg(long, default_value_t = 1)]
+        dm_fs: u64,
     },
     /// The node daemon (DM event path, session manager, fs manager roles).
     #[command(subcommand)]
@@ -216,9 +222,16 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Top::Mount { c, mountpoint } => {
+        Top::Mount { c, mountpoint, dm_socket, dm_fs } => {
             let dev = fs_dev(&c)?;
-            let session = client::fs::fuse::spawn_mount(dev, &mountpoint)
+            let dm = match dm_socket {
+                Some(p) => Some(client::fs::fuse::DmLink {
+                    api: client::node::api::Dm::connect(&p).with_context(|| format!("node API at {}", p.display()))?,
+                    fs: dmapi::types::FsId(dm_fs),
+                }),
+                None => None,
+            };
+            let session = client::fs::fuse::spawn_mount(dev, &mountpoint, dm)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
             println!("tidepool: mounted {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, mountpoint.display());
             wait_for_signal();

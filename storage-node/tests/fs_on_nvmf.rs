@@ -65,7 +65,7 @@ fn fuse_mount_on_a_shared_volume() {
     };
     let dev = connect("nqn.2026-11.io.tidepool:fuse-1");
     mkfs::mkfs(&*dev, &mkfs::MkfsOpts::default()).unwrap();
-    let session = client::fs::fuse::spawn_mount(dev, mnt.path()).unwrap();
+    let session = client::fs::fuse::spawn_mount(dev, mnt.path(), None).unwrap();
     let p = |s: &str| mnt.path().join(s);
     std::fs::create_dir(p("dir")).unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -107,7 +107,7 @@ fn fuse_mount_on_a_shared_volume() {
 
     // Another host mounts the same volume and finds the tree.
     let dev = connect("nqn.2026-11.io.tidepool:fuse-2");
-    let session = client::fs::fuse::spawn_mount(dev, mnt.path()).unwrap();
+    let session = client::fs::fuse::spawn_mount(dev, mnt.path(), None).unwrap();
     let mut names: Vec<String> =
         std::fs::read_dir(mnt.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();

@@ -5,10 +5,18 @@
 //! process (it is its own file-system manager) and file data moves
 //! straight between this node and the storage node by extent map. The
 //! kernel checks permissions (`default_permissions`).
+//!
+//! With a [`DmLink`] the mount generates DM events through the node
+//! daemon's local API before the operations that XDSM names (read, write,
+//! truncate; create, remove, rename, link, symlink): a synchronous event
+//! holds the operation until a DM application answers, and ABORT fails it
+//! with the errno the application chose.
 
 use super::blockdev::BlockDev;
 use super::format::Inode;
 use super::meta::{Cred, Kind, MetaError, MetaStore, SetAttr};
+use dmapi::event::{DmEvent, EventBody};
+use dmapi::types::{DmHandle, DmResponse, EventType, FsId, NodeId};
 use fuser::{
     FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
@@ -27,6 +35,14 @@ pub struct TidepoolFs {
     meta: MetaStore,
     dev: Arc<dyn BlockDev>,
     bs: u64,
+    dm: Option<DmLink>,
+}
+
+/// Where a mount sends its DM events: the local node daemon, and the DM
+/// file-system id this file system has in the cluster configuration.
+pub struct DmLink {
+    pub api: crate::node::api::Dm,
+    pub fs: FsId,
 }
 
 fn ts(ns: u64) -> SystemTime {
@@ -57,7 +73,56 @@ impl TidepoolFs {
     pub fn new(dev: Arc<dyn BlockDev>) -> super::Result<Self> {
         let meta = MetaStore::open(dev.clone())?;
         let bs = meta.block_size() as u64;
-        Ok(Self { meta, dev, bs })
+        Ok(Self { meta, dev, bs, dm: None })
+    }
+
+    pub fn with_dm(mut self, link: DmLink) -> Self {
+        self.dm = Some(link);
+        self
+    }
+
+    fn handle(&self, ino: u64) -> Option<DmHandle> {
+        let link = self.dm.as_ref()?;
+        let igen = self.meta.getattr(ino).map_or(0, |i| i.generation.get());
+        Some(DmHandle::file(link.fs, ino, igen))
+    }
+
+    /// Generates a DM event for an operation about to run; `Err(errno)`
+    /// when the DM application aborted it (or the node could not be asked:
+    /// an HSM's file must not be touched behind its back).
+    fn dm_event(&self, t: EventType, body: impl FnOnce(&Self) -> EventBody) -> Result<(), i32> {
+        let Some(link) = &self.dm else { return Ok(()) };
+        // The node stamps its own id as the source.
+        let ev = DmEvent::new(t, NodeId(0), body(self)).map_err(|e| e.errno())?;
+        match link.api.generate(link.fs, ev) {
+            Ok(g) => match g.response {
+                DmResponse::Abort(errno) => Err(if errno > 0 { errno } else { libc::EIO }),
+                _ => Ok(()),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, event = ?t, "cannot generate a DM event; failing the operation");
+                Err(libc::EIO)
+            }
+        }
+    }
+
+    fn data_event(&self, t: EventType, ino: u64, offset: u64, length: u64) -> Result<(), i32> {
+        self.dm_event(t, |s| EventBody::Data {
+            handle: s.handle(ino).unwrap_or_else(|| DmHandle::fs(FsId(0))),
+            offset: offset as i64,
+            length,
+        })
+    }
+
+    fn ns_event(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>) -> Result<(), i32> {
+        self.dm_event(t, |s| EventBody::Namespace {
+            mode: 0,
+            handle1: s.handle(parent),
+            handle2: other.and_then(|(ino, _)| s.handle(ino)),
+            name1: name.as_bytes().to_vec(),
+            name2: other.map(|(_, n)| n.to_vec()).unwrap_or_default(),
+            retcode: 0,
+        })
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -182,6 +247,11 @@ impl Filesystem for TidepoolFs {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        if let Some(sz) = size {
+            if let Err(e) = self.data_event(EventType::Truncate, ino, sz, 0) {
+                return reply.error(e);
+            }
+        }
         let set = SetAttr { mode, uid, gid, size, atime_ns: atime.map(to_ns), mtime_ns: mtime.map(to_ns) };
         match self.meta.setattr(ino, &set) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
@@ -206,20 +276,32 @@ impl Filesystem for TidepoolFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        if let Err(e) = self.ns_event(EventType::Create, parent, name, None) {
+            return reply.error(e);
+        }
         let r = self.meta.create(parent, name.as_bytes(), mode & !umask, cred(req));
         self.reply_entry(r, reply);
     }
 
     fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        if let Err(e) = self.ns_event(EventType::Create, parent, name, None) {
+            return reply.error(e);
+        }
         let r = self.meta.create(parent, name.as_bytes(), libc::S_IFDIR | (mode & !umask & 0o7777), cred(req));
         self.reply_entry(r, reply);
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.ns_event(EventType::Remove, parent, name, None) {
+            return reply.error(e);
+        }
         reply_empty(self.meta.unlink(parent, name.as_bytes()), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.ns_event(EventType::Remove, parent, name, None) {
+            return reply.error(e);
+        }
         reply_empty(self.meta.rmdir(parent, name.as_bytes()), reply);
     }
 
@@ -227,6 +309,9 @@ impl Filesystem for TidepoolFs {
         let t = target.as_os_str().as_bytes();
         if t.len() > 4095 {
             return reply.error(libc::ENAMETOOLONG);
+        }
+        if let Err(e) = self.ns_event(EventType::Symlink, parent, link_name, Some((0, t))) {
+            return reply.error(e);
         }
         let r = self.meta.create(parent, link_name.as_bytes(), libc::S_IFLNK | 0o777, cred(req)).and_then(|i| {
             self.write_data(i.ino.get(), 0, t)?;
@@ -251,10 +336,16 @@ impl Filesystem for TidepoolFs {
         if flags & libc::RENAME_NOREPLACE != 0 && self.meta.lookup(newparent, newname.as_bytes()).is_ok() {
             return reply.error(libc::EEXIST);
         }
+        if let Err(e) = self.ns_event(EventType::Rename, parent, name, Some((newparent, newname.as_bytes()))) {
+            return reply.error(e);
+        }
         reply_empty(self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes()), reply);
     }
 
     fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.ns_event(EventType::Link, newparent, newname, Some((ino, b""))) {
+            return reply.error(e);
+        }
         let r = self.meta.link(ino, newparent, newname.as_bytes());
         self.reply_entry(r, reply);
     }
@@ -270,6 +361,9 @@ impl Filesystem for TidepoolFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
+        if let Err(e) = self.data_event(EventType::Read, ino, offset.max(0) as u64, size as u64) {
+            return reply.error(e);
+        }
         match self.read_data(ino, offset.max(0) as u64, size as u64) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e.errno()),
@@ -288,6 +382,9 @@ impl Filesystem for TidepoolFs {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        if let Err(e) = self.data_event(EventType::Write, ino, offset.max(0) as u64, data.len() as u64) {
+            return reply.error(e);
+        }
         match self.write_data(ino, offset.max(0) as u64, data) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e.errno()),
@@ -336,6 +433,9 @@ impl Filesystem for TidepoolFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        if let Err(e) = self.ns_event(EventType::Create, parent, name, None) {
+            return reply.error(e);
+        }
         match self.meta.create(parent, name.as_bytes(), libc::S_IFREG | (mode & !umask & 0o7777), cred(req)) {
             Ok(i) => reply.created(&TTL, &self.attr(&i), i.generation.get() as u64, 0, 0),
             Err(e) => reply.error(e.errno()),
@@ -345,8 +445,15 @@ impl Filesystem for TidepoolFs {
 
 /// Mounts the file system on `dev` at `mountpoint` in a background thread;
 /// dropping the session unmounts it.
-pub fn spawn_mount(dev: Arc<dyn BlockDev>, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
-    let fs = TidepoolFs::new(dev).map_err(|e| std::io::Error::other(e.to_string()))?;
+pub fn spawn_mount(
+    dev: Arc<dyn BlockDev>,
+    mountpoint: &Path,
+    dm: Option<DmLink>,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let mut fs = TidepoolFs::new(dev).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let Some(link) = dm {
+        fs = fs.with_dm(link);
+    }
     let opts = [
         MountOption::FSName("tidepool".into()),
         MountOption::Subtype("tidepool".into()),

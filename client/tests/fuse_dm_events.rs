@@ -1,0 +1,66 @@
+//! B1/B4/B12 with real programs: a Tidepool FUSE mount on node B generates DM
+//! events through its node daemon; a DM application on node A receives them
+//! (with B's node id), and its answers decide the operations: CONTINUE lets
+//! them run, ABORT makes `mv` fail with the chosen errno.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::fs::blockdev::{BlockDev, MemDev};
+use client::fs::fuse::{spawn_mount, DmLink};
+use common::{field, standard, Cluster};
+
+const T: Duration = Duration::from_secs(20);
+
+fn sh(dir: &std::path::Path, script: &str) -> std::process::Output {
+    Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap()
+}
+
+#[test]
+fn file_operations_on_a_mount_raise_events_at_the_session_node() {
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return;
+    }
+    let c = Cluster::start(&standard("", false));
+    let mut hsm =
+        c.listen(3, &["--info", "hsm", "--events", "read,write,truncate,create,remove,rename", "--abort", "rename=1"]);
+    c.driver(4, &["wait-route", "--event", "rename", "--node", "3"]);
+
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let api = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let session = spawn_mount(dev, mnt.path(), Some(DmLink { api, fs: dmapi::types::FsId(1) })).unwrap();
+
+    let o = sh(mnt.path(), "echo hello > f && cat f && truncate -s 2 f && cat f");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello\nhe");
+    let first = hsm.expect("EVENT", T);
+    assert_eq!((field(&first, "type"), field(&first, "name1")), ("create".into(), "f".into()), "{first}");
+    assert_eq!(field(&first, "source_node"), "4", "B12: the mount's node: {first}");
+    let mut seen = vec![field(&hsm.expect("EVENT type=write", T), "type")];
+    seen.push(field(&hsm.expect("EVENT type=read", T), "type"));
+    let trunc = hsm.expect("EVENT type=truncate", T);
+    assert_eq!(field(&trunc, "offset"), "2", "truncate carries the new size: {trunc}");
+
+    // ABORT from the DM application fails the operation with its errno.
+    let o = sh(mnt.path(), "mv f g");
+    assert!(!o.status.success(), "mv must fail");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not permitted"), "{}", String::from_utf8_lossy(&o.stderr));
+    let ren = hsm.expect("EVENT type=rename", T);
+    assert_eq!((field(&ren, "name1"), field(&ren, "name2")), ("f".into(), "g".into()));
+    assert!(mnt.path().join("f").exists() && !mnt.path().join("g").exists());
+
+    let o = sh(mnt.path(), "rm f");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    hsm.expect("EVENT type=remove", T);
+    assert!(!mnt.path().join("f").exists());
+    drop(session);
+}
