@@ -8,9 +8,12 @@
 #     manager, an HSM session node A, a source node B); a DM application
 #     opens a session on A and prints the events that file operations on
 #     B, on the manager node and on A itself send it, answering CONTINUE,
-#     or ABORT for truncate.
-# The file system that turns real file operations into these events is
-# the next stage; here the DM test driver stands in for it.
+#     or ABORT for truncate and rename;
+#  3. the Tidepool file system is made on the storage node's volume and
+#     mounted through FUSE on node B; ordinary programs (echo, cat, cp,
+#     truncate, mv, rm) run on it, and each operation's DM event reaches the
+#     session on A, which decides it (mv is refused with EPERM).
+# (The file system is single-node for now: one mount at a time.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${TIDEPOOL_PORT:-4420}
@@ -25,7 +28,7 @@ work=$(mktemp -d /tmp/tidepool-demo.XXXXXX)
 node_pid=""
 pids=()
 cleanup() {
-    for p in $node_pid "${pids[@]}"; do kill "$p" 2>/dev/null; done
+    for p in $node_pid "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null
     rm -rf "$work"
 }
@@ -75,6 +78,7 @@ for id in 1 2 3 4; do
         echo "cluster_key = \"demo-cluster-key\""
         echo "session_manager = 1"
         echo "mounts = [1]"
+        echo "dm_admin_gid = $(id -g)"
         for p in 1 2 3 4; do
             [ $p = $id ] || printf '[[peers]]\nid = %s\naddr = "127.0.0.1:%s"\n' $p $((DMPORT + p))
         done
@@ -86,8 +90,8 @@ done
 for id in 1 2 3 4; do
     for _ in $(seq 100); do [ -S "$work/node$id.sock" ] && break; sleep 0.1; done
 done
-echo "-- DM application on node 3 opens session 'hsm' for read, write, truncate events"
-$bin/tidepool dm --socket "$work/node3.sock" listen --info hsm --events read,write,truncate --abort truncate=1 >"$work/hsm.out" 2>"$work/hsm.err" &
+echo "-- DM application on node 3 opens session 'hsm' for read, write, truncate, create, remove, rename events"
+$bin/tidepool dm --socket "$work/node3.sock" listen --info hsm --events read,write,truncate,create,remove,rename --abort truncate=1 --abort rename=1 >"$work/hsm.out" 2>"$work/hsm.err" &
 pids+=($!)
 for _ in $(seq 100); do grep -q READY "$work/hsm.out" 2>/dev/null && break; sleep 0.1; done
 head -2 "$work/hsm.out"
@@ -104,4 +108,26 @@ echo "-- what the DM application on node 3 received:"
 grep EVENT "$work/hsm.out" || { echo "no events arrived"; exit 1; }
 n=$(grep -c EVENT "$work/hsm.out")
 [ "$n" -eq 5 ] || { echo "expected 5 events, got $n"; exit 1; }
+
+echo; echo "== the file system: mkfs on the volume, FUSE mount on node 4 (B) with DM events"
+$bin/tidepool mkfs "${A[@]}" --label demo
+mkdir -p "$work/mnt"
+$bin/tidepool mount "${A[@]}" --dm-socket "$work/node4.sock" --dm-fs 1 "$work/mnt" >"$work/mount.out" 2>"$work/mount.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q mounted "$work/mount.out" 2>/dev/null && break; sleep 0.1; done
+cat "$work/mount.out"
+cd "$work/mnt"
+before=$(grep -c EVENT "$work/hsm.out")
+echo '$ echo hello tidepool > greeting; cat greeting; cp greeting copy; truncate -s 5 copy; mv copy renamed; rm greeting'
+echo "hello tidepool" > greeting && cat greeting && cp greeting copy
+truncate -s 5 copy 2>&1 || echo "(truncate refused by the DM application, as configured)"
+mv copy renamed 2>&1 || echo "(mv refused by the DM application, as configured)"
+rm greeting
+ls -l
+cd - >/dev/null
+sleep 0.3
+echo "-- events from the mount, as the DM application on node 3 received them:"
+tail -n +$((before + 1)) <(grep EVENT "$work/hsm.out")
+grep -q "type=write.*source_node=4" "$work/hsm.out" || { echo "no write event from the mount"; exit 1; }
+kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 echo; echo "== done"
