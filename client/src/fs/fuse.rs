@@ -197,6 +197,12 @@ impl TidepoolFs {
         Ok(())
     }
 
+    /// A create event, then the create: one path for files, directories and nodes.
+    fn make(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32) -> Result<Inode, MetaError> {
+        self.ns_event(EventType::Create, parent, name, None).map_err(MetaError::Refused)?;
+        self.meta.create(parent, name.as_bytes(), mode, cred(req))
+    }
+
     fn reply_entry(&self, r: Result<Inode, MetaError>, reply: ReplyEntry) {
         match r {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), i.generation.get() as u64),
@@ -276,18 +282,12 @@ impl Filesystem for TidepoolFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.ns_event(EventType::Create, parent, name, None) {
-            return reply.error(e);
-        }
-        let r = self.meta.create(parent, name.as_bytes(), mode & !umask, cred(req));
+        let r = self.make(req, parent, name, mode & !umask);
         self.reply_entry(r, reply);
     }
 
     fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        if let Err(e) = self.ns_event(EventType::Create, parent, name, None) {
-            return reply.error(e);
-        }
-        let r = self.meta.create(parent, name.as_bytes(), libc::S_IFDIR | (mode & !umask & 0o7777), cred(req));
+        let r = self.make(req, parent, name, libc::S_IFDIR | (mode & !umask & 0o7777));
         self.reply_entry(r, reply);
     }
 
@@ -433,10 +433,7 @@ impl Filesystem for TidepoolFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        if let Err(e) = self.ns_event(EventType::Create, parent, name, None) {
-            return reply.error(e);
-        }
-        match self.meta.create(parent, name.as_bytes(), libc::S_IFREG | (mode & !umask & 0o7777), cred(req)) {
+        match self.make(req, parent, name, libc::S_IFREG | (mode & !umask & 0o7777)) {
             Ok(i) => reply.created(&TTL, &self.attr(&i), i.generation.get() as u64, 0, 0),
             Err(e) => reply.error(e.errno()),
         }

@@ -134,6 +134,9 @@ pub enum MetaError {
     TooBig,
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// Refused before it ran (a DM application's ABORT), with this errno.
+    #[error("refused with errno {0}")]
+    Refused(i32),
 }
 
 impl MetaError {
@@ -148,6 +151,7 @@ impl MetaError {
             MetaError::NoSpace => libc::ENOSPC,
             MetaError::TooBig => libc::EFBIG,
             MetaError::Fs(e) => e.errno(),
+            MetaError::Refused(e) => *e,
         }
     }
 }
