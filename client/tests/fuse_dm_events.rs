@@ -62,5 +62,13 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     hsm.expect("EVENT type=remove", T);
     assert!(!mnt.path().join("f").exists());
+
+    // A full volume: the writer gets ENOSPC and the file system stays usable.
+    let o = sh(mnt.path(), "dd if=/dev/zero of=big bs=1M count=64 2>&1");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("No space left"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = sh(mnt.path(), "rm big && echo again > f && cat f");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "again\n");
     drop(session);
 }

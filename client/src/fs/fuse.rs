@@ -8,9 +8,11 @@
 //!
 //! With a [`DmLink`] the mount generates DM events through the node
 //! daemon's local API before the operations that XDSM names (read, write,
-//! truncate; create, remove, rename, link, symlink): a synchronous event
-//! holds the operation until a DM application answers, and ABORT fails it
-//! with the errno the application chose.
+//! truncate; create, remove, rename, link, symlink; nospace when a write
+//! finds the volume full): a synchronous event holds the operation until a
+//! DM application answers, and ABORT fails it with the errno the
+//! application chose. The post events (postcreate ... postsymlink) follow
+//! the operation, asynchronously, with its outcome.
 
 use super::blockdev::BlockDev;
 use super::format::Inode;
@@ -115,14 +117,59 @@ impl TidepoolFs {
     }
 
     fn ns_event(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>) -> Result<(), i32> {
+        self.ns_event_rc(t, parent, name, other, 0)
+    }
+
+    /// `retcode` is the operation's outcome for post events (0 or an errno).
+    fn ns_event_rc(
+        &self,
+        t: EventType,
+        parent: u64,
+        name: &OsStr,
+        other: Option<(u64, &[u8])>,
+        retcode: i32,
+    ) -> Result<(), i32> {
         self.dm_event(t, |s| EventBody::Namespace {
             mode: 0,
             handle1: s.handle(parent),
             handle2: other.and_then(|(ino, _)| s.handle(ino)),
             name1: name.as_bytes().to_vec(),
             name2: other.map(|(_, n)| n.to_vec()).unwrap_or_default(),
-            retcode: 0,
+            retcode,
         })
+    }
+
+    /// The asynchronous post event of a namespace operation, success or not.
+    fn post_event<T>(
+        &self,
+        t: EventType,
+        parent: u64,
+        name: &OsStr,
+        r: &Result<T, MetaError>,
+        other: Option<(u64, &[u8])>,
+    ) {
+        let rc = r.as_ref().err().map_or(0, |e| e.errno());
+        let _ = self.ns_event_rc(t, parent, name, other, rc);
+    }
+
+    /// Out of space: a synchronous nospace event lets an HSM free some and
+    /// answer CONTINUE, after which the write is tried once more.
+    fn write_with_nospace_retry(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<(), i32> {
+        match self.write_data(ino, off, data) {
+            Err(MetaError::NoSpace) if self.dm.is_some() => {
+                let fs = self.dm.as_ref().map(|l| l.fs).unwrap_or(FsId(0));
+                self.dm_event(EventType::Nospace, |_| EventBody::Namespace {
+                    mode: 0,
+                    handle1: Some(DmHandle::fs(fs)),
+                    handle2: None,
+                    name1: Vec::new(),
+                    name2: Vec::new(),
+                    retcode: 0,
+                })?;
+                self.write_data(ino, off, data).map_err(|e| e.errno())
+            }
+            r => r.map_err(|e| e.errno()),
+        }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -200,7 +247,10 @@ impl TidepoolFs {
     /// A create event, then the create: one path for files, directories and nodes.
     fn make(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32) -> Result<Inode, MetaError> {
         self.ns_event(EventType::Create, parent, name, None).map_err(MetaError::Refused)?;
-        self.meta.create(parent, name.as_bytes(), mode, cred(req))
+        let r = self.meta.create(parent, name.as_bytes(), mode, cred(req));
+        let ino = r.as_ref().map_or(0, |i| i.ino.get());
+        self.post_event(EventType::Postcreate, parent, name, &r, Some((ino, b"")));
+        r
     }
 
     fn reply_entry(&self, r: Result<Inode, MetaError>, reply: ReplyEntry) {
@@ -295,14 +345,18 @@ impl Filesystem for TidepoolFs {
         if let Err(e) = self.ns_event(EventType::Remove, parent, name, None) {
             return reply.error(e);
         }
-        reply_empty(self.meta.unlink(parent, name.as_bytes()), reply);
+        let r = self.meta.unlink(parent, name.as_bytes());
+        self.post_event(EventType::Postremove, parent, name, &r, None);
+        reply_empty(r, reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         if let Err(e) = self.ns_event(EventType::Remove, parent, name, None) {
             return reply.error(e);
         }
-        reply_empty(self.meta.rmdir(parent, name.as_bytes()), reply);
+        let r = self.meta.rmdir(parent, name.as_bytes());
+        self.post_event(EventType::Postremove, parent, name, &r, None);
+        reply_empty(r, reply);
     }
 
     fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -317,6 +371,8 @@ impl Filesystem for TidepoolFs {
             self.write_data(i.ino.get(), 0, t)?;
             self.meta.getattr(i.ino.get())
         });
+        let ino = r.as_ref().map_or(0, |i| i.ino.get());
+        self.post_event(EventType::Postsymlink, parent, link_name, &r, Some((ino, t)));
         self.reply_entry(r, reply);
     }
 
@@ -339,7 +395,9 @@ impl Filesystem for TidepoolFs {
         if let Err(e) = self.ns_event(EventType::Rename, parent, name, Some((newparent, newname.as_bytes()))) {
             return reply.error(e);
         }
-        reply_empty(self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes()), reply);
+        let r = self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes());
+        self.post_event(EventType::Postrename, parent, name, &r, Some((newparent, newname.as_bytes())));
+        reply_empty(r, reply);
     }
 
     fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
@@ -347,6 +405,7 @@ impl Filesystem for TidepoolFs {
             return reply.error(e);
         }
         let r = self.meta.link(ino, newparent, newname.as_bytes());
+        self.post_event(EventType::Postlink, newparent, newname, &r, Some((ino, b"")));
         self.reply_entry(r, reply);
     }
 
@@ -385,9 +444,9 @@ impl Filesystem for TidepoolFs {
         if let Err(e) = self.data_event(EventType::Write, ino, offset.max(0) as u64, data.len() as u64) {
             return reply.error(e);
         }
-        match self.write_data(ino, offset.max(0) as u64, data) {
+        match self.write_with_nospace_retry(ino, offset.max(0) as u64, data) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e.errno()),
+            Err(e) => reply.error(e),
         }
     }
 
