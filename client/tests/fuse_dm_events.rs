@@ -29,9 +29,20 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
         return;
     }
     let c = Cluster::start(&standard("", false));
-    let mut hsm =
-        c.listen(3, &["--info", "hsm", "--events", "read,write,truncate,create,remove,rename", "--abort", "rename=1"]);
-    c.driver(4, &["wait-route", "--event", "rename", "--node", "3"]);
+    let mut hsm = c.listen(
+        3,
+        &[
+            "--info",
+            "hsm",
+            "--events",
+            "read,write,truncate,create,remove,rename,postcreate,postremove,nospace",
+            "--abort",
+            "rename=1",
+        ],
+    );
+    for ev in ["rename", "postcreate", "postremove", "nospace"] {
+        c.driver(4, &["wait-route", "--event", ev, "--node", "3"]);
+    }
 
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
     client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
@@ -61,12 +72,17 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     let o = sh(mnt.path(), "rm f");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     hsm.expect("EVENT type=remove", T);
+    let post = hsm.expect("EVENT type=postremove", T);
+    assert_eq!(field(&post, "name1"), "f");
     assert!(!mnt.path().join("f").exists());
+    assert!(hsm.seen.iter().any(|l| l.starts_with("EVENT type=postcreate") && field(l, "name1") == "f"));
 
-    // A full volume: the writer gets ENOSPC and the file system stays usable.
+    // A full volume: a nospace event goes to the session, the writer gets
+    // ENOSPC, and the file system stays usable.
     let o = sh(mnt.path(), "dd if=/dev/zero of=big bs=1M count=64 2>&1");
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("No space left"), "{}", String::from_utf8_lossy(&o.stdout));
+    hsm.expect("EVENT type=nospace", T);
     let o = sh(mnt.path(), "rm big && echo again > f && cat f");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "again\n");
