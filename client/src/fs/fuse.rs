@@ -240,7 +240,11 @@ impl TidepoolFs {
             let at = ((a - first) * self.bs) as usize;
             self.dev.write(p + (a - l), &buf[at..at + ((b - a) * self.bs) as usize], false)?;
         }
-        self.meta.extend_size(ino, end.max(size))?;
+        if end > size {
+            self.meta.extend_size(ino, end)?;
+        } else {
+            self.meta.touch_lazy(ino);
+        }
         Ok(())
     }
 
