@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config fuse3 libfuse3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
 done
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

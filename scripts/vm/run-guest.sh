@@ -73,7 +73,7 @@ done
 # ---- prerequisites: anything missing here is "cannot run", not "failed" ----
 qemu=$(command -v qemu-system-x86_64) || skip "qemu-system-x86_64 not installed (run scripts/vm/setup.sh)"
 busybox=$(command -v busybox) || skip "busybox not installed (run scripts/vm/setup.sh)"
-"$busybox" --list 2>/dev/null | grep -qx insmod \
+"$busybox" --list 2>/dev/null | grep -x insmod >/dev/null \
     || skip "$busybox is not a full busybox (install busybox-static)"
 # A dynamically linked busybox would need its libraries in the initramfs too.
 if ldd "$busybox" >/dev/null 2>&1; then
