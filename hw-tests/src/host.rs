@@ -51,6 +51,16 @@ pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     )))
 }
 
+/// An `rdma` crate binary, which only exists when built with its feature.
+pub fn rdma_binary(name: &str) -> std::result::Result<PathBuf, Skip> {
+    binary(name).map_err(|_| {
+        Skip::missing(format!(
+            "`{name}` not built: cargo build -p rdma --features rdma \
+             (needs libibverbs-dev, librdmacm-dev, libclang-dev; or set TIDEPOOL_BIN_DIR)"
+        ))
+    })
+}
+
 /// Locate a system tool on `PATH`; missing is a skip.
 pub fn tool(name: &str) -> std::result::Result<PathBuf, Skip> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -7,24 +7,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use hw_tests::guest::Guest;
-use hw_tests::{host, or_skip, Skip};
-
-fn rdma_binary(name: &str) -> Result<PathBuf, Skip> {
-    host::binary(name).map_err(|_| {
-        Skip::missing(format!(
-            "`{name}` not built: cargo build --release -p rdma --features rdma \
-             (needs libibverbs-dev, librdmacm-dev, libclang-dev; or set TIDEPOOL_BIN_DIR)"
-        ))
-    })
-}
+use hw_tests::{host, or_skip};
 
 #[test]
 fn rdma_latency_beside_verbs_baselines_and_tcp() -> anyhow::Result<()> {
     common::init_tracing();
-    let bin = or_skip!(rdma_binary("rdma-lat"));
+    let bin = or_skip!(host::rdma_binary("rdma-lat"));
     let run = or_skip!(Guest::new()
         .env("RDMA_LAT", bin.display())
         // A short run: the test proves the benchmark works; use the script

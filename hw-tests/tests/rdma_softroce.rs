@@ -17,25 +17,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use hw_tests::guest::Guest;
-use hw_tests::{host, or_skip, Skip};
-
-/// An `rdma` crate binary, which only exists when built with its feature.
-fn rdma_binary(name: &str) -> Result<PathBuf, Skip> {
-    host::binary(name).map_err(|_| {
-        Skip::missing(format!(
-            "`{name}` not built: cargo build --release -p rdma --features rdma \
-             (needs libibverbs-dev, librdmacm-dev, libclang-dev; or set TIDEPOOL_BIN_DIR)"
-        ))
-    })
-}
+use hw_tests::{host, or_skip};
 
 #[test]
 fn rdma_cm_and_verbs_on_soft_roce() -> anyhow::Result<()> {
     common::init_tracing();
-    let bin = or_skip!(rdma_binary("rdma-check"));
+    let bin = or_skip!(host::rdma_binary("rdma-check"));
     let run = or_skip!(Guest::new()
         .env("RDMA_CHECK", bin.display())
         .timeout(common::GUEST_TIMEOUT)
