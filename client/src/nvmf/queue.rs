@@ -271,7 +271,7 @@ impl QueuePair {
             let buffered = self.re - self.rs;
             if got >= min && buffered < 8 {
                 // Nothing more without waiting; look once without blocking.
-                if got >= min && !self.try_read_nonblocking()? {
+                if !self.try_read_nonblocking()? {
                     return Ok(());
                 }
                 continue;
@@ -323,8 +323,12 @@ impl QueuePair {
 
     /// Reads whatever the socket has without waiting; false if nothing.
     fn try_read_nonblocking(&mut self) -> Result<bool> {
-        if self.re == self.rbuf.len() {
-            return Ok(true);
+        // Make room first: a partial header at the very end of the buffer
+        // would otherwise leave nowhere to read into, and poll would spin.
+        if self.rs > 0 {
+            self.rbuf.copy_within(self.rs..self.re, 0);
+            self.re -= self.rs;
+            self.rs = 0;
         }
         self.stream.set_nonblocking(true)?;
         let end = self.re;
