@@ -344,10 +344,7 @@ fn nvme(n: Nvme) -> anyhow::Result<()> {
             let ctrl = c.connect()?;
             let bs = ctrl.identify_ns(c.nsid)?.block_size;
             let mut buf = vec![0u8; blocks as usize * bs as usize];
-            let mdts = ctrl.max_transfer();
-            for (i, chunk) in buf.chunks_mut(mdts).enumerate() {
-                ctrl.read_blocks(c.nsid, lba + (i * mdts / bs as usize) as u64, bs, chunk)?;
-            }
+            ctrl.read_range(c.nsid, lba, bs, &mut buf)?;
             match output {
                 Some(p) => std::fs::write(&p, &buf)?,
                 None => hexdump(&buf),
@@ -359,10 +356,7 @@ fn nvme(n: Nvme) -> anyhow::Result<()> {
             let bs = ctrl.identify_ns(c.nsid)?.block_size as usize;
             let mut data = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             data.resize(data.len().div_ceil(bs).max(1) * bs, 0);
-            let mdts = ctrl.max_transfer();
-            for (i, chunk) in data.chunks(mdts).enumerate() {
-                ctrl.write_blocks(c.nsid, lba + (i * mdts / bs) as u64, bs as u32, chunk, fua)?;
-            }
+            ctrl.write_range(c.nsid, lba, bs as u32, &data, fua)?;
             println!("wrote {} blocks at lba {lba}", data.len() / bs);
             ctrl.shutdown()?;
         }

@@ -77,7 +77,6 @@ pub struct NvmfDev {
     lba_size: u32,
     bs: u32,
     blocks: u64,
-    max_io: usize,
 }
 
 impl NvmfDev {
@@ -89,9 +88,8 @@ impl NvmfDev {
                 ns.block_size
             )));
         }
-        let max_io = ctrl.max_transfer();
         let blocks = ns.blocks * ns.block_size as u64 / block_size as u64;
-        Ok(Self { ctrl, nsid, lba_size: ns.block_size, bs: block_size, blocks, max_io })
+        Ok(Self { ctrl, nsid, lba_size: ns.block_size, bs: block_size, blocks })
     }
 }
 
@@ -104,23 +102,13 @@ impl BlockDev for NvmfDev {
     }
     fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
         check(self.bs, self.blocks, block, buf.len())?;
-        let per = (self.bs / self.lba_size) as u64;
-        for (i, chunk) in buf.chunks_mut(self.max_io).enumerate() {
-            let lba = block * per + (i * self.max_io / self.lba_size as usize) as u64;
-            self.ctrl.read_blocks(self.nsid, lba, self.lba_size, chunk).map_err(|e| FsError::Io(e.to_string()))?;
-        }
-        Ok(())
+        let lba = block * (self.bs / self.lba_size) as u64;
+        self.ctrl.read_range(self.nsid, lba, self.lba_size, buf).map_err(|e| FsError::Io(e.to_string()))
     }
     fn write(&self, block: u64, data: &[u8], fua: bool) -> Result<()> {
         check(self.bs, self.blocks, block, data.len())?;
-        let per = (self.bs / self.lba_size) as u64;
-        for (i, chunk) in data.chunks(self.max_io).enumerate() {
-            let lba = block * per + (i * self.max_io / self.lba_size as usize) as u64;
-            self.ctrl
-                .write_blocks(self.nsid, lba, self.lba_size, chunk, fua)
-                .map_err(|e| FsError::Io(e.to_string()))?;
-        }
-        Ok(())
+        let lba = block * (self.bs / self.lba_size) as u64;
+        self.ctrl.write_range(self.nsid, lba, self.lba_size, data, fua).map_err(|e| FsError::Io(e.to_string()))
     }
     fn flush(&self) -> Result<()> {
         self.ctrl.flush(self.nsid).map_err(|e| FsError::Io(e.to_string()))

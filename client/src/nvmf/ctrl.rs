@@ -242,6 +242,25 @@ impl Controller {
         self.io_exec(s, DataDir::FromCtrl(n), Some(buf)).map(|_| ())
     }
 
+    /// Reads any whole number of blocks from `slba`, as as many commands as
+    /// the controller's transfer limit needs.
+    pub fn read_range(&self, nsid: u32, slba: u64, bs: u32, buf: &mut [u8]) -> Result<()> {
+        let max = self.max_transfer();
+        for (i, chunk) in buf.chunks_mut(max).enumerate() {
+            self.read_blocks(nsid, slba + (i * max / bs as usize) as u64, bs, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Writes any whole number of blocks at `slba`, split by the transfer limit.
+    pub fn write_range(&self, nsid: u32, slba: u64, bs: u32, data: &[u8], fua: bool) -> Result<()> {
+        let max = self.max_transfer();
+        for (i, chunk) in data.chunks(max).enumerate() {
+            self.write_blocks(nsid, slba + (i * max / bs as usize) as u64, bs, chunk, fua)?;
+        }
+        Ok(())
+    }
+
     pub fn write(&self, nsid: u32, slba: u64, data: &[u8], fua: bool) -> Result<()> {
         let bs = self.block_size(nsid)?;
         self.write_blocks(nsid, slba, bs, data, fua)
