@@ -9,11 +9,12 @@
 #     opens a session on A and prints the events that file operations on
 #     B, on the manager node and on A itself send it, answering CONTINUE,
 #     or ABORT for truncate and rename;
-#  3. the Tidepool file system is made on the storage node's volume and
-#     mounted through FUSE on node B; ordinary programs (echo, cat, cp,
-#     truncate, mv, rm) run on it, and each operation's DM event reaches the
-#     session on A, which decides it (mv is refused with EPERM).
-# (The file system is single-node for now: one mount at a time.)
+#  3. the Tidepool file system is made on the storage node's volume, its
+#     manager starts, and three client nodes mount it through FUSE (nodes 2,
+#     3 = A and 4 = B, each its own process and mount point); ordinary
+#     programs (echo, cat, cp, truncate, mv, rm) run on B and node 2, each
+#     sees the other's changes at once, and each operation's DM event
+#     reaches the session on A, which decides it (mv is refused with EPERM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${TIDEPOOL_PORT:-4420}
@@ -109,25 +110,43 @@ grep EVENT "$work/hsm.out" || { echo "no events arrived"; exit 1; }
 n=$(grep -c EVENT "$work/hsm.out")
 [ "$n" -eq 5 ] || { echo "expected 5 events, got $n"; exit 1; }
 
-echo; echo "== the file system: mkfs on the volume, FUSE mount on node 4 (B) with DM events"
+echo; echo "== the file system: mkfs on the volume, its manager (node 2), FUSE mounts on nodes 2, 3 (A) and 4 (B)"
 $bin/tidepool mkfs "${A[@]}" --label demo
-mkdir -p "$work/mnt"
-$bin/tidepool mount "${A[@]}" --dm-socket "$work/node4.sock" --dm-fs 1 "$work/mnt" >"$work/mount.out" 2>"$work/mount.log" &
+MGR=127.0.0.1:${TIDEPOOL_FS_MANAGER_PORT:-7600}
+RUST_LOG=info $bin/tidepool fs-manager "${A[@]}" --listen $MGR >"$work/fsmgr.out" 2>"$work/fsmgr.log" &
 pids+=($!)
-for _ in $(seq 100); do grep -q mounted "$work/mount.out" 2>/dev/null && break; sleep 0.1; done
-cat "$work/mount.out"
-cd "$work/mnt"
+for _ in $(seq 100); do grep -q serving "$work/fsmgr.out" 2>/dev/null && break; sleep 0.1; done
+cat "$work/fsmgr.out"
+mount_pids=()
+for id in 2 3 4; do
+    mkdir -p "$work/mnt$id"
+    RUST_LOG=info $bin/tidepool mount "${A[@]}" --manager $MGR --name "node$id" \
+        --dm-socket "$work/node$id.sock" --dm-fs 1 "$work/mnt$id" >"$work/mount$id.out" 2>"$work/mount$id.log" &
+    mount_pids+=($!)
+    for _ in $(seq 100); do grep -q mounted "$work/mount$id.out" 2>/dev/null && break; sleep 0.1; done
+    cat "$work/mount$id.out"
+done
+pids+=("${mount_pids[@]}")
+m2=$work/mnt2; m3=$work/mnt3; m4=$work/mnt4
 before=$(grep -c EVENT "$work/hsm.out")
-echo '$ echo hello tidepool > greeting; cat greeting; cp greeting copy; truncate -s 5 copy; mv copy renamed; rm greeting'
-echo "hello tidepool" > greeting && cat greeting && cp greeting copy
-truncate -s 5 copy 2>&1 || echo "(truncate refused by the DM application, as configured)"
-mv copy renamed 2>&1 || echo "(mv refused by the DM application, as configured)"
-rm greeting
-ls -l
+run() { echo "\$ $*"; sh -c "$*" 2>&1 | sed 's/^/    /'; }
+echo "-- a workload on node 4 (B):"
+cd "$m4"
+run 'echo hello tidepool > greeting; cat greeting; cp greeting copy'
+run 'truncate -s 5 copy || echo "(truncate refused by the DM application, as configured)"'
+run 'mv copy renamed || echo "(mv refused by the DM application, as configured)"'
 cd - >/dev/null
+echo "-- the same files from node 2, at once (tokens keep the nodes coherent):"
+run "cat $m2/greeting; ls $m2"
+run "echo appended on node 2 >> $m2/greeting; rm $m2/copy"
+echo "-- and back on node 4:"
+run "cat $m4/greeting; ls -l $m4"
 sleep 0.3
-echo "-- events from the mount, as the DM application on node 3 received them:"
+echo "-- events from the mounts, as the DM application on node 3 received them:"
 tail -n +$((before + 1)) <(grep EVENT "$work/hsm.out")
-grep -q "type=write.*source_node=4" "$work/hsm.out" || { echo "no write event from the mount"; exit 1; }
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+grep "type=write.*source_node=4" "$work/hsm.out" >/dev/null || { echo "no write event from node 4"; exit 1; }
+grep "type=write.*source_node=2" "$work/hsm.out" >/dev/null || { echo "no write event from node 2"; exit 1; }
+grep "type=remove.*source_node=2" "$work/hsm.out" >/dev/null || { echo "no remove event from node 2"; exit 1; }
+[ "$(cat "$m3/greeting")" = "$(printf 'hello tidepool\nappended on node 2')" ] || { echo "node 3 does not see the file"; exit 1; }
+for p in "${mount_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
 echo; echo "== done"

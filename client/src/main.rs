@@ -29,18 +29,41 @@ enum Top {
         #[arg(long, default_value = "tidepool")]
         label: String,
     },
-    /// Mount a Tidepool file system through FUSE (single-node: this node is
-    /// its manager); runs until unmounted or interrupted.
+    /// Mount a Tidepool file system through FUSE; runs until unmounted or
+    /// interrupted. Without --manager this process is the file system's
+    /// manager too (listening on --serve for other nodes).
     Mount {
         #[command(flatten)]
         c: Conn,
         mountpoint: PathBuf,
+        /// The file system's manager (`tidepool fs-manager`, or another
+        /// mount's --serve address).
+        #[arg(long)]
+        manager: Option<std::net::SocketAddr>,
+        /// Run the manager in this process and serve other nodes here.
+        #[arg(long, conflicts_with = "manager")]
+        serve: Option<std::net::SocketAddr>,
+        /// This node's name in the manager's log.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = client::fs::fuse::DEFAULT_THREADS)]
+        threads: usize,
         /// Generate DM events through this node daemon's local API socket.
         #[arg(long)]
         dm_socket: Option<PathBuf>,
         /// The file system's DM id in the cluster configuration.
         #[arg(long, default_value_t = 1)]
         dm_fs: u64,
+    },
+    /// A file system's manager: metadata, journal and tokens for every
+    /// node that mounts it; runs until interrupted.
+    FsManager {
+        #[command(flatten)]
+        c: Conn,
+        /// Where mounting nodes reach it.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: std::net::SocketAddr,
     },
     /// The node daemon (DM event path, session manager, fs manager roles).
     #[command(subcommand)]
@@ -222,7 +245,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Top::Mount { c, mountpoint, dm_socket, dm_fs } => {
+        Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs } => {
             let dev = fs_dev(&c)?;
             let dm = match dm_socket {
                 Some(p) => Some(client::fs::fuse::DmLink {
@@ -231,11 +254,32 @@ fn main() -> anyhow::Result<()> {
                 }),
                 None => None,
             };
-            let session = client::fs::fuse::spawn_mount(dev, &mountpoint, dm)
+            let opts = client::fs::fuse::MountOpts { manager, serve, dm, name, threads };
+            let m = client::fs::fuse::mount(dev, &mountpoint, opts)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
-            println!("tidepool: mounted {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, mountpoint.display());
+            let mgr = match (manager, m.manager_addr()) {
+                (Some(a), _) => format!("manager {a}"),
+                (None, Some(a)) => format!("manager in this process on {a}"),
+                (None, None) => "no manager".into(),
+            };
+            println!(
+                "tidepool: mounted {} (namespace {} of {}) on {} ({mgr})",
+                c.nqn,
+                c.nsid,
+                c.addr,
+                mountpoint.display()
+            );
             wait_for_signal();
-            drop(session);
+            m.unmount().context("unmounting")?;
+            Ok(())
+        }
+        Top::FsManager { c, listen } => {
+            let dev = fs_dev(&c)?;
+            let m = client::fs::manager::Manager::open(dev).context("opening the file system")?;
+            let h = m.serve(listen).with_context(|| format!("listening on {listen}"))?;
+            println!("tidepool fs-manager: serving {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, h.addr);
+            wait_for_signal();
+            drop(h);
             Ok(())
         }
         Top::Node(n) => node_cli::node(n),

@@ -1,4 +1,4 @@
-//! Wire formats for NVMe over Fabrics with the TCP transport.
+//! Wire formats for NVMe over Fabrics with the TCP and RDMA transports.
 //!
 //! Every on-wire structure is declared once here, field by field, as a
 //! `#[repr(C)]` struct of little-endian, alignment-1 fields with zerocopy
@@ -20,6 +20,7 @@ pub mod fabrics;
 pub mod identify;
 pub mod log;
 pub mod nvme;
+pub mod rdma;
 pub mod resv;
 pub mod status;
 pub mod tcp;

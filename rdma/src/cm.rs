@@ -102,7 +102,14 @@ impl EventChannel {
             } else {
                 std::slice::from_raw_parts(conn.private_data.cast::<u8>(), conn.private_data_len as usize).to_vec()
             };
-            CmEvent { kind: CmEventKind::from_raw(e.event), status: e.status, private_data, id: e.id }
+            CmEvent {
+                kind: CmEventKind::from_raw(e.event),
+                status: e.status,
+                private_data,
+                initiator_depth: conn.initiator_depth,
+                responder_resources: conn.responder_resources,
+                id: e.id,
+            }
         };
         // SAFETY: ev came from rdma_get_cm_event and is acked exactly once.
         unsafe { sys::rdma_ack_cm_event(ev) };
@@ -251,6 +258,12 @@ pub struct CmEvent {
     /// Private data as the transport delivered it: InfiniBand CM pads it
     /// to the message's full size, so protocols carry their own lengths.
     pub private_data: Vec<u8>,
+    /// RDMA READ depths as RDMA CM reports them to this side: for a
+    /// connect request, `initiator_depth` is how many READs we may issue
+    /// (the peer's responder resources) and `responder_resources` how many
+    /// the peer will issue to us.
+    pub initiator_depth: u8,
+    pub responder_resources: u8,
     id: *mut sys::rdma_cm_id,
 }
 
@@ -292,6 +305,19 @@ fn sockaddr(addr: &SocketAddr) -> libc::sockaddr_storage {
         }
     }
     ss
+}
+
+/// Most work requests [`Connection::post_send_list`] takes at once.
+pub const MAX_SEND_LIST: usize = 4;
+
+/// A send-queue work request for [`Connection::post_send_list`].
+#[derive(Debug, Clone)]
+pub enum SendWr<'a> {
+    /// SEND `range` of `mr`; with `invalidate`, SEND with Invalidate of
+    /// the peer's rkey.
+    Send { wr_id: u64, mr: &'a MemoryRegion, range: Range<usize>, invalidate: Option<u32> },
+    /// RDMA WRITE `range` of `mr` to `remote` (as long as the range).
+    Write { wr_id: u64, mr: &'a MemoryRegion, range: Range<usize>, remote: RemoteRegion },
 }
 
 /// Queue pair sizes and RDMA READ depth.
@@ -375,7 +401,12 @@ impl Listener {
                     let raw = NonNull::new(ev.id).ok_or_else(|| Error::Invalid("connect request without id".into()))?;
                     // The new id reports on our channel until prepare() migrates it.
                     let id = Arc::new(CmId { raw, _channel: self.channel.clone() });
-                    return Ok(ConnectRequest { id: Some(id), private_data: ev.private_data });
+                    return Ok(ConnectRequest {
+                        id: Some(id),
+                        private_data: ev.private_data,
+                        initiator_depth: ev.initiator_depth,
+                        responder_resources: ev.responder_resources,
+                    });
                 }
                 other => tracing::warn!(event = %other, status = ev.status, "listener: ignoring event"),
             }
@@ -388,12 +419,26 @@ impl Listener {
 pub struct ConnectRequest {
     id: Option<Arc<CmId>>,
     private_data: Vec<u8>,
+    initiator_depth: u8,
+    responder_resources: u8,
 }
 
 impl ConnectRequest {
     /// The requester's private data (padded by the transport).
     pub fn private_data(&self) -> &[u8] {
         &self.private_data
+    }
+
+    /// RDMA READs we may have outstanding toward the requester (RDMA CM
+    /// reports the requester's responder resources from our side):
+    /// accepting with a larger [`QpConfig::max_rd_atomic`] would overrun it.
+    pub fn initiator_depth(&self) -> u8 {
+        self.initiator_depth
+    }
+
+    /// RDMA READs the requester will issue to us at once (its initiator depth).
+    pub fn responder_resources(&self) -> u8 {
+        self.responder_resources
     }
 
     /// Refuse the connection, telling the peer why in `private_data`.
@@ -674,6 +719,15 @@ impl Connection {
         Ok(())
     }
 
+    /// Passive side: refuse a prepared request after all, telling the peer
+    /// why in `private_data` (resources for it could not be made).
+    pub fn reject(self, private_data: &[u8]) -> Result<()> {
+        if self.role != Role::Passive || self.state != State::Prepared {
+            return Err(Error::Invalid("reject on a connection that is not a prepared request".into()));
+        }
+        reject_id(&self.id, private_data)
+    }
+
     /// The private data the peer accepted with (active side).
     pub fn peer_private_data(&self) -> &[u8] {
         &self.peer_private_data
@@ -776,6 +830,111 @@ impl Connection {
         self.post_send_wr(&mut wr)
     }
 
+    /// Send `range` of `mr` and invalidate the peer's `rkey` with it (SEND
+    /// with Invalidate), so the peer need not post its own invalidation.
+    pub fn post_send_invalidate(
+        &mut self,
+        wr_id: u64,
+        mr: &MemoryRegion,
+        range: Range<usize>,
+        rkey: u32,
+    ) -> Result<()> {
+        Self::check_wr_id(wr_id)?;
+        self.check_mr(mr)?;
+        let mut sge = mr.sge(range)?;
+        let mut wr = Self::send_wr(wr_id, sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV, &mut sge);
+        wr.imm_data_invalidated_rkey_union = sys::imm_data_invalidated_rkey_union_t { invalidated_rkey: rkey };
+        if sge.length <= self.cfg.max_inline_data {
+            wr.send_flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
+        }
+        self.post_send_wr(&mut wr)
+    }
+
+    /// Post up to [`MAX_SEND_LIST`] send-queue work requests with one
+    /// doorbell, executed in order (an RDMA WRITE of data, then the SEND
+    /// that tells the peer it is there). Providers that ring the doorbell
+    /// by a system call (soft-RoCE) pay it once for the whole list. If the
+    /// provider refuses one, the ones before it are posted:
+    /// [`Error::PartlyPosted`] says how many.
+    pub fn post_send_list(&mut self, list: &[SendWr<'_>]) -> Result<()> {
+        let n = list.len();
+        if n == 0 || n > MAX_SEND_LIST {
+            return Err(Error::Invalid(format!("{n} work requests in one list (1..={MAX_SEND_LIST})")));
+        }
+        if self.outstanding_send + n > self.cfg.max_send_wr as usize {
+            return Err(Error::QueueFull { queue: "send", depth: self.outstanding_send });
+        }
+        let mut sges = [sys::ibv_sge { addr: 0, length: 0, lkey: 0 }; MAX_SEND_LIST];
+        // SAFETY: all-zero is valid for ibv_send_wr (NULL pointers, zero unions).
+        let mut wrs: [sys::ibv_send_wr; MAX_SEND_LIST] = unsafe { std::mem::zeroed() };
+        for (i, w) in list.iter().enumerate() {
+            let (wr_id, mr, range) = match w {
+                SendWr::Send { wr_id, mr, range, .. } | SendWr::Write { wr_id, mr, range, .. } => {
+                    (*wr_id, *mr, range.clone())
+                }
+            };
+            Self::check_wr_id(wr_id)?;
+            self.check_mr(mr)?;
+            sges[i] = mr.sge(range)?;
+            let wr = &mut wrs[i];
+            wr.wr_id = wr_id;
+            wr.num_sge = 1;
+            // Every request is signaled, so each has one completion to count.
+            wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+            match w {
+                SendWr::Send { invalidate, .. } => {
+                    wr.opcode = match invalidate {
+                        Some(rkey) => {
+                            wr.imm_data_invalidated_rkey_union =
+                                sys::imm_data_invalidated_rkey_union_t { invalidated_rkey: *rkey };
+                            sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV
+                        }
+                        None => sys::ibv_wr_opcode::IBV_WR_SEND,
+                    };
+                    if sges[i].length <= self.cfg.max_inline_data {
+                        wr.send_flags |= sys::ibv_send_flags::IBV_SEND_INLINE.0;
+                    }
+                }
+                SendWr::Write { remote, .. } => {
+                    if sges[i].length != remote.len {
+                        return Err(Error::Invalid(format!(
+                            "local {} bytes vs remote {} bytes",
+                            sges[i].length, remote.len
+                        )));
+                    }
+                    wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                    wr.wr.rdma = sys::rdma_t { remote_addr: remote.addr, rkey: remote.rkey };
+                }
+            }
+        }
+        // Link only now that neither array moves any more.
+        for i in 0..n {
+            wrs[i].sg_list = &mut sges[i];
+            if i + 1 < n {
+                let next: *mut sys::ibv_send_wr = &mut wrs[i + 1];
+                wrs[i].next = next;
+            }
+        }
+        let mut bad: *mut sys::ibv_send_wr = std::ptr::null_mut();
+        // SAFETY: live QP; the n linked requests and their sges are valid
+        // for the call (the provider copies them); their buffers stay
+        // registered while their MemoryRegions live.
+        let rc = unsafe { sys::ibv_post_send(self.qp.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+        if rc != 0 {
+            // Requests before the first bad one were posted and will complete.
+            let posted = (0..n).find(|&i| std::ptr::eq(&wrs[i], bad)).unwrap_or(0);
+            self.outstanding_send += posted;
+            let source = std::io::Error::from_raw_os_error(rc.abs());
+            return Err(if posted == 0 {
+                Error::Os { op: "ibv_post_send", source }
+            } else {
+                Error::PartlyPosted { op: "ibv_post_send", posted, source }
+            });
+        }
+        self.outstanding_send += n;
+        Ok(())
+    }
+
     /// RDMA WRITE `range` of `mr` to `remote`, which must be as long.
     pub fn post_write(
         &mut self,
@@ -854,29 +1013,55 @@ impl Connection {
     /// Sleep (no spinning) until completions or a CM event arrive, or
     /// `timeout` passes.
     pub fn wait(&mut self, out: &mut [Completion], timeout: Option<Duration>) -> Result<Wake> {
+        Ok(self.wait_inner(out, timeout, None)?.unwrap_or(Wake::Timeout))
+    }
+
+    /// As [`wait`](Self::wait), but also wake when `also` (a pipe or
+    /// socket another thread writes to) becomes readable: then `None`, and
+    /// the caller drains `also`. Lets a connection's thread sleep and still
+    /// take work handed over by other threads.
+    pub fn wait_with(
+        &mut self,
+        out: &mut [Completion],
+        timeout: Option<Duration>,
+        also: RawFd,
+    ) -> Result<Option<Wake>> {
+        self.wait_inner(out, timeout, Some(also))
+    }
+
+    fn wait_inner(
+        &mut self,
+        out: &mut [Completion],
+        timeout: Option<Duration>,
+        also: Option<RawFd>,
+    ) -> Result<Option<Wake>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let n = self.poll(out)?;
             if n > 0 {
-                return Ok(Wake::Completions(n));
+                return Ok(Some(Wake::Completions(n)));
             }
             if let Some(ev) = self.channel.try_next()? {
                 self.note_event(&ev);
-                return Ok(Wake::Event(ev));
+                return Ok(Some(Wake::Event(ev)));
             }
             self.cq.arm()?;
             // Catch a completion that raced with arming (it raised no event).
             let n = self.poll(out)?;
             if n > 0 {
-                return Ok(Wake::Completions(n));
+                return Ok(Some(Wake::Completions(n)));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
-                return Ok(Wake::Timeout);
+                return Ok(Some(Wake::Timeout));
             }
-            let ready = verbs::wait_readable(&[self.comp.fd(), self.channel.fd()], left)?;
+            let fds = [self.comp.fd(), self.channel.fd(), also.unwrap_or(-1)];
+            let ready = verbs::wait_readable(&fds[..if also.is_some() { 3 } else { 2 }], left)?;
             if ready[0] {
                 self.comp.drain_events();
+            }
+            if ready.get(2).copied().unwrap_or(false) {
+                return Ok(None);
             }
         }
     }

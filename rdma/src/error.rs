@@ -16,6 +16,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{op} failed after the first {posted} work requests of the list were posted: {source}")]
+    PartlyPosted {
+        op: &'static str,
+        posted: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("connection rejected by the peer (status {status}, {} bytes of private data)", private_data.len())]
     Rejected { status: i32, private_data: Vec<u8> },
     #[error("RDMA CM: got {got} (status {status}) while waiting for {want}")]

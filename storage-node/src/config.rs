@@ -3,6 +3,8 @@
 //! ```toml
 //! [target]
 //! listen = ["127.0.0.1:4420"]          # NVMe/TCP I/O listeners
+//! rdma_listen = []                     # NVMe/RDMA listeners, e.g. ["10.0.2.15:4420"]
+//!                                      # (an RDMA device's IP; needs the `rdma` feature)
 //! discovery_listen = "127.0.0.1:8009"  # discovery controller; "" disables
 //! max_transfer = 131072                # MDTS in bytes
 //! inline_data_size = 16384             # in-capsule data on I/O queues
@@ -47,7 +49,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TargetSection {
+    /// NVMe/TCP listen addresses.
     pub listen: Vec<String>,
+    /// NVMe/RDMA listen addresses: the IP of an RDMA device (soft-RoCE's
+    /// netdev, a RoCE NIC). Empty by default: TCP is the default transport.
+    pub rdma_listen: Vec<String>,
     pub discovery_listen: Option<String>,
     pub max_transfer: u32,
     pub inline_data_size: u32,
@@ -63,6 +69,7 @@ impl Default for TargetSection {
         let d = TargetOpts::default();
         Self {
             listen: vec!["127.0.0.1:4420".into()],
+            rdma_listen: Vec::new(),
             discovery_listen: Some("127.0.0.1:8009".into()),
             max_transfer: d.max_transfer,
             inline_data_size: d.inline_data_size,
@@ -185,6 +192,13 @@ impl Config {
         );
         anyhow::ensure!((2..=1024).contains(&t.max_queue_depth), "max_queue_depth must be 2..=1024");
         anyhow::ensure!((1..=1024).contains(&t.max_io_queues), "max_io_queues must be 1..=1024");
+        for a in &t.rdma_listen {
+            a.parse::<std::net::SocketAddr>().map_err(|e| anyhow::anyhow!("rdma_listen address {a}: {e}"))?;
+        }
+        anyhow::ensure!(
+            t.rdma_listen.is_empty() || cfg!(feature = "rdma"),
+            "rdma_listen needs storage-node built with the `rdma` cargo feature"
+        );
         for s in &self.subsystem {
             anyhow::ensure!(
                 s.nqn.starts_with("nqn.") && s.nqn.len() <= nvme_wire::fabrics::NQN_MAX,
@@ -293,6 +307,10 @@ mod tests {
         let again = c.subsystem[0].namespace[0].build("nqn.2026-11.io.tidepool:t").unwrap();
         assert_eq!(ns.uuid, again.uuid, "derived UUIDs are stable");
         assert!(Config::from_toml("[target]\nbogus = 1").is_err(), "unknown fields are refused");
+        assert!(c.target.rdma_listen.is_empty(), "TCP only unless RDMA is asked for");
+        let rdma = Config::from_toml("[target]\nrdma_listen = [\"10.0.2.15:4420\"]");
+        assert_eq!(rdma.is_ok(), cfg!(feature = "rdma"), "{rdma:?}");
+        assert!(Config::from_toml("[target]\nrdma_listen = [\"nonsense\"]").is_err());
         assert!(Config::from_toml("[[subsystem]]\nnqn = \"bad\"").is_err());
         assert!(Config::from_toml("[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nmemory = true\nsize = \"1M\"\nblock_size = 1024").is_err());
     }

@@ -57,6 +57,10 @@ pub fn start(cfg: &config::Config) -> anyhow::Result<Running> {
         let addr = a.parse().map_err(|e| anyhow::anyhow!("listen address {a}: {e}"))?;
         listeners.push(tcp.listen(target.clone(), addr)?);
     }
+    for a in &cfg.target.rdma_listen {
+        let addr = a.parse().map_err(|e| anyhow::anyhow!("rdma listen address {a}: {e}"))?;
+        listeners.push(listen_rdma(&target, cfg, addr)?);
+    }
     let discovery = match cfg.target.discovery_listen.as_deref() {
         Some(a) if !a.is_empty() => {
             let addr = a.parse().map_err(|e| anyhow::anyhow!("discovery address {a}: {e}"))?;
@@ -67,4 +71,24 @@ pub fn start(cfg: &config::Config) -> anyhow::Result<Running> {
         _ => None,
     };
     Ok(Running { target, listeners, discovery })
+}
+
+#[cfg(feature = "rdma")]
+fn listen_rdma(
+    target: &Arc<target::Target>,
+    cfg: &config::Config,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<transport::Listener> {
+    use transport::Transport;
+    let t = transport::rdma::RdmaTransport::new(transport::rdma::RdmaOpts { busy_poll_us: cfg.target.busy_poll_us });
+    t.listen(target.clone(), addr).map_err(|e| anyhow::anyhow!("NVMe/RDMA listener on {addr}: {e}"))
+}
+
+#[cfg(not(feature = "rdma"))]
+fn listen_rdma(
+    _target: &Arc<target::Target>,
+    _cfg: &config::Config,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<transport::Listener> {
+    anyhow::bail!("NVMe/RDMA listener on {addr}: storage-node was built without the `rdma` cargo feature")
 }

@@ -1,16 +1,25 @@
-//! `storage-node`: serve NVMe volumes over NVMe/TCP.
+//! `storage-node`: serve NVMe volumes over NVMe/TCP and, built with the
+//! `rdma` feature, NVMe/RDMA.
 
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use storage_node::config::{Config, NamespaceCfg, SubsystemCfg};
 
+/// `--version` names the transports built in, so scripts and tests can
+/// tell an RDMA-capable binary from a TCP-only one.
+const VERSION: &str = if cfg!(feature = "rdma") {
+    concat!(env!("CARGO_PKG_VERSION"), " (transports: tcp, rdma)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (transports: tcp)")
+};
+
 /// Tidepool storage node: a user-space NVMe-oF target.
 ///
 /// Give a TOML file with --config, or describe one subsystem with one
 /// namespace by flags. Flags given with --config override its listeners.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = VERSION)]
 struct Args {
     /// TOML configuration file (see the `config` module docs for the schema).
     #[arg(long)]
@@ -18,6 +27,10 @@ struct Args {
     /// NVMe/TCP listen address (repeatable).
     #[arg(long)]
     listen: Vec<String>,
+    /// NVMe/RDMA listen address (repeatable): an RDMA device's IP and a
+    /// port, e.g. 10.0.2.15:4420. Needs the `rdma` cargo feature.
+    #[arg(long = "rdma")]
+    rdma: Vec<String>,
     /// Discovery controller address; "" disables it.
     #[arg(long)]
     discovery_listen: Option<String>,
@@ -88,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     if !a.listen.is_empty() {
         cfg.target.listen = a.listen.clone();
     }
+    if !a.rdma.is_empty() {
+        cfg.target.rdma_listen = a.rdma.clone();
+    }
     if let Some(d) = &a.discovery_listen {
         cfg.target.discovery_listen = Some(d.clone());
     }
@@ -96,8 +112,12 @@ fn main() -> anyhow::Result<()> {
     }
     cfg.validate()?;
     let node = storage_node::start(&cfg)?;
-    for l in &node.listeners {
+    let (tcp, rdma) = node.listeners.split_at(cfg.target.listen.len());
+    for l in tcp {
         println!("storage-node: NVMe/TCP listening on {}", l.addr);
+    }
+    for l in rdma {
+        println!("storage-node: NVMe/RDMA listening on {}", l.addr);
     }
     if let Some(d) = &node.discovery {
         println!("storage-node: discovery controller on {}", d.addr);

@@ -46,6 +46,9 @@ pub struct PortInfo {
     pub portid: u16,
     /// Serves only the discovery subsystem (the well-known port 8009).
     pub discovery_only: bool,
+    /// Transport-specific address subtype for the discovery log entry
+    /// (RDMA: QP service type, provider type, connection management).
+    pub tsas: [u8; 256],
 }
 
 pub struct Target {
@@ -114,7 +117,12 @@ impl Target {
     pub fn add_port(&self, trtype: u8, addr: SocketAddr) {
         let mut p = self.ports.write();
         let portid = p.len() as u16 + 1;
-        p.push(PortInfo { trtype, addr, portid, discovery_only: false });
+        let mut tsas = [0u8; 256];
+        if trtype == nvme_wire::log::trtype::RDMA {
+            use nvme_wire::zerocopy::IntoBytes;
+            tsas.copy_from_slice(nvme_wire::rdma::Tsas::rdma_cm().as_bytes());
+        }
+        p.push(PortInfo { trtype, addr, portid, discovery_only: false, tsas });
         self.discovery_genctr.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -201,5 +209,27 @@ impl Target {
         for id in ids {
             self.destroy_ctrl(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_wire::log::trtype;
+    use nvme_wire::zerocopy::FromBytes;
+
+    /// Discovery entries of RDMA ports carry the RDMA TSAS (connected QPs
+    /// through RDMA CM); TCP entries leave it zero.
+    #[test]
+    fn rdma_ports_advertise_their_tsas() {
+        let t = Target::new(TargetOpts::default());
+        t.add_port(trtype::TCP, "127.0.0.1:4420".parse().unwrap());
+        t.add_port(trtype::RDMA, "10.0.2.15:4420".parse().unwrap());
+        let ports = t.ports.read().clone();
+        assert_eq!(ports[0].tsas, [0; 256]);
+        assert_eq!((ports[1].trtype, ports[1].portid), (trtype::RDMA, 2));
+        let tsas = nvme_wire::rdma::Tsas::read_from_bytes(&ports[1].tsas[..]).unwrap();
+        assert_eq!(tsas, nvme_wire::rdma::Tsas::rdma_cm());
+        t.shutdown();
     }
 }

@@ -1,10 +1,23 @@
 //! FUSE mount of a Tidepool file system (crate `fuser`), so any POSIX
 //! tool works on it.
 //!
-//! This is the single-node mount: the metadata store runs in the mounting
-//! process (it is its own file-system manager) and file data moves
-//! straight between this node and the storage node by extent map. The
-//! kernel checks permissions (`default_permissions`).
+//! Every mount is a client of the file system's manager
+//! ([`super::manager`]): metadata comes from the manager and is cached here
+//! under tokens ([`super::remote`]); file data moves straight between this
+//! node and the storage nodes by extent map. A mount without a manager
+//! address runs one in-process (single node).
+//!
+//! Coherence: POSIX across nodes, through tokens. A read on any node that
+//! starts after a write on another has returned sees the write; a stat sees
+//! the size. The kernel is told to cache nothing itself (attribute and
+//! entry TTL 0, `direct_io` files, as GPFS keeps file data in its own pool
+//! rather than the page cache), because a token taken back must take the
+//! cached state with it, and the kernel's page locks cannot be waited on
+//! from inside a request without deadlock. `mmap` still works
+//! (`FUSE_DIRECT_IO_ALLOW_MMAP`) but is coherent on one node only.
+//!
+//! FUSE runs several threads, so one request waiting (for a synchronous DM
+//! event, a token, or I/O) does not stall the mount.
 //!
 //! With a [`DmLink`] the mount generates DM events through the node
 //! daemon's local API before the operations that XDSM names (read, write,
@@ -15,29 +28,47 @@
 //! the operation, asynchronously, with its outcome.
 
 use super::blockdev::BlockDev;
-use super::format::Inode;
-use super::meta::{Cred, Kind, MetaError, MetaStore, SetAttr};
+use super::format::{Extent, Inode};
+use super::manager::{Manager, ManagerHandle};
+use super::meta::NAME_MAX;
+use super::remote::MetaClient;
+use super::rpc::{self, Mode, Reply, Req, WireSetAttr};
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{DmHandle, DmResponse, EventType, FsId, NodeId};
 use fuser::{
-    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may cache attributes and names: short, because
-/// other nodes change the same files.
-const TTL: Duration = Duration::from_secs(1);
+/// The kernel caches nothing: this node's token cache answers instead.
+const TTL: Duration = Duration::ZERO;
+/// FUSE worker threads per mount.
+pub const DEFAULT_THREADS: usize = 4;
+
+type R<T> = Result<T, i32>;
+/// A directory listing: (name, inode, kind).
+type Listing = Vec<(Vec<u8>, u64, u8)>;
 
 pub struct TidepoolFs {
-    meta: MetaStore,
+    meta: MetaClient,
     dev: Arc<dyn BlockDev>,
     bs: u64,
     dm: Option<DmLink>,
+    /// Spare connections to the node daemon, one per concurrent event.
+    dm_pool: Mutex<Vec<crate::node::api::Dm>>,
+    /// Directory listings of open directory handles.
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_fh: AtomicU64,
 }
 
 /// Where a mount sends its DM events: the local node daemon, and the DM
@@ -49,6 +80,10 @@ pub struct DmLink {
 
 fn ts(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn to_ns(t: TimeOrNow) -> u64 {
@@ -71,11 +106,30 @@ fn kind_of(mode: u32) -> FileType {
     }
 }
 
+fn e(errno: i32) -> Errno {
+    Errno::from_i32(errno)
+}
+
+/// The file block holding `lblk`: (physical block, blocks mapped from there).
+fn map(exts: &[Extent], lblk: u64) -> Option<(u64, u64)> {
+    exts.iter().find_map(|x| {
+        let (l, p, n) = (x.lblk.get(), x.pblk.get(), x.len.get() as u64);
+        (l <= lblk && lblk < l + n).then(|| (p + (lblk - l), l + n - lblk))
+    })
+}
+
 impl TidepoolFs {
-    pub fn new(dev: Arc<dyn BlockDev>) -> super::Result<Self> {
-        let meta = MetaStore::open(dev.clone())?;
-        let bs = meta.block_size() as u64;
-        Ok(Self { meta, dev, bs, dm: None })
+    pub fn new(meta: MetaClient, dev: Arc<dyn BlockDev>) -> Self {
+        let bs = meta.fs_info().0 as u64;
+        Self {
+            meta,
+            dev,
+            bs,
+            dm: None,
+            dm_pool: Mutex::new(Vec::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
     }
 
     pub fn with_dm(mut self, link: DmLink) -> Self {
@@ -85,18 +139,34 @@ impl TidepoolFs {
 
     fn handle(&self, ino: u64) -> Option<DmHandle> {
         let link = self.dm.as_ref()?;
-        let igen = self.meta.getattr(ino).map_or(0, |i| i.generation.get());
-        Some(DmHandle::file(link.fs, ino, igen))
+        let cached = self.meta.slot(ino).st.lock().inode.map(|i| i.generation.get());
+        let igen = cached.or_else(|| self.meta.ensure(ino, Mode::Read).ok().map(|(_, i)| i.generation.get()));
+        Some(DmHandle::file(link.fs, ino, igen.unwrap_or(0)))
     }
 
     /// Generates a DM event for an operation about to run; `Err(errno)`
     /// when the DM application aborted it (or the node could not be asked:
     /// an HSM's file must not be touched behind its back).
-    fn dm_event(&self, t: EventType, body: impl FnOnce(&Self) -> EventBody) -> Result<(), i32> {
+    fn dm_event(&self, t: EventType, body: impl FnOnce(&Self) -> EventBody) -> R<()> {
         let Some(link) = &self.dm else { return Ok(()) };
         // The node stamps its own id as the source.
         let ev = DmEvent::new(t, NodeId(0), body(self)).map_err(|e| e.errno())?;
-        match link.api.generate(link.fs, ev) {
+        // A synchronous event may wait long: other threads use other connections.
+        let spare = self.dm_pool.lock().pop();
+        let conn = match spare {
+            Some(c) => Ok(c),
+            None => crate::node::api::Dm::connect(link.api.path()),
+        };
+        let r = match &conn {
+            Ok(c) => c.generate(link.fs, ev).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Ok(c) = conn {
+            if r.is_ok() {
+                self.dm_pool.lock().push(c);
+            }
+        }
+        match r {
             Ok(g) => match g.response {
                 DmResponse::Abort(errno) => Err(if errno > 0 { errno } else { libc::EIO }),
                 _ => Ok(()),
@@ -108,7 +178,10 @@ impl TidepoolFs {
         }
     }
 
-    fn data_event(&self, t: EventType, ino: u64, offset: u64, length: u64) -> Result<(), i32> {
+    fn data_event(&self, t: EventType, ino: u64, offset: u64, length: u64) -> R<()> {
+        if self.dm.is_none() {
+            return Ok(());
+        }
         self.dm_event(t, |s| EventBody::Data {
             handle: s.handle(ino).unwrap_or_else(|| DmHandle::fs(FsId(0))),
             offset: offset as i64,
@@ -116,23 +189,19 @@ impl TidepoolFs {
         })
     }
 
-    fn ns_event(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>) -> Result<(), i32> {
+    fn ns_event(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>) -> R<()> {
         self.ns_event_rc(t, parent, name, other, 0)
     }
 
     /// `retcode` is the operation's outcome for post events (0 or an errno).
-    fn ns_event_rc(
-        &self,
-        t: EventType,
-        parent: u64,
-        name: &OsStr,
-        other: Option<(u64, &[u8])>,
-        retcode: i32,
-    ) -> Result<(), i32> {
+    fn ns_event_rc(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>, retcode: i32) -> R<()> {
+        if self.dm.is_none() {
+            return Ok(());
+        }
         self.dm_event(t, |s| EventBody::Namespace {
             mode: 0,
             handle1: s.handle(parent),
-            handle2: other.and_then(|(ino, _)| s.handle(ino)),
+            handle2: other.and_then(|(ino, _)| if ino == 0 { None } else { s.handle(ino) }),
             name1: name.as_bytes().to_vec(),
             name2: other.map(|(_, n)| n.to_vec()).unwrap_or_default(),
             retcode,
@@ -140,23 +209,16 @@ impl TidepoolFs {
     }
 
     /// The asynchronous post event of a namespace operation, success or not.
-    fn post_event<T>(
-        &self,
-        t: EventType,
-        parent: u64,
-        name: &OsStr,
-        r: &Result<T, MetaError>,
-        other: Option<(u64, &[u8])>,
-    ) {
-        let rc = r.as_ref().err().map_or(0, |e| e.errno());
+    fn post_event<T>(&self, t: EventType, parent: u64, name: &OsStr, r: &R<T>, other: Option<(u64, &[u8])>) {
+        let rc = r.as_ref().err().copied().unwrap_or(0);
         let _ = self.ns_event_rc(t, parent, name, other, rc);
     }
 
     /// Out of space: a synchronous nospace event lets an HSM free some and
     /// answer CONTINUE, after which the write is tried once more.
-    fn write_with_nospace_retry(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<(), i32> {
+    fn write_with_nospace_retry(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
         match self.write_data(ino, off, data) {
-            Err(MetaError::NoSpace) if self.dm.is_some() => {
+            Err(libc::ENOSPC) if self.dm.is_some() => {
                 let fs = self.dm.as_ref().map(|l| l.fs).unwrap_or(FsId(0));
                 self.dm_event(EventType::Nospace, |_| EventBody::Namespace {
                     mode: 0,
@@ -166,15 +228,15 @@ impl TidepoolFs {
                     name2: Vec::new(),
                     retcode: 0,
                 })?;
-                self.write_data(ino, off, data).map_err(|e| e.errno())
+                self.write_data(ino, off, data)
             }
-            r => r.map_err(|e| e.errno()),
+            r => r,
         }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
         FileAttr {
-            ino: i.ino.get(),
+            ino: INodeNo(i.ino.get()),
             size: i.size.get(),
             blocks: i.blocks.get() * self.bs / 512,
             atime: ts(i.atime_ns.get()),
@@ -192,107 +254,256 @@ impl TidepoolFs {
         }
     }
 
-    /// Reads `len` bytes at `off` of a file, holes as zeroes, clipped to its size.
-    fn read_data(&self, ino: u64, off: u64, len: u64) -> Result<Vec<u8>, MetaError> {
-        let i = self.meta.getattr(ino)?;
-        let end = (off + len).min(i.size.get());
-        if off >= end {
-            return Ok(Vec::new());
-        }
-        let (first, last) = (off / self.bs, (end - 1) / self.bs);
-        let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
-        for e in self.meta.extents(ino) {
-            let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
-            let (a, b) = (l.max(first), (l + n).min(last + 1));
-            if a >= b {
-                continue;
-            }
-            let at = ((a - first) * self.bs) as usize;
-            let span = ((b - a) * self.bs) as usize;
-            self.dev.read(p + (a - l), &mut buf[at..at + span])?;
-        }
-        let skip = (off - first * self.bs) as usize;
-        Ok(buf[skip..skip + (end - off) as usize].to_vec())
+    fn getattr_ino(&self, ino: u64) -> R<Inode> {
+        self.meta.ensure(ino, Mode::Read).map(|(_, i)| i)
     }
 
-    fn write_data(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<(), MetaError> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let end = off + data.len() as u64;
-        let (first, last) = (off / self.bs, (end - 1) / self.bs);
-        let size = self.meta.getattr(ino)?.size.get();
-        let exts = self.meta.allocate(ino, first, last - first + 1)?;
-        // Whole blocks: keep what a partial write does not cover.
-        let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
-        let head = (off - first * self.bs) as usize;
-        if head != 0 || !end.is_multiple_of(self.bs) {
-            let old = self.read_data(ino, first * self.bs, buf.len() as u64)?;
-            buf[..old.len()].copy_from_slice(&old);
-        }
-        buf[head..head + data.len()].copy_from_slice(data);
-        for e in exts {
-            let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
-            let (a, b) = (l.max(first), (l + n).min(last + 1));
-            if a >= b {
-                continue;
+    /// `name` in `parent`, from this node's name cache when it holds a
+    /// token on the directory.
+    fn lookup_ino(&self, parent: u64, name: &[u8]) -> R<u64> {
+        let (slot, _) = self.meta.ensure(parent, Mode::Read)?;
+        let gen = {
+            let st = slot.st.lock();
+            if let Some(hit) = st.names.get(name) {
+                return hit.ok_or(libc::ENOENT);
             }
-            let at = ((a - first) * self.bs) as usize;
-            self.dev.write(p + (a - l), &buf[at..at + ((b - a) * self.bs) as usize], false)?;
+            st.gen
+        };
+        let r = match self.meta.ask(Req::Lookup { parent, name: name.to_vec() }) {
+            Ok(Reply::Entry { ino }) => Ok(ino),
+            Ok(_) => Err(libc::EIO),
+            Err(e) => Err(e),
+        };
+        if matches!(r, Ok(_) | Err(libc::ENOENT)) {
+            let mut st = slot.st.lock();
+            if st.holds(Mode::Read) && st.gen == gen {
+                st.names.insert(name.to_vec(), r.ok());
+            }
         }
-        if end > size {
-            self.meta.extend_size(ino, end)?;
+        r
+    }
+
+    /// Records a name change in a directory this node caches, if nothing
+    /// took the directory's token since `gen`.
+    fn note_name(&self, dir: u64, gen: u64, name: &[u8], ino: Option<u64>) {
+        let slot = self.meta.slot(dir);
+        let mut st = slot.st.lock();
+        if st.holds(Mode::Read) && st.gen == gen {
+            st.names.insert(name.to_vec(), ino);
         } else {
-            self.meta.touch_lazy(ino);
+            st.names.remove(name);
+        }
+    }
+
+    fn gen_of(&self, dir: u64) -> u64 {
+        self.meta.slot(dir).st.lock().gen
+    }
+
+    /// Reads `len` bytes at `off` of a file, holes as zeroes, clipped to its size.
+    fn read_data(&self, ino: u64, off: u64, len: u64) -> R<Vec<u8>> {
+        loop {
+            let (slot, _) = self.meta.ensure(ino, Mode::Read)?;
+            let _io = slot.io.read();
+            let (size, exts) = {
+                let st = slot.st.lock();
+                match (st.holds(Mode::Read), st.inode) {
+                    (true, Some(i)) => (i.size.get(), st.extents.clone()),
+                    _ => continue,
+                }
+            };
+            let end = (off + len).min(size);
+            if off >= end {
+                return Ok(Vec::new());
+            }
+            let (first, last) = (off / self.bs, (end - 1) / self.bs);
+            let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
+            self.read_blocks(&exts, first, &mut buf)?;
+            let skip = (off - first * self.bs) as usize;
+            buf.truncate(skip + (end - off) as usize);
+            buf.drain(..skip);
+            return Ok(buf);
+        }
+    }
+
+    /// Fills `buf` with file blocks from `first`; unmapped blocks are zero.
+    fn read_blocks(&self, exts: &[Extent], first: u64, buf: &mut [u8]) -> R<()> {
+        let n = buf.len() as u64 / self.bs;
+        let mut b = 0u64;
+        while b < n {
+            match map(exts, first + b) {
+                Some((p, run)) => {
+                    let k = run.min(n - b);
+                    let at = (b * self.bs) as usize;
+                    self.dev.read(p, &mut buf[at..at + (k * self.bs) as usize]).map_err(|e| e.errno())?;
+                    b += k;
+                }
+                None => {
+                    let at = (b * self.bs) as usize;
+                    buf[at..at + self.bs as usize].fill(0);
+                    b += 1;
+                }
+            }
         }
         Ok(())
     }
 
-    /// A create event, then the create: one path for files, directories and nodes.
-    fn make(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32) -> Result<Inode, MetaError> {
-        self.ns_event(EventType::Create, parent, name, None).map_err(MetaError::Refused)?;
-        let r = self.meta.create(parent, name.as_bytes(), mode, cred(req));
+    fn write_data(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let (slot, _) = self.meta.ensure(ino, Mode::Write)?;
+            let _io = slot.io.read();
+            let (size, mut exts) = {
+                let st = slot.st.lock();
+                match (st.holds(Mode::Write), st.inode) {
+                    (true, Some(i)) => (i.size.get(), st.extents.clone()),
+                    _ => continue,
+                }
+            };
+            let end = off + data.len() as u64;
+            let (first, last) = (off / self.bs, (end - 1) / self.bs);
+            if (first..=last).any(|b| map(&exts, b).is_none()) {
+                match self.meta.ask(Req::Allocate { ino, lblk: first, count: last - first + 1 })? {
+                    Reply::Extents(b) => exts = rpc::extents_from(&b).map_err(|_| libc::EIO)?,
+                    _ => return Err(libc::EIO),
+                }
+                let blocks: u64 = exts.iter().map(|x| x.len.get() as u64).sum();
+                let mut st = slot.st.lock();
+                st.extents = exts.clone();
+                if let Some(i) = st.inode.as_mut() {
+                    i.blocks = blocks.into();
+                }
+            }
+            // Whole blocks: keep what a partial first or last block does not cover.
+            let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
+            let head = (off - first * self.bs) as usize;
+            let bsz = self.bs as usize;
+            if head != 0 && first * self.bs < size {
+                self.read_blocks(&exts, first, &mut buf[..bsz])?;
+            }
+            let tail_partial = !end.is_multiple_of(self.bs);
+            if tail_partial && last * self.bs < size && (last != first || head == 0) {
+                let at = buf.len() - bsz;
+                self.read_blocks(&exts, last, &mut buf[at..])?;
+            }
+            buf[head..head + data.len()].copy_from_slice(data);
+            let mut b = first;
+            while b <= last {
+                let (p, run) = map(&exts, b).ok_or(libc::EIO)?;
+                let k = run.min(last + 1 - b);
+                let at = ((b - first) * self.bs) as usize;
+                self.dev.write(p, &buf[at..at + (k * self.bs) as usize], false).map_err(|e| e.errno())?;
+                b += k;
+            }
+            // Size and mtime are this node's to keep until the token goes back.
+            let t = now_ns();
+            let mut st = slot.st.lock();
+            let new_size = st.inode.map_or(end, |i| i.size.get().max(end));
+            if let Some(i) = st.inode.as_mut() {
+                i.size = new_size.into();
+                i.mtime_ns = t.into();
+                i.ctime_ns = t.into();
+            }
+            let prev = st.dirty.unwrap_or((0, 0));
+            st.dirty = Some((prev.0.max(new_size), t));
+            return Ok(());
+        }
+    }
+
+    /// A create event, then the create: one path for files, directories, nodes and symlinks.
+    fn make(&self, req: &Request, parent: u64, name: &OsStr, mode: u32, symlink: Option<&[u8]>) -> R<Inode> {
+        let (t, post) = match symlink {
+            Some(_) => (EventType::Symlink, EventType::Postsymlink),
+            None => (EventType::Create, EventType::Postcreate),
+        };
+        self.ns_event(t, parent, name, symlink.map(|s| (0, s)))?;
+        let gen = self.gen_of(parent);
+        let r = match self.meta.ask(Req::Create {
+            parent,
+            name: name.as_bytes().to_vec(),
+            mode,
+            uid: req.uid(),
+            gid: req.gid(),
+            symlink: symlink.map(|s| s.to_vec()),
+        }) {
+            Ok(Reply::Changed { inode: Some(b), .. }) => rpc::inode_from(&b).map_err(|_| libc::EIO),
+            Ok(_) => Err(libc::EIO),
+            Err(e) => Err(e),
+        };
+        if let Ok(i) = &r {
+            self.note_name(parent, gen, name.as_bytes(), Some(i.ino.get()));
+        }
         let ino = r.as_ref().map_or(0, |i| i.ino.get());
-        self.post_event(EventType::Postcreate, parent, name, &r, Some((ino, b"")));
+        self.post_event(post, parent, name, &r, Some((ino, symlink.unwrap_or(b""))));
         r
     }
 
-    fn reply_entry(&self, r: Result<Inode, MetaError>, reply: ReplyEntry) {
+    fn reply_entry(&self, r: R<Inode>, reply: ReplyEntry) {
         match r {
-            Ok(i) => reply.entry(&TTL, &self.attr(&i), i.generation.get() as u64),
-            Err(e) => reply.error(e.errno()),
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), Generation(i.generation.get() as u64)),
+            Err(x) => reply.error(e(x)),
         }
     }
-}
 
-fn reply_empty(r: Result<(), MetaError>, reply: ReplyEmpty) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e.errno()),
+    /// Unlink or rmdir; repeated if the name changed while the manager
+    /// gathered the tokens.
+    fn remove(&self, parent: u64, name: &OsStr, rmdir: bool) -> R<()> {
+        self.ns_event(EventType::Remove, parent, name, None)?;
+        let gen = self.gen_of(parent);
+        let mut r = Err(libc::EAGAIN);
+        for _ in 0..20 {
+            let n = name.as_bytes().to_vec();
+            let req = if rmdir { Req::Rmdir { parent, name: n } } else { Req::Unlink { parent, name: n } };
+            r = self.meta.ask(req).map(|_| ());
+            if r != Err(libc::EAGAIN) {
+                break;
+            }
+        }
+        if r.is_ok() {
+            self.note_name(parent, gen, name.as_bytes(), None);
+        }
+        self.post_event(EventType::Postremove, parent, name, &r, None);
+        r
     }
 }
 
-fn cred(req: &Request<'_>) -> Cred {
-    Cred { uid: req.uid(), gid: req.gid() }
+fn reply_empty(r: R<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(x) => reply.error(e(x)),
+    }
 }
 
 impl Filesystem for TidepoolFs {
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        let r = self.meta.lookup(parent, name.as_bytes()).and_then(|e| self.meta.getattr(e.ino));
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // mmap of direct_io files (kernels 6.6 and later); without it mmap fails.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(x) = self.meta.flush_all() {
+            tracing::error!(errno = x, "could not give back file sizes at unmount");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.lookup_ino(parent.0, name.as_bytes()).and_then(|ino| self.getattr_ino(ino));
         self.reply_entry(r, reply);
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.meta.getattr(ino) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_ino(ino.0) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
-            Err(e) => reply.error(e.errno()),
+            Err(x) => reply.error(e(x)),
         }
     }
 
     fn setattr(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
@@ -300,224 +511,350 @@ impl Filesystem for TidepoolFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
-        _flags: Option<u32>,
+        _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
         if let Some(sz) = size {
-            if let Err(e) = self.data_event(EventType::Truncate, ino, sz, 0) {
-                return reply.error(e);
+            if let Err(x) = self.data_event(EventType::Truncate, ino.0, sz, 0) {
+                return reply.error(e(x));
             }
         }
-        let set = SetAttr { mode, uid, gid, size, atime_ns: atime.map(to_ns), mtime_ns: mtime.map(to_ns) };
-        match self.meta.setattr(ino, &set) {
-            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
-            Err(e) => reply.error(e.errno()),
+        let set = WireSetAttr { mode, uid, gid, size, atime_ns: atime.map(to_ns), mtime_ns: mtime.map(to_ns) };
+        match self.meta.ask(Req::SetAttr { ino: ino.0, set }) {
+            Ok(Reply::Attr(b)) => match rpc::inode_from(&b) {
+                Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+                Err(_) => reply.error(Errno::EIO),
+            },
+            Ok(_) => reply.error(Errno::EIO),
+            Err(x) => reply.error(e(x)),
         }
     }
 
-    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        match self.read_data(ino, 0, 4096) {
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.read_data(ino.0, 0, 4096) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e.errno()),
+            Err(x) => reply.error(e(x)),
         }
     }
 
     fn mknod(
-        &mut self,
-        req: &Request<'_>,
-        parent: u64,
+        &self,
+        req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.make(req, parent, name, mode & !umask);
+        let r = self.make(req, parent.0, name, mode & !umask, None);
         self.reply_entry(r, reply);
     }
 
-    fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = self.make(req, parent, name, libc::S_IFDIR | (mode & !umask & 0o7777));
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = self.make(req, parent.0, name, libc::S_IFDIR | (mode & !umask & 0o7777), None);
         self.reply_entry(r, reply);
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.ns_event(EventType::Remove, parent, name, None) {
-            return reply.error(e);
-        }
-        let r = self.meta.unlink(parent, name.as_bytes());
-        self.post_event(EventType::Postremove, parent, name, &r, None);
-        reply_empty(r, reply);
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.remove(parent.0, name, false), reply);
     }
 
-    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.ns_event(EventType::Remove, parent, name, None) {
-            return reply.error(e);
-        }
-        let r = self.meta.rmdir(parent, name.as_bytes());
-        self.post_event(EventType::Postremove, parent, name, &r, None);
-        reply_empty(r, reply);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.remove(parent.0, name, true), reply);
     }
 
-    fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let t = target.as_os_str().as_bytes();
         if t.len() > 4095 {
-            return reply.error(libc::ENAMETOOLONG);
+            return reply.error(Errno::ENAMETOOLONG);
         }
-        if let Err(e) = self.ns_event(EventType::Symlink, parent, link_name, Some((0, t))) {
-            return reply.error(e);
-        }
-        let r = self.meta.create(parent, link_name.as_bytes(), libc::S_IFLNK | 0o777, cred(req)).and_then(|i| {
-            self.write_data(i.ino.get(), 0, t)?;
-            self.meta.getattr(i.ino.get())
-        });
-        let ino = r.as_ref().map_or(0, |i| i.ino.get());
-        self.post_event(EventType::Postsymlink, parent, link_name, &r, Some((ino, t)));
+        let r = self.make(req, parent.0, link_name, libc::S_IFLNK | 0o777, Some(t));
         self.reply_entry(r, reply);
     }
 
     fn rename(
-        &mut self,
-        _req: &Request<'_>,
-        parent: u64,
+        &self,
+        _req: &Request,
+        parent: INodeNo,
         name: &OsStr,
-        newparent: u64,
+        newparent: INodeNo,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            return reply.error(libc::EINVAL);
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::EINVAL);
         }
-        if flags & libc::RENAME_NOREPLACE != 0 && self.meta.lookup(newparent, newname.as_bytes()).is_ok() {
-            return reply.error(libc::EEXIST);
+        let (sp, dp) = (parent.0, newparent.0);
+        if let Err(x) = self.ns_event(EventType::Rename, sp, name, Some((dp, newname.as_bytes()))) {
+            return reply.error(e(x));
         }
-        if let Err(e) = self.ns_event(EventType::Rename, parent, name, Some((newparent, newname.as_bytes()))) {
-            return reply.error(e);
+        let (g1, g2) = (self.gen_of(sp), self.gen_of(dp));
+        let mut r = Err(libc::EAGAIN);
+        for _ in 0..20 {
+            r = self
+                .meta
+                .ask(Req::Rename {
+                    sp,
+                    sname: name.as_bytes().to_vec(),
+                    dp,
+                    dname: newname.as_bytes().to_vec(),
+                    noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+                })
+                .map(|_| ());
+            if r != Err(libc::EAGAIN) {
+                break;
+            }
         }
-        let r = self.meta.rename(parent, name.as_bytes(), newparent, newname.as_bytes());
-        self.post_event(EventType::Postrename, parent, name, &r, Some((newparent, newname.as_bytes())));
+        if r.is_ok() {
+            self.note_name(sp, g1, name.as_bytes(), None);
+            // The moved inode's number is not in the reply: forget the name.
+            self.meta.slot(dp).st.lock().names.remove(newname.as_bytes());
+            let _ = g2;
+        }
+        self.post_event(EventType::Postrename, sp, name, &r, Some((dp, newname.as_bytes())));
         reply_empty(r, reply);
     }
 
-    fn link(&mut self, _req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
-        if let Err(e) = self.ns_event(EventType::Link, newparent, newname, Some((ino, b""))) {
-            return reply.error(e);
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (ino, dp) = (ino.0, newparent.0);
+        if let Err(x) = self.ns_event(EventType::Link, dp, newname, Some((ino, b""))) {
+            return reply.error(e(x));
         }
-        let r = self.meta.link(ino, newparent, newname.as_bytes());
-        self.post_event(EventType::Postlink, newparent, newname, &r, Some((ino, b"")));
+        let gen = self.gen_of(dp);
+        let r = match self.meta.ask(Req::Link { ino, parent: dp, name: newname.as_bytes().to_vec() }) {
+            Ok(Reply::Changed { inode: Some(b), .. }) => rpc::inode_from(&b).map_err(|_| libc::EIO),
+            Ok(_) => Err(libc::EIO),
+            Err(x) => Err(x),
+        };
+        if r.is_ok() {
+            self.note_name(dp, gen, newname.as_bytes(), Some(ino));
+        }
+        self.post_event(EventType::Postlink, dp, newname, &r, Some((ino, b"")));
         self.reply_entry(r, reply);
     }
 
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
+    }
+
     fn read(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         size: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if let Err(e) = self.data_event(EventType::Read, ino, offset.max(0) as u64, size as u64) {
-            return reply.error(e);
+        if let Err(x) = self.data_event(EventType::Read, ino.0, offset, size as u64) {
+            return reply.error(e(x));
         }
-        match self.read_data(ino, offset.max(0) as u64, size as u64) {
+        match self.read_data(ino.0, offset, size as u64) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e.errno()),
+            Err(x) => reply.error(e(x)),
         }
     }
 
     fn write(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
         data: &[u8],
-        _write_flags: u32,
-        _flags: i32,
-        _lock_owner: Option<u64>,
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if let Err(e) = self.data_event(EventType::Write, ino, offset.max(0) as u64, data.len() as u64) {
-            return reply.error(e);
+        if let Err(x) = self.data_event(EventType::Write, ino.0, offset, data.len() as u64) {
+            return reply.error(e(x));
         }
-        match self.write_with_nospace_retry(ino, offset.max(0) as u64, data) {
+        match self.write_with_nospace_retry(ino.0, offset, data) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
+            Err(x) => reply.error(e(x)),
         }
     }
 
-    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        // Metadata is journaled on every change; make the data durable too.
-        match self.dev.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Data went to the storage node in write(); sizes go back with the token.
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // Not yet: ENOSYS makes the kernel stop asking (security.capability on every write).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Data first, then the size that makes it reachable.
+        if let Err(x) = self.dev.flush() {
+            return reply.error(e(x.errno()));
+        }
+        let slot = self.meta.slot(ino.0);
+        reply_empty(self.meta.flush(ino.0, &slot), reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.meta.ask(Req::ReadDir { dir: ino.0 }) {
+            Ok(Reply::Dir(list)) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs.lock().insert(fh, Arc::new(list));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(x) => reply.error(e(x)),
         }
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let entries = match self.meta.readdir(ino) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e.errno()),
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.dirs.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(list) = self.dirs.lock().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
         };
-        let dots = [(b".".to_vec(), ino, Kind::Dir), (b"..".to_vec(), ino, Kind::Dir)];
-        for (i, (name, child, kind)) in dots.into_iter().chain(entries).enumerate().skip(offset.max(0) as usize) {
+        let dots = [(b".".to_vec(), ino.0, 2u8), (b"..".to_vec(), ino.0, 2u8)];
+        for (i, (name, child, kind)) in dots.iter().chain(list.iter()).enumerate().skip(offset as usize) {
             let ft = match kind {
-                Kind::Dir => FileType::Directory,
-                Kind::Symlink => FileType::Symlink,
+                2 => FileType::Directory,
+                3 => FileType::Symlink,
                 _ => FileType::RegularFile,
             };
-            if reply.add(child, (i + 1) as i64, ft, OsStr::from_bytes(&name)) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, ft, OsStr::from_bytes(name)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        let (blocks, bfree, files, ffree) = self.meta.statfs();
-        reply.statfs(blocks, bfree, bfree, files, ffree, self.bs as u32, super::meta::NAME_MAX as u32, self.bs as u32);
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.meta.ask(Req::StatFs) {
+            Ok(Reply::StatFs { blocks, bfree, files, ffree }) => {
+                reply.statfs(blocks, bfree, bfree, files, ffree, self.bs as u32, NAME_MAX as u32, self.bs as u32)
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(x) => reply.error(e(x)),
+        }
     }
 
     fn create(
-        &mut self,
-        req: &Request<'_>,
-        parent: u64,
+        &self,
+        req: &Request,
+        parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.make(req, parent, name, libc::S_IFREG | (mode & !umask & 0o7777)) {
-            Ok(i) => reply.created(&TTL, &self.attr(&i), i.generation.get() as u64, 0, 0),
-            Err(e) => reply.error(e.errno()),
+        match self.make(req, parent.0, name, libc::S_IFREG | (mode & !umask & 0o7777), None) {
+            Ok(i) => reply.created(
+                &TTL,
+                &self.attr(&i),
+                Generation(i.generation.get() as u64),
+                FileHandle(0),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+            ),
+            Err(x) => reply.error(e(x)),
         }
     }
 }
 
-/// Mounts the file system on `dev` at `mountpoint` in a background thread;
-/// dropping the session unmounts it.
-pub fn spawn_mount(
-    dev: Arc<dyn BlockDev>,
-    mountpoint: &Path,
-    dm: Option<DmLink>,
-) -> std::io::Result<fuser::BackgroundSession> {
-    let mut fs = TidepoolFs::new(dev).map_err(|e| std::io::Error::other(e.to_string()))?;
-    if let Some(link) = dm {
+/// How to mount.
+#[derive(Default)]
+pub struct MountOpts {
+    /// The file system's manager; `None` runs one in this process.
+    pub manager: Option<SocketAddr>,
+    /// Where the in-process manager listens for other nodes (default: a
+    /// free loopback port, this node only).
+    pub serve: Option<SocketAddr>,
+    pub dm: Option<DmLink>,
+    /// This node's name in the manager's log.
+    pub name: String,
+    /// FUSE threads (default [`DEFAULT_THREADS`]).
+    pub threads: usize,
+}
+
+/// A mounted file system; dropping it gives back what this node holds and
+/// unmounts.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    meta: MetaClient,
+    manager: Option<ManagerHandle>,
+}
+
+impl Mounted {
+    /// Where this mount's in-process manager listens, if it runs one.
+    pub fn manager_addr(&self) -> Option<SocketAddr> {
+        self.manager.as_ref().map(|m| m.addr)
+    }
+
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        let _ = self.meta.flush_all();
+        let r = match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        };
+        self.meta.close();
+        r
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.meta.flush_all();
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+        self.meta.close();
+    }
+}
+
+/// Mounts the file system on `dev` at `mountpoint` in background threads.
+pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std::io::Result<Mounted> {
+    let (addr, manager) = match opts.manager {
+        Some(a) => (a, None),
+        None => {
+            let m = Manager::open(dev.clone()).map_err(|x| std::io::Error::other(x.to_string()))?;
+            let h = m.serve(opts.serve.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))?;
+            (h.addr, Some(h))
+        }
+    };
+    let name = if opts.name.is_empty() { format!("mount-{}", std::process::id()) } else { opts.name.clone() };
+    let meta = MetaClient::connect(addr, &name)?;
+    let mut fs = TidepoolFs::new(meta.clone(), dev);
+    if let Some(link) = opts.dm {
         fs = fs.with_dm(link);
     }
-    let opts = [
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
         MountOption::FSName("tidepool".into()),
         MountOption::Subtype("tidepool".into()),
         MountOption::DefaultPermissions,
     ];
-    fuser::spawn_mount2(fs, mountpoint, &opts)
+    cfg.n_threads = Some(if opts.threads == 0 { DEFAULT_THREADS } else { opts.threads });
+    cfg.clone_fd = true;
+    let session = fuser::spawn_mount(fs, mountpoint, &cfg)?;
+    Ok(Mounted { session: Some(session), meta, manager })
+}
+
+/// A single-node mount (this process is the manager), as before managers
+/// were separate: kept for tests and tools that mount one volume once.
+pub fn spawn_mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, dm: Option<DmLink>) -> std::io::Result<Mounted> {
+    mount(dev, mountpoint, MountOpts { dm, ..Default::default() })
 }

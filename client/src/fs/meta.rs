@@ -882,6 +882,23 @@ impl MetaStore {
         })
     }
 
+    /// Size and mtime a client set under an exclusive token, given back:
+    /// one transaction. The size only grows here (truncation is a setattr).
+    pub fn apply_dirty(&mut self, ino: u64, size: u64, mtime_ns: u64) -> MResult<Inode> {
+        self.run(|m| {
+            let mut i = m.getattr(ino)?;
+            if size > i.size.get() {
+                i.size = size.into();
+            }
+            if mtime_ns > i.mtime_ns.get() {
+                i.mtime_ns = mtime_ns.into();
+                i.ctime_ns = mtime_ns.into();
+            }
+            m.put_inode(i)?;
+            Ok(i)
+        })
+    }
+
     /// Stamps the modification time in memory only (an overwrite inside the
     /// file): it reaches the volume with the inode's next journaled change,
     /// so a crash can lose a timestamp but never data or structure.

@@ -22,8 +22,11 @@ pub mod blockdev;
 pub mod format;
 pub mod fuse;
 pub mod journal;
+pub mod manager;
 pub mod meta;
 pub mod mkfs;
+pub mod remote;
+pub mod rpc;
 
 /// File-system errors, each with the errno a POSIX caller sees.
 #[derive(Debug, thiserror::Error)]

@@ -312,6 +312,7 @@ fn discovery_log(ctx: &QueueCtx, ctrl: &Ctrl, buf: &mut Vec<u8>) {
             nvme_wire::put_padded(&mut e.trsvcid, &p.addr.port().to_string(), b' ');
             nvme_wire::put_padded(&mut e.subnqn, &s.nqn, 0);
             nvme_wire::put_padded(&mut e.traddr, &p.addr.ip().to_string(), b' ');
+            e.tsas = p.tsas;
             entries.push(e);
         }
     }

@@ -5,6 +5,8 @@
 //! transport only through [`crate::ctrlr::QueueHandle`].
 
 pub mod pair;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod tcp;
 
 use crate::target::Target;
@@ -27,19 +29,30 @@ pub struct Listener {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The accept loop blocks in accept(2) and needs a connection to see `stop`.
+    wake_by_connect: bool,
 }
 
 impl Listener {
+    /// A listener whose thread blocks in a TCP accept.
     pub fn new(addr: SocketAddr, stop: Arc<AtomicBool>, thread: JoinHandle<()>) -> Self {
-        Self { addr, stop, thread: Some(thread) }
+        Self { addr, stop, thread: Some(thread), wake_by_connect: true }
+    }
+
+    /// A listener whose thread checks `stop` by itself at least every few
+    /// hundred milliseconds (RDMA CM waits with a timeout).
+    pub fn polling(addr: SocketAddr, stop: Arc<AtomicBool>, thread: JoinHandle<()>) -> Self {
+        Self { addr, stop, thread: Some(thread), wake_by_connect: false }
     }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the accept loop with a connection of our own.
-        let _ = std::net::TcpStream::connect(self.addr);
+        if self.wake_by_connect {
+            // Wake the accept loop with a connection of our own.
+            let _ = std::net::TcpStream::connect(self.addr);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -1,0 +1,484 @@
+//! The file-system manager: owns a file system's metadata on the shared
+//! volume (a [`MetaStore`], journaled) and serves it to every mounting node
+//! over TCP ([`super::rpc`]), with tokens so that nodes cache metadata and
+//! move file data themselves.
+//!
+//! Tokens are per inode, shared or exclusive ([`Mode`]). A node caches an
+//! inode's attributes and extents (and a directory's names) only under a
+//! token, and writes file data only under an exclusive one. A request that
+//! conflicts with tokens held elsewhere revokes them first: the holder
+//! finishes its I/O on that inode, gives back the size and mtime it set, and
+//! drops its cache; only then is the new token granted. So a read on one node
+//! that starts after a write on another has returned sees that write.
+//!
+//! Namespace changes run here. They first take every affected inode away
+//! from other holders (the requester keeps its token on the parent
+//! directories, whose new state the reply carries), then commit one journal
+//! transaction, then answer. Everything acknowledged is in the journal on
+//! the shared volume; a restarted manager replays it, and clients reconnect
+//! and re-acquire their tokens.
+//!
+//! Per inode, requests take turns (a ticket queue), so a revoke is always
+//! written after the grant it revokes, and nobody starves. Waiting for a
+//! revoke never holds the metadata lock, so a holder can still allocate
+//! blocks to finish the write it is in.
+
+use super::blockdev::BlockDev;
+use super::format::Inode;
+use super::meta::{Cred, MetaError, MetaStore, SetAttr};
+use super::rpc::{self, Kind, Mode, Reply, Req, RevokeDone};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A holder that has not given a token back this long is expelled (its
+/// connection closed, its tokens dropped).
+pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Manager {
+    meta: Mutex<MetaStore>,
+    dev: Arc<dyn BlockDev>,
+    table: Mutex<Table>,
+    cv: Condvar,
+    conns: Mutex<HashMap<u64, Arc<Peer>>>,
+    next_conn: AtomicU64,
+    revoke_timeout: Duration,
+}
+
+struct Peer {
+    id: u64,
+    name: Mutex<String>,
+    out: Mutex<TcpStream>,
+}
+
+impl Peer {
+    fn send<T: serde::Serialize>(&self, kind: Kind, id: u64, body: &T) {
+        let mut w = self.out.lock();
+        if let Err(e) = rpc::send(&mut *w, kind, id, body) {
+            tracing::warn!(peer = self.id, error = %e, "cannot write to a client; dropping it");
+            let _ = w.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    inodes: HashMap<u64, Tok>,
+}
+
+#[derive(Default)]
+struct Tok {
+    holders: HashMap<u64, Mode>,
+    revoking: HashSet<u64>,
+    next: u64,
+    serving: u64,
+}
+
+/// A running manager; dropping it stops accepting new clients.
+pub struct ManagerHandle {
+    pub addr: SocketAddr,
+    pub manager: Arc<Manager>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ManagerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for p in self.manager.conns.lock().values() {
+            let _ = p.out.lock().shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn err(e: MetaError) -> Reply {
+    Reply::Err(e.errno())
+}
+
+impl Manager {
+    /// Opens the file system on `dev` (replaying its journal).
+    pub fn open(dev: Arc<dyn BlockDev>) -> super::Result<Arc<Manager>> {
+        let meta = MetaStore::open(dev.clone())?;
+        Ok(Arc::new(Manager {
+            meta: Mutex::new(meta),
+            dev,
+            table: Mutex::new(Table::default()),
+            cv: Condvar::new(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            revoke_timeout: REVOKE_TIMEOUT,
+        }))
+    }
+
+    /// Serves clients on `addr` from a background thread.
+    pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> io::Result<ManagerHandle> {
+        let l = TcpListener::bind(addr)?;
+        let bound = l.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (me, stop2) = (self.clone(), stop.clone());
+        tracing::info!(addr = %bound, "file-system manager listening");
+        let thread = std::thread::Builder::new().name("fsmgr-accept".into()).spawn(move || {
+            for s in l.incoming() {
+                if stop2.load(Ordering::Acquire) {
+                    break;
+                }
+                match s {
+                    Ok(s) => {
+                        let m = me.clone();
+                        let _ = std::thread::Builder::new().name("fsmgr-conn".into()).spawn(move || m.conn(s));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept"),
+                }
+            }
+        })?;
+        Ok(ManagerHandle { addr: bound, manager: self.clone(), stop, thread: Some(thread) })
+    }
+
+    fn conn(self: Arc<Self>, s: TcpStream) {
+        let _ = s.set_nodelay(true);
+        let Ok(out) = s.try_clone() else { return };
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let peer = Arc::new(Peer { id, name: Mutex::new(format!("client-{id}")), out: Mutex::new(out) });
+        self.conns.lock().insert(id, peer.clone());
+        let mut r = BufReader::with_capacity(64 * 1024, s);
+        let why = loop {
+            let (kind, rid, body) = match rpc::recv(&mut r) {
+                Ok(m) => m,
+                Err(e) => break e,
+            };
+            match kind {
+                Kind::Req => match rpc::decode::<Req>(&body) {
+                    Ok(req) => self.dispatch(&peer, rid, req),
+                    Err(e) => break e,
+                },
+                Kind::RevokeDone => match rpc::decode::<RevokeDone>(&body) {
+                    Ok(d) => self.revoke_done(id, d),
+                    Err(e) => break e,
+                },
+                _ => break io::Error::new(io::ErrorKind::InvalidData, "unexpected message kind from a client"),
+            }
+        };
+        let name = peer.name.lock().clone();
+        tracing::info!(client = %name, reason = %why, "client gone; dropping its tokens");
+        let _ = peer.out.lock().shutdown(Shutdown::Both);
+        self.conns.lock().remove(&id);
+        let mut t = self.table.lock();
+        for tok in t.inodes.values_mut() {
+            tok.holders.remove(&id);
+            tok.revoking.remove(&id);
+        }
+        drop(t);
+        self.cv.notify_all();
+    }
+
+    /// Requests that never wait for another node run on the connection's
+    /// thread; the rest get a thread, so that a client's token give-backs
+    /// are never queued behind its own waiting request.
+    fn dispatch(self: &Arc<Self>, peer: &Arc<Peer>, rid: u64, req: Req) {
+        let reply = match req {
+            Req::Hello { name } => {
+                tracing::info!(client = %name, id = peer.id, "client connected");
+                *peer.name.lock() = name;
+                let m = self.meta.lock();
+                Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid }
+            }
+            Req::Lookup { parent, name } => match self.meta.lock().lookup(parent, &name) {
+                Ok(e) => Reply::Entry { ino: e.ino },
+                Err(e) => err(e),
+            },
+            Req::ReadDir { dir } => match self.meta.lock().readdir(dir) {
+                Ok(v) => Reply::Dir(v.into_iter().map(|(n, i, k)| (n, i, k as u8)).collect()),
+                Err(e) => err(e),
+            },
+            Req::StatFs => {
+                let (blocks, bfree, files, ffree) = self.meta.lock().statfs();
+                Reply::StatFs { blocks, bfree, files, ffree }
+            }
+            Req::Allocate { ino, lblk, count } => {
+                let mut m = self.meta.lock();
+                match m.allocate(ino, lblk, count) {
+                    Ok(_) => Reply::Extents(rpc::extents_bytes(&m.extents(ino))),
+                    Err(e) => err(e),
+                }
+            }
+            Req::Flush { ino, size, mtime_ns } => match self.meta.lock().apply_dirty(ino, size, mtime_ns) {
+                Ok(_) => Reply::Done,
+                Err(e) => err(e),
+            },
+            other => {
+                let (me, p) = (self.clone(), peer.clone());
+                let spawned =
+                    std::thread::Builder::new().name("fsmgr-op".into()).spawn(move || me.slow(&p, rid, other));
+                if spawned.is_ok() {
+                    return;
+                }
+                Reply::Err(libc::EAGAIN)
+            }
+        };
+        peer.send(Kind::Reply, rid, &reply);
+    }
+
+    fn revoke_done(&self, conn: u64, d: RevokeDone) {
+        if let Some((size, mtime)) = d.dirty {
+            if let Err(e) = self.meta.lock().apply_dirty(d.ino, size, mtime) {
+                tracing::warn!(ino = d.ino, error = %e, "size given back with a token not recorded");
+            }
+        }
+        let mut t = self.table.lock();
+        if let Some(tok) = t.inodes.get_mut(&d.ino) {
+            tok.holders.remove(&conn);
+            tok.revoking.remove(&conn);
+        }
+        drop(t);
+        self.cv.notify_all();
+    }
+
+    fn slow(&self, peer: &Arc<Peer>, rid: u64, req: Req) {
+        match req {
+            Req::Acquire { ino, mode } => self.acquire(peer, rid, ino, mode),
+            Req::Create { parent, name, mode, uid, gid, symlink } => {
+                self.op(peer, rid, &[(parent, true)], |m, _| {
+                    let r = m.create(parent, &name, mode, Cred { uid, gid }).and_then(|i| {
+                        if let Some(t) = &symlink {
+                            self.write_symlink(m, i.ino.get(), t)
+                        } else {
+                            Ok(i)
+                        }
+                    });
+                    // A new file comes with an exclusive token: its creator
+                    // usually writes it next.
+                    let grant = symlink.is_none().then_some(Mode::Write);
+                    match r {
+                        Ok(i) => (grant.map(|_| i.ino.get()), changed(m, Some(i), grant, &[parent])),
+                        Err(e) => (None, err(e)),
+                    }
+                })
+            }
+            Req::Unlink { parent, name } => self.remove(peer, rid, parent, name, false),
+            Req::Rmdir { parent, name } => self.remove(peer, rid, parent, name, true),
+            Req::Link { ino, parent, name } => {
+                self.op(peer, rid, &[(parent, true), (ino, false)], |m, _| match m.link(ino, parent, &name) {
+                    Ok(i) => (None, changed(m, Some(i), None, &[parent])),
+                    Err(e) => (None, err(e)),
+                })
+            }
+            Req::Rename { sp, sname, dp, dname, noreplace } => self.rename(peer, rid, sp, sname, dp, dname, noreplace),
+            Req::SetAttr { ino, set } => self.op(peer, rid, &[(ino, false)], |m, _| {
+                let s = SetAttr {
+                    mode: set.mode,
+                    uid: set.uid,
+                    gid: set.gid,
+                    size: set.size,
+                    atime_ns: set.atime_ns,
+                    mtime_ns: set.mtime_ns,
+                };
+                match m.setattr(ino, &s) {
+                    Ok(i) => (None, Reply::Attr(rpc::inode_bytes(&i))),
+                    Err(e) => (None, err(e)),
+                }
+            }),
+            _ => peer.send(Kind::Reply, rid, &Reply::Err(libc::EINVAL)),
+        }
+    }
+
+    fn write_symlink(&self, m: &mut MetaStore, ino: u64, target: &[u8]) -> Result<Inode, MetaError> {
+        let bs = m.block_size() as usize;
+        let exts = m.allocate(ino, 0, target.len().div_ceil(bs).max(1) as u64)?;
+        let mut buf = vec![0u8; target.len().div_ceil(bs).max(1) * bs];
+        buf[..target.len()].copy_from_slice(target);
+        let mut at = 0usize;
+        for e in exts {
+            let n = e.len.get() as usize * bs;
+            self.dev.write(e.pblk.get(), &buf[at..at + n], true)?;
+            at += n;
+        }
+        m.extend_size(ino, target.len() as u64)
+    }
+
+    // ---- tokens -------------------------------------------------------------
+
+    fn take_turn(&self, t: &mut MutexGuard<'_, Table>, ino: u64) {
+        let tok = t.inodes.entry(ino).or_default();
+        let me = tok.next;
+        tok.next += 1;
+        while t.inodes.get(&ino).is_some_and(|k| k.serving != me) {
+            self.cv.wait(t);
+        }
+    }
+
+    fn end_turn(&self, t: &mut MutexGuard<'_, Table>, ino: u64) {
+        if let Some(tok) = t.inodes.get_mut(&ino) {
+            tok.serving += 1;
+            if tok.serving == tok.next && tok.holders.is_empty() {
+                t.inodes.remove(&ino);
+            }
+        }
+        self.cv.notify_all();
+    }
+
+    /// Takes back every token on `ino` that conflicts with `mode`, except
+    /// those of `keep`; a holder that does not answer in time is expelled.
+    fn revoke_conflicts(&self, t: &mut MutexGuard<'_, Table>, ino: u64, mode: Mode, keep: Option<u64>) {
+        let deadline = Instant::now() + self.revoke_timeout;
+        loop {
+            let Some(tok) = t.inodes.get_mut(&ino) else { return };
+            let conflicts: Vec<u64> =
+                tok.holders.iter().filter(|(c, m)| Some(**c) != keep && mode.conflicts(**m)).map(|(c, _)| *c).collect();
+            if conflicts.is_empty() {
+                return;
+            }
+            let fresh: Vec<u64> = conflicts.iter().copied().filter(|c| tok.revoking.insert(*c)).collect();
+            if !fresh.is_empty() {
+                let peers: Vec<Arc<Peer>> = {
+                    let c = self.conns.lock();
+                    fresh.iter().filter_map(|id| c.get(id).cloned()).collect()
+                };
+                MutexGuard::unlocked(t, || {
+                    for p in peers {
+                        p.send(Kind::Revoke, ino, &());
+                    }
+                });
+                continue;
+            }
+            if self.cv.wait_until(t, deadline).timed_out() {
+                for c in conflicts {
+                    if let Some(p) = self.conns.lock().get(&c) {
+                        tracing::error!(client = %p.name.lock(), ino, "token not given back in time; expelling the client");
+                        let _ = p.out.lock().shutdown(Shutdown::Both);
+                    }
+                    if let Some(tok) = t.inodes.get_mut(&ino) {
+                        tok.holders.remove(&c);
+                        tok.revoking.remove(&c);
+                    }
+                }
+            }
+        }
+    }
+
+    fn acquire(&self, peer: &Arc<Peer>, rid: u64, ino: u64, mode: Mode) {
+        let mut t = self.table.lock();
+        self.take_turn(&mut t, ino);
+        self.revoke_conflicts(&mut t, ino, mode, Some(peer.id));
+        // Never hold the token table while waiting for the metadata lock:
+        // namespace changes take them in the other order.
+        let got = MutexGuard::unlocked(&mut t, || {
+            let m = self.meta.lock();
+            m.getattr(ino).map(|i| (i, m.extents(ino)))
+        });
+        let reply = match got {
+            Ok((i, exts)) => {
+                if let Some(tok) = t.inodes.get_mut(&ino) {
+                    let h = tok.holders.entry(peer.id).or_insert(Mode::None);
+                    *h = (*h).max(mode);
+                }
+                Reply::Granted { ino, mode, inode: rpc::inode_bytes(&i), extents: rpc::extents_bytes(&exts) }
+            }
+            Err(e) => err(e),
+        };
+        // Written before the turn ends: any revoke of this grant comes after it.
+        MutexGuard::unlocked(&mut t, || peer.send(Kind::Reply, rid, &reply));
+        self.end_turn(&mut t, ino);
+    }
+
+    /// Runs a namespace change on `inos` (`true`: the requester keeps its
+    /// token there), each taken from every other holder first. `f` returns
+    /// the reply and a new inode to hold for the requester; the reply is
+    /// written under the metadata lock, so nobody can learn of the new inode
+    /// and revoke its token before the requester has it.
+    fn op(
+        &self,
+        peer: &Arc<Peer>,
+        rid: u64,
+        inos: &[(u64, bool)],
+        f: impl FnOnce(&mut MetaStore, &Peer) -> (Option<u64>, Reply),
+    ) {
+        let mut set: Vec<(u64, bool)> = Vec::new();
+        for &(ino, keep) in inos {
+            match set.iter_mut().find(|(i, _)| *i == ino) {
+                Some(e) => e.1 &= keep,
+                None => set.push((ino, keep)),
+            }
+        }
+        set.sort();
+        let mut t = self.table.lock();
+        for &(ino, keep) in &set {
+            self.take_turn(&mut t, ino);
+            self.revoke_conflicts(&mut t, ino, Mode::Write, keep.then_some(peer.id));
+        }
+        MutexGuard::unlocked(&mut t, || {
+            let mut m = self.meta.lock();
+            let (new, reply) = f(&mut m, peer);
+            if let Some(ino) = new {
+                let mut t = self.table.lock();
+                t.inodes.entry(ino).or_default().holders.insert(peer.id, Mode::Write);
+            }
+            peer.send(Kind::Reply, rid, &reply);
+        });
+        for &(ino, _) in &set {
+            self.end_turn(&mut t, ino);
+        }
+    }
+
+    fn remove(&self, peer: &Arc<Peer>, rid: u64, parent: u64, name: Vec<u8>, rmdir: bool) {
+        let child = self.meta.lock().lookup(parent, &name).map(|e| e.ino);
+        let Ok(child) = child else {
+            return peer.send(Kind::Reply, rid, &Reply::Err(libc::ENOENT));
+        };
+        self.op(peer, rid, &[(parent, true), (child, false)], |m, _| {
+            // The entry may have changed while its tokens were taken back.
+            if m.lookup(parent, &name).map(|e| e.ino).ok() != Some(child) {
+                return (None, Reply::Err(libc::EAGAIN));
+            }
+            let r = if rmdir { m.rmdir(parent, &name) } else { m.unlink(parent, &name) };
+            match r {
+                Ok(()) => (None, changed(m, None, None, &[parent])),
+                Err(e) => (None, err(e)),
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename(&self, peer: &Arc<Peer>, rid: u64, sp: u64, sname: Vec<u8>, dp: u64, dname: Vec<u8>, noreplace: bool) {
+        let (src, dst) = {
+            let m = self.meta.lock();
+            (m.lookup(sp, &sname).map(|e| e.ino), m.lookup(dp, &dname).map(|e| e.ino).ok())
+        };
+        let Ok(src) = src else {
+            return peer.send(Kind::Reply, rid, &Reply::Err(libc::ENOENT));
+        };
+        if noreplace && dst.is_some() {
+            return peer.send(Kind::Reply, rid, &Reply::Err(libc::EEXIST));
+        }
+        let mut inos = vec![(sp, true), (dp, true), (src, false)];
+        if let Some(d) = dst {
+            inos.push((d, false));
+        }
+        self.op(peer, rid, &inos, |m, _| {
+            let now = (m.lookup(sp, &sname).map(|e| e.ino).ok(), m.lookup(dp, &dname).map(|e| e.ino).ok());
+            if now != (Some(src), dst) {
+                return (None, Reply::Err(libc::EAGAIN));
+            }
+            match m.rename(sp, &sname, dp, &dname) {
+                Ok(()) => (None, changed(m, None, None, &[sp, dp])),
+                Err(e) => (None, err(e)),
+            }
+        })
+    }
+}
+
+fn changed(m: &MetaStore, inode: Option<Inode>, grant: Option<Mode>, parents: &[u64]) -> Reply {
+    Reply::Changed {
+        inode: inode.map(|i| rpc::inode_bytes(&i)),
+        grant,
+        parents: parents.iter().filter_map(|p| m.getattr(*p).ok()).map(|i| rpc::inode_bytes(&i)).collect(),
+    }
+}

@@ -1,0 +1,432 @@
+//! A mounting node's side of the manager protocol: one TCP connection to
+//! the file system's manager, requests from many threads at once, and the
+//! node's token cache.
+//!
+//! Grants and revokes are applied by the connection's receive thread in
+//! the order the manager wrote them, so a revoke never overtakes the grant
+//! it revokes. A revoke makes the token unusable at once (new users ask
+//! the manager again); a worker thread then waits for the I/O already
+//! running on that inode, and gives the token back with the size and mtime
+//! set under it.
+//!
+//! If the manager goes away (crash, restart) every token is void: the
+//! client reconnects in the background, flushes the sizes it still has to
+//! give back, and requests that are safe to repeat are sent again; namespace
+//! changes that were in flight fail with EIO because nobody can say whether
+//! they happened.
+
+use super::format::{Extent, Inode};
+use super::rpc::{self, Kind, Mode, Reply, Req, RevokeDone};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::io::{self, BufReader};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a request waits for the manager to come back before EIO.
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(60);
+
+/// One inode's cached state on this node.
+pub struct Slot {
+    /// Data I/O holds this shared; giving the token back takes it exclusive,
+    /// so a revoke waits for the reads and writes already under way.
+    pub io: RwLock<()>,
+    pub st: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+pub struct SlotState {
+    pub mode: Option<Mode>,
+    /// Bumped by every revoke: something read before a revoke is not
+    /// cached after it.
+    pub gen: u64,
+    pub inode: Option<Inode>,
+    pub extents: Vec<Extent>,
+    /// Size and mtime set here under an exclusive token, not yet given back.
+    pub dirty: Option<(u64, u64)>,
+    /// Directory names looked up under a shared token (None: no such name).
+    pub names: HashMap<Vec<u8>, Option<u64>>,
+}
+
+impl SlotState {
+    pub fn holds(&self, want: Mode) -> bool {
+        self.mode.is_some_and(|m| m >= want) && self.inode.is_some()
+    }
+}
+
+struct Waiter {
+    done: Mutex<Option<io::Result<Reply>>>,
+    cv: Condvar,
+}
+
+struct Link {
+    out: Mutex<TcpStream>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    name: String,
+    link: Mutex<Option<Arc<Link>>>,
+    link_cv: Condvar,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Arc<Waiter>>>,
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    revokes: Mutex<Option<mpsc::Sender<u64>>>,
+    closing: AtomicBool,
+    hello: Mutex<Option<(u32, [u8; 16])>>,
+}
+
+/// The connection to a file system's manager, shared by all FUSE threads.
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+fn eio(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, why.to_string())
+}
+
+impl MetaClient {
+    /// Connects to the manager at `addr`; `name` identifies this node in
+    /// the manager's log.
+    pub fn connect(addr: SocketAddr, name: &str) -> io::Result<MetaClient> {
+        let (tx, rx) = mpsc::channel::<u64>();
+        let inner = Arc::new(Inner {
+            addr,
+            name: name.to_string(),
+            link: Mutex::new(None),
+            link_cv: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            revokes: Mutex::new(Some(tx)),
+            closing: AtomicBool::new(false),
+            hello: Mutex::new(None),
+        });
+        let c = MetaClient { inner };
+        c.open_link()?;
+        let w = c.clone();
+        std::thread::Builder::new().name("fs-revoke".into()).spawn(move || {
+            for ino in rx {
+                w.give_back(ino);
+            }
+        })?;
+        Ok(c)
+    }
+
+    /// Block size and file-system id, as the manager reported them.
+    pub fn fs_info(&self) -> (u32, [u8; 16]) {
+        self.inner.hello.lock().unwrap_or((4096, [0; 16]))
+    }
+
+    fn open_link(&self) -> io::Result<()> {
+        let s = TcpStream::connect(self.inner.addr)?;
+        s.set_nodelay(true)?;
+        let mut r = BufReader::with_capacity(64 * 1024, s.try_clone()?);
+        let mut out = s;
+        // The hello goes out before the receive thread exists: answer it here.
+        rpc::send(&mut out, Kind::Req, 0, &Req::Hello { name: self.inner.name.clone() })?;
+        let (kind, _, body) = rpc::recv(&mut r)?;
+        match (kind, rpc::decode::<Reply>(&body)?) {
+            (Kind::Reply, Reply::Hello { block_size, fsid }) => *self.inner.hello.lock() = Some((block_size, fsid)),
+            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "manager did not answer hello")),
+        }
+        let link = Arc::new(Link { out: Mutex::new(out) });
+        *self.inner.link.lock() = Some(link.clone());
+        self.inner.link_cv.notify_all();
+        let me = self.clone();
+        std::thread::Builder::new().name("fs-recv".into()).spawn(move || me.receive(r, link))?;
+        tracing::info!(manager = %self.inner.addr, "connected to the file-system manager");
+        Ok(())
+    }
+
+    fn receive(self, mut r: BufReader<TcpStream>, link: Arc<Link>) {
+        let why = loop {
+            let (kind, id, body) = match rpc::recv(&mut r) {
+                Ok(m) => m,
+                Err(e) => break e,
+            };
+            match kind {
+                Kind::Reply => match rpc::decode::<Reply>(&body) {
+                    Ok(reply) => {
+                        self.apply(&reply);
+                        if let Some(w) = self.inner.pending.lock().remove(&id) {
+                            *w.done.lock() = Some(Ok(reply));
+                            w.cv.notify_all();
+                        }
+                    }
+                    Err(e) => break e,
+                },
+                Kind::Revoke => self.revoke(id),
+                _ => break io::Error::new(io::ErrorKind::InvalidData, "unexpected message from the manager"),
+            }
+        };
+        self.link_lost(&link, why);
+    }
+
+    /// Installs what a reply grants, before anything later on the wire.
+    fn apply(&self, reply: &Reply) {
+        match reply {
+            Reply::Granted { ino, mode, inode, extents } => {
+                let (Ok(i), Ok(e)) = (rpc::inode_from(inode), rpc::extents_from(extents)) else { return };
+                let slot = self.slot(*ino);
+                let mut st = slot.st.lock();
+                st.mode = Some(st.mode.map_or(*mode, |m| m.max(*mode)));
+                let keep_size = st.dirty.map(|d| d.0);
+                st.inode = Some(i);
+                if let (Some(sz), Some(i)) = (keep_size, st.inode.as_mut()) {
+                    // Still ours to give back: the manager's copy lags.
+                    if sz > i.size.get() {
+                        i.size = sz.into();
+                    }
+                }
+                st.extents = e;
+            }
+            Reply::Changed { inode, grant, parents } => {
+                if let (Some(b), Some(m)) = (inode, grant) {
+                    if let Ok(i) = rpc::inode_from(b) {
+                        let slot = self.slot(i.ino.get());
+                        let mut st = slot.st.lock();
+                        st.mode = Some(*m);
+                        st.inode = Some(i);
+                        st.extents.clear();
+                    }
+                }
+                for p in parents.iter().filter_map(|b| rpc::inode_from(b).ok()) {
+                    if let Some(slot) = self.inner.slots.lock().get(&p.ino.get()) {
+                        let mut st = slot.st.lock();
+                        if st.holds(Mode::Read) {
+                            st.inode = Some(p);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn revoke(&self, ino: u64) {
+        let slot = self.inner.slots.lock().get(&ino).cloned();
+        match slot {
+            Some(slot) => {
+                {
+                    let mut st = slot.st.lock();
+                    st.mode = None;
+                    st.gen += 1;
+                    st.names.clear();
+                }
+                if let Some(tx) = self.inner.revokes.lock().as_ref() {
+                    let _ = tx.send(ino);
+                }
+            }
+            None => self.send_done(RevokeDone { ino, dirty: None }),
+        }
+    }
+
+    /// The revoke worker: wait for I/O in flight, then hand the token back.
+    fn give_back(&self, ino: u64) {
+        let Some(slot) = self.inner.slots.lock().get(&ino).cloned() else {
+            return self.send_done(RevokeDone { ino, dirty: None });
+        };
+        let _io = slot.io.write();
+        let dirty = {
+            let mut st = slot.st.lock();
+            st.inode = None;
+            st.extents.clear();
+            st.dirty.take()
+        };
+        self.send_done(RevokeDone { ino, dirty });
+    }
+
+    fn send_done(&self, d: RevokeDone) {
+        let link = self.inner.link.lock().clone();
+        if let Some(l) = link {
+            let _ = rpc::send(&mut *l.out.lock(), Kind::RevokeDone, d.ino, &d);
+        }
+    }
+
+    fn link_lost(&self, link: &Arc<Link>, why: io::Error) {
+        let _ = link.out.lock().shutdown(Shutdown::Both);
+        {
+            let mut cur = self.inner.link.lock();
+            if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+                *cur = None;
+            }
+        }
+        for (_, w) in self.inner.pending.lock().drain() {
+            *w.done.lock() = Some(Err(eio("connection to the manager lost")));
+            w.cv.notify_all();
+        }
+        // Every token is void now; sizes still to give back stay in `dirty`.
+        for slot in self.inner.slots.lock().values() {
+            let mut st = slot.st.lock();
+            st.mode = None;
+            st.gen += 1;
+            st.names.clear();
+            st.inode = None;
+            st.extents.clear();
+        }
+        if self.inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::warn!(manager = %self.inner.addr, error = %why, "lost the file-system manager; reconnecting");
+        let me = self.clone();
+        let _ = std::thread::Builder::new().name("fs-reconnect".into()).spawn(move || me.reconnect());
+    }
+
+    fn reconnect(self) {
+        let start = Instant::now();
+        loop {
+            if self.inner.closing.load(Ordering::Acquire) {
+                return;
+            }
+            match self.open_link() {
+                Ok(()) => break,
+                Err(e) => {
+                    if start.elapsed() > Duration::from_secs(5) {
+                        tracing::debug!(error = %e, "manager still unreachable");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        tracing::info!(after_ms = start.elapsed().as_millis() as u64, "file-system manager back");
+        // Sizes written under tokens of the old manager: after the writes
+        // still running finish.
+        let slots: Vec<(u64, Arc<Slot>)> = self.inner.slots.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (ino, slot) in slots {
+            let _io = slot.io.write();
+            let d = slot.st.lock().dirty.take();
+            if let Some((size, mtime_ns)) = d {
+                if let Err(e) = self.call(Req::Flush { ino, size, mtime_ns }) {
+                    tracing::error!(ino, error = %e, "could not give back a file size after reconnecting");
+                }
+            }
+        }
+    }
+
+    pub fn slot(&self, ino: u64) -> Arc<Slot> {
+        self.inner
+            .slots
+            .lock()
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Slot { io: RwLock::new(()), st: Mutex::new(SlotState::default()) }))
+            .clone()
+    }
+
+    /// Sends a request and waits for its reply. Safe-to-repeat requests
+    /// ride out a manager restart; the others fail with an I/O error.
+    pub fn call(&self, req: Req) -> io::Result<Reply> {
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        loop {
+            let link = {
+                let mut l = self.inner.link.lock();
+                while l.is_none() {
+                    if self.inner.closing.load(Ordering::Acquire)
+                        || self.inner.link_cv.wait_until(&mut l, deadline).timed_out()
+                    {
+                        return Err(eio("the file-system manager is unreachable"));
+                    }
+                }
+                l.clone().unwrap_or_else(|| unreachable!())
+            };
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let w = Arc::new(Waiter { done: Mutex::new(None), cv: Condvar::new() });
+            self.inner.pending.lock().insert(id, w.clone());
+            if rpc::send(&mut *link.out.lock(), Kind::Req, id, &req).is_err() {
+                self.inner.pending.lock().remove(&id);
+                let _ = link.out.lock().shutdown(Shutdown::Both);
+                if req.idempotent() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                return Err(eio("connection to the manager lost"));
+            }
+            let mut d = w.done.lock();
+            while d.is_none() {
+                w.cv.wait(&mut d);
+            }
+            match d.take().unwrap_or_else(|| unreachable!()) {
+                Ok(r) => return Ok(r),
+                Err(e) if req.idempotent() && Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "repeating a request after losing the manager");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Like [`call`](Self::call), with errors as errnos.
+    pub fn ask(&self, req: Req) -> Result<Reply, i32> {
+        match self.call(req) {
+            Ok(Reply::Err(e)) => Err(e),
+            Ok(r) => Ok(r),
+            Err(_) => Err(libc::EIO),
+        }
+    }
+
+    /// This node's copy of `ino`'s attributes under a token of at least
+    /// `mode`, asking the manager for one if needed.
+    pub fn ensure(&self, ino: u64, mode: Mode) -> Result<(Arc<Slot>, Inode), i32> {
+        let slot = self.slot(ino);
+        for _ in 0..1000 {
+            {
+                let st = slot.st.lock();
+                if st.holds(mode) {
+                    if let Some(i) = st.inode {
+                        return Ok((slot.clone(), i));
+                    }
+                }
+            }
+            match self.ask(Req::Acquire { ino, mode })? {
+                Reply::Granted { inode, .. } => {
+                    // Installed by the receive thread; if it was taken back at
+                    // once, the attributes of the grant are still current as
+                    // of the request, which is all a caller of attrs needs.
+                    let st = slot.st.lock();
+                    if !st.holds(mode) && mode == Mode::Read {
+                        return rpc::inode_from(&inode).map(|i| (slot.clone(), i)).map_err(|_| libc::EIO);
+                    }
+                }
+                _ => return Err(libc::EIO),
+            }
+        }
+        Err(libc::EAGAIN)
+    }
+
+    /// Stops reconnecting; pending and later calls fail.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        *self.inner.revokes.lock() = None;
+        if let Some(l) = self.inner.link.lock().take() {
+            let _ = l.out.lock().shutdown(Shutdown::Both);
+        }
+        self.inner.link_cv.notify_all();
+    }
+
+    /// Gives back every size and mtime this node still holds (unmount, sync).
+    pub fn flush_all(&self) -> Result<(), i32> {
+        let slots: Vec<(u64, Arc<Slot>)> = self.inner.slots.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (ino, slot) in slots {
+            self.flush(ino, &slot)?;
+        }
+        Ok(())
+    }
+
+    /// Records this inode's size and mtime set here in the manager's journal.
+    pub fn flush(&self, ino: u64, slot: &Slot) -> Result<(), i32> {
+        let d = slot.st.lock().dirty.take();
+        if let Some((size, mtime_ns)) = d {
+            if let Err(e) = self.ask(Req::Flush { ino, size, mtime_ns }) {
+                let mut st = slot.st.lock();
+                st.dirty = Some(st.dirty.map_or((size, mtime_ns), |(s, m)| (s.max(size), m.max(mtime_ns))));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! The file-system manager's wire protocol: every message is a fixed
+//! 24-byte [`Header`] and a body encoded with `bincode`.
+//!
+//! Client → manager: [`Req`] (answered by a [`Reply`] with the same id) and
+//! [`Kind::RevokeDone`] (a token given back, with the attributes the holder
+//! changed under it). Manager → client: [`Reply`] and [`Kind::Revoke`]
+//! (give this inode's token back). Bodies carry inodes and extents as their
+//! on-disk bytes, so the manager and its clients share one layout.
+
+use super::format::{Extent, Inode};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+pub const MAGIC: u32 = u32::from_le_bytes(*b"TPFS");
+/// Largest body accepted: a directory listing of 100,000 long names fits.
+pub const MAX_BODY: u32 = 64 << 20;
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct Header {
+    pub magic: U32,
+    pub kind: u8,
+    pub rsvd: u8,
+    pub rsvd2: U16,
+    pub len: U32,
+    pub rsvd3: U32,
+    /// Request id (a reply repeats it); the inode for revokes.
+    pub id: U64,
+}
+const _: () = assert!(size_of::<Header>() == 24);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Req = 1,
+    Reply = 2,
+    Revoke = 3,
+    RevokeDone = 4,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Req,
+            2 => Kind::Reply,
+            3 => Kind::Revoke,
+            4 => Kind::RevokeDone,
+            _ => return None,
+        })
+    }
+}
+
+/// Token modes on an inode: shared (cache attributes, extents and
+/// directory names; read data) or exclusive (also write data and change
+/// size and times locally, sent back when the token is given back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    None,
+    Read,
+    Write,
+}
+
+impl Mode {
+    pub fn conflicts(self, other: Mode) -> bool {
+        (self == Mode::Write && other != Mode::None) || (other == Mode::Write && self != Mode::None)
+    }
+}
+
+/// What [`super::meta::SetAttr`] carries, on the wire.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct WireSetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime_ns: Option<u64>,
+    pub mtime_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Req {
+    /// First message: who this client is (for logs).
+    Hello {
+        name: String,
+    },
+    /// A token on `ino`; the reply carries its attributes and extents.
+    Acquire {
+        ino: u64,
+        mode: Mode,
+    },
+    Lookup {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    ReadDir {
+        dir: u64,
+    },
+    /// Files, directories, nodes and symlinks (with their target).
+    Create {
+        parent: u64,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        symlink: Option<Vec<u8>>,
+    },
+    Unlink {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Link {
+        ino: u64,
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Rename {
+        sp: u64,
+        sname: Vec<u8>,
+        dp: u64,
+        dname: Vec<u8>,
+        noreplace: bool,
+    },
+    SetAttr {
+        ino: u64,
+        set: WireSetAttr,
+    },
+    /// Map file blocks `lblk..lblk+count`, allocating the unmapped ones.
+    Allocate {
+        ino: u64,
+        lblk: u64,
+        count: u64,
+    },
+    /// Size and mtime changed under an exclusive token (fsync).
+    Flush {
+        ino: u64,
+        size: u64,
+        mtime_ns: u64,
+    },
+    StatFs,
+}
+
+impl Req {
+    /// Safe to send again after the manager restarted: asking twice has the
+    /// effect of asking once.
+    pub fn idempotent(&self) -> bool {
+        matches!(
+            self,
+            Req::Hello { .. }
+                | Req::Acquire { .. }
+                | Req::Lookup { .. }
+                | Req::ReadDir { .. }
+                | Req::Allocate { .. }
+                | Req::Flush { .. }
+                | Req::StatFs
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    /// Failed with this errno.
+    Err(i32),
+    Done,
+    Hello {
+        block_size: u32,
+        fsid: [u8; 16],
+    },
+    /// A token granted: the inode and all its extents.
+    Granted {
+        ino: u64,
+        mode: Mode,
+        inode: Vec<u8>,
+        extents: Vec<u8>,
+    },
+    Entry {
+        ino: u64,
+    },
+    Dir(Vec<(Vec<u8>, u64, u8)>),
+    /// A namespace change: the new or changed inode (with an exclusive token
+    /// on a new one), and the directories it touched after the change.
+    Changed {
+        inode: Option<Vec<u8>>,
+        grant: Option<Mode>,
+        parents: Vec<Vec<u8>>,
+    },
+    Attr(Vec<u8>),
+    Extents(Vec<u8>),
+    StatFs {
+        blocks: u64,
+        bfree: u64,
+        files: u64,
+        ffree: u64,
+    },
+}
+
+/// A token given back: the inode, and the size and mtime its holder set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeDone {
+    pub ino: u64,
+    pub dirty: Option<(u64, u64)>,
+}
+
+pub fn inode_bytes(i: &Inode) -> Vec<u8> {
+    i.as_bytes().to_vec()
+}
+
+pub fn inode_from(b: &[u8]) -> io::Result<Inode> {
+    Inode::read_from_bytes(b).map_err(|_| bad("inode of the wrong size"))
+}
+
+pub fn extents_bytes(e: &[Extent]) -> Vec<u8> {
+    e.as_bytes().to_vec()
+}
+
+pub fn extents_from(b: &[u8]) -> io::Result<Vec<Extent>> {
+    if !b.len().is_multiple_of(size_of::<Extent>()) {
+        return Err(bad("extent list of the wrong size"));
+    }
+    Ok(b.chunks_exact(size_of::<Extent>())
+        .map(|c| Extent::read_from_bytes(c).unwrap_or_else(|_| Extent::new_zeroed()))
+        .collect())
+}
+
+fn bad(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// Writes one message (header and body in one `write`).
+pub fn send<T: Serialize>(w: &mut impl Write, kind: Kind, id: u64, body: &T) -> io::Result<()> {
+    let body = bincode::serialize(body).map_err(|e| bad(&e.to_string()))?;
+    let h = Header {
+        magic: MAGIC.into(),
+        kind: kind as u8,
+        rsvd: 0,
+        rsvd2: 0.into(),
+        len: (body.len() as u32).into(),
+        rsvd3: 0.into(),
+        id: id.into(),
+    };
+    let mut buf = Vec::with_capacity(size_of::<Header>() + body.len());
+    buf.extend_from_slice(h.as_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)
+}
+
+/// Reads one message; malformed input is an error, never a panic.
+pub fn recv(r: &mut impl Read) -> io::Result<(Kind, u64, Vec<u8>)> {
+    let mut hb = [0u8; size_of::<Header>()];
+    r.read_exact(&mut hb)?;
+    let (kind, id, len) = parse_header(&hb)?;
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    Ok((kind, id, body))
+}
+
+pub fn parse_header(hb: &[u8]) -> io::Result<(Kind, u64, u32)> {
+    let h = Header::read_from_bytes(hb).map_err(|_| bad("short header"))?;
+    if h.magic.get() != MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let kind = Kind::from_u8(h.kind).ok_or_else(|| bad("unknown message kind"))?;
+    if h.len.get() > MAX_BODY {
+        return Err(bad("message too large"));
+    }
+    Ok((kind, h.id.get(), h.len.get()))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> io::Result<T> {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(MAX_BODY as u64)
+        .deserialize(body)
+        .map_err(|e| bad(&e.to_string()))
+}
+
+use bincode::Options;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_garbage() {
+        let mut buf = Vec::new();
+        send(&mut buf, Kind::Req, 7, &Req::Lookup { parent: 1, name: b"a".to_vec() }).unwrap();
+        let (k, id, body) = recv(&mut &buf[..]).unwrap();
+        assert_eq!((k, id), (Kind::Req, 7));
+        assert!(matches!(decode::<Req>(&body).unwrap(), Req::Lookup { parent: 1, .. }));
+        // Bad magic, unknown kind, huge length, truncated body: errors.
+        let mut b2 = buf.clone();
+        b2[0] ^= 1;
+        assert!(recv(&mut &b2[..]).is_err());
+        let mut b3 = buf.clone();
+        b3[4] = 9;
+        assert!(recv(&mut &b3[..]).is_err());
+        let mut b4 = buf.clone();
+        b4[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(recv(&mut &b4[..]).is_err());
+        assert!(recv(&mut &buf[..buf.len() - 1]).is_err());
+        // A body that claims a 4 GiB vector is refused, not allocated.
+        // Lookup { parent: 0, name: <u64::MAX bytes> }
+        let evil = [2u32.to_le_bytes().to_vec(), vec![0; 8], u64::MAX.to_le_bytes().to_vec()].concat();
+        assert!(decode::<Req>(&evil).is_err());
+        assert!(extents_from(&[0u8; 25]).is_err());
+        assert!(inode_from(&[0u8; 3]).is_err());
+    }
+
+    #[test]
+    fn modes_conflict_as_readers_and_writers() {
+        use Mode::*;
+        assert!(!Read.conflicts(Read));
+        assert!(Read.conflicts(Write) && Write.conflicts(Read) && Write.conflicts(Write));
+        assert!(!None.conflicts(Write) && !Write.conflicts(None));
+    }
+}
