@@ -163,9 +163,8 @@ fn two_nodes_see_each_other_s_changes_at_once() {
     assert_eq!(ok(&format!("cat {b}/f")), "one\n");
     // Still open for writing on A: B's read and stat take A's token, with
     // the size A set under it.
-    let out = ok(&format!(
-        "exec 3>>{a}/f; printf two >&3; cat {b}/f; echo; printf three >&3; stat -c %s {b}/f; exec 3>&-"
-    ));
+    let out =
+        ok(&format!("exec 3>>{a}/f; printf two >&3; cat {b}/f; echo; printf three >&3; stat -c %s {b}/f; exec 3>&-"));
     assert_eq!(out, "one\ntwo\n12\n");
     // An overwrite inside the file on B, read on A (which read it before).
     ok(&format!("cat {a}/f >/dev/null; printf X | dd of={b}/f bs=1 seek=1 conv=notrunc status=none"));

@@ -6,7 +6,11 @@
 //!   with `dm_get_events` and answers with `dm_respond_event`; the answer goes back
 //!   the same way and unblocks the file-system thread on the source node.
 //!
+//! * [`files`]: the DMAPI functions on files (handles, invisible I/O, holes,
+//!   regions, DM attributes, rights backed by the file-system manager's tokens).
+//!
 //! The daemon that carries frames between the two is `crate::node::daemon`.
 
+pub mod files;
 pub mod session;
 pub mod source;

@@ -127,8 +127,10 @@ pub struct Inode {
     pub extents: [Extent; 6],
     /// Block holding further extents (0: none).
     pub extent_block: U64,
+    /// Block holding DM attributes and managed regions (0: none).
+    pub dm_block: U64,
 }
-const _: () = assert!(size_of::<Inode>() == 240);
+const _: () = assert!(size_of::<Inode>() == 248);
 const _: () = assert!(core::mem::offset_of!(Inode, extents) == 88);
 const _: () = assert!(size_of::<Inode>() <= INODE_SIZE);
 
@@ -212,5 +214,148 @@ mod tests {
         assert!(l.inode_blocks * 4096 >= l.inode_count * INODE_SIZE as u64);
         assert!(l.data_start < l.total);
         assert!(Layout::compute(300, 4096, 64 * 1024).is_none());
+    }
+}
+
+/// A managed region (XDSM `dm_region_t`): data events for accesses that
+/// touch it, by its flags. `size` 0 reaches to the end of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Region {
+    pub offset: u64,
+    pub size: u64,
+    pub flags: u32,
+}
+
+/// `dm_region_t.rg_flags`, as in SGI's dmapi.h.
+pub mod region_flags {
+    pub const READ: u32 = 0x1;
+    pub const WRITE: u32 = 0x2;
+    pub const TRUNCATE: u32 = 0x4;
+}
+
+impl Region {
+    /// Does an access of `len` bytes at `off` (a truncate to `off` when
+    /// `len` is 0) touch this region?
+    pub fn touches(&self, off: u64, len: u64) -> bool {
+        let end = if self.size == 0 { u64::MAX } else { self.offset.saturating_add(self.size) };
+        let a_end = if len == 0 { u64::MAX } else { off.saturating_add(len) };
+        off < end && self.offset < a_end
+    }
+}
+
+/// A file's DM state beyond its event mask: managed regions and DM
+/// attributes, kept in one sealed block per file (`Inode::dm_block`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DmInfo {
+    /// `None` until a DM application sets regions; until then every read,
+    /// write and truncate of the file is an event where a disposition asks
+    /// for one (Tidepool's default: the whole file is managed).
+    pub regions: Option<Vec<Region>>,
+    /// (name of up to [`DM_ATTR_NAME_SIZE`] bytes, value)
+    pub attrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// XDSM `DM_ATTR_NAME_SIZE`.
+pub const DM_ATTR_NAME_SIZE: usize = 8;
+const DM_MAGIC: [u8; 4] = *b"TPDM";
+
+impl DmInfo {
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_none() && self.attrs.is_empty()
+    }
+
+    /// The block image; `None` when it does not fit one block.
+    pub fn encode(&self, bs: usize) -> Option<Vec<u8>> {
+        let mut b = Vec::with_capacity(bs);
+        b.extend_from_slice(&DM_MAGIC);
+        let regions = self.regions.as_deref().unwrap_or(&[]);
+        b.push(self.regions.is_some() as u8);
+        b.extend_from_slice(&(regions.len() as u16).to_le_bytes());
+        b.extend_from_slice(&(self.attrs.len() as u16).to_le_bytes());
+        for r in regions {
+            b.extend_from_slice(&r.offset.to_le_bytes());
+            b.extend_from_slice(&r.size.to_le_bytes());
+            b.extend_from_slice(&r.flags.to_le_bytes());
+        }
+        for (n, v) in &self.attrs {
+            if n.len() > DM_ATTR_NAME_SIZE || v.len() > u16::MAX as usize {
+                return None;
+            }
+            let mut name = [0u8; DM_ATTR_NAME_SIZE];
+            name[..n.len()].copy_from_slice(n);
+            b.extend_from_slice(&name);
+            b.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            b.extend_from_slice(v);
+        }
+        if b.len() + 4 > bs {
+            return None;
+        }
+        b.resize(bs, 0);
+        seal(&mut b);
+        Some(b)
+    }
+
+    pub fn decode(b: &[u8]) -> Option<DmInfo> {
+        if b.len() < 16 || !sealed_ok(b) || b[..4] != DM_MAGIC {
+            return None;
+        }
+        let has_regions = b[4] != 0;
+        let nr = u16::from_le_bytes([b[5], b[6]]) as usize;
+        let na = u16::from_le_bytes([b[7], b[8]]) as usize;
+        let mut at = 9usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = b.get(at..at + n)?;
+            at += n;
+            Some(s)
+        };
+        let mut regions = Vec::with_capacity(nr.min(256));
+        for _ in 0..nr {
+            let x = take(20)?;
+            regions.push(Region {
+                offset: u64::from_le_bytes(x[..8].try_into().ok()?),
+                size: u64::from_le_bytes(x[8..16].try_into().ok()?),
+                flags: u32::from_le_bytes(x[16..20].try_into().ok()?),
+            });
+        }
+        let mut attrs = Vec::with_capacity(na.min(256));
+        for _ in 0..na {
+            let name = take(DM_ATTR_NAME_SIZE)?;
+            let name = name[..name.iter().position(|&c| c == 0).unwrap_or(DM_ATTR_NAME_SIZE)].to_vec();
+            let l = take(2)?;
+            let len = u16::from_le_bytes([l[0], l[1]]) as usize;
+            attrs.push((name, take(len)?.to_vec()));
+        }
+        Some(DmInfo { regions: has_regions.then_some(regions), attrs })
+    }
+}
+
+#[cfg(test)]
+mod dm_tests {
+    use super::*;
+
+    #[test]
+    fn dm_block_round_trip_and_refusals() {
+        let d = DmInfo {
+            regions: Some(vec![Region { offset: 0, size: 0, flags: region_flags::READ | region_flags::WRITE }]),
+            attrs: vec![(b"hsm".to_vec(), b"tier=/x/y".to_vec()), (b"8bytes!!".to_vec(), vec![])],
+        };
+        let b = d.encode(4096).unwrap();
+        assert_eq!(DmInfo::decode(&b).unwrap(), d);
+        let mut bad = b.clone();
+        bad[20] ^= 1;
+        assert!(DmInfo::decode(&bad).is_none(), "a flipped bit fails the CRC");
+        let big = DmInfo { regions: None, attrs: vec![(b"a".to_vec(), vec![0; 5000])] };
+        assert!(big.encode(4096).is_none());
+        let long = DmInfo { regions: None, attrs: vec![(b"ninechars".to_vec(), vec![])] };
+        assert!(long.encode(4096).is_none());
+        assert_eq!(DmInfo::decode(&DmInfo::default().encode(4096).unwrap()).unwrap(), DmInfo::default());
+    }
+
+    #[test]
+    fn regions_touch_as_xdsm_says() {
+        let r = Region { offset: 4096, size: 4096, flags: 0 };
+        assert!(r.touches(4000, 100) && r.touches(8191, 1) && !r.touches(8192, 10) && !r.touches(0, 4096));
+        assert!(r.touches(0, 0), "a truncate below the region touches it");
+        assert!(Region { offset: 10, size: 0, flags: 0 }.touches(1 << 40, 1), "size 0 reaches the end");
     }
 }

@@ -28,7 +28,8 @@
 //! the operation, asynchronously, with its outcome.
 
 use super::blockdev::BlockDev;
-use super::format::{Extent, Inode};
+use super::data::DataPath;
+use super::format::{region_flags, Inode};
 use super::manager::{Manager, ManagerHandle};
 use super::meta::NAME_MAX;
 use super::remote::MetaClient;
@@ -61,7 +62,7 @@ type Listing = Vec<(Vec<u8>, u64, u8)>;
 
 pub struct TidepoolFs {
     meta: MetaClient,
-    dev: Arc<dyn BlockDev>,
+    data: DataPath,
     bs: u64,
     dm: Option<DmLink>,
     /// Spare connections to the node daemon, one per concurrent event.
@@ -80,10 +81,6 @@ pub struct DmLink {
 
 fn ts(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn to_ns(t: TimeOrNow) -> u64 {
@@ -110,21 +107,13 @@ fn e(errno: i32) -> Errno {
     Errno::from_i32(errno)
 }
 
-/// The file block holding `lblk`: (physical block, blocks mapped from there).
-fn map(exts: &[Extent], lblk: u64) -> Option<(u64, u64)> {
-    exts.iter().find_map(|x| {
-        let (l, p, n) = (x.lblk.get(), x.pblk.get(), x.len.get() as u64);
-        (l <= lblk && lblk < l + n).then(|| (p + (lblk - l), l + n - lblk))
-    })
-}
-
 impl TidepoolFs {
     pub fn new(meta: MetaClient, dev: Arc<dyn BlockDev>) -> Self {
-        let bs = meta.fs_info().0 as u64;
+        let data = DataPath::new(meta.clone(), dev);
         Self {
             meta,
-            dev,
-            bs,
+            bs: data.bs,
+            data,
             dm: None,
             dm_pool: Mutex::new(Vec::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -178,8 +167,24 @@ impl TidepoolFs {
         }
     }
 
+    /// Does a data access fall in a managed region with its flag? A file
+    /// whose regions were never set is managed whole.
+    fn managed(&self, t: EventType, ino: u64, off: u64, len: u64) -> bool {
+        let flag = match t {
+            EventType::Read => region_flags::READ,
+            EventType::Write => region_flags::WRITE,
+            EventType::Truncate => region_flags::TRUNCATE,
+            _ => return true,
+        };
+        let regions = match self.meta.ensure(ino, Mode::Read) {
+            Ok((slot, _)) => slot.st.lock().dm.regions.clone(),
+            Err(_) => return true,
+        };
+        regions.is_none_or(|rs| rs.iter().any(|r| r.flags & flag != 0 && r.touches(off, len)))
+    }
+
     fn data_event(&self, t: EventType, ino: u64, offset: u64, length: u64) -> R<()> {
-        if self.dm.is_none() {
+        if self.dm.is_none() || !self.managed(t, ino, offset, length) {
             return Ok(());
         }
         self.dm_event(t, |s| EventBody::Data {
@@ -217,7 +222,7 @@ impl TidepoolFs {
     /// Out of space: a synchronous nospace event lets an HSM free some and
     /// answer CONTINUE, after which the write is tried once more.
     fn write_with_nospace_retry(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
-        match self.write_data(ino, off, data) {
+        match self.data.write(ino, off, data, true) {
             Err(libc::ENOSPC) if self.dm.is_some() => {
                 let fs = self.dm.as_ref().map(|l| l.fs).unwrap_or(FsId(0));
                 self.dm_event(EventType::Nospace, |_| EventBody::Namespace {
@@ -228,7 +233,7 @@ impl TidepoolFs {
                     name2: Vec::new(),
                     retcode: 0,
                 })?;
-                self.write_data(ino, off, data)
+                self.data.write(ino, off, data, true)
             }
             r => r,
         }
@@ -297,118 +302,6 @@ impl TidepoolFs {
 
     fn gen_of(&self, dir: u64) -> u64 {
         self.meta.slot(dir).st.lock().gen
-    }
-
-    /// Reads `len` bytes at `off` of a file, holes as zeroes, clipped to its size.
-    fn read_data(&self, ino: u64, off: u64, len: u64) -> R<Vec<u8>> {
-        loop {
-            let (slot, _) = self.meta.ensure(ino, Mode::Read)?;
-            let _io = slot.io.read();
-            let (size, exts) = {
-                let st = slot.st.lock();
-                match (st.holds(Mode::Read), st.inode) {
-                    (true, Some(i)) => (i.size.get(), st.extents.clone()),
-                    _ => continue,
-                }
-            };
-            let end = (off + len).min(size);
-            if off >= end {
-                return Ok(Vec::new());
-            }
-            let (first, last) = (off / self.bs, (end - 1) / self.bs);
-            let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
-            self.read_blocks(&exts, first, &mut buf)?;
-            let skip = (off - first * self.bs) as usize;
-            buf.truncate(skip + (end - off) as usize);
-            buf.drain(..skip);
-            return Ok(buf);
-        }
-    }
-
-    /// Fills `buf` with file blocks from `first`; unmapped blocks are zero.
-    fn read_blocks(&self, exts: &[Extent], first: u64, buf: &mut [u8]) -> R<()> {
-        let n = buf.len() as u64 / self.bs;
-        let mut b = 0u64;
-        while b < n {
-            match map(exts, first + b) {
-                Some((p, run)) => {
-                    let k = run.min(n - b);
-                    let at = (b * self.bs) as usize;
-                    self.dev.read(p, &mut buf[at..at + (k * self.bs) as usize]).map_err(|e| e.errno())?;
-                    b += k;
-                }
-                None => {
-                    let at = (b * self.bs) as usize;
-                    buf[at..at + self.bs as usize].fill(0);
-                    b += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn write_data(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        loop {
-            let (slot, _) = self.meta.ensure(ino, Mode::Write)?;
-            let _io = slot.io.read();
-            let (size, mut exts) = {
-                let st = slot.st.lock();
-                match (st.holds(Mode::Write), st.inode) {
-                    (true, Some(i)) => (i.size.get(), st.extents.clone()),
-                    _ => continue,
-                }
-            };
-            let end = off + data.len() as u64;
-            let (first, last) = (off / self.bs, (end - 1) / self.bs);
-            if (first..=last).any(|b| map(&exts, b).is_none()) {
-                match self.meta.ask(Req::Allocate { ino, lblk: first, count: last - first + 1 })? {
-                    Reply::Extents(b) => exts = rpc::extents_from(&b).map_err(|_| libc::EIO)?,
-                    _ => return Err(libc::EIO),
-                }
-                let blocks: u64 = exts.iter().map(|x| x.len.get() as u64).sum();
-                let mut st = slot.st.lock();
-                st.extents = exts.clone();
-                if let Some(i) = st.inode.as_mut() {
-                    i.blocks = blocks.into();
-                }
-            }
-            // Whole blocks: keep what a partial first or last block does not cover.
-            let mut buf = vec![0u8; ((last - first + 1) * self.bs) as usize];
-            let head = (off - first * self.bs) as usize;
-            let bsz = self.bs as usize;
-            if head != 0 && first * self.bs < size {
-                self.read_blocks(&exts, first, &mut buf[..bsz])?;
-            }
-            let tail_partial = !end.is_multiple_of(self.bs);
-            if tail_partial && last * self.bs < size && (last != first || head == 0) {
-                let at = buf.len() - bsz;
-                self.read_blocks(&exts, last, &mut buf[at..])?;
-            }
-            buf[head..head + data.len()].copy_from_slice(data);
-            let mut b = first;
-            while b <= last {
-                let (p, run) = map(&exts, b).ok_or(libc::EIO)?;
-                let k = run.min(last + 1 - b);
-                let at = ((b - first) * self.bs) as usize;
-                self.dev.write(p, &buf[at..at + (k * self.bs) as usize], false).map_err(|e| e.errno())?;
-                b += k;
-            }
-            // Size and mtime are this node's to keep until the token goes back.
-            let t = now_ns();
-            let mut st = slot.st.lock();
-            let new_size = st.inode.map_or(end, |i| i.size.get().max(end));
-            if let Some(i) = st.inode.as_mut() {
-                i.size = new_size.into();
-                i.mtime_ns = t.into();
-                i.ctime_ns = t.into();
-            }
-            let prev = st.dirty.unwrap_or((0, 0));
-            st.dirty = Some((prev.0.max(new_size), t));
-            return Ok(());
-        }
     }
 
     /// A create event, then the create: one path for files, directories, nodes and symlinks.
@@ -535,7 +428,7 @@ impl Filesystem for TidepoolFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.read_data(ino.0, 0, 4096) {
+        match self.data.read(ino.0, 0, 4096) {
             Ok(d) => reply.data(&d),
             Err(x) => reply.error(e(x)),
         }
@@ -657,7 +550,7 @@ impl Filesystem for TidepoolFs {
         if let Err(x) = self.data_event(EventType::Read, ino.0, offset, size as u64) {
             return reply.error(e(x));
         }
-        match self.read_data(ino.0, offset, size as u64) {
+        match self.data.read(ino.0, offset, size as u64) {
             Ok(d) => reply.data(&d),
             Err(x) => reply.error(e(x)),
         }
@@ -700,7 +593,7 @@ impl Filesystem for TidepoolFs {
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // Data first, then the size that makes it reachable.
-        if let Err(x) = self.dev.flush() {
+        if let Err(x) = self.data.dev.flush() {
             return reply.error(e(x.errno()));
         }
         let slot = self.meta.slot(ino.0);

@@ -286,8 +286,52 @@ impl Manager {
                     Err(e) => (None, err(e)),
                 }
             }),
+            Req::DmSet { ino, info } => self.dm_op(peer, rid, ino, |m| m.set_dm_info(ino, info)),
+            Req::SetEventList { ino, mask } => self.dm_op(peer, rid, ino, |m| m.set_eventlist(ino, mask)),
+            Req::Punch { ino, off, len } => self.dm_op(peer, rid, ino, |m| m.punch(ino, off, len)),
             _ => peer.send(Kind::Reply, rid, &Reply::Err(libc::EINVAL)),
         }
+    }
+
+    /// A DM change to one file: other nodes' tokens go, the requester keeps
+    /// its own (a DM application changes files under its right) and gets
+    /// the file's new state with it.
+    fn dm_op(&self, peer: &Arc<Peer>, rid: u64, ino: u64, f: impl FnOnce(&mut MetaStore) -> Result<Inode, MetaError>) {
+        // The holder of the exclusive token (a DM application under its
+        // right) changes the file at once: nobody else holds anything, and
+        // a node waiting for the token must not make it wait in turn.
+        let exclusive = self.table.lock().inodes.get(&ino).and_then(|t| t.holders.get(&peer.id).copied());
+        if exclusive == Some(Mode::Write) {
+            let mut m = self.meta.lock();
+            let reply = match f(&mut m) {
+                Ok(i) => Reply::Granted {
+                    ino,
+                    mode: Mode::Write,
+                    inode: rpc::inode_bytes(&i),
+                    extents: rpc::extents_bytes(&m.extents(ino)),
+                    dm: m.dm_info(ino),
+                },
+                Err(e) => err(e),
+            };
+            peer.send(Kind::Reply, rid, &reply);
+            return;
+        }
+        self.op(peer, rid, &[(ino, true)], |m, p| match f(m) {
+            Ok(i) => {
+                let mode = self.table.lock().inodes.get(&ino).and_then(|t| t.holders.get(&p.id).copied());
+                (
+                    None,
+                    Reply::Granted {
+                        ino,
+                        mode: mode.unwrap_or(Mode::None),
+                        inode: rpc::inode_bytes(&i),
+                        extents: rpc::extents_bytes(&m.extents(ino)),
+                        dm: m.dm_info(ino),
+                    },
+                )
+            }
+            Err(e) => (None, err(e)),
+        })
     }
 
     fn write_symlink(&self, m: &mut MetaStore, ino: u64, target: &[u8]) -> Result<Inode, MetaError> {
@@ -372,15 +416,15 @@ impl Manager {
         // namespace changes take them in the other order.
         let got = MutexGuard::unlocked(&mut t, || {
             let m = self.meta.lock();
-            m.getattr(ino).map(|i| (i, m.extents(ino)))
+            m.getattr(ino).map(|i| (i, m.extents(ino), m.dm_info(ino)))
         });
         let reply = match got {
-            Ok((i, exts)) => {
+            Ok((i, exts, dm)) => {
                 if let Some(tok) = t.inodes.get_mut(&ino) {
                     let h = tok.holders.entry(peer.id).or_insert(Mode::None);
                     *h = (*h).max(mode);
                 }
-                Reply::Granted { ino, mode, inode: rpc::inode_bytes(&i), extents: rpc::extents_bytes(&exts) }
+                Reply::Granted { ino, mode, inode: rpc::inode_bytes(&i), extents: rpc::extents_bytes(&exts), dm }
             }
             Err(e) => err(e),
         };

@@ -8,7 +8,7 @@
 //! memory (name → entry), so lookups stay O(1) in directories of any size.
 
 use super::blockdev::BlockDev;
-use super::format::{seal, sealed_ok, Extent, Inode, Layout, Superblock, INODE_SIZE, ROOT_INO};
+use super::format::{seal, sealed_ok, DmInfo, Extent, Inode, Layout, Superblock, INODE_SIZE, ROOT_INO};
 use super::journal::{max_tx_blocks, Journal};
 use super::mkfs::{inode_location, read_superblock};
 use super::{FsError, Result};
@@ -90,6 +90,8 @@ pub struct MetaStore {
     dirs: HashMap<u64, Dir>,
     /// Overflow extents of inodes whose map outgrew the inode.
     ext_blocks: HashMap<u64, Vec<Extent>>,
+    /// DM attributes and managed regions of the inodes that have them.
+    dm: HashMap<u64, DmInfo>,
     /// Blocks changed by the operation in progress.
     dirty: BTreeMap<u64, Vec<u8>>,
     free_blocks: u64,
@@ -132,6 +134,8 @@ pub enum MetaError {
     NoSpace,
     #[error("file too large or too fragmented")]
     TooBig,
+    #[error("DM attributes and regions do not fit their block")]
+    NoRoom,
     #[error(transparent)]
     Fs(#[from] FsError),
     /// Refused before it ran (a DM application's ABORT), with this errno.
@@ -150,6 +154,7 @@ impl MetaError {
             MetaError::Invalid(_) => libc::EINVAL,
             MetaError::NoSpace => libc::ENOSPC,
             MetaError::TooBig => libc::EFBIG,
+            MetaError::NoRoom => libc::E2BIG,
             MetaError::Fs(e) => e.errno(),
             MetaError::Refused(e) => *e,
         }
@@ -211,6 +216,7 @@ impl MetaStore {
             free_inos,
             dirs: HashMap::new(),
             ext_blocks: HashMap::new(),
+            dm: HashMap::new(),
             dirty: BTreeMap::new(),
             free_blocks: layout.total - used,
             alloc_hint: layout.data_start,
@@ -224,6 +230,14 @@ impl MetaStore {
         for (ino, blk) in with_overflow {
             let exts = m.read_ext_block(blk)?;
             m.ext_blocks.insert(ino, exts);
+        }
+        let with_dm: Vec<(u64, u64)> =
+            m.inodes.values().filter(|i| i.dm_block.get() != 0).map(|i| (i.ino.get(), i.dm_block.get())).collect();
+        for (ino, blk) in with_dm {
+            let mut b = vec![0u8; m.bs];
+            m.dev.read(blk, &mut b)?;
+            let info = DmInfo::decode(&b).ok_or(FsError::Corrupt { block: blk, why: "DM attribute block".into() })?;
+            m.dm.insert(ino, info);
         }
         let dirs: Vec<u64> =
             m.inodes.values().filter(|i| Kind::of_mode(i.mode.get()) == Kind::Dir).map(|i| i.ino.get()).collect();
@@ -572,7 +586,11 @@ impl MetaStore {
         if i.extent_block.get() != 0 {
             self.set_bit(i.extent_block.get(), false)?;
         }
+        if i.dm_block.get() != 0 {
+            self.set_bit(i.dm_block.get(), false)?;
+        }
         self.ext_blocks.remove(&ino);
+        self.dm.remove(&ino);
         self.dirs.remove(&ino);
         let mut z = Inode::new_zeroed();
         z.ino = ino.into();
@@ -877,6 +895,95 @@ impl MetaStore {
             let t = now_ns();
             i.mtime_ns = t.into();
             i.ctime_ns = t.into();
+            m.put_inode(i)?;
+            Ok(i)
+        })
+    }
+
+    /// A file's DM attributes and managed regions (empty if it has none).
+    pub fn dm_info(&self, ino: u64) -> DmInfo {
+        self.dm.get(&ino).cloned().unwrap_or_default()
+    }
+
+    /// Replaces a file's DM attributes and regions: one transaction, with
+    /// the block allocated on first use and freed when nothing is left.
+    pub fn set_dm_info(&mut self, ino: u64, info: DmInfo) -> MResult<Inode> {
+        self.run(|m| {
+            let mut i = m.getattr(ino)?;
+            if info.is_empty() {
+                if i.dm_block.get() != 0 {
+                    m.set_bit(i.dm_block.get(), false)?;
+                    i.dm_block = 0.into();
+                }
+                m.dm.remove(&ino);
+            } else {
+                let img = info.encode(m.bs).ok_or(MetaError::NoRoom)?;
+                if i.dm_block.get() == 0 {
+                    let (b, _) = m.alloc_run(1)?;
+                    i.dm_block = b.into();
+                }
+                *m.block_image(i.dm_block.get())? = img;
+                m.dm.insert(ino, info);
+            }
+            i.ctime_ns = now_ns().into();
+            m.put_inode(i)?;
+            Ok(i)
+        })
+    }
+
+    /// The file's XDSM event list (`dm_set_eventlist`), as an event-set mask.
+    pub fn set_eventlist(&mut self, ino: u64, mask: u64) -> MResult<Inode> {
+        self.run(|m| {
+            let mut i = m.getattr(ino)?;
+            i.dm_events = mask.into();
+            m.put_inode(i)?;
+            Ok(i)
+        })
+    }
+
+    /// Frees the whole blocks inside `off..off+len` (`len` 0: to the end of
+    /// the file); the size stays, the range reads as zeroes (`dm_punch_hole`).
+    pub fn punch(&mut self, ino: u64, off: u64, len: u64) -> MResult<Inode> {
+        self.run(|m| {
+            let i = m.getattr(ino)?;
+            if Kind::of_mode(i.mode.get()) != Kind::File {
+                return Err(MetaError::Invalid("holes are punched in regular files".into()));
+            }
+            let bs = m.bs as u64;
+            let first = off.div_ceil(bs);
+            let last = if len == 0 { u64::MAX } else { (off.saturating_add(len)) / bs };
+            if first >= last {
+                return Ok(i);
+            }
+            let mut out = Vec::new();
+            let mut freed = 0u64;
+            for e in m.extents(ino) {
+                let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
+                let (a, b) = (l.max(first), (l + n).min(last));
+                if a >= b {
+                    out.push(e);
+                    continue;
+                }
+                for k in a..b {
+                    m.set_bit(p + (k - l), false)?;
+                }
+                freed += b - a;
+                if a > l {
+                    out.push(Extent { len: ((a - l) as u32).into(), ..e });
+                }
+                if b < l + n {
+                    out.push(Extent {
+                        lblk: b.into(),
+                        pblk: (p + (b - l)).into(),
+                        len: ((l + n - b) as u32).into(),
+                        ..e
+                    });
+                }
+            }
+            m.set_extents(ino, &out)?;
+            let mut i = m.getattr(ino)?;
+            i.blocks = i.blocks.get().saturating_sub(freed).into();
+            i.ctime_ns = now_ns().into();
             m.put_inode(i)?;
             Ok(i)
         })

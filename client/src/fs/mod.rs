@@ -19,6 +19,7 @@
 //! ```
 
 pub mod blockdev;
+pub mod data;
 pub mod format;
 pub mod fuse;
 pub mod journal;

@@ -15,7 +15,7 @@
 //! changes that were in flight fail with EIO because nobody can say whether
 //! they happened.
 
-use super::format::{Extent, Inode};
+use super::format::{DmInfo, Extent, Inode};
 use super::rpc::{self, Kind, Mode, Reply, Req, RevokeDone};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -35,6 +35,8 @@ pub struct Slot {
     /// so a revoke waits for the reads and writes already under way.
     pub io: RwLock<()>,
     pub st: Mutex<SlotState>,
+    /// Signalled when a pin (DM right) is released.
+    pub unpinned: Condvar,
 }
 
 #[derive(Default)]
@@ -49,6 +51,10 @@ pub struct SlotState {
     pub dirty: Option<(u64, u64)>,
     /// Directory names looked up under a shared token (None: no such name).
     pub names: HashMap<Vec<u8>, Option<u64>>,
+    /// Managed regions and DM attributes, as of the grant.
+    pub dm: DmInfo,
+    /// Held as a DM access right: a revoke waits until it is released.
+    pub pins: u32,
 }
 
 impl SlotState {
@@ -170,11 +176,16 @@ impl MetaClient {
     /// Installs what a reply grants, before anything later on the wire.
     fn apply(&self, reply: &Reply) {
         match reply {
-            Reply::Granted { ino, mode, inode, extents } => {
+            Reply::Granted { ino, mode, inode, extents, dm } => {
                 let (Ok(i), Ok(e)) = (rpc::inode_from(inode), rpc::extents_from(extents)) else { return };
                 let slot = self.slot(*ino);
                 let mut st = slot.st.lock();
+                if *mode == Mode::None && st.mode.is_none() {
+                    // A refresh of a file this node holds no token on: nothing to cache.
+                    return;
+                }
                 st.mode = Some(st.mode.map_or(*mode, |m| m.max(*mode)));
+                st.dm = dm.clone();
                 let keep_size = st.dirty.map(|d| d.0);
                 st.inode = Some(i);
                 if let (Some(sz), Some(i)) = (keep_size, st.inode.as_mut()) {
@@ -214,9 +225,13 @@ impl MetaClient {
             Some(slot) => {
                 {
                     let mut st = slot.st.lock();
-                    st.mode = None;
-                    st.gen += 1;
-                    st.names.clear();
+                    // Under a DM right the holder keeps using the token until
+                    // it releases the right; the worker drops it then.
+                    if st.pins == 0 {
+                        st.mode = None;
+                        st.gen += 1;
+                        st.names.clear();
+                    }
                 }
                 if let Some(tx) = self.inner.revokes.lock().as_ref() {
                     let _ = tx.send(ino);
@@ -231,6 +246,17 @@ impl MetaClient {
         let Some(slot) = self.inner.slots.lock().get(&ino).cloned() else {
             return self.send_done(RevokeDone { ino, dirty: None });
         };
+        {
+            let mut st = slot.st.lock();
+            // A DM right holds the token until the application releases it
+            // (and keeps I/O under the right going meanwhile).
+            while st.pins > 0 {
+                slot.unpinned.wait(&mut st);
+            }
+            st.mode = None;
+            st.gen += 1;
+            st.names.clear();
+        }
         let _io = slot.io.write();
         let dirty = {
             let mut st = slot.st.lock();
@@ -313,7 +339,9 @@ impl MetaClient {
             .slots
             .lock()
             .entry(ino)
-            .or_insert_with(|| Arc::new(Slot { io: RwLock::new(()), st: Mutex::new(SlotState::default()) }))
+            .or_insert_with(|| {
+                Arc::new(Slot { io: RwLock::new(()), st: Mutex::new(SlotState::default()), unpinned: Condvar::new() })
+            })
             .clone()
     }
 
@@ -396,6 +424,28 @@ impl MetaClient {
             }
         }
         Err(libc::EAGAIN)
+    }
+
+    /// Holds a token of at least `mode` on `ino` until [`unpin`](Self::unpin):
+    /// a DM access right. Conflicting access anywhere in the cluster waits.
+    pub fn pin(&self, ino: u64, mode: Mode) -> Result<(), i32> {
+        for _ in 0..1000 {
+            let (slot, _) = self.ensure(ino, mode)?;
+            let mut st = slot.st.lock();
+            if st.holds(mode) {
+                st.pins += 1;
+                return Ok(());
+            }
+        }
+        Err(libc::EAGAIN)
+    }
+
+    pub fn unpin(&self, ino: u64) {
+        let slot = self.slot(ino);
+        let mut st = slot.st.lock();
+        st.pins = st.pins.saturating_sub(1);
+        drop(st);
+        slot.unpinned.notify_all();
     }
 
     /// Stops reconnecting; pending and later calls fail.

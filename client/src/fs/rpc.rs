@@ -7,7 +7,7 @@
 //! (give this inode's token back). Bodies carry inodes and extents as their
 //! on-disk bytes, so the manager and its clients share one layout.
 
-use super::format::{Extent, Inode};
+use super::format::{DmInfo, Extent, Inode};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -143,6 +143,23 @@ pub enum Req {
         mtime_ns: u64,
     },
     StatFs,
+    /// Replace a file's DM attributes and managed regions. This and the
+    /// next two keep the requester's token and answer with a refreshed
+    /// [`Reply::Granted`] (mode `None` when it holds none).
+    DmSet {
+        ino: u64,
+        info: DmInfo,
+    },
+    SetEventList {
+        ino: u64,
+        mask: u64,
+    },
+    /// `dm_punch_hole`: free the whole blocks of the range.
+    Punch {
+        ino: u64,
+        off: u64,
+        len: u64,
+    },
 }
 
 impl Req {
@@ -158,6 +175,9 @@ impl Req {
                 | Req::Allocate { .. }
                 | Req::Flush { .. }
                 | Req::StatFs
+                | Req::DmSet { .. }
+                | Req::SetEventList { .. }
+                | Req::Punch { .. }
         )
     }
 }
@@ -171,12 +191,13 @@ pub enum Reply {
         block_size: u32,
         fsid: [u8; 16],
     },
-    /// A token granted: the inode and all its extents.
+    /// A token granted: the inode, all its extents and its DM state.
     Granted {
         ino: u64,
         mode: Mode,
         inode: Vec<u8>,
         extents: Vec<u8>,
+        dm: DmInfo,
     },
     Entry {
         ino: u64,

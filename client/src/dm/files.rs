@@ -1,0 +1,373 @@
+//! The DMAPI functions on a Tidepool file system's files, for a DM
+//! application on any node: handles, invisible I/O, holes, allocation
+//! info, managed regions, DM attributes, event lists and access rights.
+//!
+//! A [`DmFs`] is a client of the file system's manager, like a mount but
+//! without FUSE: file data moves directly between this node and the storage
+//! nodes, and everything it caches is under the manager's tokens. DM access
+//! rights are those tokens held on purpose: an exclusive right on node A
+//! revokes every other node's token on the file and keeps it until
+//! released, so conflicting access on every node waits (B6). Invisible
+//! reads and writes generate no events and leave the times alone.
+
+use crate::fs::blockdev::BlockDev;
+use crate::fs::data::{map, DataPath};
+use crate::fs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
+use crate::fs::remote::MetaClient;
+use crate::fs::rpc::{Mode, Reply, Req};
+use dmapi::error::{DmError, DmResult};
+use dmapi::types::{DmHandle, DmRight, EventSet, FsId, HandleKind};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `dm_get_allocinfo` extent types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentType {
+    /// Blocks on the volume.
+    Res,
+    /// Nothing stored: reads as zeroes.
+    Hole,
+}
+
+fn from_errno(e: i32) -> DmError {
+    match e {
+        libc::ENOENT | libc::ESTALE => DmError::BadF("no such file"),
+        libc::EINVAL => DmError::Inval("refused by the file system"),
+        libc::E2BIG => DmError::TooBig { needed: 0 },
+        libc::EAGAIN => DmError::Again("busy, try again"),
+        libc::EPERM | libc::EACCES => DmError::Perm("not permitted"),
+        libc::EEXIST => DmError::Exist("exists"),
+        e => DmError::Io(format!("file system errno {e}")),
+    }
+}
+
+pub struct DmFs {
+    data: DataPath,
+    fs: FsId,
+    /// Rights this application holds, per inode.
+    rights: Mutex<HashMap<u64, DmRight>>,
+}
+
+impl DmFs {
+    /// Connects to the manager of file system `fs` at `manager`, with
+    /// `dev` the node's connection to its volume.
+    pub fn connect(manager: SocketAddr, dev: Arc<dyn BlockDev>, fs: FsId, name: &str) -> std::io::Result<DmFs> {
+        let meta = MetaClient::connect(manager, name)?;
+        Ok(DmFs { data: DataPath::new(meta, dev), fs, rights: Mutex::new(HashMap::new()) })
+    }
+
+    fn meta(&self) -> &MetaClient {
+        &self.data.meta
+    }
+
+    fn inode(&self, ino: u64) -> DmResult<Inode> {
+        self.meta().ensure(ino, Mode::Read).map(|(_, i)| i).map_err(from_errno)
+    }
+
+    /// The inode a file handle names; `EBADF` for another file system, a
+    /// non-file handle, or a file that was removed (generation changed).
+    fn ino(&self, h: &DmHandle) -> DmResult<u64> {
+        if h.kind() != HandleKind::File || h.fsid() != self.fs {
+            return Err(DmError::BadF("not a file handle of this file system"));
+        }
+        let ino = h.ino()?;
+        let i = self.inode(ino)?;
+        if i.mode.get() == 0 || i.generation.get() != h.igen()? {
+            return Err(DmError::BadF("stale handle"));
+        }
+        Ok(ino)
+    }
+
+    fn handle_of(&self, ino: u64) -> DmResult<DmHandle> {
+        let i = self.inode(ino)?;
+        Ok(DmHandle::file(self.fs, ino, i.generation.get()))
+    }
+
+    /// `dm_path_to_handle`: `path` on a Tidepool mount of this file system
+    /// (the inode number a mount shows is the file system's own).
+    pub fn path_to_handle(&self, path: &Path) -> DmResult<DmHandle> {
+        let md = std::fs::symlink_metadata(path).map_err(|_| DmError::NoEnt("no such path"))?;
+        self.handle_of(md.ino())
+    }
+
+    /// `dm_path_to_fshandle`.
+    pub fn path_to_fshandle(&self, path: &Path) -> DmResult<DmHandle> {
+        self.path_to_handle(path).map(|_| DmHandle::fs(self.fs))
+    }
+
+    /// `dm_fd_to_handle`.
+    pub fn fd_to_handle(&self, file: &std::fs::File) -> DmResult<DmHandle> {
+        let md = file.metadata().map_err(|_| DmError::BadF("bad file descriptor"))?;
+        self.handle_of(md.ino())
+    }
+
+    /// `dm_get_fileattr`: the file's attributes, as its inode holds them.
+    pub fn get_fileattr(&self, h: &DmHandle) -> DmResult<Inode> {
+        let ino = self.ino(h)?;
+        self.inode(ino)
+    }
+
+    /// `dm_read_invis`: no event, no access time.
+    pub fn read_invis(&self, h: &DmHandle, off: u64, len: u64) -> DmResult<Vec<u8>> {
+        let ino = self.ino(h)?;
+        self.data.read(ino, off, len).map_err(from_errno)
+    }
+
+    /// `dm_write_invis`: no event, no modification time; `sync`
+    /// (`DM_WRITE_SYNC`) makes data and size durable before returning.
+    pub fn write_invis(&self, h: &DmHandle, off: u64, data: &[u8], sync: bool) -> DmResult<usize> {
+        let ino = self.ino(h)?;
+        self.data.write(ino, off, data, false).map_err(from_errno)?;
+        if sync {
+            self.sync_by_handle(h)?;
+        }
+        Ok(data.len())
+    }
+
+    /// `dm_sync_by_handle`.
+    pub fn sync_by_handle(&self, h: &DmHandle) -> DmResult<()> {
+        let ino = self.ino(h)?;
+        self.data.dev.flush().map_err(|e| DmError::Io(e.to_string()))?;
+        let slot = self.meta().slot(ino);
+        self.meta().flush(ino, &slot).map_err(from_errno)
+    }
+
+    /// `dm_probe_hole`: the part of `off..off+len` (`len` 0: to the end)
+    /// that `dm_punch_hole` would free, as (offset, length).
+    pub fn probe_hole(&self, h: &DmHandle, off: u64, len: u64) -> DmResult<(u64, u64)> {
+        let ino = self.ino(h)?;
+        let size = self.inode(ino)?.size.get();
+        let bs = self.data.bs;
+        if off > size {
+            return Err(DmError::Inval("offset past the end of the file"));
+        }
+        let roff = off.div_ceil(bs) * bs;
+        if len == 0 {
+            return Ok((roff, 0));
+        }
+        let end = (off + len) / bs * bs;
+        if end <= roff {
+            return Err(DmError::Inval("range holds no whole block"));
+        }
+        Ok((roff, end - roff))
+    }
+
+    /// `dm_punch_hole`: frees the whole blocks in the range; the size stays.
+    pub fn punch_hole(&self, h: &DmHandle, off: u64, len: u64) -> DmResult<()> {
+        let ino = self.ino(h)?;
+        self.need_right(ino, DmRight::Excl)?;
+        // Data this node still has to give back goes first.
+        let slot = self.meta().slot(ino);
+        self.meta().flush(ino, &slot).map_err(from_errno)?;
+        match self.meta().ask(Req::Punch { ino, off, len }).map_err(from_errno)? {
+            Reply::Granted { .. } => Ok(()),
+            _ => Err(DmError::Io("unexpected reply".into())),
+        }
+    }
+
+    /// `dm_get_allocinfo`: resident extents and holes up to the end of the file.
+    pub fn get_allocinfo(&self, h: &DmHandle) -> DmResult<Vec<(u64, u64, ExtentType)>> {
+        let ino = self.ino(h)?;
+        let (slot, i) = self.meta().ensure(ino, Mode::Read).map_err(from_errno)?;
+        let exts = slot.st.lock().extents.clone();
+        let bs = self.data.bs;
+        let blocks = i.size.get().div_ceil(bs);
+        let mut out: Vec<(u64, u64, ExtentType)> = Vec::new();
+        let mut b = 0;
+        while b < blocks {
+            let (t, n) = match map(&exts, b) {
+                Some((_, run)) => (ExtentType::Res, run.min(blocks - b)),
+                None => {
+                    let next = exts.iter().map(|x| x.lblk.get()).filter(|&l| l > b).min().unwrap_or(blocks);
+                    (ExtentType::Hole, next.min(blocks) - b)
+                }
+            };
+            match out.last_mut() {
+                Some(last) if last.2 == t && last.0 + last.1 == b * bs => last.1 += n * bs,
+                _ => out.push((b * bs, n * bs, t)),
+            }
+            b += n;
+        }
+        Ok(out)
+    }
+
+    fn dm_info(&self, ino: u64) -> DmResult<DmInfo> {
+        let (slot, _) = self.meta().ensure(ino, Mode::Read).map_err(from_errno)?;
+        let d = slot.st.lock().dm.clone();
+        Ok(d)
+    }
+
+    fn set_dm_info(&self, ino: u64, info: DmInfo) -> DmResult<()> {
+        match self.meta().ask(Req::DmSet { ino, info }).map_err(from_errno)? {
+            Reply::Granted { .. } => Ok(()),
+            _ => Err(DmError::Io("unexpected reply".into())),
+        }
+    }
+
+    /// `dm_set_region`: replaces the file's managed regions; returns
+    /// `exactflag` (true: regions are kept exactly as given).
+    pub fn set_region(&self, h: &DmHandle, regions: &[Region]) -> DmResult<bool> {
+        let ino = self.ino(h)?;
+        let mut d = self.dm_info(ino)?;
+        d.regions = Some(regions.to_vec());
+        self.set_dm_info(ino, d)?;
+        Ok(true)
+    }
+
+    /// `dm_get_region`: the managed regions (none set: the whole file, as
+    /// one region for read, write and truncate).
+    pub fn get_region(&self, h: &DmHandle) -> DmResult<Vec<Region>> {
+        use crate::fs::format::region_flags::*;
+        let ino = self.ino(h)?;
+        Ok(self
+            .dm_info(ino)?
+            .regions
+            .unwrap_or_else(|| vec![Region { offset: 0, size: 0, flags: READ | WRITE | TRUNCATE }]))
+    }
+
+    fn check_name(name: &[u8]) -> DmResult<()> {
+        if name.is_empty() || name.len() > DM_ATTR_NAME_SIZE || name.contains(&0) {
+            return Err(DmError::Inval("DM attribute names are 1 to 8 bytes, no NUL"));
+        }
+        Ok(())
+    }
+
+    /// `dm_set_dmattr`.
+    pub fn set_dmattr(&self, h: &DmHandle, name: &[u8], value: &[u8]) -> DmResult<()> {
+        Self::check_name(name)?;
+        let ino = self.ino(h)?;
+        let mut d = self.dm_info(ino)?;
+        match d.attrs.iter_mut().find(|(n, _)| n == name) {
+            Some(a) => a.1 = value.to_vec(),
+            None => d.attrs.push((name.to_vec(), value.to_vec())),
+        }
+        self.set_dm_info(ino, d)
+    }
+
+    /// `dm_get_dmattr`: `ENOENT` when the file has no such attribute.
+    pub fn get_dmattr(&self, h: &DmHandle, name: &[u8]) -> DmResult<Vec<u8>> {
+        Self::check_name(name)?;
+        let ino = self.ino(h)?;
+        let d = self.dm_info(ino)?;
+        d.attrs.into_iter().find(|(n, _)| n == name).map(|a| a.1).ok_or(DmError::NoEnt("no such DM attribute"))
+    }
+
+    /// `dm_remove_dmattr`.
+    pub fn remove_dmattr(&self, h: &DmHandle, name: &[u8]) -> DmResult<()> {
+        Self::check_name(name)?;
+        let ino = self.ino(h)?;
+        let mut d = self.dm_info(ino)?;
+        let before = d.attrs.len();
+        d.attrs.retain(|(n, _)| n != name);
+        if d.attrs.len() == before {
+            return Err(DmError::NoEnt("no such DM attribute"));
+        }
+        self.set_dm_info(ino, d)
+    }
+
+    /// `dm_getall_dmattr`.
+    pub fn getall_dmattr(&self, h: &DmHandle) -> DmResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let ino = self.ino(h)?;
+        Ok(self.dm_info(ino)?.attrs)
+    }
+
+    /// `dm_set_eventlist` on a file.
+    pub fn set_eventlist(&self, h: &DmHandle, set: EventSet) -> DmResult<()> {
+        let ino = self.ino(h)?;
+        match self.meta().ask(Req::SetEventList { ino, mask: set.0 }).map_err(from_errno)? {
+            Reply::Granted { .. } => Ok(()),
+            _ => Err(DmError::Io("unexpected reply".into())),
+        }
+    }
+
+    /// `dm_get_eventlist` on a file.
+    pub fn get_eventlist(&self, h: &DmHandle) -> DmResult<EventSet> {
+        let ino = self.ino(h)?;
+        Ok(EventSet(self.inode(ino)?.dm_events.get()))
+    }
+
+    // ---- rights -------------------------------------------------------------
+
+    fn need_right(&self, ino: u64, want: DmRight) -> DmResult<()> {
+        let have = self.rights.lock().get(&ino).copied().unwrap_or(DmRight::Null);
+        if have < want {
+            return Err(DmError::Acces("the call needs a DM right this application does not hold"));
+        }
+        Ok(())
+    }
+
+    /// `dm_request_right`: blocks until every conflicting token in the
+    /// cluster is given back, then holds it.
+    pub fn request_right(&self, h: &DmHandle, right: DmRight) -> DmResult<()> {
+        let ino = self.ino(h)?;
+        let mode = match right {
+            DmRight::Null => return Ok(()),
+            DmRight::Shared => Mode::Read,
+            DmRight::Excl => Mode::Write,
+        };
+        let mut r = self.rights.lock();
+        let have = r.get(&ino).copied().unwrap_or(DmRight::Null);
+        if have >= right {
+            return Ok(());
+        }
+        self.meta().pin(ino, mode).map_err(from_errno)?;
+        if have != DmRight::Null {
+            self.meta().unpin(ino);
+        }
+        r.insert(ino, right);
+        Ok(())
+    }
+
+    /// `dm_upgrade_right`: shared to exclusive.
+    pub fn upgrade_right(&self, h: &DmHandle) -> DmResult<()> {
+        let ino = self.ino(h)?;
+        if self.rights.lock().get(&ino) != Some(&DmRight::Shared) {
+            return Err(DmError::Inval("upgrade needs a shared right"));
+        }
+        self.request_right(h, DmRight::Excl)
+    }
+
+    /// `dm_downgrade_right`: exclusive to shared (the token stays exclusive
+    /// until another node asks; what the right allows is what changes).
+    pub fn downgrade_right(&self, h: &DmHandle) -> DmResult<()> {
+        let ino = self.ino(h)?;
+        let mut r = self.rights.lock();
+        if r.get(&ino) != Some(&DmRight::Excl) {
+            return Err(DmError::Inval("downgrade needs an exclusive right"));
+        }
+        r.insert(ino, DmRight::Shared);
+        Ok(())
+    }
+
+    /// `dm_release_right`.
+    pub fn release_right(&self, h: &DmHandle) -> DmResult<()> {
+        let ino = h.ino()?;
+        match self.rights.lock().remove(&ino) {
+            Some(_) => {
+                self.meta().unpin(ino);
+                Ok(())
+            }
+            None => Err(DmError::Acces("no right held on this file")),
+        }
+    }
+
+    /// `dm_query_right`.
+    pub fn query_right(&self, h: &DmHandle) -> DmResult<DmRight> {
+        let ino = h.ino()?;
+        Ok(self.rights.lock().get(&ino).copied().unwrap_or(DmRight::Null))
+    }
+}
+
+impl Drop for DmFs {
+    fn drop(&mut self) {
+        for (ino, _) in self.rights.lock().drain() {
+            self.data.meta.unpin(ino);
+        }
+        let _ = self.data.meta.flush_all();
+        self.data.meta.close();
+    }
+}
