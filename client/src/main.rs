@@ -269,7 +269,17 @@ fn main() -> anyhow::Result<()> {
                 c.addr,
                 mountpoint.display()
             );
-            wait_for_signal();
+            // A DM application may refuse the unmount (preunmount ABORT): keep serving.
+            loop {
+                wait_for_signal();
+                match m.preunmount() {
+                    Ok(()) => break,
+                    Err(errno) => eprintln!(
+                        "tidepool: the DM application refused the unmount ({}); still mounted",
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                }
+            }
             m.unmount().context("unmounting")?;
             Ok(())
         }
@@ -302,7 +312,7 @@ fn fs_dev(c: &Conn) -> anyhow::Result<std::sync::Arc<dyn client::fs::blockdev::B
     Ok(std::sync::Arc::new(client::fs::blockdev::NvmfDev::new(ctrl, c.nsid, 4096)?))
 }
 
-/// Blocks until SIGINT or SIGTERM.
+/// Blocks until SIGINT or SIGTERM (each signal ends one wait).
 fn wait_for_signal() {
     use std::sync::atomic::{AtomicBool, Ordering};
     static STOP: AtomicBool = AtomicBool::new(false);
@@ -314,7 +324,7 @@ fn wait_for_signal() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    while !STOP.load(Ordering::SeqCst) {
+    while !STOP.swap(false, Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

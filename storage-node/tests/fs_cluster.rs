@@ -259,3 +259,67 @@ fn a_killed_client_and_a_killed_manager_lose_nothing_acknowledged() {
     assert_eq!(ok(&format!("cat {cd}/after {cd}/busy")), "after\nfrom-b\n");
     assert_eq!(ok(&format!("ls {cd}/acked | wc -l")).trim(), "20");
 }
+
+fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()));
+    if !found {
+        eprintln!("SKIPPED: {tool} is missing (scripts/setup.sh installs it)");
+    }
+    found
+}
+
+#[test]
+fn posix_tools_stress_ng_and_fio_verify_on_a_mount() {
+    if !fuse_ok() || !have("stress-ng") || !have("fio") {
+        return;
+    }
+    let c = Cluster::new();
+    let _m = c.manager();
+    let (_pa, a) = c.mount("a");
+    let (_pb, b) = c.mount("b");
+
+    // File-system stressors, one instance each, all at once for a bounded
+    // time: names, links, renames, directories, open-then-unlink temp
+    // files, locks, data through read/write, sendfile and copy_file_range.
+    let st = a.join("stress");
+    std::fs::create_dir(&st).unwrap();
+    let o = Command::new("stress-ng")
+        .current_dir(&st)
+        .args(["--temp-path", st.to_str().unwrap(), "--timeout", "5s", "--metrics-brief"])
+        .args(["--dir", "1", "--dirdeep", "1", "--link", "1", "--symlink", "1", "--rename", "1", "--dentry", "1"])
+        .args(["--filename", "1", "--open", "1", "--chmod", "1", "--utime", "1", "--fstat", "1"])
+        .args(["--hdd", "1", "--hdd-bytes", "4M", "--io", "1", "--copy-file", "1", "--sendfile", "1"])
+        .args(["--readahead", "1", "--lockf", "1", "--flock", "1", "--fallocate", "1"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && !log.contains("fail:"), "stress-ng on the mount:\n{log}");
+    assert!(log.contains("successful run completed"), "{log}");
+
+    // fio writes with checksums on A and verifies them: 4 KiB random writes
+    // from two jobs at once and 1 MiB sequential writes.
+    let o = Command::new("fio")
+        .args(["--directory", a.to_str().unwrap(), "--ioengine=psync", "--verify=crc32c", "--do_verify=1"])
+        .args(["--verify_fatal=1", "--verify_state_save=0", "--group_reporting", "--output-format=terse"])
+        .args(["--name=rand", "--size=4M", "--bs=4k", "--rw=randwrite", "--numjobs=2"])
+        .args(["--name=seq", "--size=16M", "--bs=1M", "--rw=write"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "fio --verify: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Terse v3: field 5 is the job's error code.
+    for l in String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("3;")) {
+        assert_eq!(l.split(';').nth(4), Some("0"), "fio reported an error: {l}");
+    }
+    // And B reads back what A's fio wrote, byte for byte.
+    let (sa, sb) = (
+        ok(&format!("cat {}/seq.0.0 | sha256sum", a.display())),
+        ok(&format!("cat {}/seq.0.0 | sha256sum", b.display())),
+    );
+    assert_eq!(sa, sb, "the other node sees the same data");
+    assert_eq!(ok(&format!("stat -c %s {}/seq.0.0", b.display())), "16777216\n");
+}

@@ -26,7 +26,7 @@ use dmapi::event::DmEvent;
 use dmapi::proto::{BatchedEvent, Frame, Message};
 use dmapi::source::{OutEvent, SourceConfig, SourceEngine};
 use dmapi::transport::TransportError;
-use dmapi::types::{DmResponse, FsId, NodeId};
+use dmapi::types::{DmResponse, EventSet, FsId, NodeId};
 use dmapi::wire::MAX_PAYLOAD;
 use dmapi::{DmError, DmResult};
 use parking_lot::{Condvar, Mutex};
@@ -85,8 +85,14 @@ impl EventSource {
     /// [`SourceEngine::generate`]. Blocks on synchronous events until the answer:
     /// `Err(Aborted(errno))` means the operation must fail with `errno`.
     pub fn generate(&self, fs: FsId, event: DmEvent) -> DmResult<DmResponse> {
+        self.generate_with_filelist(fs, event, EventSet::EMPTY)
+    }
+
+    /// [`generate`](Self::generate), with the event list of the file the
+    /// event is about (`dm_set_eventlist` on a file handle) enabling it too.
+    pub fn generate_with_filelist(&self, fs: FsId, event: DmEvent, file_events: EventSet) -> DmResult<DmResponse> {
         let _span = debug_span!("dm_event", %fs, ty = ?event.ev_type).entered();
-        self.engine.generate(fs, event)
+        self.engine.generate_with_filelist(fs, event, file_events)
     }
 
     /// The engine (for the daemon's response, ack and failure plumbing).

@@ -15,6 +15,18 @@ pub trait BlockDev: Send + Sync {
     fn write(&self, block: u64, data: &[u8], fua: bool) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+    /// Zeroes `count` blocks from `block` (newly allocated blocks must not
+    /// show what a freed file left there).
+    fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
+        let zero = vec![0u8; self.block_size() as usize * count.min(64) as usize];
+        let mut b = block;
+        while b < block + count {
+            let n = (block + count - b).min(64);
+            self.write(b, &zero[..n as usize * self.block_size() as usize], false)?;
+            b += n;
+        }
+        Ok(())
+    }
 }
 
 fn check(bs: u32, blocks: u64, block: u64, len: usize) -> Result<()> {
@@ -112,5 +124,17 @@ impl BlockDev for NvmfDev {
     }
     fn flush(&self) -> Result<()> {
         self.ctrl.flush(self.nsid).map_err(|e| FsError::Io(e.to_string()))
+    }
+    fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
+        check(self.bs, self.blocks, block, (count * self.bs as u64) as usize)?;
+        // NVMe Write Zeroes: no data on the wire (the storage node punches a hole).
+        let per = (self.bs / self.lba_size) as u64;
+        let (mut lba, end) = (block * per, (block + count) * per);
+        while lba < end {
+            let n = (end - lba).min(65536);
+            self.ctrl.write_zeroes(self.nsid, lba, n as u32, false).map_err(|e| FsError::Io(e.to_string()))?;
+            lba += n;
+        }
+        Ok(())
     }
 }

@@ -29,13 +29,13 @@
 
 use super::blockdev::BlockDev;
 use super::data::DataPath;
-use super::format::{region_flags, Inode};
+use super::format::{region_flags, Inode, ROOT_INO};
 use super::manager::{Manager, ManagerHandle};
 use super::meta::NAME_MAX;
 use super::remote::MetaClient;
-use super::rpc::{self, Mode, Reply, Req, WireSetAttr};
+use super::rpc::{self, Destroyed, Mode, Reply, Req, WireSetAttr};
 use dmapi::event::{DmEvent, EventBody};
-use dmapi::types::{DmHandle, DmResponse, EventType, FsId, NodeId};
+use dmapi::types::{DmAttrName, DmHandle, DmResponse, EventSet, EventType, FsId, NodeId};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -133,11 +133,30 @@ impl TidepoolFs {
         Some(DmHandle::file(link.fs, ino, igen.unwrap_or(0)))
     }
 
+    /// The per-file event list (`dm_set_eventlist` on a file handle) of `ino`.
+    fn file_events(&self, ino: u64) -> EventSet {
+        let cached = self.meta.slot(ino).st.lock().inode.map(|i| i.dm_events.get());
+        let mask = cached.or_else(|| self.meta.ensure(ino, Mode::Read).ok().map(|(_, i)| i.dm_events.get()));
+        EventSet(mask.unwrap_or(0))
+    }
+
     /// Generates a DM event for an operation about to run; `Err(errno)`
     /// when the DM application aborted it (or the node could not be asked:
-    /// an HSM's file must not be touched behind its back).
-    fn dm_event(&self, t: EventType, body: impl FnOnce(&Self) -> EventBody) -> R<()> {
+    /// an HSM's file must not be touched behind its back). `file`: the
+    /// object whose own event list also enables the event.
+    fn dm_event(&self, t: EventType, file: Option<u64>, body: impl FnOnce(&Self) -> EventBody) -> R<()> {
+        self.dm_event_attrs(t, file, Vec::new(), body)
+    }
+
+    fn dm_event_attrs(
+        &self,
+        t: EventType,
+        file: Option<u64>,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+        body: impl FnOnce(&Self) -> EventBody,
+    ) -> R<()> {
         let Some(link) = &self.dm else { return Ok(()) };
+        let file_events = file.map_or(EventSet::EMPTY, |ino| self.file_events(ino));
         // The node stamps its own id as the source.
         let ev = DmEvent::new(t, NodeId(0), body(self)).map_err(|e| e.errno())?;
         // A synchronous event may wait long: other threads use other connections.
@@ -147,7 +166,7 @@ impl TidepoolFs {
             None => crate::node::api::Dm::connect(link.api.path()),
         };
         let r = match &conn {
-            Ok(c) => c.generate(link.fs, ev).map_err(|e| e.to_string()),
+            Ok(c) => c.generate_for_file(link.fs, ev, file_events, attrs).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Ok(c) = conn {
@@ -187,7 +206,7 @@ impl TidepoolFs {
         if self.dm.is_none() || !self.managed(t, ino, offset, length) {
             return Ok(());
         }
-        self.dm_event(t, |s| EventBody::Data {
+        self.dm_event(t, Some(ino), |s| EventBody::Data {
             handle: s.handle(ino).unwrap_or_else(|| DmHandle::fs(FsId(0))),
             offset: offset as i64,
             length,
@@ -203,7 +222,7 @@ impl TidepoolFs {
         if self.dm.is_none() {
             return Ok(());
         }
-        self.dm_event(t, |s| EventBody::Namespace {
+        self.dm_event(t, Some(parent), |s| EventBody::Namespace {
             mode: 0,
             handle1: s.handle(parent),
             handle2: other.and_then(|(ino, _)| if ino == 0 { None } else { s.handle(ino) }),
@@ -219,13 +238,39 @@ impl TidepoolFs {
         let _ = self.ns_event_rc(t, parent, name, other, rc);
     }
 
+    /// The asynchronous event of an object, `handle1` only (attribute, close).
+    fn object_event(&self, t: EventType, ino: u64, handle: Option<DmHandle>) {
+        if self.dm.is_some() {
+            let _ = self.dm_event(t, Some(ino), |s| EventBody::Namespace {
+                mode: 0,
+                handle1: handle.or_else(|| s.handle(ino)),
+                handle2: None,
+                name1: Vec::new(),
+                name2: Vec::new(),
+                retcode: 0,
+            });
+        }
+    }
+
+    /// A file is gone (last link and last open): the asynchronous destroy
+    /// event, with the attribute `dm_set_return_on_destroy` asked for.
+    fn destroy_event(&self, d: Option<Destroyed>) {
+        let (Some(d), Some(link)) = (d, &self.dm) else { return };
+        let handle = DmHandle::file(link.fs, d.ino, d.generation);
+        let _ = self.dm_event_attrs(EventType::Destroy, None, d.attrs, |_| EventBody::Destroy {
+            handle,
+            attrname: DmAttrName::default(),
+            attrcopy: Vec::new(),
+        });
+    }
+
     /// Out of space: a synchronous nospace event lets an HSM free some and
     /// answer CONTINUE, after which the write is tried once more.
     fn write_with_nospace_retry(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
         match self.data.write(ino, off, data, true) {
             Err(libc::ENOSPC) if self.dm.is_some() => {
                 let fs = self.dm.as_ref().map(|l| l.fs).unwrap_or(FsId(0));
-                self.dm_event(EventType::Nospace, |_| EventBody::Namespace {
+                self.dm_event(EventType::Nospace, None, |_| EventBody::Namespace {
                     mode: 0,
                     handle1: Some(DmHandle::fs(fs)),
                     handle2: None,
@@ -289,7 +334,9 @@ impl TidepoolFs {
     }
 
     /// Records a name change in a directory this node caches, if nothing
-    /// took the directory's token since `gen`.
+    /// took the directory's token since `gen`. Bumps the generation, so a
+    /// lookup that asked the manager before this change does not cache its
+    /// older answer over it.
     fn note_name(&self, dir: u64, gen: u64, name: &[u8], ino: Option<u64>) {
         let slot = self.meta.slot(dir);
         let mut st = slot.st.lock();
@@ -298,6 +345,15 @@ impl TidepoolFs {
         } else {
             st.names.remove(name);
         }
+        st.gen += 1;
+    }
+
+    /// Drops a cached name (and any lookup answer in flight for it).
+    fn forget_name(&self, dir: u64, name: &[u8]) {
+        let slot = self.meta.slot(dir);
+        let mut st = slot.st.lock();
+        st.names.remove(name);
+        st.gen += 1;
     }
 
     fn gen_of(&self, dir: u64) -> u64 {
@@ -305,7 +361,15 @@ impl TidepoolFs {
     }
 
     /// A create event, then the create: one path for files, directories, nodes and symlinks.
-    fn make(&self, req: &Request, parent: u64, name: &OsStr, mode: u32, symlink: Option<&[u8]>) -> R<Inode> {
+    fn make(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        symlink: Option<&[u8]>,
+        open: bool,
+    ) -> R<Inode> {
         let (t, post) = match symlink {
             Some(_) => (EventType::Symlink, EventType::Postsymlink),
             None => (EventType::Create, EventType::Postcreate),
@@ -319,6 +383,7 @@ impl TidepoolFs {
             uid: req.uid(),
             gid: req.gid(),
             symlink: symlink.map(|s| s.to_vec()),
+            open,
         }) {
             Ok(Reply::Changed { inode: Some(b), .. }) => rpc::inode_from(&b).map_err(|_| libc::EIO),
             Ok(_) => Err(libc::EIO),
@@ -348,8 +413,8 @@ impl TidepoolFs {
         for _ in 0..20 {
             let n = name.as_bytes().to_vec();
             let req = if rmdir { Req::Rmdir { parent, name: n } } else { Req::Unlink { parent, name: n } };
-            r = self.meta.ask(req).map(|_| ());
-            if r != Err(libc::EAGAIN) {
+            r = self.meta.ask(req).map(destroyed_by);
+            if r.as_ref().err() != Some(&libc::EAGAIN) {
                 break;
             }
         }
@@ -357,7 +422,15 @@ impl TidepoolFs {
             self.note_name(parent, gen, name.as_bytes(), None);
         }
         self.post_event(EventType::Postremove, parent, name, &r, None);
-        r
+        r.map(|d| self.destroy_event(d))
+    }
+}
+
+/// The file a namespace change destroyed, if any.
+fn destroyed_by(r: Reply) -> Option<Destroyed> {
+    match r {
+        Reply::Changed { destroyed, .. } | Reply::Released { destroyed } => destroyed,
+        _ => None,
     }
 }
 
@@ -419,7 +492,13 @@ impl Filesystem for TidepoolFs {
         let set = WireSetAttr { mode, uid, gid, size, atime_ns: atime.map(to_ns), mtime_ns: mtime.map(to_ns) };
         match self.meta.ask(Req::SetAttr { ino: ino.0, set }) {
             Ok(Reply::Attr(b)) => match rpc::inode_from(&b) {
-                Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+                Ok(i) => {
+                    reply.attr(&TTL, &self.attr(&i));
+                    // XDSM: attribute changes other than size (truncate has its own event).
+                    if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+                        self.object_event(EventType::Attribute, ino.0, None);
+                    }
+                }
                 Err(_) => reply.error(Errno::EIO),
             },
             Ok(_) => reply.error(Errno::EIO),
@@ -444,12 +523,12 @@ impl Filesystem for TidepoolFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.make(req, parent.0, name, mode & !umask, None);
+        let r = self.make(req, parent.0, name, mode & !umask, None, false);
         self.reply_entry(r, reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = self.make(req, parent.0, name, libc::S_IFDIR | (mode & !umask & 0o7777), None);
+        let r = self.make(req, parent.0, name, libc::S_IFDIR | (mode & !umask & 0o7777), None, false);
         self.reply_entry(r, reply);
     }
 
@@ -466,7 +545,7 @@ impl Filesystem for TidepoolFs {
         if t.len() > 4095 {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        let r = self.make(req, parent.0, link_name, libc::S_IFLNK | 0o777, Some(t));
+        let r = self.make(req, parent.0, link_name, libc::S_IFLNK | 0o777, Some(t), false);
         self.reply_entry(r, reply);
     }
 
@@ -487,7 +566,7 @@ impl Filesystem for TidepoolFs {
         if let Err(x) = self.ns_event(EventType::Rename, sp, name, Some((dp, newname.as_bytes()))) {
             return reply.error(e(x));
         }
-        let (g1, g2) = (self.gen_of(sp), self.gen_of(dp));
+        let g1 = self.gen_of(sp);
         let mut r = Err(libc::EAGAIN);
         for _ in 0..20 {
             r = self
@@ -499,19 +578,18 @@ impl Filesystem for TidepoolFs {
                     dname: newname.as_bytes().to_vec(),
                     noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
                 })
-                .map(|_| ());
-            if r != Err(libc::EAGAIN) {
+                .map(destroyed_by);
+            if r.as_ref().err() != Some(&libc::EAGAIN) {
                 break;
             }
         }
         if r.is_ok() {
             self.note_name(sp, g1, name.as_bytes(), None);
             // The moved inode's number is not in the reply: forget the name.
-            self.meta.slot(dp).st.lock().names.remove(newname.as_bytes());
-            let _ = g2;
+            self.forget_name(dp, newname.as_bytes());
         }
         self.post_event(EventType::Postrename, sp, name, &r, Some((dp, newname.as_bytes())));
-        reply_empty(r, reply);
+        reply_empty(r.map(|d| self.destroy_event(d)), reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -532,8 +610,40 @@ impl Filesystem for TidepoolFs {
         self.reply_entry(r, reply);
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Counted by the manager, so that the file outlives its last name.
+        match self.meta.ask(Req::Open { ino: ino.0 }) {
+            Ok(_) => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+            }
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+        let destroyed = match self.meta.ask(Req::Release { ino: ino.0 }) {
+            Ok(r) => destroyed_by(r),
+            Err(x) => {
+                tracing::warn!(ino = ino.0, errno = x, "release not recorded by the manager");
+                None
+            }
+        };
+        let handle = match (&destroyed, &self.dm) {
+            (Some(d), Some(link)) => Some(DmHandle::file(link.fs, d.ino, d.generation)),
+            _ => None,
+        };
+        self.object_event(EventType::Close, ino.0, handle);
+        self.destroy_event(destroyed);
     }
 
     fn read(
@@ -573,7 +683,10 @@ impl Filesystem for TidepoolFs {
         }
         match self.write_with_nospace_retry(ino.0, offset, data) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(x) => reply.error(e(x)),
+            Err(x) => {
+                tracing::debug!(ino = ino.0, offset, len = data.len(), errno = x, "write failed");
+                reply.error(e(x))
+            }
         }
     }
 
@@ -655,7 +768,7 @@ impl Filesystem for TidepoolFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.make(req, parent.0, name, libc::S_IFREG | (mode & !umask & 0o7777), None) {
+        match self.make(req, parent.0, name, libc::S_IFREG | (mode & !umask & 0o7777), None, true) {
             Ok(i) => reply.created(
                 &TTL,
                 &self.attr(&i),
@@ -689,6 +802,36 @@ pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     meta: MetaClient,
     manager: Option<ManagerHandle>,
+    /// The node daemon's socket, the DM file-system id and the root's handle.
+    dm: Option<(std::path::PathBuf, FsId, DmHandle)>,
+}
+
+/// A mount-level DM event (mount, preunmount, unmount) through the node
+/// daemon at `socket`; `Err(errno)` when the DM application aborted it.
+fn fs_event(socket: &Path, fs: FsId, t: EventType, body: EventBody) -> R<()> {
+    let api = crate::node::api::Dm::connect(socket).map_err(|_| libc::EIO)?;
+    let ev = DmEvent::new(t, NodeId(0), body).map_err(|x| x.errno())?;
+    match api.generate(fs, ev) {
+        Ok(g) => match g.response {
+            DmResponse::Abort(errno) => Err(if errno > 0 { errno } else { libc::EIO }),
+            _ => Ok(()),
+        },
+        Err(x) => {
+            tracing::error!(error = %x, event = ?t, "cannot generate a DM event");
+            Err(libc::EIO)
+        }
+    }
+}
+
+fn unmount_body(fs: FsId, root: Option<DmHandle>, retcode: i32) -> EventBody {
+    EventBody::Namespace {
+        mode: 0,
+        handle1: Some(DmHandle::fs(fs)),
+        handle2: root,
+        name1: Vec::new(),
+        name2: Vec::new(),
+        retcode,
+    }
 }
 
 impl Mounted {
@@ -697,24 +840,42 @@ impl Mounted {
         self.manager.as_ref().map(|m| m.addr)
     }
 
+    /// The synchronous preunmount event: `Err(errno)` when the DM
+    /// application refuses the unmount (the mount stays).
+    pub fn preunmount(&self) -> R<()> {
+        match &self.dm {
+            Some((socket, fs, root)) => fs_event(socket, *fs, EventType::Preunmount, unmount_body(*fs, Some(*root), 0)),
+            None => Ok(()),
+        }
+    }
+
     pub fn unmount(mut self) -> std::io::Result<()> {
+        self.finish()
+    }
+
+    /// Gives back sizes, unmounts, then the asynchronous unmount event
+    /// with the outcome.
+    fn finish(&mut self) -> std::io::Result<()> {
         let _ = self.meta.flush_all();
         let r = match self.session.take() {
             Some(s) => s.umount_and_join(),
-            None => Ok(()),
+            None => return Ok(()),
         };
         self.meta.close();
+        if let Some((socket, fs, _)) = self.dm.take() {
+            let rc = r.as_ref().err().map_or(0, |x| x.raw_os_error().unwrap_or(libc::EIO));
+            let _ = fs_event(&socket, fs, EventType::Unmount, unmount_body(fs, None, rc));
+            if let Err(x) = crate::node::api::Dm::connect(&socket).map(|api| api.mount(fs, false)) {
+                tracing::warn!(error = %x, "node daemon not told of the unmount");
+            }
+        }
         r
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = self.meta.flush_all();
-        if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
-        }
-        self.meta.close();
+        let _ = self.finish();
     }
 }
 
@@ -730,6 +891,25 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
     };
     let name = if opts.name.is_empty() { format!("mount-{}", std::process::id()) } else { opts.name.clone() };
     let meta = MetaClient::connect(addr, &name)?;
+    let mut dm = None;
+    if let Some(link) = &opts.dm {
+        // The node learns its dispositions for this file system from the
+        // file-system manager node once it knows of the mount (B11).
+        link.api.mount(link.fs, true).map_err(|x| std::io::Error::other(x.to_string()))?;
+        let root = meta.ensure(ROOT_INO, Mode::Read).map_err(std::io::Error::from_raw_os_error)?.1;
+        let root = DmHandle::file(link.fs, ROOT_INO, root.generation.get());
+        let body = EventBody::Mount {
+            mode: 0,
+            fs_handle: DmHandle::fs(link.fs),
+            mountpoint_handle: Some(root),
+            mountpoint_path: mountpoint.as_os_str().as_bytes().to_vec(),
+            media: name.as_bytes().to_vec(),
+            root_handle: Some(root),
+        };
+        // Synchronous: the mount happens only if the DM application lets it.
+        fs_event(link.api.path(), link.fs, EventType::Mount, body).map_err(std::io::Error::from_raw_os_error)?;
+        dm = Some((link.api.path().to_path_buf(), link.fs, root));
+    }
     let mut fs = TidepoolFs::new(meta.clone(), dev);
     if let Some(link) = opts.dm {
         fs = fs.with_dm(link);
@@ -743,7 +923,7 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
     cfg.n_threads = Some(if opts.threads == 0 { DEFAULT_THREADS } else { opts.threads });
     cfg.clone_fd = true;
     let session = fuser::spawn_mount(fs, mountpoint, &cfg)?;
-    Ok(Mounted { session: Some(session), meta, manager })
+    Ok(Mounted { session: Some(session), meta, manager, dm })
 }
 
 /// A single-node mount (this process is the manager), as before managers

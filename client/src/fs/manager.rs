@@ -26,7 +26,7 @@
 use super::blockdev::BlockDev;
 use super::format::Inode;
 use super::meta::{Cred, MetaError, MetaStore, SetAttr};
-use super::rpc::{self, Kind, Mode, Reply, Req, RevokeDone};
+use super::rpc::{self, Destroyed, Kind, Mode, Reply, Req, RevokeDone};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader};
@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 /// A holder that has not given a token back this long is expelled (its
 /// connection closed, its tokens dropped).
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most inodes one scan reply carries.
+pub const SCAN_MAX: usize = 4096;
 
 pub struct Manager {
     meta: Mutex<MetaStore>,
@@ -48,6 +50,15 @@ pub struct Manager {
     conns: Mutex<HashMap<u64, Arc<Peer>>>,
     next_conn: AtomicU64,
     revoke_timeout: Duration,
+    /// Files open on the nodes. Taken after `meta`, never before.
+    uses: Mutex<Uses>,
+}
+
+/// Opens per (node connection, inode), and per inode over all nodes.
+#[derive(Default)]
+struct Uses {
+    per: HashMap<(u64, u64), u32>,
+    total: HashMap<u64, u32>,
 }
 
 struct Peer {
@@ -116,6 +127,7 @@ impl Manager {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             revoke_timeout: REVOKE_TIMEOUT,
+            uses: Mutex::new(Uses::default()),
         }))
     }
 
@@ -178,6 +190,126 @@ impl Manager {
         }
         drop(t);
         self.cv.notify_all();
+        self.drop_uses(id);
+    }
+
+    /// A node's opens end with its connection; files unlinked meanwhile go.
+    fn drop_uses(&self, conn: u64) {
+        let mut m = self.meta.lock();
+        let mut u = self.uses.lock();
+        let mine: Vec<(u64, u32)> = u.per.iter().filter(|((c, _), _)| *c == conn).map(|((_, i), n)| (*i, *n)).collect();
+        let mut unused = Vec::new();
+        for (ino, n) in mine {
+            u.per.remove(&(conn, ino));
+            if let Some(t) = u.total.get_mut(&ino) {
+                *t = t.saturating_sub(n);
+                if *t == 0 {
+                    u.total.remove(&ino);
+                    unused.push(ino);
+                }
+            }
+        }
+        drop(u);
+        let orphans: Vec<u64> = unused.into_iter().filter(|&ino| !self.unuse_linked(&mut m, ino)).collect();
+        drop(m);
+        for ino in orphans {
+            self.retire(ino);
+        }
+    }
+
+    /// An inode nobody uses any more: `true` if it still has a name (and
+    /// stays); `false` if it must be retired.
+    fn unuse_linked(&self, m: &mut MetaStore, ino: u64) -> bool {
+        if m.getattr(ino).is_ok_and(|i| i.nlink.get() == 0) {
+            return false;
+        }
+        let _ = m.set_in_use(ino, false);
+        true
+    }
+
+    /// Frees an unlinked inode whose last user let go, after taking every
+    /// token on it back: no node may keep a copy of an inode whose number
+    /// will be used again.
+    fn retire(&self, ino: u64) -> Option<Destroyed> {
+        let mut t = self.table.lock();
+        self.take_turn(&mut t, ino);
+        self.revoke_conflicts(&mut t, ino, Mode::Write, None);
+        let d = MutexGuard::unlocked(&mut t, || {
+            let mut m = self.meta.lock();
+            if self.uses.lock().total.contains_key(&ino) {
+                return None; // opened again meanwhile
+            }
+            let before = destroyed_info(&m, ino);
+            match m.set_in_use(ino, false) {
+                Ok(true) => before,
+                Ok(false) => None,
+                Err(e) => {
+                    tracing::error!(ino, error = %e, "could not free a file its last user left unlinked");
+                    None
+                }
+            }
+        });
+        self.end_turn(&mut t, ino);
+        d
+    }
+
+    fn scan(&self, dir: Option<u64>, from: u64, max: usize) -> Reply {
+        let m = self.meta.lock();
+        let entry = |name: Vec<u8>, i: Inode| {
+            let managed = m.dm_info(i.ino.get()).regions.is_some_and(|r| !r.is_empty());
+            (name, rpc::inode_bytes(&i), managed)
+        };
+        match dir {
+            None => {
+                let (inodes, next) = m.scan(from, max);
+                Reply::Scanned { entries: inodes.into_iter().map(|i| entry(Vec::new(), i)).collect(), next }
+            }
+            Some(d) => match m.readdir(d) {
+                Ok(list) => {
+                    let start = (from as usize).min(list.len());
+                    let end = (start + max).min(list.len());
+                    let entries = list[start..end]
+                        .iter()
+                        .filter_map(|(n, ino, _)| m.getattr(*ino).ok().map(|i| entry(n.clone(), i)))
+                        .collect();
+                    Reply::Scanned { entries, next: if end < list.len() { end as u64 } else { 0 } }
+                }
+                Err(e) => err(e),
+            },
+        }
+    }
+
+    fn open_use(&self, m: &mut MetaStore, conn: u64, ino: u64) -> Result<(), MetaError> {
+        m.getattr(ino)?;
+        let mut u = self.uses.lock();
+        *u.per.entry((conn, ino)).or_default() += 1;
+        let t = u.total.entry(ino).or_default();
+        *t += 1;
+        if *t == 1 {
+            m.set_in_use(ino, true)?;
+        }
+        Ok(())
+    }
+
+    /// Ends one open of `ino` by `conn`: `true` if the file was its last
+    /// use and has no name left, so it must be retired.
+    fn release_use(&self, m: &mut MetaStore, conn: u64, ino: u64) -> bool {
+        let mut u = self.uses.lock();
+        let Some(n) = u.per.get_mut(&(conn, ino)) else { return false };
+        *n -= 1;
+        if *n == 0 {
+            u.per.remove(&(conn, ino));
+        }
+        let last = u.total.get_mut(&ino).is_some_and(|t| {
+            *t = t.saturating_sub(1);
+            *t == 0
+        });
+        if !last {
+            return false;
+        }
+        u.total.remove(&ino);
+        drop(u);
+        !self.unuse_linked(m, ino)
     }
 
     /// Requests that never wait for another node run on the connection's
@@ -214,6 +346,27 @@ impl Manager {
                 Ok(_) => Reply::Done,
                 Err(e) => err(e),
             },
+            Req::Scan { dir, from, max } => self.scan(dir, from, (max as usize).clamp(1, SCAN_MAX)),
+            Req::Open { ino } => match self.open_use(&mut self.meta.lock(), peer.id, ino) {
+                Ok(()) => Reply::Done,
+                Err(e) => err(e),
+            },
+            Req::Release { ino } => {
+                if !self.release_use(&mut self.meta.lock(), peer.id, ino) {
+                    Reply::Released { destroyed: None }
+                } else {
+                    // Retiring waits for tokens to come back: not on this thread.
+                    let (me, p) = (self.clone(), peer.clone());
+                    let spawned = std::thread::Builder::new().name("fsmgr-retire".into()).spawn(move || {
+                        let destroyed = me.retire(ino);
+                        p.send(Kind::Reply, rid, &Reply::Released { destroyed });
+                    });
+                    if spawned.is_ok() {
+                        return;
+                    }
+                    Reply::Err(libc::EAGAIN)
+                }
+            }
             other => {
                 let (me, p) = (self.clone(), peer.clone());
                 let spawned =
@@ -245,8 +398,8 @@ impl Manager {
     fn slow(&self, peer: &Arc<Peer>, rid: u64, req: Req) {
         match req {
             Req::Acquire { ino, mode } => self.acquire(peer, rid, ino, mode),
-            Req::Create { parent, name, mode, uid, gid, symlink } => {
-                self.op(peer, rid, &[(parent, true)], |m, _| {
+            Req::Create { parent, name, mode, uid, gid, symlink, open } => {
+                self.op(peer, rid, &[(parent, true)], |m, p| {
                     let r = m.create(parent, &name, mode, Cred { uid, gid }).and_then(|i| {
                         if let Some(t) = &symlink {
                             self.write_symlink(m, i.ino.get(), t)
@@ -257,8 +410,14 @@ impl Manager {
                     // A new file comes with an exclusive token: its creator
                     // usually writes it next.
                     let grant = symlink.is_none().then_some(Mode::Write);
+                    let r = r.and_then(|i| {
+                        if open {
+                            self.open_use(m, p.id, i.ino.get())?;
+                        }
+                        Ok(i)
+                    });
                     match r {
-                        Ok(i) => (grant.map(|_| i.ino.get()), changed(m, Some(i), grant, &[parent])),
+                        Ok(i) => (grant.map(|_| i.ino.get()), changed(m, Some(i), grant, &[parent], None)),
                         Err(e) => (None, err(e)),
                     }
                 })
@@ -267,28 +426,21 @@ impl Manager {
             Req::Rmdir { parent, name } => self.remove(peer, rid, parent, name, true),
             Req::Link { ino, parent, name } => {
                 self.op(peer, rid, &[(parent, true), (ino, false)], |m, _| match m.link(ino, parent, &name) {
-                    Ok(i) => (None, changed(m, Some(i), None, &[parent])),
+                    Ok(i) => (None, changed(m, Some(i), None, &[parent], None)),
                     Err(e) => (None, err(e)),
                 })
             }
             Req::Rename { sp, sname, dp, dname, noreplace } => self.rename(peer, rid, sp, sname, dp, dname, noreplace),
-            Req::SetAttr { ino, set } => self.op(peer, rid, &[(ino, false)], |m, _| {
-                let s = SetAttr {
-                    mode: set.mode,
-                    uid: set.uid,
-                    gid: set.gid,
-                    size: set.size,
-                    atime_ns: set.atime_ns,
-                    mtime_ns: set.mtime_ns,
-                };
-                match m.setattr(ino, &s) {
+            Req::SetAttr { ino, set } => {
+                self.op(peer, rid, &[(ino, false)], |m, _| match m.setattr(ino, &setattr_of(set)) {
                     Ok(i) => (None, Reply::Attr(rpc::inode_bytes(&i))),
                     Err(e) => (None, err(e)),
-                }
-            }),
+                })
+            }
             Req::DmSet { ino, info } => self.dm_op(peer, rid, ino, |m| m.set_dm_info(ino, info)),
             Req::SetEventList { ino, mask } => self.dm_op(peer, rid, ino, |m| m.set_eventlist(ino, mask)),
             Req::Punch { ino, off, len } => self.dm_op(peer, rid, ino, |m| m.punch(ino, off, len)),
+            Req::DmSetAttr { ino, set } => self.dm_op(peer, rid, ino, |m| m.setattr(ino, &setattr_of(set))),
             _ => peer.send(Kind::Reply, rid, &Reply::Err(libc::EINVAL)),
         }
     }
@@ -482,9 +634,10 @@ impl Manager {
             if m.lookup(parent, &name).map(|e| e.ino).ok() != Some(child) {
                 return (None, Reply::Err(libc::EAGAIN));
             }
+            let before = destroyed_info(m, child);
             let r = if rmdir { m.rmdir(parent, &name) } else { m.unlink(parent, &name) };
             match r {
-                Ok(()) => (None, changed(m, None, None, &[parent])),
+                Ok(()) => (None, changed(m, None, None, &[parent], gone(m, before))),
                 Err(e) => (None, err(e)),
             }
         })
@@ -511,18 +664,48 @@ impl Manager {
             if now != (Some(src), dst) {
                 return (None, Reply::Err(libc::EAGAIN));
             }
+            let before = dst.and_then(|d| destroyed_info(m, d));
             match m.rename(sp, &sname, dp, &dname) {
-                Ok(()) => (None, changed(m, None, None, &[sp, dp])),
+                Ok(()) => (None, changed(m, None, None, &[sp, dp], gone(m, before))),
                 Err(e) => (None, err(e)),
             }
         })
     }
 }
 
-fn changed(m: &MetaStore, inode: Option<Inode>, grant: Option<Mode>, parents: &[u64]) -> Reply {
+fn changed(
+    m: &MetaStore,
+    inode: Option<Inode>,
+    grant: Option<Mode>,
+    parents: &[u64],
+    destroyed: Option<Destroyed>,
+) -> Reply {
     Reply::Changed {
         inode: inode.map(|i| rpc::inode_bytes(&i)),
         grant,
         parents: parents.iter().filter_map(|p| m.getattr(*p).ok()).map(|i| rpc::inode_bytes(&i)).collect(),
+        destroyed,
     }
+}
+
+fn setattr_of(set: rpc::WireSetAttr) -> SetAttr {
+    SetAttr {
+        mode: set.mode,
+        uid: set.uid,
+        gid: set.gid,
+        size: set.size,
+        atime_ns: set.atime_ns,
+        mtime_ns: set.mtime_ns,
+    }
+}
+
+/// What a destroy event says of `ino`, taken while it still exists.
+fn destroyed_info(m: &MetaStore, ino: u64) -> Option<Destroyed> {
+    let i = m.getattr(ino).ok()?;
+    Some(Destroyed { ino, generation: i.generation.get(), attrs: m.dm_info(ino).attrs })
+}
+
+/// `before`, if the change freed that inode.
+fn gone(m: &MetaStore, before: Option<Destroyed>) -> Option<Destroyed> {
+    before.filter(|d| m.getattr(d.ino).is_err())
 }

@@ -19,6 +19,10 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 const DIR_MAGIC: [u8; 4] = *b"TPDR";
 const DIR_HDR: usize = 8;
 const EXT_MAGIC: [u8; 4] = *b"TPEX";
+/// Blocks left free after a file's new run when its growth was cut off.
+const GROW_ROOM: u64 = 64;
+/// Blocks allocated at once around a write into a hole (64 KiB of 4 KiB).
+const ALLOC_CHUNK: u64 = 16;
 pub const NAME_MAX: usize = 255;
 
 /// File type of a directory entry.
@@ -92,6 +96,10 @@ pub struct MetaStore {
     ext_blocks: HashMap<u64, Vec<Extent>>,
     /// DM attributes and managed regions of the inodes that have them.
     dm: HashMap<u64, DmInfo>,
+    /// Inodes some node still uses (open or cached by its kernel): at their
+    /// last unlink they stay, with no links, until released (POSIX: an
+    /// open file outlives its name).
+    in_use: std::collections::HashSet<u64>,
     /// Blocks changed by the operation in progress.
     dirty: BTreeMap<u64, Vec<u8>>,
     free_blocks: u64,
@@ -164,9 +172,23 @@ impl MetaError {
 pub type MResult<T> = std::result::Result<T, MetaError>;
 
 impl MetaStore {
-    /// Opens the file system on `dev`: replays the journal, then loads
-    /// the bitmap, inode table and directories.
+    /// Opens the file system on `dev`: replays the journal, loads the
+    /// bitmap, inode table and directories, and frees the files that were
+    /// unlinked while still open when the last manager stopped (nobody can
+    /// reach them any more).
     pub fn open(dev: Arc<dyn BlockDev>) -> Result<MetaStore> {
+        let mut m = MetaStore::load(dev)?;
+        let orphans: Vec<u64> = m.inodes.values().filter(|i| i.nlink.get() == 0).map(|i| i.ino.get()).collect();
+        for ino in orphans {
+            if let Err(e) = m.run(|m| m.free_inode(ino)) {
+                tracing::error!(ino, error = %e, "could not free an orphaned inode");
+            }
+        }
+        Ok(m)
+    }
+
+    /// The metadata as the volume has it, after replaying the journal.
+    fn load(dev: Arc<dyn BlockDev>) -> Result<MetaStore> {
         let sb = read_superblock(&*dev)?;
         let layout = Layout {
             total: sb.total_blocks.get(),
@@ -217,6 +239,7 @@ impl MetaStore {
             dirs: HashMap::new(),
             ext_blocks: HashMap::new(),
             dm: HashMap::new(),
+            in_use: Default::default(),
             dirty: BTreeMap::new(),
             free_blocks: layout.total - used,
             alloc_hint: layout.data_start,
@@ -389,8 +412,13 @@ impl MetaStore {
         if std::mem::take(&mut self.dirty).is_empty() {
             return;
         }
-        match MetaStore::open(self.dev.clone()) {
-            Ok(fresh) => *self = fresh,
+        // The files in use are not on the volume: they stay as they were.
+        match MetaStore::load(self.dev.clone()) {
+            Ok(fresh) => {
+                let in_use = std::mem::take(&mut self.in_use);
+                *self = fresh;
+                self.in_use = in_use;
+            }
             Err(e) => tracing::error!(error = %e, "reloading metadata after a failed operation"),
         }
     }
@@ -415,7 +443,8 @@ impl MetaStore {
         self.bitmap[(b / 8) as usize] & (1 << (b % 8)) != 0
     }
 
-    /// Allocates up to `want` contiguous blocks (at least one).
+    /// Allocates up to `want` contiguous blocks (at least one), from the
+    /// allocation hint on.
     fn alloc_run(&mut self, want: u64) -> MResult<(u64, u64)> {
         if self.free_blocks == 0 {
             return Err(MetaError::NoSpace);
@@ -437,6 +466,24 @@ impl MetaStore {
             b = if b + 1 >= hi { lo } else { b + 1 };
         }
         Err(MetaError::NoSpace)
+    }
+
+    /// Up to `want` blocks from `goal` if `goal` is free: a file grows
+    /// where it ends, so that writers running side by side do not
+    /// interleave their blocks into one extent each.
+    fn alloc_at(&mut self, goal: u64, want: u64) -> MResult<Option<(u64, u64)>> {
+        let (lo, hi) = (self.layout.data_start, self.layout.total);
+        if goal < lo || goal >= hi || self.is_used(goal) {
+            return Ok(None);
+        }
+        let mut n = 1;
+        while n < want && goal + n < hi && !self.is_used(goal + n) {
+            n += 1;
+        }
+        for k in 0..n {
+            self.set_bit(goal + k, true)?;
+        }
+        Ok(Some((goal, n)))
     }
 
     fn alloc_ino(&mut self) -> MResult<u64> {
@@ -610,6 +657,15 @@ impl MetaStore {
         d.entries.get(name).copied().ok_or(MetaError::NotFound)
     }
 
+    /// Up to `max` live inodes numbered `from` or more, and the number to
+    /// go on from (0: none left).
+    pub fn scan(&self, from: u64, max: usize) -> (Vec<Inode>, u64) {
+        let mut inos: Vec<u64> = self.inodes.keys().copied().filter(|&i| i >= from).collect();
+        inos.sort_unstable();
+        let next = inos.get(max).copied().unwrap_or(0);
+        (inos.iter().take(max).map(|i| self.inodes[i]).collect(), next)
+    }
+
     /// Entries of a directory, sorted by name.
     pub fn readdir(&self, dir: u64) -> MResult<Vec<(Vec<u8>, u64, Kind)>> {
         let d = self.dirs.get(&dir).ok_or(MetaError::NotDir)?;
@@ -659,7 +715,7 @@ impl MetaStore {
     fn drop_link(&mut self, ino: u64) -> MResult<()> {
         let mut i = self.getattr(ino)?;
         let n = i.nlink.get().saturating_sub(1);
-        if n == 0 {
+        if n == 0 && !self.in_use.contains(&ino) {
             self.free_inode(ino)
         } else {
             i.nlink = n.into();
@@ -798,10 +854,23 @@ impl MetaStore {
                 if Kind::of_mode(i.mode.get()) == Kind::Dir {
                     return Err(MetaError::IsDir);
                 }
+                let old = i.size.get();
                 m.truncate_blocks(ino, size)?;
+                let bs = m.bs as u64;
+                if size < old && size % bs != 0 {
+                    // What lay past the new end must read as zeroes if the
+                    // file grows again.
+                    if let Some((p, _)) = crate::fs::data::map(&m.extents(ino), size / bs) {
+                        let mut blk = vec![0u8; m.bs];
+                        m.dev.read(p, &mut blk)?;
+                        blk[(size % bs) as usize..].fill(0);
+                        m.dev.write(p, &blk, false)?;
+                    }
+                }
                 let mut i = m.getattr(ino)?;
                 i.size = size.into();
-                i.mtime_ns = now_ns().into();
+                // An explicit mtime in the same call wins over the truncate's.
+                i.mtime_ns = set.mtime_ns.unwrap_or_else(now_ns).into();
                 m.put_inode(i)?;
             }
             Ok(m.inodes[&ino])
@@ -847,17 +916,43 @@ impl MetaStore {
                 return Err(MetaError::IsDir);
             }
             let mut exts = m.extents(ino);
+            // A write into a hole (not where the file's blocks end) gets the
+            // whole aligned chunk around it, so that random writes into a
+            // sparse file make few extents rather than one per block.
+            let appending = exts.iter().any(|e| e.lblk.get() + e.len.get() as u64 == lblk) || lblk == 0;
+            let (from, to) = if appending {
+                (lblk, lblk + count)
+            } else {
+                (lblk / ALLOC_CHUNK * ALLOC_CHUNK, (lblk + count).div_ceil(ALLOC_CHUNK) * ALLOC_CHUNK)
+            };
+            let size_blocks = i.size.get().div_ceil(m.bs as u64);
+            let mut fresh: Vec<(u64, u64, u64)> = Vec::new();
             let mut added = 0u64;
-            let mut l = lblk;
-            while l < lblk + count {
+            let mut l = from;
+            while l < to {
                 if let Some(e) = exts.iter().find(|e| e.lblk.get() <= l && l < e.lblk.get() + e.len.get() as u64) {
                     l = e.lblk.get() + e.len.get() as u64;
                     continue;
                 }
                 // Up to the next mapped block, or the end of the request.
                 let next = exts.iter().map(|e| e.lblk.get()).filter(|&s| s > l).min().unwrap_or(u64::MAX);
-                let want = (lblk + count).min(next) - l;
-                let (p, n) = m.alloc_run(want.min(u32::MAX as u64))?;
+                let want = (to.min(next) - l).min(u32::MAX as u64);
+                let goal = exts
+                    .iter()
+                    .find(|e| e.lblk.get() + e.len.get() as u64 == l)
+                    .map(|e| e.pblk.get() + e.len.get() as u64);
+                let (p, n) = match goal.map(|g| m.alloc_at(g, want)).transpose()?.flatten() {
+                    Some(r) => r,
+                    None => {
+                        let r = m.alloc_run(want)?;
+                        if goal.is_some() {
+                            // Another file took this one's next blocks: leave
+                            // room after the new run for it to grow into.
+                            m.alloc_hint = m.alloc_hint.saturating_add(GROW_ROOM);
+                        }
+                        r
+                    }
+                };
                 match exts
                     .iter_mut()
                     .find(|e| e.lblk.get() + e.len.get() as u64 == l && e.pblk.get() + e.len.get() as u64 == p)
@@ -868,8 +963,25 @@ impl MetaStore {
                     }
                 }
                 exts.sort_by_key(|e| e.lblk.get());
+                fresh.push((l, p, n));
                 added += n;
                 l += n;
+            }
+            // Fresh blocks read as zeroes, except those the writer fills
+            // whole beyond the end of the file.
+            for (l0, p0, n) in fresh {
+                let (mut a, end) = (l0, l0 + n);
+                while a < end {
+                    let skip = a >= size_blocks && a >= lblk && a < lblk + count;
+                    let mut b = a + 1;
+                    while b < end && (b >= size_blocks && b >= lblk && b < lblk + count) == skip {
+                        b += 1;
+                    }
+                    if !skip {
+                        m.dev.write_zeroes(p0 + (a - l0), b - a)?;
+                    }
+                    a = b;
+                }
             }
             if added > 0 {
                 m.set_extents(ino, &exts)?;
@@ -898,6 +1010,21 @@ impl MetaStore {
             m.put_inode(i)?;
             Ok(i)
         })
+    }
+
+    /// Marks an inode used (or not) by some node; an unlinked inode is
+    /// freed when its last user lets go. `Ok(true)`: it was freed now.
+    pub fn set_in_use(&mut self, ino: u64, used: bool) -> MResult<bool> {
+        if used {
+            self.in_use.insert(ino);
+            return Ok(false);
+        }
+        self.in_use.remove(&ino);
+        if self.inodes.get(&ino).is_some_and(|i| i.nlink.get() == 0) {
+            self.run(|m| m.free_inode(ino))?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// A file's DM attributes and managed regions (empty if it has none).
@@ -1127,27 +1254,63 @@ mod tests {
         let a = m.create(ROOT, b"a", FILE, ME).unwrap().ino.get();
         let b = m.create(ROOT, b"b", FILE, ME).unwrap().ino.get();
         let (_, free0, _, _) = m.statfs();
-        // Interleave two files block by block: each ends up with many extents.
+        // Two files written block by block side by side: each grows where
+        // it ends, so neither is cut into an extent per block.
         for k in 0..20 {
             m.allocate(a, k, 1).unwrap();
             m.allocate(b, k, 1).unwrap();
         }
-        assert_eq!(m.extents(a).len(), 20, "more extents than the inode holds inline");
-        assert_eq!(m.statfs().1, free0 - 40 - 2, "40 data blocks and two overflow extent blocks");
+        assert!(m.extents(a).len() <= 2 && m.extents(b).len() <= 2, "{:?}", m.extents(a));
+        assert_eq!(m.statfs().1, free0 - 40);
         // Already mapped blocks are not allocated again.
         let again = m.allocate(a, 5, 3).unwrap();
-        assert_eq!(again.iter().map(|e| e.len.get()).sum::<u32>(), 3);
-        assert_eq!(m.statfs().1, free0 - 42);
+        assert!((5..8).all(|k| crate::fs::data::map(&again, k).is_some()), "{again:?}");
+        assert_eq!(m.statfs().1, free0 - 40);
+        // More extents than the inode holds inline: every other block of
+        // a 40-block file punched out.
+        let c = m.create(ROOT, b"c", FILE, ME).unwrap().ino.get();
+        m.allocate(c, 0, 40).unwrap();
+        for k in (1..40).step_by(2) {
+            m.punch(c, k * 4096, 4096).unwrap();
+        }
+        assert_eq!(m.extents(c).len(), 20);
+        assert_eq!(m.statfs().1, free0 - 40 - 20 - 1, "20 blocks of c and its overflow extent block");
         m.setattr(a, &SetAttr { size: Some(3 * 4096), ..Default::default() }).unwrap();
-        assert_eq!(m.extents(a).len(), 3);
+        assert_eq!(m.extents(a).iter().map(|e| e.len.get()).sum::<u32>(), 3);
         assert_eq!(m.getattr(a).unwrap().blocks.get(), 3);
         drop(m);
         let mut m = MetaStore::open(dev).unwrap();
-        assert_eq!(m.extents(b).len(), 20);
-        assert_eq!(m.extents(a).len(), 3);
-        m.unlink(ROOT, b"b").unwrap();
-        m.unlink(ROOT, b"a").unwrap();
+        assert_eq!(m.extents(c).len(), 20);
+        assert_eq!(m.extents(a).iter().map(|e| e.len.get()).sum::<u32>(), 3);
+        for n in [&b"a"[..], b"b", b"c"] {
+            m.unlink(ROOT, n).unwrap();
+        }
         assert_eq!(m.statfs().1, free0, "every block comes back");
+    }
+
+    #[test]
+    fn writes_into_holes_allocate_zeroed_chunks() {
+        let (dev, mut m) = fresh(16 << 20);
+        let f = m.create(ROOT, b"f", FILE, ME).unwrap().ino.get();
+        // Dirty the blocks a later file will get, then free them.
+        let junk = m.create(ROOT, b"junk", FILE, ME).unwrap().ino.get();
+        let exts = m.allocate(junk, 0, 64).unwrap();
+        for e in &exts {
+            dev.write(e.pblk.get(), &vec![0xAB; e.len.get() as usize * 4096], false).unwrap();
+        }
+        m.unlink(ROOT, b"junk").unwrap();
+        m.setattr(f, &SetAttr { size: Some(64 * 4096), ..Default::default() }).unwrap();
+        // Random single-block writes into the sparse file: one chunk each.
+        for k in [37u64, 3, 50, 20, 9, 63] {
+            m.allocate(f, k, 1).unwrap();
+        }
+        assert!(m.extents(f).len() <= 4, "chunks, not blocks: {:?}", m.extents(f));
+        // Every fresh block inside the file reads as zeroes, not as junk.
+        for e in m.extents(f) {
+            let mut buf = vec![1u8; e.len.get() as usize * 4096];
+            dev.read(e.pblk.get(), &mut buf).unwrap();
+            assert!(buf.iter().all(|&x| x == 0), "extent {e:?} shows old data");
+        }
     }
 
     #[test]

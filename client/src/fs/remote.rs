@@ -196,7 +196,7 @@ impl MetaClient {
                 }
                 st.extents = e;
             }
-            Reply::Changed { inode, grant, parents } => {
+            Reply::Changed { inode, grant, parents, .. } => {
                 if let (Some(b), Some(m)) = (inode, grant) {
                     if let Ok(i) = rpc::inode_from(b) {
                         let slot = self.slot(i.ino.get());

@@ -105,6 +105,8 @@ pub enum Req {
         uid: u32,
         gid: u32,
         symlink: Option<Vec<u8>>,
+        /// The creator opens the new file (`create`): counted as in use.
+        open: bool,
     },
     Unlink {
         parent: u64,
@@ -160,6 +162,30 @@ pub enum Req {
         off: u64,
         len: u64,
     },
+    /// The node opened the file: it outlives its last name until released
+    /// (POSIX). Counted per node, dropped with a node that goes away.
+    Open {
+        ino: u64,
+    },
+    /// The node closed the file ([`Reply::Released`]).
+    Release {
+        ino: u64,
+    },
+    /// `dm_set_fileattr`: like [`Req::SetAttr`], but the requester keeps
+    /// its token (a DM application changes files under its right) and gets
+    /// the new state as a [`Reply::Granted`].
+    DmSetAttr {
+        ino: u64,
+        set: WireSetAttr,
+    },
+    /// Up to `max` inodes from inode number `from` on (`dm_get_bulkattr`),
+    /// or, with `dir`, entries of that directory from index `from` on
+    /// (`dm_get_dirattrs`). A snapshot of the manager's copies.
+    Scan {
+        dir: Option<u64>,
+        from: u64,
+        max: u32,
+    },
 }
 
 impl Req {
@@ -178,6 +204,11 @@ impl Req {
                 | Req::DmSet { .. }
                 | Req::SetEventList { .. }
                 | Req::Punch { .. }
+                // A lost connection drops the node's opens, so counting again is right.
+                | Req::Open { .. }
+                | Req::Release { .. }
+                | Req::Scan { .. }
+                | Req::DmSetAttr { .. }
         )
     }
 }
@@ -209,6 +240,18 @@ pub enum Reply {
         inode: Option<Vec<u8>>,
         grant: Option<Mode>,
         parents: Vec<Vec<u8>>,
+        /// A file the change destroyed (its last link went, nobody had it open).
+        destroyed: Option<Destroyed>,
+    },
+    /// What a [`Req::Scan`] found: (name, inode bytes, has managed
+    /// regions) each, and where to go on from (0: the end).
+    Scanned {
+        entries: Vec<(Vec<u8>, Vec<u8>, bool)>,
+        next: u64,
+    },
+    /// A release; the file was destroyed if it was its last use with no link left.
+    Released {
+        destroyed: Option<Destroyed>,
     },
     Attr(Vec<u8>),
     Extents(Vec<u8>),
@@ -218,6 +261,15 @@ pub enum Reply {
         files: u64,
         ffree: u64,
     },
+}
+
+/// A destroyed file, for the DM destroy event: its handle's parts and the
+/// DM attributes it had (`dm_set_return_on_destroy` returns one of them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Destroyed {
+    pub ino: u64,
+    pub generation: u32,
+    pub attrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A token given back: the inode, and the size and mtime its holder set.

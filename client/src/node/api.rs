@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dmapi::event::{parse_eventmsgs, DmEvent};
+use dmapi::event::{parse_eventmsgs, DmEvent, EventBody};
 use dmapi::proto::{decode_frame, Message};
 use dmapi::session::Caller;
 use dmapi::types::{
@@ -132,6 +132,13 @@ pub enum Request {
     /// `Event` frame and wait for the outcome.
     Generate {
         frame: Vec<u8>,
+        /// The per-file event list of the object the event is about.
+        #[serde(default)]
+        file_events: u64,
+        /// A destroyed file's DM attributes: the destroy event carries the one
+        /// `dm_set_return_on_destroy` named.
+        #[serde(default)]
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
     },
     Mount {
         fs: u64,
@@ -380,13 +387,20 @@ fn dispatch(node: &Node, caller: &Caller, req: Request) -> Reply {
                 )?;
                 Reply::Ok
             }
-            Request::Generate { frame } => {
+            Request::Generate { frame, file_events, attrs } => {
                 let (f, _) = decode_frame(&frame).map_err(|_| DmError::Inval("generate: not an event frame"))?;
-                let Message::Event { fs, event, .. } = f.msg else {
+                let Message::Event { fs, mut event, .. } = f.msg else {
                     return Err(DmError::Inval("generate: not an event frame"));
                 };
+                if let EventBody::Destroy { attrname, attrcopy, .. } = &mut event.body {
+                    if let Some(name) = node.table().return_on_destroy(fs) {
+                        *attrname = name;
+                        let n = &name.an_chars[..name.an_chars.iter().position(|&c| c == 0).unwrap_or(8)];
+                        *attrcopy = attrs.into_iter().find(|(a, _)| a == n).map(|(_, v)| v).unwrap_or_default();
+                    }
+                }
                 let t0 = Instant::now();
-                let r = node.source.generate(fs, event);
+                let r = node.source.generate_with_filelist(fs, event, EventSet(file_events));
                 let blocked_ns = t0.elapsed().as_nanos() as u64;
                 let (response, reterror) = match r {
                     Ok(resp) => resp.to_raw(),
@@ -610,9 +624,21 @@ impl Dm {
     /// Generates `event` on file system `fs` on this node, as the file system would,
     /// and waits for the outcome (ABORT comes back as `response`, not as an error).
     pub fn generate(&self, fs: FsId, event: DmEvent) -> DmResult<Generated> {
+        self.generate_for_file(fs, event, EventSet::EMPTY, Vec::new())
+    }
+
+    /// [`generate`](Self::generate) for an event about a file with event
+    /// list `file_events`; a destroy event gives the file's DM `attrs`.
+    pub fn generate_for_file(
+        &self,
+        fs: FsId,
+        event: DmEvent,
+        file_events: EventSet,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> DmResult<Generated> {
         let f = dmapi::proto::Frame::new(event.source, 0, Message::Event { fs, sync: false, event });
         let frame = dmapi::proto::encode_frame(&f).map_err(|_| DmError::Inval("event too large"))?;
-        match self.call(&Request::Generate { frame })? {
+        match self.call(&Request::Generate { frame, file_events: file_events.0, attrs })? {
             Reply::Generated { response, reterror, blocked_ns } => Ok(Generated {
                 response: DmResponse::from_raw(response, reterror)?,
                 blocked: Duration::from_nanos(blocked_ns),

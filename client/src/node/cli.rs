@@ -21,7 +21,9 @@ use client::node::api::Dm;
 use client::node::config::NodeConfig;
 use client::node::daemon::Node;
 use dmapi::event::{DmEvent, EventBody};
-use dmapi::types::{DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId, DM_EV_WAIT};
+use dmapi::types::{
+    DmAttrName, DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId, DM_EV_WAIT,
+};
 
 /// `tidepool node ...`
 #[derive(Subcommand)]
@@ -218,6 +220,10 @@ struct ListenArgs {
     /// Exit after this many events.
     #[arg(long)]
     count: Option<u64>,
+    /// Destroy events of --fs carry a copy of this DM attribute
+    /// (`dm_set_return_on_destroy`).
+    #[arg(long)]
+    return_on_destroy: Option<String>,
 }
 
 /// Parses `read,write,...` into an event set.
@@ -261,14 +267,28 @@ pub fn describe(sid: DmSessId, e: &DmEvent) -> String {
         EventBody::Data { handle, offset, length } => {
             line += &format!(" ino={} offset={offset} length={length}", handle.ino().unwrap_or(0));
         }
-        EventBody::Namespace { name1, name2, .. } => {
+        EventBody::Namespace { name1, name2, handle1, retcode, .. } => {
             line += &format!(" name1={} name2={}", String::from_utf8_lossy(name1), String::from_utf8_lossy(name2));
+            let ino = handle1.and_then(|h| h.ino().ok()).unwrap_or(0);
+            line += &format!(" ino1={ino} retcode={retcode}");
+        }
+        EventBody::Mount { mountpoint_path, media, .. } => {
+            line +=
+                &format!(" path={} media={}", String::from_utf8_lossy(mountpoint_path), String::from_utf8_lossy(media));
+        }
+        EventBody::Destroy { handle, attrname, attrcopy } => {
+            let n = &attrname.an_chars[..attrname.an_chars.iter().position(|&c| c == 0).unwrap_or(8)];
+            line += &format!(
+                " ino={} attrname={} attrcopy={}",
+                handle.ino().unwrap_or(0),
+                String::from_utf8_lossy(n),
+                String::from_utf8_lossy(attrcopy)
+            );
         }
         EventBody::Cancel { sequence, token } => {
             line += &format!(" cancelled_sequence={sequence} cancelled_token={token}")
         }
         EventBody::User { data } => line += &format!(" data={}", String::from_utf8_lossy(data)),
-        _ => {}
     }
     line
 }
@@ -386,6 +406,9 @@ fn listen(dm: &Dm, l: ListenArgs) -> anyhow::Result<()> {
     out(&format!("SESSION sid={sid} node={me} reclaimed={}", old.is_some()));
     if let Some(ev) = &l.events {
         set_disp(dm, sid, FsId(l.fs), parse_events(ev)?, true)?;
+    }
+    if let Some(name) = &l.return_on_destroy {
+        dm.dm_set_return_on_destroy(sid, &DmHandle::fs(FsId(l.fs)), DmAttrName::new(name.as_bytes())?, true)?;
     }
     out("READY");
     let mut seen = 0u64;

@@ -1,0 +1,174 @@
+//! The XDSM events of a file's and a mount's life, from real operations on a
+//! FUSE mount on node B (4), at a session on node A (3): mount (synchronous),
+//! attribute, close, destroy (only when the last link and the last open are
+//! gone, with the attribute `dm_set_return_on_destroy` names), preunmount
+//! (an ABORT keeps the file system mounted) and unmount; and a per-file
+//! event list enabling read events for one file only (B3).
+
+mod common;
+
+use client::dm::files::DmFs;
+use client::fs::blockdev::{BlockDev, MemDev};
+use client::fs::fuse::{spawn_mount, DmLink};
+use common::{standard, Cluster};
+use dmapi::event::{DmEvent, EventBody};
+use dmapi::types::{DmAttrName, DmHandle, DmResponse, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Events {
+    rx: Receiver<DmEvent>,
+    seen: Vec<DmEvent>,
+}
+
+impl Events {
+    /// The next event matching `f`; the others are kept in `seen`.
+    fn wait(&mut self, what: &str, f: impl Fn(&DmEvent) -> bool) -> DmEvent {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self.rx.recv_timeout(left).unwrap_or_else(|_| panic!("no {what} event; saw {:#?}", self.seen));
+            self.seen.push(ev.clone());
+            if f(&ev) {
+                return ev;
+            }
+        }
+    }
+
+    /// Everything that arrives within `d`.
+    fn settle(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while let Ok(ev) = self.rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            self.seen.push(ev);
+        }
+    }
+}
+
+fn object_ino(ev: &DmEvent) -> u64 {
+    match &ev.body {
+        EventBody::Namespace { handle1: Some(h), .. } => h.ino().unwrap_or(0),
+        EventBody::Data { handle, .. } | EventBody::Destroy { handle, .. } => handle.ino().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[test]
+fn a_files_and_a_mounts_life_raise_their_events() {
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return;
+    }
+    let c = Cluster::start(&standard("", false));
+    let api = client::node::api::Dm::connect(c.socket(3)).unwrap();
+    let sid: DmSessId = api.dm_create_session(DmSessId(0), b"lifecycle").unwrap();
+    let fs = DmHandle::fs(FsId(1));
+    use EventType::*;
+    let disp: EventSet = [Mount, Preunmount, Unmount, Attribute, Close, Destroy, Remove, Read].into_iter().collect();
+    api.dm_set_disp(sid, &fs, disp).unwrap();
+    // Read is disposed but not in the file system's event list: only files
+    // whose own event list has it raise it.
+    let fs_list: EventSet = disp.iter().filter(|t| *t != Read).collect();
+    api.dm_set_eventlist(sid, &fs, fs_list).unwrap();
+    api.dm_set_return_on_destroy(sid, &fs, DmAttrName::new(b"hsm").unwrap(), true).unwrap();
+    for ev in ["mount", "destroy", "close"] {
+        c.driver(4, &["wait-route", "--event", ev, "--node", "3"]);
+    }
+
+    // The DM application: every event goes to the test; the first
+    // preunmount is refused with EBUSY, everything else continues.
+    let (tx, rx) = mpsc::channel();
+    let responder = client::node::api::Dm::connect(c.socket(3)).unwrap();
+    std::thread::spawn(move || {
+        let mut refused = false;
+        while let Ok(evs) = responder.get_events(sid, 64, DM_EV_WAIT, 1 << 20) {
+            for e in evs {
+                if e.token.0 > 0 {
+                    let r = if e.ev_type == Preunmount && !refused {
+                        refused = true;
+                        DmResponse::Abort(libc::EBUSY)
+                    } else {
+                        DmResponse::Continue
+                    };
+                    let _ = responder.dm_respond_event(sid, e.token, r, &[]);
+                }
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut evs = Events { rx, seen: Vec::new() };
+
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), Some(DmLink { api: api_b, fs: FsId(1) })).unwrap();
+    let m = evs.wait("mount", |e| e.ev_type == Mount);
+    assert_eq!(m.source.0, 4, "B12: {m:?}");
+    let EventBody::Mount { mountpoint_path, root_handle, .. } = &m.body else { panic!("{m:?}") };
+    assert_eq!(mountpoint_path.as_slice(), mnt.path().as_os_str().as_encoded_bytes());
+    assert_eq!(root_handle.unwrap().ino().unwrap(), 1);
+
+    let f = mnt.path().join("f");
+    let g = mnt.path().join("g");
+    std::fs::write(&f, b"precious bytes").unwrap();
+    std::fs::write(&g, b"other").unwrap();
+    let (fino, gino) = (std::fs::metadata(&f).unwrap().ino(), std::fs::metadata(&g).unwrap().ino());
+    evs.wait("close of f", |e| e.ev_type == Close && object_ino(e) == fino);
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    evs.wait("attribute of f", |e| e.ev_type == Attribute && object_ino(e) == fino);
+
+    // A per-file event list: reads of f are events, reads of g are not.
+    let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
+    let h = hsm.path_to_handle(&f).unwrap();
+    hsm.set_eventlist(&h, [Read].into_iter().collect()).unwrap();
+    hsm.set_dmattr(&h, b"hsm", b"obj-7").unwrap();
+    assert_eq!(std::fs::read(&g).unwrap(), b"other");
+    assert_eq!(std::fs::read(&f).unwrap(), b"precious bytes");
+    let r = evs.wait("read of f", |e| e.ev_type == Read);
+    assert_eq!(object_ino(&r), fino, "only f's own event list enables read events");
+
+    // Unlinked while open: the file lives on until its last close, then
+    // the destroy event carries the attribute asked for.
+    let mut fd = std::fs::File::open(&f).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    evs.wait("remove of f", |e| e.ev_type == Remove);
+    assert!(!f.exists());
+    let mut back = String::new();
+    fd.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "precious bytes", "an open file outlives its name");
+    assert_eq!(fd.metadata().unwrap().nlink(), 0);
+    evs.settle(Duration::from_millis(300));
+    assert!(!evs.seen.iter().any(|e| e.ev_type == Destroy), "destroyed while open: {:#?}", evs.seen);
+    drop(fd);
+    let d = evs.wait("destroy of f", |e| e.ev_type == Destroy);
+    let EventBody::Destroy { handle, attrname, attrcopy } = &d.body else { panic!("{d:?}") };
+    assert_eq!((handle.ino().unwrap(), *attrname), (fino, DmAttrName::new(b"hsm").unwrap()));
+    assert_eq!(attrcopy.as_slice(), b"obj-7", "dm_set_return_on_destroy");
+    // Its blocks and inode are free again: g's unlink destroys at once.
+    std::fs::remove_file(&g).unwrap();
+    let d = evs.wait("destroy of g", |e| e.ev_type == Destroy);
+    assert_eq!(object_ino(&d), gino);
+    assert!(evs.seen.iter().all(|e| e.ev_type != Read || object_ino(e) != gino), "g raised a read event");
+    drop(hsm);
+
+    // Preunmount is synchronous: refused once (the mount stays), then allowed.
+    assert_eq!(mount.preunmount(), Err(libc::EBUSY));
+    evs.wait("preunmount", |e| e.ev_type == Preunmount);
+    std::fs::write(mnt.path().join("still"), b"mounted").unwrap();
+    assert_eq!(mount.preunmount(), Ok(()));
+    mount.unmount().unwrap();
+    let u = evs.wait("unmount", |e| e.ev_type == Unmount);
+    let EventBody::Namespace { retcode, .. } = u.body else { panic!("{u:?}") };
+    assert_eq!(retcode, 0);
+    assert!(evs.seen.iter().all(|e| e.source.0 == 4), "every event came from node B");
+}

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# File-system benchmarks, every figure beside its baselines from the same run:
+#  - fio (psync, one job) 4 KiB random read/write and 1 MiB sequential
+#    read/write on: the Tidepool mount (storage node on loopback, separate
+#    fs-manager process), a bindfs passthrough FUSE mount of a local
+#    directory, and the local directory itself; page cache dropped first;
+#  - metadata: creates, stats and unlinks per second, one node and two
+#    nodes at once (two mounts of the same file system), beside a local
+#    directory.
+# Usage: scripts/bench/fs.sh [seconds per fio point, default 5]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-5}
+cargo build --release -q --bin tidepool --bin storage-node
+bin=target/release
+work=$(mktemp -d /tmp/tidepool-fsbench.XXXXXX)
+pids=()
+cleanup() {
+    for m in "$work"/mnt* "$work/bind"; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port=$((20000 + RANDOM % 20000))
+mport=$((port + 1))
+$bin/storage-node --file "$work/vol.img" --size 1G --create --allow-any-host --listen 127.0.0.1:$port \
+    --discovery-listen 127.0.0.1:0 >"$work/sn.out" 2>"$work/sn.log" &
+pids+=($!)
+for _ in $(seq 100); do grep "listening on" "$work/sn.out" >/dev/null 2>&1 && break; sleep 0.1; done
+A=(--addr 127.0.0.1:$port --nqn nqn.2026-11.io.tidepool:vol0)
+$bin/tidepool mkfs "${A[@]}" >/dev/null
+$bin/tidepool fs-manager "${A[@]}" --listen 127.0.0.1:$mport >"$work/mgr.out" 2>"$work/mgr.log" &
+pids+=($!)
+for _ in $(seq 100); do grep serving "$work/mgr.out" >/dev/null 2>&1 && break; sleep 0.1; done
+for n in 1 2; do
+    mkdir -p "$work/mnt$n"
+    $bin/tidepool mount "${A[@]}" --manager 127.0.0.1:$mport --name "bench$n" "$work/mnt$n" >"$work/m$n.out" 2>"$work/m$n.log" &
+    pids+=($!)
+    for _ in $(seq 100); do grep mounted "$work/m$n.out" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+mkdir -p "$work/local" "$work/bind"
+bindfs "$work/local" "$work/bind"
+
+fio_iops() { # dir rw bs -> "iops bw_MiB/s"
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    fio --name=b --directory="$1" --filename=bench.dat --size=64M --rw="$2" --bs="$3" --ioengine=psync \
+        --numjobs=1 --time_based --runtime="$SECS" --output-format=json 2>/dev/null |
+        python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; r=j["read"] if j["read"]["io_bytes"] else j["write"]; print("%d %.1f" % (r["iops"], r["bw"]/1024))'
+}
+echo "fio psync, 1 job, 64 MiB file, ${SECS}s per point; IOPS (MiB/s)"
+printf "%-12s %16s %16s %16s %10s %10s\n" workload local bindfs tidepool "tp/bindfs" "tp/local"
+for spec in "randread 4k" "randwrite 4k" "read 1M" "write 1M"; do
+    set -- $spec
+    # Lay the file out first so reads read data.
+    for d in "$work/local" "$work/bind" "$work/mnt1"; do
+        [ -s "$d/bench.dat" ] || dd if=/dev/urandom of="$d/bench.dat" bs=1M count=64 status=none
+    done
+    l=$(fio_iops "$work/local" "$1" "$2"); b=$(fio_iops "$work/bind" "$1" "$2"); t=$(fio_iops "$work/mnt1" "$1" "$2")
+    python3 - "$1 $2" "$l" "$b" "$t" <<'EOF'
+import sys
+w, l, b, t = sys.argv[1], *[x.split() for x in sys.argv[2:]]
+print("%-12s %9s (%5s) %9s (%5s) %9s (%5s) %10.2f %10.2f" % (w, l[0], l[1], b[0], b[1], t[0], t[1], int(t[0]) / max(1, int(b[0])), int(t[0]) / max(1, int(l[0]))))
+EOF
+done
+
+meta() { # N dirs... : creates, stats, unlinks per second, all dirs at once
+    python3 - "$@" <<'EOF'
+import os, sys, time, multiprocessing as mp
+n = int(sys.argv[1]); dirs = sys.argv[2:]
+def phase(d, what, q):
+    os.makedirs(d, exist_ok=True)
+    t = time.perf_counter()
+    for i in range(n):
+        p = os.path.join(d, "f%d" % i)
+        if what == "create": os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+        elif what == "stat": os.stat(p)
+        else: os.unlink(p)
+    q.put(time.perf_counter() - t)
+out = []
+for what in ("create", "stat", "unlink"):
+    q = mp.Queue(); ps = [mp.Process(target=phase, args=(d, what, q)) for d in dirs]
+    [p.start() for p in ps]; [p.join() for p in ps]
+    worst = max(q.get() for _ in ps)
+    out.append("%d" % (n * len(dirs) / worst))
+print(" ".join(out))
+EOF
+}
+N=${TIDEPOOL_META_FILES:-2000}
+echo
+echo "metadata, $N files per node (ops/s, all nodes together): creates stats unlinks"
+echo "local dir        : $(meta $N "$work/local/m1")"
+echo "tidepool 1 node  : $(meta $N "$work/mnt1/m1")"
+echo "tidepool 2 nodes : $(meta $N "$work/mnt1/m2" "$work/mnt2/m3")"
+echo "local 2 procs    : $(meta $N "$work/local/m2" "$work/local/m3")"
