@@ -114,6 +114,66 @@ pub const DM_ATTR_NAME_SIZE: usize = 8;
 pub const DM_EV_WAIT: u32 = 0x1;
 /// `DM_RR_WAIT`: `dm_request_right` waits for the right.
 pub const DM_RR_WAIT: u32 = 0x1;
+
+/// `DM_AT_*`: which fields `dm_get_fileattr`, `dm_set_fileattr`,
+/// `dm_get_dirattrs` and `dm_get_bulkattr` deal with (XDSM / SGI values).
+#[allow(missing_docs)]
+pub mod dm_at {
+    pub const ATIME: u32 = 0x0001;
+    pub const CFLAG: u32 = 0x0002;
+    pub const CTIME: u32 = 0x0004;
+    pub const DTIME: u32 = 0x0008;
+    pub const EMASK: u32 = 0x0010;
+    pub const GID: u32 = 0x0020;
+    pub const HANDLE: u32 = 0x0040;
+    pub const MODE: u32 = 0x0080;
+    pub const MTIME: u32 = 0x0100;
+    pub const PATTR: u32 = 0x0200;
+    pub const PMANR: u32 = 0x0400;
+    pub const SIZE: u32 = 0x0800;
+    pub const STAT: u32 = 0x1000;
+    pub const UID: u32 = 0x2000;
+    /// Every mask bit XDSM defines.
+    pub const ALL: u32 = 0x3fff;
+}
+
+/// `dm_stat_t`: a file's attributes as DMAPI reports them (times in
+/// seconds since the epoch, as XDSM's `time_t` fields).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DmStat {
+    /// `dt_handle`.
+    pub handle: Option<DmHandle>,
+    /// `dt_compname`: the entry's name (`dm_get_dirattrs` only).
+    pub compname: Vec<u8>,
+    /// `dt_emask`: the file's own event list.
+    pub emask: EventSet,
+    /// `dt_pmanreg`: whether the file has managed regions.
+    pub pmanreg: bool,
+    /// `dt_dtime`: when the DM attributes last changed (Tidepool: the ctime).
+    pub dtime: i64,
+    /// `dt_ino`.
+    pub ino: u64,
+    /// `dt_mode`: type and permission bits.
+    pub mode: u32,
+    /// `dt_nlink`.
+    pub nlink: u32,
+    /// `dt_uid`.
+    pub uid: u32,
+    /// `dt_gid`.
+    pub gid: u32,
+    /// `dt_size` in bytes.
+    pub size: u64,
+    /// `dt_atime`.
+    pub atime: i64,
+    /// `dt_mtime`.
+    pub mtime: i64,
+    /// `dt_ctime`.
+    pub ctime: i64,
+    /// `dt_blksize`.
+    pub blksize: u32,
+    /// `dt_blocks`: 512-byte blocks.
+    pub blocks: u64,
+}
 /// `DM_MOUNT_RDONLY`: `me_mode` flag of a mount event.
 pub const DM_MOUNT_RDONLY: u32 = 0x1;
 /// `DM_UNMOUNT_FORCE`: `ne_mode` flag of preunmount/unmount events.

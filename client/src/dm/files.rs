@@ -14,9 +14,9 @@ use crate::fs::blockdev::BlockDev;
 use crate::fs::data::{map, DataPath};
 use crate::fs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
 use crate::fs::remote::MetaClient;
-use crate::fs::rpc::{Mode, Reply, Req};
+use crate::fs::rpc::{inode_from, Mode, Reply, Req, WireSetAttr};
 use dmapi::error::{DmError, DmResult};
-use dmapi::types::{DmHandle, DmRight, EventSet, FsId, HandleKind};
+use dmapi::types::{DmHandle, DmRight, DmStat, EventSet, FsId, HandleKind};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,10 +105,105 @@ impl DmFs {
         self.handle_of(md.ino())
     }
 
-    /// `dm_get_fileattr`: the file's attributes, as its inode holds them.
-    pub fn get_fileattr(&self, h: &DmHandle) -> DmResult<Inode> {
+    /// A `dm_stat_t` of an inode.
+    fn stat_of(&self, i: &Inode, compname: Vec<u8>, pmanreg: bool) -> DmStat {
+        let secs = |ns: u64| (ns / 1_000_000_000) as i64;
+        DmStat {
+            handle: Some(DmHandle::file(self.fs, i.ino.get(), i.generation.get())),
+            compname,
+            emask: EventSet(i.dm_events.get()),
+            pmanreg,
+            dtime: secs(i.ctime_ns.get()),
+            ino: i.ino.get(),
+            mode: i.mode.get(),
+            nlink: i.nlink.get(),
+            uid: i.uid.get(),
+            gid: i.gid.get(),
+            size: i.size.get(),
+            atime: secs(i.atime_ns.get()),
+            mtime: secs(i.mtime_ns.get()),
+            ctime: secs(i.ctime_ns.get()),
+            blksize: self.data.bs as u32,
+            blocks: i.blocks.get() * self.data.bs / 512,
+        }
+    }
+
+    /// `dm_get_fileattr`: the file's attributes under a token, so a size
+    /// another node is writing is current.
+    pub fn get_fileattr(&self, h: &DmHandle) -> DmResult<DmStat> {
         let ino = self.ino(h)?;
-        self.inode(ino)
+        let i = self.inode(ino)?;
+        let managed = self.dm_info(ino)?.regions.is_some_and(|r| !r.is_empty());
+        Ok(self.stat_of(&i, Vec::new(), managed))
+    }
+
+    /// `dm_set_fileattr`: the fields `mask` (`dm_at::*`) names, from `st`.
+    /// Mode, owner, group, times and size can be set; ctime and dtime
+    /// belong to the file system. No events are generated.
+    pub fn set_fileattr(&self, h: &DmHandle, mask: u32, st: &DmStat) -> DmResult<()> {
+        use dmapi::types::dm_at::*;
+        if mask & !ALL != 0 {
+            return Err(DmError::Inval("unknown DM_AT_ bits in the mask"));
+        }
+        if mask & !(MODE | UID | GID | ATIME | MTIME | SIZE) != 0 {
+            return Err(DmError::Inval("only mode, uid, gid, atime, mtime and size can be set"));
+        }
+        if mask & (ATIME | MTIME) != 0 && (st.atime < 0 || st.mtime < 0) {
+            return Err(DmError::Inval("times before 1970 are not stored"));
+        }
+        let ino = self.ino(h)?;
+        // Sizes this application wrote under its token go first, so the
+        // new attributes are not overtaken by them.
+        let slot = self.meta().slot(ino);
+        self.meta().flush(ino, &slot).map_err(from_errno)?;
+        let ns = |s: i64| s as u64 * 1_000_000_000;
+        let set = WireSetAttr {
+            mode: (mask & MODE != 0).then_some(st.mode & 0o7777),
+            uid: (mask & UID != 0).then_some(st.uid),
+            gid: (mask & GID != 0).then_some(st.gid),
+            size: (mask & SIZE != 0).then_some(st.size),
+            atime_ns: (mask & ATIME != 0).then(|| ns(st.atime)),
+            mtime_ns: (mask & MTIME != 0).then(|| ns(st.mtime)),
+        };
+        match self.meta().ask(Req::DmSetAttr { ino, set }).map_err(from_errno)? {
+            Reply::Granted { .. } => Ok(()),
+            _ => Err(DmError::Io("unexpected reply".into())),
+        }
+    }
+
+    fn scan(&self, dir: Option<u64>, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
+        match self.meta().ask(Req::Scan { dir, from: cookie, max }).map_err(from_errno)? {
+            Reply::Scanned { entries, next } => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (name, b, managed) in entries {
+                    let i = inode_from(&b).map_err(|_| DmError::Io("bad inode in a scan reply".into()))?;
+                    out.push(self.stat_of(&i, name, managed));
+                }
+                Ok((out, next))
+            }
+            _ => Err(DmError::Io("unexpected reply".into())),
+        }
+    }
+
+    /// `dm_get_bulkattr`: the attributes of up to `max` files of the file
+    /// system from `cookie` on (start at 0), and the cookie of the next
+    /// call (0: all seen). A snapshot of the manager's copies: a size a
+    /// node is still writing under its token shows when it is given back.
+    pub fn get_bulkattr(&self, fs: &DmHandle, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
+        if fs.kind() != HandleKind::Fs || fs.fsid() != self.fs {
+            return Err(DmError::BadF("not this file system's handle"));
+        }
+        self.scan(None, cookie, max)
+    }
+
+    /// `dm_get_dirattrs`: up to `max` entries of directory `dir` from
+    /// `cookie` on, each with its name and attributes, and the next cookie.
+    pub fn get_dirattrs(&self, dir: &DmHandle, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
+        let ino = self.ino(dir)?;
+        if self.inode(ino)?.mode.get() & libc::S_IFMT != libc::S_IFDIR {
+            return Err(DmError::Inval("not a directory"));
+        }
+        self.scan(Some(ino), cookie, max)
     }
 
     /// `dm_read_invis`: no event, no access time.

@@ -1,0 +1,112 @@
+//! The DMAPI attribute functions on a real mount: `dm_get_fileattr`,
+//! `dm_set_fileattr` (also under the caller's exclusive right),
+//! `dm_get_dirattrs` and `dm_get_bulkattr` paged with cookies, checked
+//! against what `stat` on the FUSE mount shows; bad arguments get errors.
+
+use client::dm::files::DmFs;
+use client::fs::blockdev::{BlockDev, MemDev};
+use client::fs::format::{region_flags, Region};
+use client::fs::fuse::spawn_mount;
+use dmapi::types::{dm_at, DmRight, DmStat, FsId};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
+
+fn all_pages(mut f: impl FnMut(u64) -> (Vec<DmStat>, u64)) -> Vec<DmStat> {
+    let (mut out, mut cookie, mut calls) = (Vec::new(), 0u64, 0);
+    loop {
+        let (page, next) = f(cookie);
+        assert!(page.len() <= 2, "a page holds at most what was asked for");
+        out.extend(page);
+        calls += 1;
+        if next == 0 {
+            break;
+        }
+        cookie = next;
+    }
+    assert!(calls > 1, "small pages: the cookie was used");
+    out
+}
+
+#[test]
+fn file_dir_and_bulk_attributes_match_the_mount() {
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return;
+    }
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let d = mnt.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("a"), vec![1u8; 100]).unwrap();
+    std::fs::write(d.join("b"), vec![2u8; 5000]).unwrap();
+    std::os::unix::fs::symlink("a", d.join("s")).unwrap();
+
+    let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
+    let fsh = dm.path_to_fshandle(mnt.path()).unwrap();
+    let (ha, hb, hd) = (
+        dm.path_to_handle(&d.join("a")).unwrap(),
+        dm.path_to_handle(&d.join("b")).unwrap(),
+        dm.path_to_handle(&d).unwrap(),
+    );
+
+    // dm_get_bulkattr: every file of the file system, as stat shows it.
+    let bulk = all_pages(|c| dm.get_bulkattr(&fsh, c, 2).unwrap());
+    let by_ino: BTreeMap<u64, &DmStat> = bulk.iter().map(|s| (s.ino, s)).collect();
+    assert_eq!(by_ino.len(), bulk.len(), "each file once");
+    for p in [mnt.path().to_path_buf(), d.clone(), d.join("a"), d.join("b"), d.join("s")] {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let s = by_ino.get(&md.ino()).unwrap_or_else(|| panic!("{} missing from the bulk scan", p.display()));
+        assert_eq!((s.size, s.mode, s.nlink as u64, s.mtime), (md.size(), md.mode(), md.nlink(), md.mtime()), "{p:?}");
+        assert_eq!(s.handle.unwrap().ino().unwrap(), md.ino());
+    }
+    assert_eq!(bulk.len(), 5);
+
+    // dm_get_dirattrs: the directory's entries with names.
+    let entries = all_pages(|c| dm.get_dirattrs(&hd, c, 2).unwrap());
+    let names: Vec<&[u8]> = entries.iter().map(|s| s.compname.as_slice()).collect();
+    assert_eq!(names, [&b"a"[..], b"b", b"s"]);
+    assert_eq!(entries[1].size, 5000);
+    assert_eq!(entries[2].mode & libc::S_IFMT, libc::S_IFLNK);
+
+    // dm_get_fileattr and managed regions.
+    let sb = dm.get_fileattr(&hb).unwrap();
+    assert_eq!((sb.size, sb.pmanreg, sb.blocks), (5000, false, 16));
+    dm.set_region(&hb, &[Region { offset: 0, size: 0, flags: region_flags::READ }]).unwrap();
+    assert!(dm.get_fileattr(&hb).unwrap().pmanreg);
+
+    // dm_set_fileattr: what the mask names, nothing else.
+    let want = DmStat { mode: 0o600, mtime: 1_000_000_000, size: 10, uid: 4242, ..Default::default() };
+    dm.set_fileattr(&ha, dm_at::MODE | dm_at::MTIME | dm_at::SIZE, &want).unwrap();
+    let md = std::fs::metadata(d.join("a")).unwrap();
+    assert_eq!((md.permissions().mode() & 0o7777, md.mtime(), md.len(), md.uid()), (0o600, 1_000_000_000, 10, 0));
+    assert_eq!(std::fs::read(d.join("a")).unwrap(), vec![1u8; 10]);
+    // Grown again, the bytes past the old end read as zeroes (POSIX).
+    let f = std::fs::OpenOptions::new().write(true).open(d.join("b")).unwrap();
+    f.set_len(10).unwrap();
+    f.set_len(5000).unwrap();
+    drop(f);
+    let back = std::fs::read(d.join("b")).unwrap();
+    assert_eq!((&back[..10], back[10..].iter().all(|&x| x == 0)), (&[2u8; 10][..], true));
+    // Under its own exclusive right (a recall restoring attributes).
+    dm.request_right(&ha, DmRight::Excl).unwrap();
+    dm.set_fileattr(&ha, dm_at::UID | dm_at::ATIME, &DmStat { uid: 4242, atime: 7, ..want.clone() }).unwrap();
+    assert_eq!(dm.get_fileattr(&ha).unwrap().uid, 4242);
+    dm.release_right(&ha).unwrap();
+    let md = std::fs::metadata(d.join("a")).unwrap();
+    assert_eq!((md.uid(), md.atime()), (4242, 7), "the mount sees it after the right is released");
+
+    // Bad arguments: a clear error, nothing changed.
+    assert_eq!(dm.set_fileattr(&ha, dm_at::CTIME, &want).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(dm.set_fileattr(&ha, 0x8000, &want).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(dm.get_dirattrs(&ha, 0, 8).unwrap_err().errno(), libc::EINVAL, "not a directory");
+    assert_eq!(dm.get_bulkattr(&ha, 0, 8).unwrap_err().errno(), libc::EBADF, "a file handle is not a file system");
+    assert_eq!(std::fs::metadata(d.join("a")).unwrap().len(), 10);
+    drop(dm);
+    drop(mount);
+}
