@@ -243,8 +243,9 @@ impl Region {
     }
 }
 
-/// A file's DM state beyond its event mask: managed regions and DM
-/// attributes, kept in one sealed block per file (`Inode::dm_block`).
+/// A file's attributes beyond its inode: managed regions, DM attributes
+/// and extended attributes, kept in one sealed block per file
+/// (`Inode::dm_block`), so they must fit one block together.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DmInfo {
     /// `None` until a DM application sets regions; until then every read,
@@ -253,6 +254,11 @@ pub struct DmInfo {
     pub regions: Option<Vec<Region>>,
     /// (name of up to [`DM_ATTR_NAME_SIZE`] bytes, value)
     pub attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Extended attributes (`user.x`, `security.selinux`...): (name of up
+    /// to 255 bytes, value). Blocks written before they existed end with
+    /// zeroes here, which reads as none.
+    #[serde(default)]
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// XDSM `DM_ATTR_NAME_SIZE`.
@@ -261,7 +267,7 @@ const DM_MAGIC: [u8; 4] = *b"TPDM";
 
 impl DmInfo {
     pub fn is_empty(&self) -> bool {
-        self.regions.is_none() && self.attrs.is_empty()
+        self.regions.is_none() && self.attrs.is_empty() && self.xattrs.is_empty()
     }
 
     /// The block image; `None` when it does not fit one block.
@@ -287,6 +293,16 @@ impl DmInfo {
             b.extend_from_slice(&(v.len() as u16).to_le_bytes());
             b.extend_from_slice(v);
         }
+        b.extend_from_slice(&(self.xattrs.len() as u16).to_le_bytes());
+        for (n, v) in &self.xattrs {
+            if n.is_empty() || n.len() > 255 || v.len() > u16::MAX as usize {
+                return None;
+            }
+            b.push(n.len() as u8);
+            b.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            b.extend_from_slice(n);
+            b.extend_from_slice(v);
+        }
         if b.len() + 4 > bs {
             return None;
         }
@@ -303,8 +319,10 @@ impl DmInfo {
         let nr = u16::from_le_bytes([b[5], b[6]]) as usize;
         let na = u16::from_le_bytes([b[7], b[8]]) as usize;
         let mut at = 9usize;
+        // Never into the seal at the end.
+        let body = &b[..b.len() - 4];
         let mut take = |n: usize| -> Option<&[u8]> {
-            let s = b.get(at..at + n)?;
+            let s = body.get(at..at + n)?;
             at += n;
             Some(s)
         };
@@ -325,7 +343,15 @@ impl DmInfo {
             let len = u16::from_le_bytes([l[0], l[1]]) as usize;
             attrs.push((name, take(len)?.to_vec()));
         }
-        Some(DmInfo { regions: has_regions.then_some(regions), attrs })
+        let nx = take(2).map_or(0, |x| u16::from_le_bytes([x[0], x[1]]) as usize);
+        let mut xattrs = Vec::with_capacity(nx.min(256));
+        for _ in 0..nx {
+            let h = take(3)?;
+            let (nl, vl) = (h[0] as usize, u16::from_le_bytes([h[1], h[2]]) as usize);
+            let name = take(nl)?.to_vec();
+            xattrs.push((name, take(vl)?.to_vec()));
+        }
+        Some(DmInfo { regions: has_regions.then_some(regions), attrs, xattrs })
     }
 }
 
@@ -338,15 +364,18 @@ mod dm_tests {
         let d = DmInfo {
             regions: Some(vec![Region { offset: 0, size: 0, flags: region_flags::READ | region_flags::WRITE }]),
             attrs: vec![(b"hsm".to_vec(), b"tier=/x/y".to_vec()), (b"8bytes!!".to_vec(), vec![])],
+            xattrs: vec![(b"user.origin".to_vec(), b"tape 7".to_vec()), (b"security.selinux".to_vec(), vec![0; 3])],
         };
         let b = d.encode(4096).unwrap();
         assert_eq!(DmInfo::decode(&b).unwrap(), d);
         let mut bad = b.clone();
         bad[20] ^= 1;
         assert!(DmInfo::decode(&bad).is_none(), "a flipped bit fails the CRC");
-        let big = DmInfo { regions: None, attrs: vec![(b"a".to_vec(), vec![0; 5000])] };
+        let big = DmInfo { attrs: vec![(b"a".to_vec(), vec![0; 5000])], ..Default::default() };
+        let xbig = DmInfo { xattrs: vec![(b"user.a".to_vec(), vec![0; 5000])], ..Default::default() };
+        assert!(xbig.encode(4096).is_none());
         assert!(big.encode(4096).is_none());
-        let long = DmInfo { regions: None, attrs: vec![(b"ninechars".to_vec(), vec![])] };
+        let long = DmInfo { attrs: vec![(b"ninechars".to_vec(), vec![])], ..Default::default() };
         assert!(long.encode(4096).is_none());
         assert_eq!(DmInfo::decode(&DmInfo::default().encode(4096).unwrap()).unwrap(), DmInfo::default());
     }

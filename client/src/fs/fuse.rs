@@ -264,6 +264,25 @@ impl TidepoolFs {
         });
     }
 
+    /// A file's extended attributes, cached under a shared token.
+    fn xattrs(&self, ino: u64) -> R<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (slot, _) = self.meta.ensure(ino, Mode::Read)?;
+        let xs = slot.st.lock().dm.xattrs.clone();
+        Ok(xs)
+    }
+
+    fn set_xattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, flags: i32) -> R<()> {
+        // POSIX ACLs (system.posix_acl_*) are not kept: permissions are the mode bits.
+        if name.starts_with(b"system.") {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let req = Req::SetXattr { ino, name: name.to_vec(), value: value.map(<[u8]>::to_vec), flags };
+        match self.meta.ask(req)? {
+            Reply::Granted { .. } => Ok(()),
+            _ => Err(libc::EIO),
+        }
+    }
+
     /// Out of space: a synchronous nospace event lets an HSM free some and
     /// answer CONTINUE, after which the write is tried once more.
     fn write_with_nospace_retry(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
@@ -423,6 +442,17 @@ impl TidepoolFs {
         }
         self.post_event(EventType::Postremove, parent, name, &r, None);
         r.map(|d| self.destroy_event(d))
+    }
+}
+
+/// A value (or name list) for getxattr/listxattr: its size when asked
+/// with size 0, ERANGE when it does not fit.
+fn reply_xattr(v: R<Vec<u8>>, size: u32, reply: fuser::ReplyXattr) {
+    match v {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(x) => reply.error(e(x)),
     }
 }
 
@@ -695,13 +725,38 @@ impl Filesystem for TidepoolFs {
         reply.ok();
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
-        // Not yet: ENOSYS makes the kernel stop asking (security.capability on every write).
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        let v = self
+            .xattrs(ino.0)
+            .and_then(|xs| xs.into_iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| v).ok_or(libc::ENODATA));
+        reply_xattr(v, size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        let names = self.xattrs(ino.0).map(|xs| {
+            xs.into_iter().flat_map(|(mut n, _)| {
+                n.push(0);
+                n
+            })
+        });
+        reply_xattr(names.map(|n| n.collect()), size, reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(self.set_xattr(ino.0, name.as_bytes(), Some(value), flags), reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.set_xattr(ino.0, name.as_bytes(), None, 0), reply);
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

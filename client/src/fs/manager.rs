@@ -441,6 +441,9 @@ impl Manager {
             Req::SetEventList { ino, mask } => self.dm_op(peer, rid, ino, |m| m.set_eventlist(ino, mask)),
             Req::Punch { ino, off, len } => self.dm_op(peer, rid, ino, |m| m.punch(ino, off, len)),
             Req::DmSetAttr { ino, set } => self.dm_op(peer, rid, ino, |m| m.setattr(ino, &setattr_of(set))),
+            Req::SetXattr { ino, name, value, flags } => {
+                self.dm_op(peer, rid, ino, |m| m.set_xattr(ino, &name, value.as_deref(), flags))
+            }
             _ => peer.send(Kind::Reply, rid, &Reply::Err(libc::EINVAL)),
         }
     }

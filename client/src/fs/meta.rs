@@ -144,6 +144,8 @@ pub enum MetaError {
     TooBig,
     #[error("DM attributes and regions do not fit their block")]
     NoRoom,
+    #[error("no such extended attribute")]
+    NoAttr,
     #[error(transparent)]
     Fs(#[from] FsError),
     /// Refused before it ran (a DM application's ABORT), with this errno.
@@ -163,6 +165,7 @@ impl MetaError {
             MetaError::NoSpace => libc::ENOSPC,
             MetaError::TooBig => libc::EFBIG,
             MetaError::NoRoom => libc::E2BIG,
+            MetaError::NoAttr => libc::ENODATA,
             MetaError::Fs(e) => e.errno(),
             MetaError::Refused(e) => *e,
         }
@@ -1056,6 +1059,28 @@ impl MetaStore {
             m.put_inode(i)?;
             Ok(i)
         })
+    }
+
+    /// Sets (`Some`) or removes (`None`) an extended attribute, with
+    /// `setxattr`'s `XATTR_CREATE` / `XATTR_REPLACE` flags.
+    pub fn set_xattr(&mut self, ino: u64, name: &[u8], value: Option<&[u8]>, flags: i32) -> MResult<Inode> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(MetaError::Invalid("extended attribute names are 1 to 255 bytes".into()));
+        }
+        let mut info = self.dm_info(ino);
+        let pos = info.xattrs.iter().position(|(n, _)| n == name);
+        match (value, pos) {
+            (None, None) => return Err(MetaError::NoAttr),
+            (None, Some(i)) => {
+                info.xattrs.remove(i);
+            }
+            (Some(_), Some(_)) if flags & libc::XATTR_CREATE != 0 => return Err(MetaError::Exists),
+            (Some(_), None) if flags & libc::XATTR_REPLACE != 0 => return Err(MetaError::NoAttr),
+            (Some(v), Some(i)) => info.xattrs[i].1 = v.to_vec(),
+            (Some(v), None) => info.xattrs.push((name.to_vec(), v.to_vec())),
+        }
+        // They share the file's one attribute block: full is ENOSPC, as on ext4.
+        self.set_dm_info(ino, info).map_err(|e| if matches!(e, MetaError::NoRoom) { MetaError::NoSpace } else { e })
     }
 
     /// The file's XDSM event list (`dm_set_eventlist`), as an event-set mask.

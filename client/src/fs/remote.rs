@@ -204,6 +204,9 @@ impl MetaClient {
                         st.mode = Some(*m);
                         st.inode = Some(i);
                         st.extents.clear();
+                        // A new inode: nothing of an earlier one of that number.
+                        st.dm = DmInfo::default();
+                        st.names.clear();
                     }
                 }
                 for p in parents.iter().filter_map(|b| rpc::inode_from(b).ok()) {

@@ -178,6 +178,14 @@ pub enum Req {
         ino: u64,
         set: WireSetAttr,
     },
+    /// Sets (`Some`) or removes (`None`) an extended attribute; the
+    /// requester keeps its token and gets a [`Reply::Granted`].
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+        flags: i32,
+    },
     /// Up to `max` inodes from inode number `from` on (`dm_get_bulkattr`),
     /// or, with `dir`, entries of that directory from index `from` on
     /// (`dm_get_dirattrs`). A snapshot of the manager's copies.
