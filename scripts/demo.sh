@@ -91,8 +91,8 @@ done
 for id in 1 2 3 4; do
     for _ in $(seq 100); do [ -S "$work/node$id.sock" ] && break; sleep 0.1; done
 done
-echo "-- DM application on node 3 opens session 'hsm' for read, write, truncate, create, remove, rename events"
-$bin/tidepool dm --socket "$work/node3.sock" listen --info hsm --events read,write,truncate,create,remove,rename --abort truncate=1 --abort rename=1 >"$work/hsm.out" 2>"$work/hsm.err" &
+echo "-- DM application on node 3 opens session 'hsm' for read, write, truncate, create, remove, rename, destroy events"
+$bin/tidepool dm --socket "$work/node3.sock" listen --info hsm --events read,write,truncate,create,remove,rename,destroy --abort truncate=1 --abort rename=1 >"$work/hsm.out" 2>"$work/hsm.err" &
 pids+=($!)
 for _ in $(seq 100); do grep -q READY "$work/hsm.out" 2>/dev/null && break; sleep 0.1; done
 head -2 "$work/hsm.out"
@@ -147,6 +147,7 @@ tail -n +$((before + 1)) <(grep EVENT "$work/hsm.out")
 grep "type=write.*source_node=4" "$work/hsm.out" >/dev/null || { echo "no write event from node 4"; exit 1; }
 grep "type=write.*source_node=2" "$work/hsm.out" >/dev/null || { echo "no write event from node 2"; exit 1; }
 grep "type=remove.*source_node=2" "$work/hsm.out" >/dev/null || { echo "no remove event from node 2"; exit 1; }
+grep "type=destroy.*source_node=2" "$work/hsm.out" >/dev/null || { echo "no destroy event from node 2"; exit 1; }
 [ "$(cat "$m3/greeting")" = "$(printf 'hello tidepool\nappended on node 2')" ] || { echo "node 3 does not see the file"; exit 1; }
 for p in "${mount_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
 echo; echo "== done"

@@ -67,6 +67,23 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     }
     assert_eq!(bulk.len(), 5);
 
+    // dm_get_bulkall: the same scan with one DM attribute of each file.
+    dm.set_dmattr(&hb, b"hsm", b"obj-b").unwrap();
+    let mut all = Vec::new();
+    let mut cookie = 0;
+    loop {
+        let (page, next) = dm.get_bulkall(&fsh, b"hsm", cookie, 2).unwrap();
+        all.extend(page);
+        if next == 0 {
+            break;
+        }
+        cookie = next;
+    }
+    assert_eq!(all.len(), 5);
+    let with: Vec<(u64, &[u8])> = all.iter().filter_map(|(s, a)| a.as_deref().map(|a| (s.ino, a))).collect();
+    assert_eq!(with, [(hb.ino().unwrap(), &b"obj-b"[..])], "only b has the attribute");
+    assert_eq!(dm.get_bulkall(&fsh, b"", 0, 2).unwrap_err().errno(), libc::EINVAL);
+
     // dm_get_dirattrs: the directory's entries with names.
     let entries = all_pages(|c| dm.get_dirattrs(&hd, c, 2).unwrap());
     let names: Vec<&[u8]> = entries.iter().map(|s| s.compname.as_slice()).collect();

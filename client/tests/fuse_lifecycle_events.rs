@@ -127,6 +127,18 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     evs.wait("attribute of f", |e| e.ev_type == Attribute && object_ino(e) == fino);
 
+    // A disposition set while mounted: the mount, which decided locally
+    // that symlinks raise nothing, sees the change and raises them.
+    std::os::unix::fs::symlink("f", mnt.path().join("before")).unwrap();
+    let with_symlink = EventSet(disp.0 | EventSet::from_iter([Symlink]).0);
+    api.dm_set_disp(sid, &fs, with_symlink).unwrap();
+    api.dm_set_eventlist(sid, &fs, EventSet(fs_list.0 | with_symlink.0 & !EventSet::from_iter([Read]).0)).unwrap();
+    c.driver(4, &["wait-route", "--event", "symlink", "--node", "3"]);
+    std::os::unix::fs::symlink("f", mnt.path().join("after")).unwrap();
+    let sl = evs.wait("symlink", |e| e.ev_type == Symlink);
+    let EventBody::Namespace { name1, .. } = &sl.body else { panic!("{sl:?}") };
+    assert_eq!(name1.as_slice(), b"after", "only the symlink made after the disposition");
+
     // A per-file event list: reads of f are events, reads of g are not.
     let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
     let h = hsm.path_to_handle(&f).unwrap();

@@ -49,6 +49,25 @@ impl FsDisp {
     }
 }
 
+/// What a file system's mount needs to decide by itself whether an event
+/// is generated at all, so that it asks its node only when one is: the
+/// event types with a disposition, and the file system's event list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GenerationView {
+    /// Types disposed to some session (mount: globally or for the fs).
+    pub disposed: EventSet,
+    /// The file system's event list.
+    pub fs_list: EventSet,
+}
+
+impl GenerationView {
+    /// Whether [`DispositionTable::route_with_filelist`] routes `t` for a
+    /// file with event list `file_events`.
+    pub fn generates(&self, t: EventType, file_events: EventSet) -> bool {
+        self.disposed.contains(t) && (t == EventType::Mount || self.fs_list.contains(t) || file_events.contains(t))
+    }
+}
+
 /// The cluster's dispositions, versioned.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DispositionTable {
@@ -244,6 +263,19 @@ impl DispositionTable {
         self.route_with_filelist(fs, t, EventSet::EMPTY)
     }
 
+    /// The [`GenerationView`] of file system `fs`.
+    pub fn generation_view(&self, fs: FsId) -> GenerationView {
+        let d = self.fs.get(&fs);
+        let mut disposed = EventSet::EMPTY;
+        for t in EventType::ALL {
+            let global = t == EventType::Mount && self.global.events[t as usize].is_some();
+            if global || d.is_some_and(|d| d.events[t as usize].is_some()) {
+                disposed.insert(t);
+            }
+        }
+        GenerationView { disposed, fs_list: d.map_or(EventSet::EMPTY, |d| d.eventlist) }
+    }
+
     /// Like [`route`](Self::route), with the per-file event list of the object the
     /// event is about (kept by the file system) also enabling the event.
     pub fn route_with_filelist(&self, fs: FsId, t: EventType, file_events: EventSet) -> Option<DispEntry> {
@@ -377,6 +409,31 @@ fn decode_fsdisp(d: &mut Dec<'_>) -> Result<FsDisp, WireError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_generation_view_decides_as_route_does() {
+        let mut t = DispositionTable::default();
+        let (s1, fs) = (DmSessId::compose(NodeId(1), 1).unwrap(), DmHandle::fs(FsId(7)));
+        let set = |v: &[EventType]| -> EventSet { v.iter().copied().collect() };
+        t.dm_set_disp(s1, NodeId(1), &fs, set(&[EventType::Read, EventType::Create, EventType::Mount])).unwrap();
+        t.dm_set_eventlist(&fs, set(&[EventType::Create, EventType::Write])).unwrap();
+        t.dm_set_disp(s1, NodeId(1), &DmHandle::global(), set(&[EventType::Mount])).unwrap();
+        for fsid in [FsId(7), FsId(8)] {
+            let v = t.generation_view(fsid);
+            for ty in EventType::ALL {
+                for files in [EventSet::EMPTY, set(&[ty]), EventSet::ALL] {
+                    assert_eq!(
+                        v.generates(ty, files),
+                        t.route_with_filelist(fsid, ty, files).is_some(),
+                        "{fsid} {ty:?}"
+                    );
+                }
+            }
+        }
+        assert!(t.generation_view(FsId(7)).generates(EventType::Read, set(&[EventType::Read])));
+        assert!(!t.generation_view(FsId(7)).generates(EventType::Read, EventSet::EMPTY));
+        assert!(t.generation_view(FsId(8)).generates(EventType::Mount, EventSet::EMPTY), "global mount disposition");
+    }
+
     use super::*;
 
     fn sid(n: u32, c: u32) -> DmSessId {

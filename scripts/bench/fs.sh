@@ -17,7 +17,8 @@ work=$(mktemp -d /tmp/tidepool-fsbench.XXXXXX)
 pids=()
 cleanup() {
     for m in "$work"/mnt* "$work/bind"; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Newest first: mounts go before the daemons they talk to.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }

@@ -45,6 +45,9 @@ fn from_errno(e: i32) -> DmError {
     }
 }
 
+/// A file's attributes and, from `dm_get_bulkall`, one DM attribute.
+pub type ScanStat = (DmStat, Option<Vec<u8>>);
+
 pub struct DmFs {
     data: DataPath,
     fs: FsId,
@@ -171,13 +174,14 @@ impl DmFs {
         }
     }
 
-    fn scan(&self, dir: Option<u64>, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
-        match self.meta().ask(Req::Scan { dir, from: cookie, max }).map_err(from_errno)? {
+    fn scan(&self, dir: Option<u64>, cookie: u64, max: u32, attr: Option<&[u8]>) -> DmResult<(Vec<ScanStat>, u64)> {
+        let req = Req::Scan { dir, from: cookie, max, attr: attr.map(<[u8]>::to_vec) };
+        match self.meta().ask(req).map_err(from_errno)? {
             Reply::Scanned { entries, next } => {
                 let mut out = Vec::with_capacity(entries.len());
-                for (name, b, managed) in entries {
-                    let i = inode_from(&b).map_err(|_| DmError::Io("bad inode in a scan reply".into()))?;
-                    out.push(self.stat_of(&i, name, managed));
+                for e in entries {
+                    let i = inode_from(&e.inode).map_err(|_| DmError::Io("bad inode in a scan reply".into()))?;
+                    out.push((self.stat_of(&i, e.name, e.managed), e.attr));
                 }
                 Ok((out, next))
             }
@@ -193,7 +197,18 @@ impl DmFs {
         if fs.kind() != HandleKind::Fs || fs.fsid() != self.fs {
             return Err(DmError::BadF("not this file system's handle"));
         }
-        self.scan(None, cookie, max)
+        let (v, next) = self.scan(None, cookie, max, None)?;
+        Ok((v.into_iter().map(|(s, _)| s).collect(), next))
+    }
+
+    /// `dm_get_bulkall`: [`get_bulkattr`](Self::get_bulkattr) with each
+    /// file's DM attribute `attr` (`None` where the file has none).
+    pub fn get_bulkall(&self, fs: &DmHandle, attr: &[u8], cookie: u64, max: u32) -> DmResult<(Vec<ScanStat>, u64)> {
+        Self::check_name(attr)?;
+        if fs.kind() != HandleKind::Fs || fs.fsid() != self.fs {
+            return Err(DmError::BadF("not this file system's handle"));
+        }
+        self.scan(None, cookie, max, Some(attr))
     }
 
     /// `dm_get_dirattrs`: up to `max` entries of directory `dir` from
@@ -203,7 +218,8 @@ impl DmFs {
         if self.inode(ino)?.mode.get() & libc::S_IFMT != libc::S_IFDIR {
             return Err(DmError::Inval("not a directory"));
         }
-        self.scan(Some(ino), cookie, max)
+        let (v, next) = self.scan(Some(ino), cookie, max, None)?;
+        Ok((v.into_iter().map(|(s, _)| s).collect(), next))
     }
 
     /// `dm_read_invis`: no event, no access time.

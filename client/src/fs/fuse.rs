@@ -34,6 +34,7 @@ use super::manager::{Manager, ManagerHandle};
 use super::meta::NAME_MAX;
 use super::remote::MetaClient;
 use super::rpc::{self, Destroyed, Mode, Reply, Req, WireSetAttr};
+use dmapi::disp::GenerationView;
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{DmAttrName, DmHandle, DmResponse, EventSet, EventType, FsId, NodeId};
 use fuser::{
@@ -67,6 +68,11 @@ pub struct TidepoolFs {
     dm: Option<DmLink>,
     /// Spare connections to the node daemon, one per concurrent event.
     dm_pool: Mutex<Vec<crate::node::api::Dm>>,
+    /// The node's disposition install count ([`crate::node::api::disp_seq_path`])
+    /// and the view of this file system cached at a count: operations whose
+    /// events nobody asked for go by without a round trip to the node.
+    disp_seq: Option<std::fs::File>,
+    gen_view: Mutex<Option<(u64, GenerationView)>>,
     /// Directory listings of open directory handles.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
@@ -116,14 +122,53 @@ impl TidepoolFs {
             data,
             dm: None,
             dm_pool: Mutex::new(Vec::new()),
+            disp_seq: None,
+            gen_view: Mutex::new(None),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
 
     pub fn with_dm(mut self, link: DmLink) -> Self {
+        let path = crate::node::api::disp_seq_path(link.api.path());
+        self.disp_seq = std::fs::File::open(&path)
+            .map_err(|x| tracing::warn!(path = %path.display(), error = %x, "no disposition count: asking the node before every operation"))
+            .ok();
         self.dm = Some(link);
         self
+    }
+
+    fn dm_conn(&self, link: &DmLink) -> std::io::Result<crate::node::api::Dm> {
+        let spare = self.dm_pool.lock().pop();
+        match spare {
+            Some(c) => Ok(c),
+            None => crate::node::api::Dm::connect(link.api.path()),
+        }
+    }
+
+    /// Whether the node would generate `t` now: `Some(false)` lets the
+    /// operation go without asking it; `None` means ask (no count, an
+    /// install under way, or the node could not say).
+    fn generated(&self, link: &DmLink, t: EventType, file_events: EventSet) -> Option<bool> {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 8];
+        self.disp_seq.as_ref()?.read_exact_at(&mut b, 0).ok()?;
+        let seq = u64::from_le_bytes(b);
+        if !seq.is_multiple_of(2) {
+            return None;
+        }
+        let mut cache = self.gen_view.lock();
+        if let Some((s, v)) = *cache {
+            if s == seq {
+                return Some(v.generates(t, file_events));
+            }
+        }
+        // A view taken at or after `seq` includes every change made before it.
+        let c = self.dm_conn(link).ok()?;
+        let (s, v) = c.disp_view(link.fs).ok()?;
+        self.dm_pool.lock().push(c);
+        *cache = Some((s, v));
+        (s >= seq).then(|| v.generates(t, file_events))
     }
 
     fn handle(&self, ino: u64) -> Option<DmHandle> {
@@ -157,14 +202,13 @@ impl TidepoolFs {
     ) -> R<()> {
         let Some(link) = &self.dm else { return Ok(()) };
         let file_events = file.map_or(EventSet::EMPTY, |ino| self.file_events(ino));
+        if self.generated(link, t, file_events) == Some(false) {
+            return Ok(());
+        }
         // The node stamps its own id as the source.
         let ev = DmEvent::new(t, NodeId(0), body(self)).map_err(|e| e.errno())?;
         // A synchronous event may wait long: other threads use other connections.
-        let spare = self.dm_pool.lock().pop();
-        let conn = match spare {
-            Some(c) => Ok(c),
-            None => crate::node::api::Dm::connect(link.api.path()),
-        };
+        let conn = self.dm_conn(link);
         let r = match &conn {
             Ok(c) => c.generate_for_file(link.fs, ev, file_events, attrs).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -861,19 +905,29 @@ pub struct Mounted {
     dm: Option<(std::path::PathBuf, FsId, DmHandle)>,
 }
 
+/// Why a mount-level DM event did not let the operation go.
+enum Refused {
+    /// The DM application answered ABORT with this errno.
+    Aborted(i32),
+    /// The node daemon could not be asked.
+    Unreachable,
+}
+
 /// A mount-level DM event (mount, preunmount, unmount) through the node
-/// daemon at `socket`; `Err(errno)` when the DM application aborted it.
-fn fs_event(socket: &Path, fs: FsId, t: EventType, body: EventBody) -> R<()> {
-    let api = crate::node::api::Dm::connect(socket).map_err(|_| libc::EIO)?;
-    let ev = DmEvent::new(t, NodeId(0), body).map_err(|x| x.errno())?;
-    match api.generate(fs, ev) {
+/// daemon at `socket`.
+fn fs_event(socket: &Path, fs: FsId, t: EventType, body: EventBody) -> Result<(), Refused> {
+    let ev = DmEvent::new(t, NodeId(0), body).map_err(|x| Refused::Aborted(x.errno()))?;
+    let r = crate::node::api::Dm::connect(socket)
+        .map_err(|x| x.to_string())
+        .and_then(|api| api.generate(fs, ev).map_err(|x| x.to_string()));
+    match r {
         Ok(g) => match g.response {
-            DmResponse::Abort(errno) => Err(if errno > 0 { errno } else { libc::EIO }),
+            DmResponse::Abort(errno) => Err(Refused::Aborted(if errno > 0 { errno } else { libc::EIO })),
             _ => Ok(()),
         },
         Err(x) => {
             tracing::error!(error = %x, event = ?t, "cannot generate a DM event");
-            Err(libc::EIO)
+            Err(Refused::Unreachable)
         }
     }
 }
@@ -896,11 +950,17 @@ impl Mounted {
     }
 
     /// The synchronous preunmount event: `Err(errno)` when the DM
-    /// application refuses the unmount (the mount stays).
+    /// application refuses the unmount (the mount stays). A node daemon
+    /// that cannot be asked does not hold the unmount up.
     pub fn preunmount(&self) -> R<()> {
-        match &self.dm {
-            Some((socket, fs, root)) => fs_event(socket, *fs, EventType::Preunmount, unmount_body(*fs, Some(*root), 0)),
-            None => Ok(()),
+        let Some((socket, fs, root)) = &self.dm else { return Ok(()) };
+        match fs_event(socket, *fs, EventType::Preunmount, unmount_body(*fs, Some(*root), 0)) {
+            Err(Refused::Aborted(errno)) => Err(errno),
+            Err(Refused::Unreachable) => {
+                tracing::warn!("node daemon unreachable: unmounting without a preunmount event");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -961,8 +1021,13 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
             media: name.as_bytes().to_vec(),
             root_handle: Some(root),
         };
-        // Synchronous: the mount happens only if the DM application lets it.
-        fs_event(link.api.path(), link.fs, EventType::Mount, body).map_err(std::io::Error::from_raw_os_error)?;
+        // Synchronous: the mount happens only if the DM application lets it
+        // (and, with a DM link asked for, only if the node can be asked).
+        match fs_event(link.api.path(), link.fs, EventType::Mount, body) {
+            Ok(()) => {}
+            Err(Refused::Aborted(errno)) => return Err(std::io::Error::from_raw_os_error(errno)),
+            Err(Refused::Unreachable) => return Err(std::io::Error::other("the node daemon cannot be asked")),
+        }
         dm = Some((link.api.path().to_path_buf(), link.fs, root));
     }
     let mut fs = TidepoolFs::new(meta.clone(), dev);

@@ -253,11 +253,16 @@ impl Manager {
         d
     }
 
-    fn scan(&self, dir: Option<u64>, from: u64, max: usize) -> Reply {
+    fn scan(&self, dir: Option<u64>, from: u64, max: usize, attr: Option<Vec<u8>>) -> Reply {
         let m = self.meta.lock();
         let entry = |name: Vec<u8>, i: Inode| {
-            let managed = m.dm_info(i.ino.get()).regions.is_some_and(|r| !r.is_empty());
-            (name, rpc::inode_bytes(&i), managed)
+            let dm = m.dm_info(i.ino.get());
+            rpc::ScanEntry {
+                name,
+                inode: rpc::inode_bytes(&i),
+                managed: dm.regions.is_some_and(|r| !r.is_empty()),
+                attr: attr.as_ref().and_then(|a| dm.attrs.into_iter().find(|(n, _)| n == a).map(|(_, v)| v)),
+            }
         };
         match dir {
             None => {
@@ -346,7 +351,7 @@ impl Manager {
                 Ok(_) => Reply::Done,
                 Err(e) => err(e),
             },
-            Req::Scan { dir, from, max } => self.scan(dir, from, (max as usize).clamp(1, SCAN_MAX)),
+            Req::Scan { dir, from, max, attr } => self.scan(dir, from, (max as usize).clamp(1, SCAN_MAX), attr),
             Req::Open { ino } => match self.open_use(&mut self.meta.lock(), peer.id, ino) {
                 Ok(()) => Reply::Done,
                 Err(e) => err(e),

@@ -1387,9 +1387,11 @@ mod tests {
 
     #[test]
     fn large_directories_stay_fast_and_persist() {
-        let (dev, mut m) = fresh(256 << 20);
+        let dev = Arc::new(MemDev::new(4096, 512 << 20));
+        mkfs(&*dev, &MkfsOpts { bytes_per_inode: 4096, ..Default::default() }).unwrap();
+        let mut m = MetaStore::open(dev.clone()).unwrap();
         let d = m.create(ROOT, b"big", DIR, ME).unwrap().ino.get();
-        let n = 20_000;
+        let n = 100_000;
         for i in 0..n {
             m.create(d, format!("entry-{i:06}").as_bytes(), FILE, ME).unwrap();
         }

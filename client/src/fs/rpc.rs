@@ -188,11 +188,13 @@ pub enum Req {
     },
     /// Up to `max` inodes from inode number `from` on (`dm_get_bulkattr`),
     /// or, with `dir`, entries of that directory from index `from` on
-    /// (`dm_get_dirattrs`). A snapshot of the manager's copies.
+    /// (`dm_get_dirattrs`). A snapshot of the manager's copies. With
+    /// `attr`, each entry also carries that DM attribute (`dm_get_bulkall`).
     Scan {
         dir: Option<u64>,
         from: u64,
         max: u32,
+        attr: Option<Vec<u8>>,
     },
 }
 
@@ -251,10 +253,9 @@ pub enum Reply {
         /// A file the change destroyed (its last link went, nobody had it open).
         destroyed: Option<Destroyed>,
     },
-    /// What a [`Req::Scan`] found: (name, inode bytes, has managed
-    /// regions) each, and where to go on from (0: the end).
+    /// What a [`Req::Scan`] found, and where to go on from (0: the end).
     Scanned {
-        entries: Vec<(Vec<u8>, Vec<u8>, bool)>,
+        entries: Vec<ScanEntry>,
         next: u64,
     },
     /// A release; the file was destroyed if it was its last use with no link left.
@@ -269,6 +270,18 @@ pub enum Reply {
         files: u64,
         ffree: u64,
     },
+}
+
+/// One file a [`Req::Scan`] found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanEntry {
+    /// The directory entry's name (directory scans only).
+    pub name: Vec<u8>,
+    pub inode: Vec<u8>,
+    /// Whether the file has managed regions.
+    pub managed: bool,
+    /// The DM attribute the scan asked for, if the file has it.
+    pub attr: Option<Vec<u8>>,
 }
 
 /// A destroyed file, for the DM destroy event: its handle's parts and the

@@ -148,6 +148,11 @@ pub enum Request {
         fs: u64,
         event: i32,
     },
+    /// The [`dmapi::disp::GenerationView`] of a file system, for a mount to
+    /// decide locally which events to ask for.
+    DispView {
+        fs: u64,
+    },
     Status,
 }
 
@@ -171,6 +176,11 @@ pub enum Reply {
         blocked_ns: u64,
     },
     Route(Option<(u32, i32)>),
+    DispView {
+        seq: u64,
+        disposed: u64,
+        fs_list: u64,
+    },
     Status(NodeStatus),
     /// The call failed with `errno`; `session_node` is set when the session lives
     /// on another node (B13).
@@ -238,10 +248,18 @@ fn read_msg<T: for<'a> Deserialize<'a>>(r: &mut impl Read) -> std::io::Result<T>
     serde_json::from_slice(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Where the node behind API socket `socket` publishes its disposition
+/// install count (8 bytes, little-endian; odd while an install is under
+/// way): a mount reads it instead of asking before every operation.
+pub fn disp_seq_path(socket: &Path) -> PathBuf {
+    socket.with_extension("disp")
+}
+
 /// Serves the local API of `node` on `path` until the process exits.
 pub fn serve(node: Arc<Node>, path: &Path) -> std::io::Result<()> {
     // A stale socket from a killed daemon would make bind fail.
     let _ = std::fs::remove_file(path);
+    node.publish_disp_seq(&disp_seq_path(path))?;
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     info!(path = %path.display(), "local API listening");
@@ -408,6 +426,10 @@ fn dispatch(node: &Node, caller: &Caller, req: Request) -> Reply {
                     Err(e) => return Err(e),
                 };
                 Reply::Generated { response, reterror, blocked_ns }
+            }
+            Request::DispView { fs } => {
+                let (seq, v) = node.disp_view(FsId(fs));
+                Reply::DispView { seq, disposed: v.disposed.0, fs_list: v.fs_list.0 }
             }
             Request::Mount { fs, mounted } => {
                 node.mount(FsId(fs), mounted);
@@ -656,6 +678,17 @@ impl Dm {
     pub fn route(&self, fs: FsId, t: EventType) -> DmResult<Option<(NodeId, DmSessId)>> {
         match self.call(&Request::Route { fs: fs.0, event: t.raw() })? {
             Reply::Route(r) => Ok(r.map(|(n, s)| (NodeId(n), DmSessId(s)))),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// The generation view of `fs` on the node, and the disposition install
+    /// count it holds for (see [`disp_seq_path`]).
+    pub fn disp_view(&self, fs: FsId) -> DmResult<(u64, dmapi::disp::GenerationView)> {
+        match self.call(&Request::DispView { fs: fs.0 })? {
+            Reply::DispView { seq, disposed, fs_list } => {
+                Ok((seq, dmapi::disp::GenerationView { disposed: EventSet(disposed), fs_list: EventSet(fs_list) }))
+            }
             r => Err(Self::unexpected(r)),
         }
     }

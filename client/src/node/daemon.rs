@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dmapi::disp::{DispEntry, DispositionTable};
+use dmapi::disp::{DispEntry, DispositionTable, GenerationView};
 use dmapi::proto::{DispChange, Frame, Message, QueryOp};
 use dmapi::session::{Outbound, SessionConfig, SessionEngine};
 use dmapi::source::SourceConfig;
@@ -102,6 +102,12 @@ pub struct Node {
     /// Peers an event frame could not be sent to since they were last seen alive.
     send_failed: Mutex<BTreeSet<NodeId>>,
     stop: AtomicBool,
+    /// Counts disposition-table installs, odd while one is under way, and
+    /// publishes the count in a file beside the API socket: a mount on this
+    /// machine reads it to know, without asking, that its cached
+    /// [`GenerationView`] still holds.
+    disp_seq: AtomicU64,
+    disp_seq_file: Mutex<Option<std::fs::File>>,
 }
 
 impl Node {
@@ -186,6 +192,8 @@ impl Node {
                 mounts: Mutex::new(BTreeSet::new()),
                 send_failed: Mutex::new(BTreeSet::new()),
                 stop: AtomicBool::new(false),
+                disp_seq: AtomicU64::new(0),
+                disp_seq_file: Mutex::new(None),
                 cfg,
             }
         });
@@ -304,6 +312,44 @@ impl Node {
     /// Where an event of type `t` on `fs` generated here would go now.
     pub fn route(&self, fs: FsId, t: EventType) -> Option<DispEntry> {
         self.source.engine().dispositions().route(fs, t)
+    }
+
+    /// Publishes the disposition install count at `path` from now on.
+    pub fn publish_disp_seq(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{FileExt, PermissionsExt};
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        let mut slot = self.disp_seq_file.lock();
+        f.write_all_at(&self.disp_seq.load(Ordering::SeqCst).to_le_bytes(), 0)?;
+        *slot = Some(f);
+        Ok(())
+    }
+
+    fn bump_disp_seq(&self) {
+        use std::os::unix::fs::FileExt;
+        let slot = self.disp_seq_file.lock();
+        let n = self.disp_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(f) = slot.as_ref() {
+            if let Err(e) = f.write_all_at(&n.to_le_bytes(), 0) {
+                warn!(error = %e, "cannot publish the disposition count; mounts will ask every time");
+                let _ = f.write_all_at(&1u64.to_le_bytes(), 0);
+            }
+        }
+    }
+
+    /// What a mount of `fs` needs to decide locally whether to generate an
+    /// event, and the install count it holds for (always even).
+    pub fn disp_view(&self, fs: FsId) -> (u64, GenerationView) {
+        loop {
+            let s1 = self.disp_seq.load(Ordering::SeqCst);
+            if s1.is_multiple_of(2) {
+                let v = self.source.engine().dispositions().generation_view(fs);
+                if self.disp_seq.load(Ordering::SeqCst) == s1 {
+                    return (s1, v);
+                }
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Mounts (or unmounts) `fs` here: its manager is told and answers with the
@@ -512,7 +558,9 @@ impl Node {
                 if let Some(fsm) = &self.fsm {
                     self.send_all(fsm.on_spec(&t));
                 }
+                self.bump_disp_seq();
                 src.install_dispositions(Arc::new(t));
+                self.bump_disp_seq();
             }
             Message::Mount { fs, mounted } => match &self.fsm {
                 Some(fsm) if fsm.manages(fs) => self.send_all(fsm.on_mount(from, fs, mounted)),

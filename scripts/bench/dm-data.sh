@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The cost of DM events on the data path, all in one run: fio 4 KiB random
+# reads (psync, one job) of one file through three mounts of the same file
+# system on a storage-node volume:
+#  - plain: a mount with no DM link (the baseline);
+#  - dm-idle: a mount that asks its node daemon before every read, with no
+#    disposition for read events (what every DMAPI-enabled mount pays);
+#  - dm-sync: the same mount while a DM application on another node holds
+#    a read disposition: every read is a synchronous event answered
+#    CONTINUE before the read runs (a whole file managed, as an HSM's
+#    unmigrated-region check would be).
+# Node 1 is the session manager, the file system's DM manager and the
+# session node; node 2 mounts. Prints IOPS and the ratios to the baseline.
+# Usage: scripts/bench/dm-data.sh [seconds per point, default 5]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-5}
+cargo build --release -q --bin tidepool --bin storage-node --bin tidepool-dm-testdriver
+bin=$PWD/target/release
+work=$(mktemp -d /tmp/tidepool-dmbench.XXXXXX)
+pids=()
+cleanup() {
+    for m in "$work"/mnt*; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
+    # Newest first: mounts go before the daemons they talk to.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port=$((20000 + RANDOM % 20000))
+mport=$((port + 1))
+dmport=$((port + 10))
+$bin/storage-node --file "$work/vol.img" --size 512M --create --allow-any-host --listen 127.0.0.1:$port \
+    --discovery-listen 127.0.0.1:0 >"$work/sn.out" 2>"$work/sn.log" &
+pids+=($!)
+for _ in $(seq 100); do grep "listening on" "$work/sn.out" >/dev/null 2>&1 && break; sleep 0.1; done
+A=(--addr 127.0.0.1:$port --nqn nqn.2026-11.io.tidepool:vol0)
+$bin/tidepool mkfs "${A[@]}" >/dev/null
+$bin/tidepool fs-manager "${A[@]}" --listen 127.0.0.1:$mport >"$work/mgr.out" 2>"$work/mgr.log" &
+pids+=($!)
+for _ in $(seq 100); do grep serving "$work/mgr.out" >/dev/null 2>&1 && break; sleep 0.1; done
+
+key=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+for id in 1 2; do
+    {
+        echo "node_id = $id"
+        echo "listen = \"127.0.0.1:$((dmport + id))\""
+        echo "api_socket = \"$work/node$id.sock\""
+        echo "cluster_key = \"$key\""
+        echo "session_manager = 1"
+        echo "mounts = [1]"
+        echo "dm_admin_gid = $(id -g)"
+        other=$((3 - id))
+        printf '[[peers]]\nid = %s\naddr = "127.0.0.1:%s"\n' $other $((dmport + other))
+        printf '[[filesystems]]\nid = 1\nmanager = 1\n'
+    } >"$work/node$id.toml"
+    $bin/tidepool node run --config "$work/node$id.toml" 2>"$work/node$id.log" >/dev/null &
+    pids+=($!)
+done
+for id in 1 2; do
+    for _ in $(seq 100); do [ -S "$work/node$id.sock" ] && break; sleep 0.1; done
+done
+
+mountit() { # dir [dm args...]
+    local d=$1; shift
+    mkdir -p "$d"
+    $bin/tidepool mount "${A[@]}" --manager 127.0.0.1:$mport --name "$(basename "$d")" "$@" "$d" >"$d.out" 2>"$d.log" &
+    pids+=($!)
+    for _ in $(seq 100); do grep mounted "$d.out" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+mountit "$work/mnt-plain"
+mountit "$work/mnt-dm" --dm-socket "$work/node2.sock" --dm-fs 1
+dd if=/dev/urandom of="$work/mnt-plain/data" bs=1M count=64 status=none
+sum=$(sha256sum <"$work/mnt-plain/data" | cut -d' ' -f1)
+
+iops() { # dir
+    fio --name=r --filename="$1/data" --rw=randread --bs=4k --ioengine=psync --numjobs=1 --time_based \
+        --runtime="$SECS" --output-format=json 2>/dev/null |
+        python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
+}
+# Warm the storage node's cache of the volume, so the first point is not the slowest.
+cat "$work/mnt-plain/data" >/dev/null
+# Interleaved rounds, medians: this machine's speed drifts between points.
+ROUNDS=${TIDEPOOL_BENCH_ROUNDS:-3}
+plain=(); idle=(); sync_=()
+for _ in $(seq "$ROUNDS"); do
+    plain+=("$(iops "$work/mnt-plain")")
+    idle+=("$(iops "$work/mnt-dm")")
+done
+$bin/tidepool dm --socket "$work/node1.sock" listen --info bench --events read >"$work/hsm.out" 2>"$work/hsm.err" &
+pids+=($!)
+for _ in $(seq 100); do grep READY "$work/hsm.out" >/dev/null 2>&1 && break; sleep 0.1; done
+$bin/tidepool-dm-testdriver --socket "$work/node2.sock" wait-route --event read --node 1 >/dev/null
+for _ in $(seq "$ROUNDS"); do
+    sync_+=("$(iops "$work/mnt-dm")")
+    plain+=("$(iops "$work/mnt-plain")")
+done
+events=$(grep -c "type=read" "$work/hsm.out" || true)
+[ "$(sha256sum <"$work/mnt-dm/data" | cut -d' ' -f1)" = "$sum" ] || { echo "data differ" >&2; exit 1; }
+echo "fio 4 KiB randread, psync, 1 job, ${SECS}s per point, 64 MiB file; median IOPS of interleaved rounds [all rounds]; ratio to plain"
+python3 - "${plain[*]}" "${idle[*]}" "${sync_[*]}" "$events" <<'EOF'
+import statistics, sys
+p, i, s = [[int(x) for x in a.split()] for a in sys.argv[1:4]]
+n = int(sys.argv[4])
+mp, mi, ms = statistics.median(p), statistics.median(i), statistics.median(s)
+print("plain mount (no DM link)          %8d  1.00  %s" % (mp, p))
+print("DM link, no read disposition      %8d  %.2f  %s" % (mi, mi / mp, i))
+print("sync read event per read, node 1  %8d  %.2f  %s  (%d events answered)" % (ms, ms / mp, s, n))
+print("one synchronous event round trip on the read path adds %.1f us" % (1e6 / ms - 1e6 / mp))
+EOF
