@@ -323,3 +323,40 @@ fn posix_tools_stress_ng_and_fio_verify_on_a_mount() {
     assert_eq!(sa, sb, "the other node sees the same data");
     assert_eq!(ok(&format!("stat -c %s {}/seq.0.0", b.display())), "16777216\n");
 }
+
+#[test]
+fn appends_from_two_nodes_at_once_never_overlap() {
+    if !fuse_ok() {
+        return;
+    }
+    let c = Cluster::new();
+    let _m = c.manager();
+    let (_pa, a) = c.mount("a");
+    let (_pb, b) = c.mount("b");
+    ok(&format!("touch {}/log", a.display()));
+    // Each `>>` opens with O_APPEND; both nodes append 150 lines at once.
+    let writers: Vec<_> = [(&a, 'A'), (&b, 'B')]
+        .iter()
+        .map(|(m, tag)| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "for i in $(seq 1 150); do echo {tag}$i-0123456789 >> {}/log || exit 1; done",
+                    m.display()
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in writers {
+        assert!(w.wait_with_output().unwrap().status.success());
+    }
+    let text = ok(&format!("cat {}/log", b.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 300, "every append is there, none overwritten");
+    for tag in ['A', 'B'] {
+        let mine: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with(tag)).collect();
+        let want: Vec<String> = (1..=150).map(|i| format!("{tag}{i}-0123456789")).collect();
+        assert_eq!(mine, want, "{tag}'s lines whole and in order");
+    }
+}

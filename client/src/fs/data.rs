@@ -86,12 +86,26 @@ impl DataPath {
 
     /// Writes `data` at `off`; `stamp`: set mtime (false for `dm_write_invis`).
     pub fn write(&self, ino: u64, off: u64, data: &[u8], stamp: bool) -> R<()> {
+        self.write_to(ino, Some(off), data, stamp)
+    }
+
+    /// Writes `data` at the end of the file (`O_APPEND`), wherever another
+    /// node's appends left it: the end is read under the exclusive token,
+    /// and appends on this node take turns.
+    pub fn append(&self, ino: u64, data: &[u8]) -> R<()> {
+        self.write_to(ino, None, data, true)
+    }
+
+    fn write_to(&self, ino: u64, at: Option<u64>, data: &[u8], stamp: bool) -> R<()> {
         if data.is_empty() {
             return Ok(());
         }
         loop {
             let (slot, _) = self.meta.ensure(ino, Mode::Write)?;
-            let _io = slot.io.read();
+            let (_shared, _alone) = match at {
+                Some(_) => (Some(slot.io.read()), None),
+                None => (None, Some(slot.io.write())),
+            };
             let (size, mut exts) = {
                 let st = slot.st.lock();
                 match (st.holds(Mode::Write), st.inode) {
@@ -99,6 +113,7 @@ impl DataPath {
                     _ => continue,
                 }
             };
+            let off = at.unwrap_or(size);
             let end = off + data.len() as u64;
             let (first, last) = (off / self.bs, (end - 1) / self.bs);
             if (first..=last).any(|b| map(&exts, b).is_none()) {

@@ -329,8 +329,9 @@ impl TidepoolFs {
 
     /// Out of space: a synchronous nospace event lets an HSM free some and
     /// answer CONTINUE, after which the write is tried once more.
-    fn write_with_nospace_retry(&self, ino: u64, off: u64, data: &[u8]) -> R<()> {
-        match self.data.write(ino, off, data, true) {
+    fn write_with_nospace_retry(&self, ino: u64, off: u64, data: &[u8], append: bool) -> R<()> {
+        let write = || if append { self.data.append(ino, data) } else { self.data.write(ino, off, data, true) };
+        match write() {
             Err(libc::ENOSPC) if self.dm.is_some() => {
                 let fs = self.dm.as_ref().map(|l| l.fs).unwrap_or(FsId(0));
                 self.dm_event(EventType::Nospace, None, |_| EventBody::Namespace {
@@ -341,7 +342,7 @@ impl TidepoolFs {
                     name2: Vec::new(),
                     retcode: 0,
                 })?;
-                self.data.write(ino, off, data, true)
+                write()
             }
             r => r,
         }
@@ -748,14 +749,18 @@ impl Filesystem for TidepoolFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // O_APPEND: the end of the file is found here, under the exclusive
+        // token, not from the kernel's idea of the size (stale when another
+        // node appended), so appends from many nodes never overlap.
+        let append = flags.0 & libc::O_APPEND != 0;
         if let Err(x) = self.data_event(EventType::Write, ino.0, offset, data.len() as u64) {
             return reply.error(e(x));
         }
-        match self.write_with_nospace_retry(ino.0, offset, data) {
+        match self.write_with_nospace_retry(ino.0, offset, data, append) {
             Ok(()) => reply.written(data.len() as u32),
             Err(x) => {
                 tracing::debug!(ino = ino.0, offset, len = data.len(), errno = x, "write failed");

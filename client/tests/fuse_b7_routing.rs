@@ -1,0 +1,65 @@
+//! B7 with real programs: the data events of node B's mount go to the HSM
+//! session on node A (3), its namespace events to an audit session on node
+//! C (5), as the dispositions say; each session gets only its own kinds,
+//! all stamped with B's node id (B12).
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::fs::blockdev::{BlockDev, MemDev};
+use client::fs::fuse::{spawn_mount, DmLink};
+use common::{field, standard, Cluster};
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn data_events_to_one_node_namespace_events_to_another() {
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return;
+    }
+    let c = Cluster::start(&standard("", false));
+    let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read,write,truncate"]);
+    let mut audit = c.listen(5, &["--info", "audit", "--events", "create,remove,rename,postrename"]);
+    for (ev, node) in [("read", "3"), ("write", "3"), ("create", "5"), ("rename", "5"), ("postrename", "5")] {
+        c.driver(4, &["wait-route", "--event", ev, "--node", node]);
+    }
+
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let api = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let session = spawn_mount(dev, mnt.path(), Some(DmLink { api, fs: dmapi::types::FsId(1) })).unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("touch x && echo hi > x && cat x && mv x y && truncate -s 1 y && rm y")
+        .current_dir(mnt.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+
+    for want in ["create", "rename", "postrename", "remove"] {
+        let l = audit.expect(&format!("EVENT type={want} "), T);
+        assert_eq!(field(&l, "source_node"), "4", "{l}");
+    }
+    for want in ["write", "read", "truncate"] {
+        let l = hsm.expect(&format!("EVENT type={want} "), T);
+        assert_eq!(field(&l, "source_node"), "4", "{l}");
+    }
+    hsm.drain(Duration::from_millis(300));
+    audit.drain(Duration::from_millis(100));
+    let kinds = |seen: &[String]| -> Vec<String> {
+        seen.iter().filter(|l| l.starts_with("EVENT")).map(|l| field(l, "type")).collect()
+    };
+    let (h, a) = (kinds(&hsm.seen), kinds(&audit.seen));
+    assert!(h.iter().all(|t| ["read", "write", "truncate"].contains(&t.as_str())), "HSM got {h:?}");
+    assert!(a.iter().all(|t| ["create", "remove", "rename", "postrename"].contains(&t.as_str())), "audit got {a:?}");
+    drop(session);
+}
