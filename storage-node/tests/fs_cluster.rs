@@ -182,6 +182,9 @@ fn two_nodes_see_each_other_s_changes_at_once() {
     assert_eq!(ok(&format!("stat -c %a {a}/hard")), "600\n");
     ok(&format!("truncate -s 3 {a}/hard"));
     assert_eq!(ok(&format!("cat {b}/g")), "oXe");
+    // Special files keep their type and device number.
+    ok(&format!("mknod {a}/null c 1 3 && mkfifo {a}/fifo"));
+    assert_eq!(ok(&format!("stat -c '%F %t:%T' {b}/null; stat -c %F {b}/fifo")), "character special file 1:3\nfifo\n");
 
     // Both nodes write disjoint halves of one file at the same time: the
     // exclusive token moves back and forth, and nothing is lost.

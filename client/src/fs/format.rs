@@ -123,7 +123,9 @@ pub struct Inode {
     /// XDSM per-file event list (a `DmEventSet`).
     pub dm_events: U64,
     pub nextents: U16,
-    pub rsvd: [u8; 6],
+    /// Device number of a character or block special file (`mknod`).
+    pub rdev: U32,
+    pub rsvd: [u8; 2],
     pub extents: [Extent; 6],
     /// Block holding further extents (0: none).
     pub extent_block: U64,

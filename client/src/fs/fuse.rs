@@ -362,7 +362,7 @@ impl TidepoolFs {
             nlink: i.nlink.get(),
             uid: i.uid.get(),
             gid: i.gid.get(),
-            rdev: 0,
+            rdev: i.rdev.get(),
             blksize: self.bs as u32,
             flags: 0,
         }
@@ -425,6 +425,7 @@ impl TidepoolFs {
     }
 
     /// A create event, then the create: one path for files, directories, nodes and symlinks.
+    #[allow(clippy::too_many_arguments)]
     fn make(
         &self,
         req: &Request,
@@ -433,6 +434,7 @@ impl TidepoolFs {
         mode: u32,
         symlink: Option<&[u8]>,
         open: bool,
+        rdev: u32,
     ) -> R<Inode> {
         let (t, post) = match symlink {
             Some(_) => (EventType::Symlink, EventType::Postsymlink),
@@ -448,6 +450,7 @@ impl TidepoolFs {
             gid: req.gid(),
             symlink: symlink.map(|s| s.to_vec()),
             open,
+            rdev,
         }) {
             Ok(Reply::Changed { inode: Some(b), .. }) => rpc::inode_from(&b).map_err(|_| libc::EIO),
             Ok(_) => Err(libc::EIO),
@@ -588,22 +591,13 @@ impl Filesystem for TidepoolFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let r = self.make(req, parent.0, name, mode & !umask, None, false);
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let r = self.make(req, parent.0, name, mode & !umask, None, false, rdev);
         self.reply_entry(r, reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = self.make(req, parent.0, name, libc::S_IFDIR | (mode & !umask & 0o7777), None, false);
+        let r = self.make(req, parent.0, name, libc::S_IFDIR | (mode & !umask & 0o7777), None, false, 0);
         self.reply_entry(r, reply);
     }
 
@@ -620,7 +614,7 @@ impl Filesystem for TidepoolFs {
         if t.len() > 4095 {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        let r = self.make(req, parent.0, link_name, libc::S_IFLNK | 0o777, Some(t), false);
+        let r = self.make(req, parent.0, link_name, libc::S_IFLNK | 0o777, Some(t), false, 0);
         self.reply_entry(r, reply);
     }
 
@@ -872,7 +866,7 @@ impl Filesystem for TidepoolFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.make(req, parent.0, name, libc::S_IFREG | (mode & !umask & 0o7777), None, true) {
+        match self.make(req, parent.0, name, libc::S_IFREG | (mode & !umask & 0o7777), None, true, 0) {
             Ok(i) => reply.created(
                 &TTL,
                 &self.attr(&i),

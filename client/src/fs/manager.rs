@@ -403,9 +403,9 @@ impl Manager {
     fn slow(&self, peer: &Arc<Peer>, rid: u64, req: Req) {
         match req {
             Req::Acquire { ino, mode } => self.acquire(peer, rid, ino, mode),
-            Req::Create { parent, name, mode, uid, gid, symlink, open } => {
+            Req::Create { parent, name, mode, uid, gid, symlink, open, rdev } => {
                 self.op(peer, rid, &[(parent, true)], |m, p| {
-                    let r = m.create(parent, &name, mode, Cred { uid, gid }).and_then(|i| {
+                    let r = m.create_node(parent, &name, mode, Cred { uid, gid }, rdev).and_then(|i| {
                         if let Some(t) = &symlink {
                             self.write_symlink(m, i.ino.get(), t)
                         } else {

@@ -679,6 +679,12 @@ impl MetaStore {
 
     /// Creates a regular file, directory or symlink named `name` in `parent`.
     pub fn create(&mut self, parent: u64, name: &[u8], mode: u32, cred: Cred) -> MResult<Inode> {
+        self.create_node(parent, name, mode, cred, 0)
+    }
+
+    /// [`create`](Self::create) with a device number (`mknod` of a
+    /// character or block special file).
+    pub fn create_node(&mut self, parent: u64, name: &[u8], mode: u32, cred: Cred, rdev: u32) -> MResult<Inode> {
         name_ok(name)?;
         self.run(|m| {
             if Kind::of_mode(m.getattr(parent)?.mode.get()) != Kind::Dir {
@@ -688,7 +694,8 @@ impl MetaStore {
                 return Err(MetaError::Exists);
             }
             let kind = Kind::of_mode(mode);
-            let i = m.new_inode(mode, cred, if kind == Kind::Dir { 2 } else { 1 })?;
+            let mut i = m.new_inode(mode, cred, if kind == Kind::Dir { 2 } else { 1 })?;
+            i.rdev = rdev.into();
             m.put_inode(i)?;
             if kind == Kind::Dir {
                 m.dirs.insert(i.ino.get(), Dir { entries: HashMap::new(), blocks: Vec::new() });

@@ -107,6 +107,8 @@ pub enum Req {
         symlink: Option<Vec<u8>>,
         /// The creator opens the new file (`create`): counted as in use.
         open: bool,
+        /// Device number (`mknod` of a device special file), else 0.
+        rdev: u32,
     },
     Unlink {
         parent: u64,
