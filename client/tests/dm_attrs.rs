@@ -3,6 +3,8 @@
 //! `dm_get_dirattrs` and `dm_get_bulkattr` paged with cookies, checked
 //! against what `stat` on the FUSE mount shows; bad arguments get errors.
 
+mod common;
+
 use client::dm::files::DmFs;
 use client::fs::blockdev::{BlockDev, MemDev};
 use client::fs::format::{region_flags, Region};
@@ -30,11 +32,7 @@ fn all_pages(mut f: impl FnMut(u64) -> (Vec<DmStat>, u64)) -> Vec<DmStat> {
 
 #[test]
 fn file_dir_and_bulk_attributes_match_the_mount() {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));

@@ -17,11 +17,7 @@ const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn data_events_to_one_node_namespace_events_to_another() {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::start(&standard("", false));

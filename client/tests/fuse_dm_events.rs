@@ -21,11 +21,7 @@ fn sh(dir: &std::path::Path, script: &str) -> std::process::Output {
 
 #[test]
 fn file_operations_on_a_mount_raise_events_at_the_session_node() {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::start(&standard("", false));

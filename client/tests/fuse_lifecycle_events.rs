@@ -59,11 +59,7 @@ fn object_ino(ev: &DmEvent) -> u64 {
 
 #[test]
 fn a_files_and_a_mounts_life_raise_their_events() {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::start(&standard("", false));

@@ -25,11 +25,7 @@ use std::time::Duration;
 
 #[test]
 fn hsm_migrates_and_recalls_under_an_exclusive_right() {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::start(&standard("", false));

@@ -3,6 +3,8 @@
 //! honoured, removal seen everywhere, a full attribute block is ENOSPC,
 //! and POSIX ACL names are refused.
 
+mod common;
+
 use client::fs::blockdev::{BlockDev, MemDev};
 use client::fs::fuse::{mount, spawn_mount, MountOpts};
 use std::ffi::CString;
@@ -61,11 +63,7 @@ fn remove(p: &Path, name: &str) -> Result<(), i32> {
 
 #[test]
 fn xattrs_cross_nodes_with_posix_semantics() {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));

@@ -40,6 +40,10 @@ pub struct Analysis {
     pub bad_digests: usize,
     /// PDUs whose header or data digest tshark verified as good.
     pub good_digests: usize,
+    /// C2HData PDUs flagged SUCCESS: each also completes its command, in
+    /// place of a CapsuleResp (the controller does this when the host
+    /// disabled SQ flow control).
+    pub c2h_success: usize,
     /// Non-TCP expert infos at warning level or above, and malformed packets.
     pub problems: Vec<String>,
     /// TCP-level expert infos (informational only).
@@ -102,15 +106,19 @@ pub fn analyze(tshark: &Path, pcap: &Path, ports: &[u16]) -> Result<Analysis> {
         "nvme-tcp.hdgst.status",
         "-e",
         "nvme-tcp.ddgst.status",
+        "-e",
+        "nvme-tcp.flags.pdu.data_success",
     ])?;
     for line in fields.lines() {
-        let mut cols = line.split('\t');
-        for t in cols.next().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-            if let Ok(t) = t.trim().parse::<u8>() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let col = |i: usize| cols.get(i).copied().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty());
+        for t in col(0) {
+            if let Ok(t) = t.parse::<u8>() {
                 *a.pdu_types.entry(t).or_default() += 1;
             }
         }
-        for status in cols.flat_map(|c| c.split(',')).map(str::trim) {
+        a.c2h_success += col(3).filter(|v| *v == "1" || v.eq_ignore_ascii_case("true")).count();
+        for status in col(1).chain(col(2)) {
             // Wireshark's checksum status: 0 bad, 1 good, 2 unverified,
             // 3 not present. A bad digest raises no expert info in this
             // dissector, so it must be counted here.

@@ -26,10 +26,17 @@ fn judge(a: &Analysis, digests: bool, aer_allowed: bool) -> Vec<String> {
             bad.push(format!("no {name} PDU decoded"));
         }
     }
-    let unanswered = a.count(4).saturating_sub(a.count(5));
+    // A C2HData flagged SUCCESS completes its command without a CapsuleResp.
+    let responses = a.count(5) + a.c2h_success;
+    let unanswered = a.count(4).saturating_sub(responses);
     let allowed = if aer_allowed { a.count(0) } else { 0 };
-    if a.count(5) > a.count(4) || unanswered > allowed {
-        bad.push(format!("{} command capsules but {} responses", a.count(4), a.count(5)));
+    if responses > a.count(4) || unanswered > allowed {
+        bad.push(format!(
+            "{} command capsules but {} responses ({} by SUCCESS-flagged data)",
+            a.count(4),
+            responses,
+            a.c2h_success
+        ));
     }
     if a.bad_digests > 0 {
         bad.push(format!("{} PDUs with a bad digest", a.bad_digests));

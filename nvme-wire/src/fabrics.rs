@@ -40,6 +40,9 @@ impl ConnectData {
     }
 }
 
+/// Connect CATTR bit 2: the host asks to run the queue without SQ flow control.
+pub const CATTR_DISABLE_SQFLOW: u8 = 1 << 2;
+
 /// Connect's fields as they sit in the SQE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connect {

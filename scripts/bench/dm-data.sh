@@ -16,42 +16,20 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
 cargo build --release -q --bin tidepool --bin storage-node --bin tidepool-dm-testdriver
-bin=$PWD/target/release
-work=$(mktemp -d /tmp/tidepool-dmbench.XXXXXX)
-pids=()
-cleanup() {
-    for m in "$work"/mnt*; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
-    # Newest first: mounts go before the daemons they talk to.
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port=$((20000 + RANDOM % 20000))
-mport=$((port + 1))
-dmport=$((port + 10))
-$bin/storage-node --file "$work/vol.img" --size 512M --create --allow-any-host --listen 127.0.0.1:$port \
-    --discovery-listen 127.0.0.1:0 >"$work/sn.out" 2>"$work/sn.log" &
-pids+=($!)
-for _ in $(seq 100); do grep "listening on" "$work/sn.out" >/dev/null 2>&1 && break; sleep 0.1; done
-A=(--addr 127.0.0.1:$port --nqn nqn.2026-11.io.tidepool:vol0)
-$bin/tidepool mkfs "${A[@]}" >/dev/null
-$bin/tidepool fs-manager "${A[@]}" --listen 127.0.0.1:$mport >"$work/mgr.out" 2>"$work/mgr.log" &
-pids+=($!)
-for _ in $(seq 100); do grep serving "$work/mgr.out" >/dev/null 2>&1 && break; sleep 0.1; done
-
+. scripts/bench/lib.sh
+bench_fs dmbench 512M
 key=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for id in 1 2; do
     {
         echo "node_id = $id"
-        echo "listen = \"127.0.0.1:$((dmport + id))\""
+        echo "listen = \"127.0.0.1:$((BENCH_DM_PORT + id))\""
         echo "api_socket = \"$work/node$id.sock\""
         echo "cluster_key = \"$key\""
         echo "session_manager = 1"
         echo "mounts = [1]"
         echo "dm_admin_gid = $(id -g)"
         other=$((3 - id))
-        printf '[[peers]]\nid = %s\naddr = "127.0.0.1:%s"\n' $other $((dmport + other))
+        printf '[[peers]]\nid = %s\naddr = "127.0.0.1:%s"\n' $other $((BENCH_DM_PORT + other))
         printf '[[filesystems]]\nid = 1\nmanager = 1\n'
     } >"$work/node$id.toml"
     $bin/tidepool node run --config "$work/node$id.toml" 2>"$work/node$id.log" >/dev/null &
@@ -61,15 +39,8 @@ for id in 1 2; do
     for _ in $(seq 100); do [ -S "$work/node$id.sock" ] && break; sleep 0.1; done
 done
 
-mountit() { # dir [dm args...]
-    local d=$1; shift
-    mkdir -p "$d"
-    $bin/tidepool mount "${A[@]}" --manager 127.0.0.1:$mport --name "$(basename "$d")" "$@" "$d" >"$d.out" 2>"$d.log" &
-    pids+=($!)
-    for _ in $(seq 100); do grep mounted "$d.out" >/dev/null 2>&1 && break; sleep 0.1; done
-}
-mountit "$work/mnt-plain"
-mountit "$work/mnt-dm" --dm-socket "$work/node2.sock" --dm-fs 1
+bench_mount "$work/mnt-plain"
+bench_mount "$work/mnt-dm" --dm-socket "$work/node2.sock" --dm-fs 1
 dd if=/dev/urandom of="$work/mnt-plain/data" bs=1M count=64 status=none
 sum=$(sha256sum <"$work/mnt-plain/data" | cut -d' ' -f1)
 

@@ -12,34 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
 cargo build --release -q --bin tidepool --bin storage-node
-bin=target/release
-work=$(mktemp -d /tmp/tidepool-fsbench.XXXXXX)
-pids=()
-cleanup() {
-    for m in "$work"/mnt* "$work/bind"; do mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
-    # Newest first: mounts go before the daemons they talk to.
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port=$((20000 + RANDOM % 20000))
-mport=$((port + 1))
-$bin/storage-node --file "$work/vol.img" --size 1G --create --allow-any-host --listen 127.0.0.1:$port \
-    --discovery-listen 127.0.0.1:0 >"$work/sn.out" 2>"$work/sn.log" &
-pids+=($!)
-for _ in $(seq 100); do grep "listening on" "$work/sn.out" >/dev/null 2>&1 && break; sleep 0.1; done
-A=(--addr 127.0.0.1:$port --nqn nqn.2026-11.io.tidepool:vol0)
-$bin/tidepool mkfs "${A[@]}" >/dev/null
-$bin/tidepool fs-manager "${A[@]}" --listen 127.0.0.1:$mport >"$work/mgr.out" 2>"$work/mgr.log" &
-pids+=($!)
-for _ in $(seq 100); do grep serving "$work/mgr.out" >/dev/null 2>&1 && break; sleep 0.1; done
-for n in 1 2; do
-    mkdir -p "$work/mnt$n"
-    $bin/tidepool mount "${A[@]}" --manager 127.0.0.1:$mport --name "bench$n" "$work/mnt$n" >"$work/m$n.out" 2>"$work/m$n.log" &
-    pids+=($!)
-    for _ in $(seq 100); do grep mounted "$work/m$n.out" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+. scripts/bench/lib.sh
+bench_fs fsbench 1G
+for n in 1 2; do bench_mount "$work/mnt$n"; done
 mkdir -p "$work/local" "$work/bind"
 bindfs "$work/local" "$work/bind"
 
@@ -49,18 +24,29 @@ fio_iops() { # dir rw bs -> "iops bw_MiB/s"
         --numjobs=1 --time_based --runtime="$SECS" --output-format=json 2>/dev/null |
         python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; r=j["read"] if j["read"]["io_bytes"] else j["write"]; print("%d %.1f" % (r["iops"], r["bw"]/1024))'
 }
-echo "fio psync, 1 job, 64 MiB file, ${SECS}s per point; IOPS (MiB/s)"
+ROUNDS=${TIDEPOOL_BENCH_ROUNDS:-3}
+echo "fio psync, 1 job, 64 MiB file, ${SECS}s per point, page cache dropped first;"
+echo "median IOPS (MiB/s) of $ROUNDS interleaved rounds, this machine's speed drifts between points"
 printf "%-12s %16s %16s %16s %10s %10s\n" workload local bindfs tidepool "tp/bindfs" "tp/local"
-for spec in "randread 4k" "randwrite 4k" "read 1M" "write 1M"; do
+# Lay the files out first so reads read data.
+for d in "$work/local" "$work/bind" "$work/mnt1"; do
+    dd if=/dev/urandom of="$d/bench.dat" bs=1M count=64 status=none
+done
+# TIDEPOOL_BENCH_WORKLOADS="randread:4k ..." picks points; TIDEPOOL_BENCH_META=0 skips metadata.
+for spec in ${TIDEPOOL_BENCH_WORKLOADS:-randread:4k randwrite:4k read:1M write:1M}; do
+    spec=${spec/:/ }
     set -- $spec
-    # Lay the file out first so reads read data.
-    for d in "$work/local" "$work/bind" "$work/mnt1"; do
-        [ -s "$d/bench.dat" ] || dd if=/dev/urandom of="$d/bench.dat" bs=1M count=64 status=none
+    runs=()
+    for _ in $(seq "$ROUNDS"); do
+        for d in "$work/local" "$work/bind" "$work/mnt1"; do runs+=("$(fio_iops "$d" "$1" "$2")"); done
     done
-    l=$(fio_iops "$work/local" "$1" "$2"); b=$(fio_iops "$work/bind" "$1" "$2"); t=$(fio_iops "$work/mnt1" "$1" "$2")
-    python3 - "$1 $2" "$l" "$b" "$t" <<'EOF'
-import sys
-w, l, b, t = sys.argv[1], *[x.split() for x in sys.argv[2:]]
+    python3 - "$1 $2" "${runs[@]}" <<'EOF'
+import statistics, sys
+w, runs = sys.argv[1], [x.split() for x in sys.argv[2:]]
+def med(k):
+    pts = sorted(runs[k::3], key=lambda r: int(r[0]))
+    return pts[len(pts) // 2]
+l, b, t = med(0), med(1), med(2)
 print("%-12s %9s (%5s) %9s (%5s) %9s (%5s) %10.2f %10.2f" % (w, l[0], l[1], b[0], b[1], t[0], t[1], int(t[0]) / max(1, int(b[0])), int(t[0]) / max(1, int(l[0]))))
 EOF
 done
@@ -87,6 +73,7 @@ for what in ("create", "stat", "unlink"):
 print(" ".join(out))
 EOF
 }
+[ "${TIDEPOOL_BENCH_META:-1}" = 0 ] && exit 0
 N=${TIDEPOOL_META_FILES:-2000}
 echo
 echo "metadata, $N files per node (ops/s, all nodes together): creates stats unlinks"

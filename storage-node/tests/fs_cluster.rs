@@ -9,7 +9,7 @@ mod common;
 
 use common::{Node, NQN};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,17 +19,6 @@ fn tidepool_bin() -> PathBuf {
     let p = sn.with_file_name("tidepool");
     assert!(p.exists(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
     p
-}
-
-fn fuse_ok() -> bool {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
-        return false;
-    }
-    true
 }
 
 /// A `tidepool` process whose stdout lines we can wait for.
@@ -149,7 +138,7 @@ fn ok(script: &str) -> String {
 
 #[test]
 fn two_nodes_see_each_other_s_changes_at_once() {
-    if !fuse_ok() {
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::new();
@@ -215,7 +204,7 @@ fn two_nodes_see_each_other_s_changes_at_once() {
 
 #[test]
 fn a_killed_client_and_a_killed_manager_lose_nothing_acknowledged() {
-    if !fuse_ok() {
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::new();
@@ -273,7 +262,7 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn posix_tools_stress_ng_and_fio_verify_on_a_mount() {
-    if !fuse_ok() || !have("stress-ng") || !have("fio") {
+    if !common::fuse_available() || !have("stress-ng") || !have("fio") {
         return;
     }
     let c = Cluster::new();
@@ -329,7 +318,7 @@ fn posix_tools_stress_ng_and_fio_verify_on_a_mount() {
 
 #[test]
 fn appends_from_two_nodes_at_once_never_overlap() {
-    if !fuse_ok() {
+    if !common::fuse_available() {
         return;
     }
     let c = Cluster::new();

@@ -50,11 +50,7 @@ fn a_second_host_replays_the_first_host_s_journal() {
 #[test]
 fn fuse_mount_on_a_shared_volume() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !std::path::Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+    if !common::fuse_available() {
         return;
     }
     let node = Node::start("64M", &["--allow-any-host"]);

@@ -2,7 +2,7 @@
 
 use super::queue::{Completed, DataDir, QueuePair};
 use super::{NvmfError, Result};
-use nvme_wire::fabrics::{cc, csts, Connect, ConnectData, Property, DISCOVERY_NQN};
+use nvme_wire::fabrics::{cc, csts, Connect, ConnectData, Property, CATTR_DISABLE_SQFLOW, DISCOVERY_NQN};
 use nvme_wire::identify::{cns, IdCtrl, IdNs};
 use nvme_wire::log::{DiscoveryLogEntry, DiscoveryLogHeader};
 use nvme_wire::nvme::{feat, lid, opc, prop, sqe, Sqe};
@@ -24,6 +24,11 @@ pub struct ConnectOpts {
     pub kato_ms: u32,
     /// Spin on sockets instead of sleeping.
     pub poll_mode: bool,
+    /// Ask the I/O queues to run without SQ flow control (Connect CATTR
+    /// bit 2): the host counts its own free slots, and a controller may
+    /// then end a read with a C2HData PDU flagged SUCCESS instead of a
+    /// separate CapsuleResp, one PDU less per read.
+    pub disable_sqflow: bool,
 }
 
 impl Default for ConnectOpts {
@@ -38,6 +43,7 @@ impl Default for ConnectOpts {
             ddgst: false,
             kato_ms: 10_000,
             poll_mode: false,
+            disable_sqflow: true,
         }
     }
 }
@@ -87,7 +93,8 @@ fn connect_queue(
     // NVMe/TCP carries the Connect data in-capsule on every queue; the I/O
     // queue's own in-capsule limit (IOCCSZ) is only known after Connect.
     q.inline_max = q.inline_max.max(size_of::<ConnectData>());
-    let c = Connect { recfmt: 0, qid, sqsize: depth - 1, cattr: 0, kato: if qid == 0 { o.kato_ms } else { 0 } };
+    let cattr = if qid > 0 && o.disable_sqflow { CATTR_DISABLE_SQFLOW } else { 0 };
+    let c = Connect { recfmt: 0, qid, sqsize: depth - 1, cattr, kato: if qid == 0 { o.kato_ms } else { 0 } };
     let data = ConnectData::new(o.hostid, cntlid, subnqn, &o.hostnqn);
     let r = q.exec(c.to_sqe(0), DataDir::ToCtrl(data.as_bytes()), None)?;
     Ok((q, r.result as u16))

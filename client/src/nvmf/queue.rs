@@ -59,6 +59,8 @@ pub struct QueuePair {
     /// Spin on the socket instead of sleeping in the kernel.
     pub poll_mode: bool,
     pub timeout: Duration,
+    /// The socket's read timeout as last set (one setsockopt, not one per read).
+    sock_timeout: Option<Duration>,
     outstanding: usize,
 }
 
@@ -106,6 +108,7 @@ impl QueuePair {
             re: 0,
             poll_mode: false,
             timeout: Duration::from_secs(30),
+            sock_timeout: None,
             outstanding: 0,
         })
     }
@@ -240,16 +243,22 @@ impl QueuePair {
             self.stream.set_nonblocking(false)?;
             return r;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(NvmfError::Timeout(format!("queue {} waiting for the controller", self.qid)));
+        // The socket waits at most `timeout` at a time; the deadline is
+        // checked when it wakes (a hang is reported within twice the timeout).
+        if self.sock_timeout != Some(self.timeout) {
+            self.stream.set_read_timeout(Some(self.timeout))?;
+            self.sock_timeout = Some(self.timeout);
         }
-        self.stream.set_read_timeout(Some(left))?;
-        match self.stream.read(&mut self.rbuf[end..]) {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                Err(NvmfError::Timeout(format!("queue {} waiting for the controller", self.qid)))
+        loop {
+            match self.stream.read(&mut self.rbuf[end..]) {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if Instant::now() >= deadline {
+                        return Err(NvmfError::Timeout(format!("queue {} waiting for the controller", self.qid)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other.map_err(NvmfError::from),
             }
-            other => other.map_err(NvmfError::from),
         }
     }
 
@@ -264,6 +273,13 @@ impl QueuePair {
     /// Sends queued commands, then gathers completions into `out` until at
     /// least `min` have arrived (0: only what is already here).
     pub fn poll(&mut self, out: &mut Vec<Completed>, min: usize) -> Result<()> {
+        self.gather(out, min, true)
+    }
+
+    /// [`poll`](Self::poll); `eager`: once `min` are in, also take what the
+    /// socket already has (costs a non-blocking read; a lone synchronous
+    /// command has nothing to gain from it).
+    fn gather(&mut self, out: &mut Vec<Completed>, min: usize, eager: bool) -> Result<()> {
         self.flush()?;
         let deadline = Instant::now() + self.timeout;
         let mut got = 0;
@@ -271,7 +287,7 @@ impl QueuePair {
             let buffered = self.re - self.rs;
             if got >= min && buffered < 8 {
                 // Nothing more without waiting; look once without blocking.
-                if !self.try_read_nonblocking()? {
+                if !eager || !self.try_read_nonblocking()? {
                     return Ok(());
                 }
                 continue;
@@ -437,7 +453,7 @@ impl QueuePair {
         let cid = self.submit(sqe, data, 0)?;
         let mut out = Vec::with_capacity(1);
         loop {
-            self.poll(&mut out, 1)?;
+            self.gather(&mut out, 1, false)?;
             if let Some(i) = out.iter().position(|c| c.cid == cid) {
                 let c = out[i];
                 if let Some(dst) = read_into {

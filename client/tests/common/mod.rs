@@ -358,3 +358,15 @@ pub fn outcome(c: Child) -> String {
     assert!(o.status.success(), "driver failed: {s} {}", String::from_utf8_lossy(&o.stderr));
     s.lines().find(|l| l.starts_with("OUTCOME")).unwrap_or_else(|| panic!("no outcome in {s:?}")).to_string()
 }
+
+/// Whether FUSE mounts can be made here; says why not (the test then skips).
+pub fn fuse_available() -> bool {
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return false;
+    }
+    true
+}

@@ -1,7 +1,7 @@
 //! Fabrics commands: Connect, Property Get/Set, Disconnect.
 
 use super::{Completion, Parsed, QueueCtx, Xfer};
-use nvme_wire::fabrics::{cap, connect_invalid_param_result, Connect, ConnectData, Property};
+use nvme_wire::fabrics::{cap, connect_invalid_param_result, Connect, ConnectData, Property, CATTR_DISABLE_SQFLOW};
 use nvme_wire::nvme::{fctype, prop, Sqe};
 use nvme_wire::status::Status;
 use nvme_wire::zerocopy::FromBytes;
@@ -16,8 +16,6 @@ pub enum FabricsCmd {
 
 /// NVMe version this target reports: 1.4.
 pub const VERSION: u32 = 0x0001_0400;
-/// CATTR bit 2: disable SQ flow control.
-const CATTR_DISABLE_SQFLOW: u8 = 1 << 2;
 
 pub fn parse(ctx: &QueueCtx, sqe: &Sqe) -> Result<Parsed, Status> {
     let (cmd, xfer) = match sqe.fctype() {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -83,4 +84,16 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Whether FUSE mounts can be made here; says why not (the test then skips).
+pub fn fuse_available() -> bool {
+    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
+    });
+    if !Path::new("/dev/fuse").exists() || !fusermount {
+        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
+        return false;
+    }
+    true
 }
