@@ -146,10 +146,10 @@ impl TidepoolFs {
         }
     }
 
-    /// Whether the node would generate `t` now: `Some(false)` lets the
-    /// operation go without asking it; `None` means ask (no count, an
-    /// install under way, or the node could not say).
-    fn generated(&self, link: &DmLink, t: EventType, file_events: EventSet) -> Option<bool> {
+    /// The node's dispositions for this file system as of now; `None`
+    /// means ask the node (no count, an install under way, or the node
+    /// could not say).
+    fn view(&self, link: &DmLink) -> Option<GenerationView> {
         use std::os::unix::fs::FileExt;
         let mut b = [0u8; 8];
         self.disp_seq.as_ref()?.read_exact_at(&mut b, 0).ok()?;
@@ -160,7 +160,7 @@ impl TidepoolFs {
         let mut cache = self.gen_view.lock();
         if let Some((s, v)) = *cache {
             if s == seq {
-                return Some(v.generates(t, file_events));
+                return Some(v);
             }
         }
         // A view taken at or after `seq` includes every change made before it.
@@ -168,7 +168,7 @@ impl TidepoolFs {
         let (s, v) = c.disp_view(link.fs).ok()?;
         self.dm_pool.lock().push(c);
         *cache = Some((s, v));
-        (s >= seq).then(|| v.generates(t, file_events))
+        (s >= seq).then_some(v)
     }
 
     fn handle(&self, ino: u64) -> Option<DmHandle> {
@@ -201,8 +201,13 @@ impl TidepoolFs {
         body: impl FnOnce(&Self) -> EventBody,
     ) -> R<()> {
         let Some(link) = &self.dm else { return Ok(()) };
+        let view = self.view(link);
+        // Nobody disposed of this type: not even the file's own list is needed.
+        if view.is_some_and(|v| !v.disposed.contains(t)) {
+            return Ok(());
+        }
         let file_events = file.map_or(EventSet::EMPTY, |ino| self.file_events(ino));
-        if self.generated(link, t, file_events) == Some(false) {
+        if view.is_some_and(|v| !v.generates(t, file_events)) {
             return Ok(());
         }
         // The node stamps its own id as the source.
