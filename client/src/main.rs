@@ -64,6 +64,10 @@ enum Top {
         /// Where mounting nodes reach it.
         #[arg(long, default_value = "127.0.0.1:7600")]
         listen: std::net::SocketAddr,
+        /// After a restart, how long files unlinked while open wait for the
+        /// nodes that have them open to reconnect before they are freed.
+        #[arg(long, default_value_t = client::fs::manager::ORPHAN_GRACE.as_millis() as u64)]
+        orphan_grace_ms: u64,
     },
     /// The node daemon (DM event path, session manager, fs manager roles).
     #[command(subcommand)]
@@ -283,9 +287,10 @@ fn main() -> anyhow::Result<()> {
             m.unmount().context("unmounting")?;
             Ok(())
         }
-        Top::FsManager { c, listen } => {
+        Top::FsManager { c, listen, orphan_grace_ms } => {
             let dev = fs_dev(&c)?;
-            let m = client::fs::manager::Manager::open(dev).context("opening the file system")?;
+            let grace = std::time::Duration::from_millis(orphan_grace_ms);
+            let m = client::fs::manager::Manager::open_with_grace(dev, grace).context("opening the file system")?;
             let h = m.serve(listen).with_context(|| format!("listening on {listen}"))?;
             println!("tidepool fs-manager: serving {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, h.addr);
             wait_for_signal();

@@ -103,7 +103,18 @@ impl Cluster {
     }
 
     fn manager(&self) -> Proc {
-        let args = ["fs-manager", "--addr", &self.node.addr, "--nqn", NQN, "--listen", &self.manager_addr];
+        // A short grace: the restart test outlasts it.
+        let args = [
+            "fs-manager",
+            "--addr",
+            &self.node.addr,
+            "--nqn",
+            NQN,
+            "--listen",
+            &self.manager_addr,
+            "--orphan-grace-ms",
+            "300",
+        ];
         Proc::start(&args.map(String::from), "fs-manager: serving", None)
     }
 
@@ -234,6 +245,25 @@ fn a_killed_client_and_a_killed_manager_lose_nothing_acknowledged() {
     ok(&format!("mkdir {bd}/acked && for i in $(seq 1 20); do touch {bd}/acked/f$i; done"));
     ok(&format!("dd if=/dev/zero of={bd}/grow bs=4k count=10 status=none"));
 
+    // A file B has open and unlinked must outlive the manager's restart.
+    ok(&format!("printf unlinked-but-open > {bd}/tmpfile"));
+    let go = c.dir.path().join("go");
+    let ready = c.dir.path().join("ready");
+    let holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3< {bd}/tmpfile; rm {bd}/tmpfile; touch {r}; while [ ! -e {g} ]; do sleep 0.05; done; cat <&3",
+            r = ready.display(),
+            g = go.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !ready.exists() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // The manager dies and comes back on the same address; B carries on
     // without remounting, and gives back the size it held.
     mgr.kill();
@@ -242,6 +272,12 @@ fn a_killed_client_and_a_killed_manager_lose_nothing_acknowledged() {
     assert_eq!(ok(&format!("sha256sum < {bd}/keep")), sum);
     ok(&format!("echo after > {bd}/after"));
     assert_eq!(ok(&format!("cat {bd}/after")), "after\n");
+    // Past the restarted manager's grace for unlinked files: B said it
+    // still has this one open, so it is still there.
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(&go, b"").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "unlinked-but-open", "the open file survived the restart");
 
     // A node that mounts now sees all of it.
     let (_pc, cm) = c.mount("c");

@@ -685,12 +685,19 @@ impl Filesystem for TidepoolFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Counted by the manager, so that the file outlives its last name.
+        // Counted by the manager, so that the file outlives its last name;
+        // counted here first, so that a manager restarting meanwhile hears
+        // of it again (a count too many only keeps an unlinked file longer).
+        let slot = self.meta.slot(ino.0);
+        slot.st.lock().opens += 1;
         match self.meta.ask(Req::Open { ino: ino.0 }) {
             Ok(_) => {
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
             }
-            Err(x) => reply.error(e(x)),
+            Err(x) => {
+                slot.st.lock().opens -= 1;
+                reply.error(e(x))
+            }
         }
     }
 
@@ -705,6 +712,11 @@ impl Filesystem for TidepoolFs {
         reply: ReplyEmpty,
     ) {
         reply.ok();
+        {
+            let slot = self.meta.slot(ino.0);
+            let mut st = slot.st.lock();
+            st.opens = st.opens.saturating_sub(1);
+        }
         let destroyed = match self.meta.ask(Req::Release { ino: ino.0 }) {
             Ok(r) => destroyed_by(r),
             Err(x) => {
@@ -872,13 +884,16 @@ impl Filesystem for TidepoolFs {
         reply: ReplyCreate,
     ) {
         match self.make(req, parent.0, name, libc::S_IFREG | (mode & !umask & 0o7777), None, true, 0) {
-            Ok(i) => reply.created(
-                &TTL,
-                &self.attr(&i),
-                Generation(i.generation.get() as u64),
-                FileHandle(0),
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
-            ),
+            Ok(i) => {
+                self.meta.slot(i.ino.get()).st.lock().opens += 1;
+                reply.created(
+                    &TTL,
+                    &self.attr(&i),
+                    Generation(i.generation.get() as u64),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+                )
+            }
             Err(x) => reply.error(e(x)),
         }
     }

@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most inodes one scan reply carries.
 pub const SCAN_MAX: usize = 4096;
+/// How long a restarted manager keeps files unlinked while open, waiting
+/// for the nodes that have them open to reconnect and say so.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Manager {
     meta: Mutex<MetaStore>,
@@ -118,8 +121,15 @@ fn err(e: MetaError) -> Reply {
 impl Manager {
     /// Opens the file system on `dev` (replaying its journal).
     pub fn open(dev: Arc<dyn BlockDev>) -> super::Result<Arc<Manager>> {
-        let meta = MetaStore::open(dev.clone())?;
-        Ok(Arc::new(Manager {
+        Self::open_with_grace(dev, ORPHAN_GRACE)
+    }
+
+    /// [`open`](Self::open); files unlinked while open that nobody has
+    /// reopened `grace` after the start are freed.
+    pub fn open_with_grace(dev: Arc<dyn BlockDev>, grace: Duration) -> super::Result<Arc<Manager>> {
+        let meta = MetaStore::open_keeping_orphans(dev.clone())?;
+        let orphans = meta.orphans();
+        let m = Arc::new(Manager {
             meta: Mutex::new(meta),
             dev,
             table: Mutex::new(Table::default()),
@@ -128,7 +138,25 @@ impl Manager {
             next_conn: AtomicU64::new(1),
             revoke_timeout: REVOKE_TIMEOUT,
             uses: Mutex::new(Uses::default()),
-        }))
+        });
+        if !orphans.is_empty() {
+            let weak = Arc::downgrade(&m);
+            std::thread::Builder::new()
+                .name("fsmgr-orphans".into())
+                .spawn(move || {
+                    std::thread::sleep(grace);
+                    let Some(m) = weak.upgrade() else { return };
+                    let mut freed = 0;
+                    for ino in orphans {
+                        if !m.uses.lock().total.contains_key(&ino) && m.retire(ino).is_some() {
+                            freed += 1;
+                        }
+                    }
+                    tracing::info!(freed, "files unlinked while open that no node reopened are freed");
+                })
+                .map_err(|e| super::FsError::Io(e.to_string()))?;
+        }
+        Ok(m)
     }
 
     /// Serves clients on `addr` from a background thread.

@@ -181,13 +181,24 @@ impl MetaStore {
     /// reach them any more).
     pub fn open(dev: Arc<dyn BlockDev>) -> Result<MetaStore> {
         let mut m = MetaStore::load(dev)?;
-        let orphans: Vec<u64> = m.inodes.values().filter(|i| i.nlink.get() == 0).map(|i| i.ino.get()).collect();
-        for ino in orphans {
+        for ino in m.orphans() {
             if let Err(e) = m.run(|m| m.free_inode(ino)) {
                 tracing::error!(ino, error = %e, "could not free an orphaned inode");
             }
         }
         Ok(m)
+    }
+
+    /// Opens the file system but leaves the files unlinked while open in
+    /// place: a manager that restarts gives the nodes that still have them
+    /// open time to say so ([`orphans`](Self::orphans)).
+    pub fn open_keeping_orphans(dev: Arc<dyn BlockDev>) -> Result<MetaStore> {
+        MetaStore::load(dev)
+    }
+
+    /// Files with no name left (unlinked while open).
+    pub fn orphans(&self) -> Vec<u64> {
+        self.inodes.values().filter(|i| i.nlink.get() == 0).map(|i| i.ino.get()).collect()
     }
 
     /// The metadata as the volume has it, after replaying the journal.

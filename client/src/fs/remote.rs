@@ -55,6 +55,9 @@ pub struct SlotState {
     pub dm: DmInfo,
     /// Held as a DM access right: a revoke waits until it is released.
     pub pins: u32,
+    /// Opens of this file on this node, said again to a manager that
+    /// restarted so that an unlinked open file is not freed under us.
+    pub opens: u32,
 }
 
 impl SlotState {
@@ -323,6 +326,17 @@ impl MetaClient {
             }
         }
         tracing::info!(after_ms = start.elapsed().as_millis() as u64, "file-system manager back");
+        // The files open here, before the restarted manager frees the
+        // unlinked ones among them.
+        let open: Vec<(u64, u32)> =
+            self.inner.slots.lock().iter().map(|(k, v)| (*k, v.st.lock().opens)).filter(|(_, n)| *n > 0).collect();
+        for (ino, n) in open {
+            for _ in 0..n {
+                if let Err(e) = self.call(Req::Open { ino }) {
+                    tracing::error!(ino, error = %e, "could not tell the manager of an open file after reconnecting");
+                }
+            }
+        }
         // Sizes written under tokens of the old manager: after the writes
         // still running finish.
         let slots: Vec<(u64, Arc<Slot>)> = self.inner.slots.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
