@@ -27,9 +27,6 @@ pub struct BenchArgs {
     /// Bytes of the namespace to touch (default: all).
     #[arg(long)]
     span: Option<u64>,
-    /// Spin on the socket instead of sleeping.
-    #[arg(long)]
-    poll: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
@@ -46,7 +43,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut o: ConnectOpts = a.c.opts();
     o.io_queues = a.queues;
     o.queue_depth = a.qd.max(2) + 1;
-    o.poll_mode = a.poll;
+    // --poll comes with the connection options.
     let ctrl = Controller::connect(&a.c.addr, &a.c.nqn, &o)?;
     let ns = ctrl.identify_ns(a.c.nsid)?;
     anyhow::ensure!(

@@ -96,6 +96,10 @@ struct Conn {
     /// Namespace ID.
     #[arg(long, default_value_t = 1)]
     nsid: u32,
+    /// Spin on the queue sockets instead of sleeping in the kernel: lower
+    /// latency, but every waiting thread keeps a core busy.
+    #[arg(long)]
+    poll: bool,
 }
 
 impl Conn {
@@ -106,6 +110,7 @@ impl Conn {
         };
         o.hdgst = self.hdr_digest;
         o.ddgst = self.data_digest;
+        o.poll_mode = self.poll;
         o
     }
     fn connect(&self) -> anyhow::Result<Controller> {

@@ -14,7 +14,8 @@ SECS=${1:-5}
 cargo build --release -q --bin tidepool --bin storage-node
 . scripts/bench/lib.sh
 bench_fs fsbench 1G
-for n in 1 2; do bench_mount "$work/mnt$n"; done
+# TIDEPOOL_BENCH_MOUNT_ARGS: extra `tidepool mount` options (e.g. --poll).
+for n in 1 2; do bench_mount "$work/mnt$n" ${TIDEPOOL_BENCH_MOUNT_ARGS:-}; done
 mkdir -p "$work/local" "$work/bind"
 bindfs "$work/local" "$work/bind"
 
