@@ -98,7 +98,8 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let o = Command::new(tidepool_bin()).args(["mkfs", "--addr", &node.addr, "--nqn", NQN]).output().unwrap();
         assert!(o.status.success(), "mkfs: {}", String::from_utf8_lossy(&o.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // The manager is restarted on this port.
+        let port = common::listen_port();
         Cluster { node, manager_addr: format!("127.0.0.1:{port}"), dir }
     }
 

@@ -6,7 +6,6 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,8 +42,20 @@ pub struct Cluster {
     others: Vec<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port for a server that may be restarted on it: below the
+/// kernel's ephemeral range (32768 up), where outgoing connections take
+/// their local ports and could take a killed server's port before it comes
+/// back; spread by process id, and free when chosen.
+pub fn listen_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + base.wrapping_add(n.wrapping_mul(104_729)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
+            return p as u16;
+        }
+    }
 }
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -73,7 +84,7 @@ impl Cluster {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = specs.iter().map(|_| free_port()).collect();
+        let ports: Vec<u16> = specs.iter().map(|_| listen_port()).collect();
         let mut nodes = Vec::new();
         for (i, s) in specs.iter().enumerate() {
             let mut t = String::new();

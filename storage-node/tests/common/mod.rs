@@ -97,3 +97,19 @@ pub fn fuse_available() -> bool {
     }
     true
 }
+
+/// A loopback port for a server that may be restarted on it: below the
+/// kernel's ephemeral range (32768 up), where outgoing connections take
+/// their local ports and could take a killed server's port before it comes
+/// back; spread by process id, and free when chosen.
+pub fn listen_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + base.wrapping_add(n.wrapping_mul(104_729)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
+            return p as u16;
+        }
+    }
+}
