@@ -138,6 +138,25 @@ impl Cluster {
     }
 }
 
+/// A manager and two mounts of one file system, "a" and "b", each its own
+/// process. Fields drop in order: the mounts, the manager, the volume.
+struct TwoMounts {
+    _pa: Proc,
+    _pb: Proc,
+    _m: Proc,
+    a: PathBuf,
+    b: PathBuf,
+    _c: Cluster,
+}
+
+fn two_mounts() -> TwoMounts {
+    let c = Cluster::new();
+    let m = c.manager();
+    let (pa, a) = c.mount("a");
+    let (pb, b) = c.mount("b");
+    TwoMounts { _pa: pa, _pb: pb, _m: m, a, b, _c: c }
+}
+
 fn sh(script: &str) -> Output {
     Command::new("sh").arg("-c").arg(script).output().unwrap()
 }
@@ -153,10 +172,8 @@ fn two_nodes_see_each_other_s_changes_at_once() {
     if !common::fuse_available() {
         return;
     }
-    let c = Cluster::new();
-    let _m = c.manager();
-    let (_pa, a) = c.mount("a");
-    let (_pb, b) = c.mount("b");
+    let t = two_mounts();
+    let (a, b) = (t.a.clone(), t.b.clone());
     let (a, b) = (a.display(), b.display());
 
     // Written and closed on A, read on B.
@@ -302,10 +319,8 @@ fn posix_tools_stress_ng_and_fio_verify_on_a_mount() {
     if !common::fuse_available() || !have("stress-ng") || !have("fio") {
         return;
     }
-    let c = Cluster::new();
-    let _m = c.manager();
-    let (_pa, a) = c.mount("a");
-    let (_pb, b) = c.mount("b");
+    let t = two_mounts();
+    let (a, b) = (t.a.clone(), t.b.clone());
 
     // File-system stressors, one instance each, all at once for a bounded
     // time: names, links, renames, directories, open-then-unlink temp
@@ -358,10 +373,8 @@ fn appends_from_two_nodes_at_once_never_overlap() {
     if !common::fuse_available() {
         return;
     }
-    let c = Cluster::new();
-    let _m = c.manager();
-    let (_pa, a) = c.mount("a");
-    let (_pb, b) = c.mount("b");
+    let t = two_mounts();
+    let (a, b) = (t.a.clone(), t.b.clone());
     ok(&format!("touch {}/log", a.display()));
     // Each `>>` opens with O_APPEND; both nodes append 150 lines at once.
     let writers: Vec<_> = [(&a, 'A'), (&b, 'B')]
