@@ -194,9 +194,7 @@ impl DmFs {
     /// call (0: all seen). A snapshot of the manager's copies: a size a
     /// node is still writing under its token shows when it is given back.
     pub fn get_bulkattr(&self, fs: &DmHandle, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
-        if fs.kind() != HandleKind::Fs || fs.fsid() != self.fs {
-            return Err(DmError::BadF("not this file system's handle"));
-        }
+        self.check_fs(fs)?;
         let (v, next) = self.scan(None, cookie, max, None)?;
         Ok((v.into_iter().map(|(s, _)| s).collect(), next))
     }
@@ -205,10 +203,15 @@ impl DmFs {
     /// file's DM attribute `attr` (`None` where the file has none).
     pub fn get_bulkall(&self, fs: &DmHandle, attr: &[u8], cookie: u64, max: u32) -> DmResult<(Vec<ScanStat>, u64)> {
         Self::check_name(attr)?;
+        self.check_fs(fs)?;
+        self.scan(None, cookie, max, Some(attr))
+    }
+
+    fn check_fs(&self, fs: &DmHandle) -> DmResult<()> {
         if fs.kind() != HandleKind::Fs || fs.fsid() != self.fs {
             return Err(DmError::BadF("not this file system's handle"));
         }
-        self.scan(None, cookie, max, Some(attr))
+        Ok(())
     }
 
     /// `dm_get_dirattrs`: up to `max` entries of directory `dir` from

@@ -96,9 +96,8 @@ pub struct MetaStore {
     ext_blocks: HashMap<u64, Vec<Extent>>,
     /// DM attributes and managed regions of the inodes that have them.
     dm: HashMap<u64, DmInfo>,
-    /// Inodes some node still uses (open or cached by its kernel): at their
-    /// last unlink they stay, with no links, until released (POSIX: an
-    /// open file outlives its name).
+    /// Inodes some node has open: at their last unlink they stay, with no
+    /// links, until released (POSIX: an open file outlives its name).
     in_use: std::collections::HashSet<u64>,
     /// Blocks changed by the operation in progress.
     dirty: BTreeMap<u64, Vec<u8>>,
@@ -466,16 +465,9 @@ impl MetaStore {
         let (lo, hi) = (self.layout.data_start, self.layout.total);
         let mut b = self.alloc_hint.clamp(lo, hi - 1);
         for _ in 0..(hi - lo) {
-            if !self.is_used(b) {
-                let mut n = 1;
-                while n < want && b + n < hi && !self.is_used(b + n) {
-                    n += 1;
-                }
-                for k in 0..n {
-                    self.set_bit(b + k, true)?;
-                }
-                self.alloc_hint = b + n;
-                return Ok((b, n));
+            if let Some((p, n)) = self.alloc_at(b, want)? {
+                self.alloc_hint = p + n;
+                return Ok((p, n));
             }
             b = if b + 1 >= hi { lo } else { b + 1 };
         }
