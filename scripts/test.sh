@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # a stub that reports RDMA unavailable, and the soft-RoCE tests skip.
 features=()
 if [ -e /usr/include/infiniband/verbs.h ] && [ -e /usr/include/rdma/rdma_cma.h ] && ldconfig -p | grep libclang >/dev/null; then
-    features=(--features rdma/rdma,storage-node/rdma)
+    features=(--features rdma/rdma,storage-node/rdma,client/rdma)
 else
     echo "note: rdma-core headers or libclang missing: building the rdma crate without verbs"
 fi

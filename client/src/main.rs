@@ -10,8 +10,16 @@ use clap::{Args, Parser, Subcommand};
 use client::nvmf::{self, ConnectOpts, Controller};
 use std::path::PathBuf;
 
+/// `--version` names the NVMe-oF transports built in, so scripts and
+/// tests can tell an RDMA-capable binary from a TCP-only one.
+const VERSION: &str = if cfg!(feature = "rdma") {
+    concat!(env!("CARGO_PKG_VERSION"), " (transports: tcp, rdma)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (transports: tcp)")
+};
+
 #[derive(Parser)]
-#[command(version, about = "Tidepool client")]
+#[command(version = VERSION, about = "Tidepool client")]
 struct Cli {
     #[command(subcommand)]
     cmd: Top,
@@ -78,9 +86,12 @@ enum Top {
 
 #[derive(Args, Clone)]
 struct Conn {
-    /// Target address, host:port.
+    /// Target address, host:port (for RDMA, the IP of the target's RDMA device).
     #[arg(long, default_value = "127.0.0.1:4420")]
     addr: String,
+    /// NVMe-oF transport (`rdma` needs a build with the `rdma` feature and an RDMA device).
+    #[arg(long, short = 't', value_enum, default_value_t = nvmf::Transport::Tcp)]
+    transport: nvmf::Transport,
     /// Subsystem NQN.
     #[arg(long, default_value = "nqn.2026-11.io.tidepool:vol0")]
     nqn: String,
@@ -108,6 +119,7 @@ impl Conn {
             Some(n) => ConnectOpts::default().with_hostnqn(n),
             None => ConnectOpts::default(),
         };
+        o.transport = self.transport;
         o.hdgst = self.hdr_digest;
         o.ddgst = self.data_digest;
         o.poll_mode = self.poll;
@@ -125,6 +137,8 @@ enum Nvme {
     Discover {
         #[arg(long, default_value = "127.0.0.1:8009")]
         addr: String,
+        #[arg(long, short = 't', value_enum, default_value_t = nvmf::Transport::Tcp)]
+        transport: nvmf::Transport,
         #[arg(long)]
         hostnqn: Option<String>,
     },
@@ -349,11 +363,12 @@ fn action(s: &str, names: &[&str]) -> anyhow::Result<u8> {
 
 fn nvme(n: Nvme) -> anyhow::Result<()> {
     match n {
-        Nvme::Discover { addr, hostnqn } => {
-            let o = match hostnqn {
+        Nvme::Discover { addr, transport, hostnqn } => {
+            let mut o = match hostnqn {
                 Some(h) => ConnectOpts::default().with_hostnqn(&h),
                 None => ConnectOpts::default(),
             };
+            o.transport = transport;
             let entries = nvmf::discover(&addr, &o)?;
             println!("Discovery Log Number of Records {}", entries.len());
             for (i, e) in entries.iter().enumerate() {

@@ -6,12 +6,12 @@
 
 NVMET_CFG=/sys/kernel/config/nvmet
 
-# nvmet_tcp_file_target NQN FILE SIZE ADDR PORT [PORTID]
-# Export FILE (created with SIZE if missing) as namespace 1 of NQN on a TCP
-# port, allowing any host. buffered_io=1 because the backing file lives on
-# tmpfs, which has no O_DIRECT.
-nvmet_tcp_file_target() {
-    local nqn=$1 file=$2 size=$3 addr=$4 port=$5 portid=${6:-1}
+# nvmet_file_target TRTYPE NQN FILE SIZE ADDR PORT [PORTID]
+# Export FILE (created with SIZE if missing) as namespace 1 of NQN on a
+# TRTYPE (tcp, rdma) port, allowing any host. buffered_io=1 because the
+# backing file lives on tmpfs, which has no O_DIRECT.
+nvmet_file_target() {
+    local trtype=$1 nqn=$2 file=$3 size=$4 addr=$5 port=$6 portid=${7:-1}
     local s=$NVMET_CFG/subsystems/$nqn p=$NVMET_CFG/ports/$portid
     [ -e "$file" ] || truncate -s "$size" "$file" || return 1
     mkdir "$s" || return 1
@@ -21,14 +21,19 @@ nvmet_tcp_file_target() {
     echo 1 > "$s/namespaces/1/buffered_io"
     echo 1 > "$s/namespaces/1/enable" || return 1
     mkdir -p "$p"
-    echo tcp > "$p/addr_trtype"
+    echo "$trtype" > "$p/addr_trtype"
     echo ipv4 > "$p/addr_adrfam"
     echo "$addr" > "$p/addr_traddr"
     echo "$port" > "$p/addr_trsvcid"
     ln -s "$s" "$p/subsystems/$nqn" || return 1
 }
 
-# nvmet_teardown: undo every nvmet_tcp_file_target (order matters to configfs).
+# nvmet_tcp_file_target NQN FILE SIZE ADDR PORT [PORTID]: nvmet_file_target on TCP.
+nvmet_tcp_file_target() {
+    nvmet_file_target tcp "$@"
+}
+
+# nvmet_teardown: undo every nvmet_file_target (order matters to configfs).
 nvmet_teardown() {
     local p s
     for p in "$NVMET_CFG"/ports/*; do

@@ -1,6 +1,6 @@
 //! A host's controller: admin queue, I/O queues, identify, keep-alive.
 
-use super::queue::{Completed, DataDir, QueuePair};
+use super::queue::{Completed, DataDir, QueuePair, Transport};
 use super::{NvmfError, Result};
 use nvme_wire::fabrics::{cc, csts, Connect, ConnectData, Property, CATTR_DISABLE_SQFLOW, DISCOVERY_NQN};
 use nvme_wire::identify::{cns, IdCtrl, IdNs};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct ConnectOpts {
+    pub transport: Transport,
     pub hostnqn: String,
     pub hostid: [u8; 16],
     pub io_queues: u16,
@@ -35,6 +36,7 @@ impl Default for ConnectOpts {
     fn default() -> Self {
         let hostid = *uuid::Uuid::new_v4().as_bytes();
         Self {
+            transport: Transport::Tcp,
             hostnqn: format!("nqn.2014-08.org.nvmexpress:uuid:{}", uuid::Uuid::from_bytes(hostid)),
             hostid,
             io_queues: 1,
@@ -89,10 +91,7 @@ fn connect_queue(
     depth: u16,
     cntlid: u16,
 ) -> Result<(QueuePair, u16)> {
-    let mut q = QueuePair::connect(addr, qid, depth, o.hdgst, o.ddgst)?;
-    // NVMe/TCP carries the Connect data in-capsule on every queue; the I/O
-    // queue's own in-capsule limit (IOCCSZ) is only known after Connect.
-    q.inline_max = q.inline_max.max(size_of::<ConnectData>());
+    let mut q = QueuePair::open(o.transport, addr, qid, depth, o.hdgst, o.ddgst)?;
     let cattr = if qid > 0 && o.disable_sqflow { CATTR_DISABLE_SQFLOW } else { 0 };
     let c = Connect { recfmt: 0, qid, sqsize: depth - 1, cattr, kato: if qid == 0 { o.kato_ms } else { 0 } };
     let data = ConnectData::new(o.hostid, cntlid, subnqn, &o.hostnqn);
@@ -148,8 +147,8 @@ impl Controller {
             let inline = (id.ioccsz.get() as usize * 16).saturating_sub(64);
             for qid in 1..=opts.io_queues.min(granted) {
                 let (mut q, _) = connect_queue(addr, subnqn, opts, qid, depth, cntlid)?;
-                q.inline_max = inline;
-                q.poll_mode = opts.poll_mode;
+                q.set_inline_max(inline);
+                q.set_poll_mode(opts.poll_mode);
                 io.push(Mutex::new(q));
             }
         }
@@ -172,7 +171,7 @@ impl Controller {
                 }
             })
         });
-        tracing::info!(addr, subnqn, cntlid, io_queues = io.len(), depth, "connected");
+        tracing::info!(addr, subnqn, cntlid, transport = %opts.transport, io_queues = io.len(), depth, "connected");
         Ok(Self { cntlid, subnqn: subnqn.to_owned(), id, admin, io, stop, keepalive, opts: opts.clone() })
     }
 

@@ -1,9 +1,10 @@
-//! A user-space NVMe over Fabrics initiator (NVMe/TCP).
+//! A user-space NVMe over Fabrics initiator: NVMe/TCP, and NVMe/RDMA with
+//! the `rdma` feature ([`ConnectOpts::transport`]).
 //!
 //! [`Controller::connect`] sets up an admin queue and I/O queues;
 //! each [`QueuePair`] keeps many commands in flight (command IDs are
-//! allocated from a free list and matched on completion) and can poll the
-//! socket instead of sleeping. A synchronous API (`read`, `write`, ...)
+//! allocated from a free list and matched on completion) and can poll its
+//! socket or completion queue instead of sleeping. A synchronous API (`read`, `write`, ...)
 //! sits on top for simple callers; the file system and the benchmark use
 //! `submit` / `poll`.
 //!
@@ -18,9 +19,12 @@
 
 mod ctrl;
 mod queue;
+#[cfg(feature = "rdma")]
+mod rdma;
+mod tcp;
 
 pub use ctrl::{discover, io_sqe, ConnectOpts, Controller, NsInfo};
-pub use queue::{Completed, DataDir, QueuePair};
+pub use queue::{Completed, DataDir, QueuePair, QueueParams, QueueTransport, Transport};
 
 use nvme_wire::status::Status;
 
@@ -38,6 +42,9 @@ pub enum NvmfError {
     Timeout(String),
     #[error("bad argument: {0}")]
     Invalid(String),
+    /// The transport below the queue failed (RDMA CM, verbs) or is missing.
+    #[error("transport: {0}")]
+    Transport(String),
 }
 
 impl NvmfError {
