@@ -110,7 +110,7 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<Frame> {
 
 /// Connects to node `to` as node 99 and runs the handshake with `key`.
 fn handshake(port: u16, to: u32, key: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = TcpStream::connect((common::dm_ip().as_str(), port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let n_c = [7u8; 32];
     s.write_all(&encode_frame(&Frame::new(NodeId(99), 0, Message::Hello { nonce: n_c })).unwrap()).unwrap();
@@ -145,7 +145,7 @@ fn bad_connections_are_dropped_and_other_peers_are_unaffected() {
     let port = c.node(3).port;
 
     // Not a Tidepool node at all.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = TcpStream::connect((common::dm_ip().as_str(), port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     assert!(closed(&mut s), "garbage must be refused");

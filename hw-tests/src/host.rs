@@ -51,6 +51,35 @@ pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     )))
 }
 
+/// The newest integration-test executable `name` (cargo's
+/// `target/debug/deps/<name>-<hash>`), for running a package's own tests
+/// inside the guest. Not built is a skip.
+pub fn test_binary(name: &str) -> std::result::Result<PathBuf, Skip> {
+    let mut targets = vec![crate::workspace_root().join("target")];
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        targets.insert(0, PathBuf::from(t));
+    }
+    let prefix = format!("{name}-");
+    let mut found: Vec<PathBuf> = Vec::new();
+    for t in &targets {
+        let Ok(rd) = std::fs::read_dir(t.join("debug").join("deps")) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let f = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+            // Executables only: cargo leaves .d and .rlib files beside them.
+            if f.strip_prefix(&prefix).is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit())) && is_executable(&p) {
+                found.push(p);
+            }
+        }
+    }
+    let mtime = |p: &PathBuf| p.metadata().and_then(|m| m.modified()).ok();
+    found.into_iter().max_by_key(mtime).ok_or_else(|| {
+        Skip::missing(format!(
+            "test binary `{name}` not built: cargo build --workspace --tests (with the rdma features)"
+        ))
+    })
+}
+
 /// An `rdma` crate binary, which only exists when built with its feature.
 pub fn rdma_binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     binary(name).map_err(|_| {

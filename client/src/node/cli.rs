@@ -88,6 +88,7 @@ pub fn node(cmd: NodeCmd) -> anyhow::Result<()> {
             println!("mounts: {:?}", s.mounts);
             println!("disposition table version: {}", s.disp_version);
             println!("peers alive: {:?}", s.peers_up);
+            println!("peers reached over RDMA: {:?}", s.peers_rdma);
             for (sid, node, info) in s.sessions {
                 println!("session {sid} on node {node}: {}", String::from_utf8_lossy(&info));
             }

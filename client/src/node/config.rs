@@ -104,6 +104,10 @@ pub struct NodeConfig {
     /// A file-system thread waiting for a synchronous event's answer polls for it
     /// this long before sleeping, in microseconds. Default 0 (sleep at once).
     pub spin_wait_us: u64,
+    /// Carry DM events over RDMA to peers that have it too (RDMA CM on the
+    /// `listen` address), TCP to the others. Needs a build with the `rdma`
+    /// feature and an RDMA device on `listen`'s IP. Default true.
+    pub rdma: bool,
 }
 
 impl Default for NodeConfig {
@@ -124,6 +128,7 @@ impl Default for NodeConfig {
             session_failure_timeout_ms: 60_000,
             busy_poll: false,
             spin_wait_us: 0,
+            rdma: true,
         }
     }
 }

@@ -22,7 +22,8 @@ use dmapi::disp::{DispEntry, DispositionTable, GenerationView};
 use dmapi::proto::{DispChange, Frame, Message, QueryOp};
 use dmapi::session::{Outbound, SessionConfig, SessionEngine};
 use dmapi::source::SourceConfig;
-use dmapi::transport::tcp::{TcpConfig, TcpTransport};
+use dmapi::transport::auto::NodeTransport;
+use dmapi::transport::tcp::TcpConfig;
 use dmapi::transport::{Transport, TransportError};
 use dmapi::types::{DmResponse, DmSessId, DmToken, EventType, FsId, NodeId};
 use dmapi::{DmError, DmResult};
@@ -80,6 +81,9 @@ pub struct NodeStatus {
     pub sessions: Vec<(i32, u32, Vec<u8>)>,
     /// Peers it sees alive.
     pub peers_up: Vec<u32>,
+    /// Peers its DM frames go to over RDMA (the rest: TCP).
+    #[serde(default)]
+    pub peers_rdma: Vec<u32>,
 }
 
 /// One running node daemon.
@@ -87,7 +91,7 @@ pub struct Node {
     cfg: NodeConfig,
     me: NodeId,
     incarnation: u64,
-    transport: Arc<TcpTransport>,
+    transport: Arc<NodeTransport>,
     seq: Arc<AtomicU64>,
     local_tx: Mutex<Sender<Frame>>,
     /// The DM-application API (session side).
@@ -121,7 +125,7 @@ impl Node {
         }
         let mut tcfg = TcpConfig::new(me, cfg.listen, &key);
         tcfg.busy_poll = cfg.busy_poll;
-        let transport = Arc::new(TcpTransport::start(tcfg)?);
+        let transport = Arc::new(NodeTransport::start(tcfg, cfg.rdma)?);
         for p in &cfg.peers {
             transport.add_peer(NodeId(p.id), p.addr);
         }
@@ -378,6 +382,13 @@ impl Node {
             disp_version: self.source.engine().dispositions().version(),
             sessions: self.dm.engine().sessions().into_iter().map(|s| (s.sid.0, s.node.0, s.info)).collect(),
             peers_up: self.cfg.peers.iter().filter(|p| self.membership.is_up(NodeId(p.id))).map(|p| p.id).collect(),
+            peers_rdma: self
+                .cfg
+                .peers
+                .iter()
+                .filter(|p| self.transport.uses_rdma(NodeId(p.id)))
+                .map(|p| p.id)
+                .collect(),
         }
     }
 

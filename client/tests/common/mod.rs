@@ -18,6 +18,19 @@ pub const TIDEPOOL: &str = env!("CARGO_BIN_EXE_tidepool");
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_tidepool-dm-testdriver");
 pub const KEY: &str = "integration-test-cluster-key";
 
+/// The IP the test nodes' DM transport listens on: loopback, or
+/// `TIDEPOOL_TEST_DM_IP` (an RDMA device's address, so the same tests run
+/// over RDMA; hw-tests does this inside the soft-RoCE guest).
+pub fn dm_ip() -> String {
+    std::env::var("TIDEPOOL_TEST_DM_IP").unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// With `TIDEPOOL_TEST_DM_RDMA=1` a cluster is only ready once every node
+/// reaches every peer over RDMA, so a silent fall back to TCP fails the test.
+pub fn want_rdma() -> bool {
+    std::env::var("TIDEPOOL_TEST_DM_RDMA").is_ok_and(|v| v == "1")
+}
+
 /// Roles and options of one node in a test cluster.
 #[derive(Clone)]
 pub struct Spec {
@@ -52,7 +65,7 @@ pub fn listen_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = 20_000 + base.wrapping_add(n.wrapping_mul(104_729)) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
+        if std::net::TcpListener::bind((dm_ip().as_str(), p as u16)).is_ok() {
             return p as u16;
         }
     }
@@ -89,7 +102,7 @@ impl Cluster {
         for (i, s) in specs.iter().enumerate() {
             let mut t = String::new();
             writeln!(t, "node_id = {}", s.id).unwrap();
-            writeln!(t, "listen = \"127.0.0.1:{}\"", ports[i]).unwrap();
+            writeln!(t, "listen = \"{}:{}\"", dm_ip(), ports[i]).unwrap();
             writeln!(t, "api_socket = \"{}\"", dir.join(format!("node{}.sock", s.id)).display()).unwrap();
             writeln!(t, "cluster_key = \"{KEY}\"").unwrap();
             writeln!(t, "session_manager = 1").unwrap();
@@ -102,7 +115,7 @@ impl Cluster {
             t += "\n";
             for (j, p) in specs.iter().enumerate() {
                 if p.id != s.id {
-                    writeln!(t, "[[peers]]\nid = {}\naddr = \"127.0.0.1:{}\"", p.id, ports[j]).unwrap();
+                    writeln!(t, "[[peers]]\nid = {}\naddr = \"{}:{}\"", p.id, dm_ip(), ports[j]).unwrap();
                 }
             }
             writeln!(t, "[[filesystems]]\nid = 1\nmanager = 2").unwrap();
@@ -177,11 +190,17 @@ impl Cluster {
         let dm = Dm::connect(self.socket(id)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let up = dm.status().unwrap().peers_up;
-            if want.iter().all(|w| up.contains(w)) {
+            let st = dm.status().unwrap();
+            let (up, rdma) = (st.peers_up, st.peers_rdma);
+            if want.iter().all(|w| up.contains(w) && (!want_rdma() || rdma.contains(w))) {
                 return;
             }
-            assert!(Instant::now() < deadline, "node {id} sees only {up:?} of {want:?}");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} sees only {up:?} of {want:?} (over RDMA: {rdma:?}, wanted: {}); log:\n{}",
+                want_rdma(),
+                self.log(id)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

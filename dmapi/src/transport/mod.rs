@@ -1,5 +1,6 @@
 //! Node-to-node message exchange behind one small trait, so the DM event path does not
-//! care whether frames travel over TCP (here) or RDMA (later, behind the same trait).
+//! care whether frames travel over TCP ([`tcp`]) or RDMA (`rdma`, with the `rdma`
+//! feature); [`auto::NodeTransport`] picks RDMA per peer where both ends have it.
 //!
 //! ```no_run
 //! use std::collections::HashMap;
@@ -12,6 +13,10 @@
 //! let (from, frame) = a.recv(None).unwrap();
 //! ```
 
+pub mod auto;
+#[cfg(feature = "rdma")]
+pub mod rdma;
+pub mod rdma_wire;
 pub mod tcp;
 
 use std::time::Duration;

@@ -141,6 +141,69 @@ fn read_one(s: &mut TcpStream) -> Result<Frame, TransportError> {
     Ok(decode_frame(&buf)?.0)
 }
 
+/// One frame at a time in each direction: what the handshake needs of a
+/// connection, whichever transport it is on.
+pub(crate) trait FrameIo {
+    fn send(&mut self, f: &Frame) -> Result<(), TransportError>;
+    fn recv(&mut self) -> Result<Frame, TransportError>;
+}
+
+impl FrameIo for TcpStream {
+    fn send(&mut self, f: &Frame) -> Result<(), TransportError> {
+        write_frame(self, f)
+    }
+
+    fn recv(&mut self) -> Result<Frame, TransportError> {
+        read_one(self)
+    }
+}
+
+/// The connecting side of the handshake (module docs) with node `peer`.
+pub(crate) fn handshake_client(
+    me: NodeId,
+    peer: NodeId,
+    key: &[u8],
+    io: &mut impl FrameIo,
+) -> Result<(), TransportError> {
+    let n_c = nonce()?;
+    io.send(&Frame::new(me, 0, Message::Hello { nonce: n_c }))?;
+    let f = io.recv()?;
+    let Message::Challenge { nonce: n_s, mac: m } = f.msg else {
+        return Err(TransportError::Auth("expected a challenge".into()));
+    };
+    if f.source != peer {
+        return Err(TransportError::Auth(format!("peer is node {}, expected {peer}", f.source)));
+    }
+    if mac(key, b"tidepool-dm S", me, peer, &n_c, &n_s).verify_slice(&m).is_err() {
+        return Err(TransportError::Auth(format!("node {peer} failed authentication")));
+    }
+    let reply = mac(key, b"tidepool-dm C", me, peer, &n_s, &n_c).finalize().into_bytes();
+    let mut m = [0u8; AUTH_LEN];
+    m.copy_from_slice(&reply);
+    io.send(&Frame::new(me, 0, Message::Auth { mac: m }))
+}
+
+/// The accepting side of the handshake; returns the authenticated peer.
+pub(crate) fn handshake_server(me: NodeId, key: &[u8], io: &mut impl FrameIo) -> Result<NodeId, TransportError> {
+    let f = io.recv().map_err(|e| TransportError::Auth(format!("bad hello: {e}")))?;
+    let Message::Hello { nonce: n_c } = f.msg else {
+        return Err(TransportError::Auth("first frame is not a hello".into()));
+    };
+    let peer = f.source;
+    let n_s = nonce()?;
+    let m = mac(key, b"tidepool-dm S", peer, me, &n_c, &n_s).finalize().into_bytes();
+    let mut mb = [0u8; AUTH_LEN];
+    mb.copy_from_slice(&m);
+    io.send(&Frame::new(me, 0, Message::Challenge { nonce: n_s, mac: mb }))?;
+    let f = io.recv().map_err(|e| TransportError::Auth(format!("node {peer}: no auth reply: {e}")))?;
+    let ok = matches!(f.msg, Message::Auth { mac: m } if f.source == peer
+        && mac(key, b"tidepool-dm C", peer, me, &n_s, &n_c).verify_slice(&m).is_ok());
+    if !ok {
+        return Err(TransportError::Auth(format!("node {peer} failed authentication")));
+    }
+    Ok(peer)
+}
+
 impl TcpTransport {
     /// Binds, starts accepting and returns the transport.
     pub fn start(cfg: TcpConfig) -> Result<TcpTransport, TransportError> {
@@ -230,25 +293,13 @@ impl TcpTransport {
         let mut s = TcpStream::connect_timeout(&addr, cfg.handshake_timeout)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(cfg.handshake_timeout))?;
-        let me = cfg.node;
-        let n_c = nonce()?;
-        write_frame(&mut s, &Frame::new(me, 0, Message::Hello { nonce: n_c }))?;
-        let f = read_one(&mut s)?;
-        let Message::Challenge { nonce: n_s, mac: m } = f.msg else {
-            return Err(TransportError::Auth("expected a challenge".into()));
-        };
-        if f.source != peer {
-            return Err(TransportError::Auth(format!("peer at {addr} is node {}, expected {peer}", f.source)));
-        }
-        if mac(&cfg.cluster_key, b"tidepool-dm S", me, peer, &n_c, &n_s).verify_slice(&m).is_err() {
-            warn!(%peer, %addr, "peer failed authentication (wrong cluster key?)");
+        if let Err(e) = handshake_client(cfg.node, peer, &cfg.cluster_key, &mut s) {
+            if matches!(e, TransportError::Auth(_)) {
+                warn!(%peer, %addr, error = %e, "peer failed authentication (wrong cluster key?)");
+            }
             let _ = s.shutdown(Shutdown::Both);
-            return Err(TransportError::Auth(format!("node {peer} failed authentication")));
+            return Err(e);
         }
-        let reply = mac(&cfg.cluster_key, b"tidepool-dm C", me, peer, &n_s, &n_c).finalize().into_bytes();
-        let mut m = [0u8; AUTH_LEN];
-        m.copy_from_slice(&reply);
-        write_frame(&mut s, &Frame::new(me, 0, Message::Auth { mac: m }))?;
         s.set_read_timeout(None)?;
         debug!(%peer, %addr, "connected and authenticated");
         register(&self.inner, peer, s)
@@ -382,33 +433,13 @@ fn accept_handshake(inner: &Arc<Inner>, mut s: TcpStream) -> Result<(), Transpor
     s.set_nonblocking(false)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(cfg.handshake_timeout))?;
-    let refuse = |s: &TcpStream, why: String| {
-        let _ = s.shutdown(Shutdown::Both);
-        Err(TransportError::Auth(why))
+    let peer = match handshake_server(cfg.node, &cfg.cluster_key, &mut s) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = s.shutdown(Shutdown::Both);
+            return Err(e);
+        }
     };
-    let f = match read_one(&mut s) {
-        Ok(f) => f,
-        Err(e) => return refuse(&s, format!("bad hello: {e}")),
-    };
-    let Message::Hello { nonce: n_c } = f.msg else {
-        return refuse(&s, "first frame is not a hello".into());
-    };
-    let peer = f.source;
-    let me = cfg.node;
-    let n_s = nonce()?;
-    let m = mac(&cfg.cluster_key, b"tidepool-dm S", peer, me, &n_c, &n_s).finalize().into_bytes();
-    let mut mb = [0u8; AUTH_LEN];
-    mb.copy_from_slice(&m);
-    write_frame(&mut s, &Frame::new(me, 0, Message::Challenge { nonce: n_s, mac: mb }))?;
-    let f = match read_one(&mut s) {
-        Ok(f) => f,
-        Err(e) => return refuse(&s, format!("node {peer}: no auth reply: {e}")),
-    };
-    let ok = matches!(f.msg, Message::Auth { mac: m } if f.source == peer
-        && mac(&cfg.cluster_key, b"tidepool-dm C", peer, me, &n_s, &n_c).verify_slice(&m).is_ok());
-    if !ok {
-        return refuse(&s, format!("node {peer} failed authentication"));
-    }
     s.set_read_timeout(None)?;
     info!(%peer, "DM peer authenticated");
     register(inner, peer, s)?;
