@@ -5,6 +5,10 @@
 #   ibv_rc_pingpong   rdma-core's verbs example (same message size)
 #   ib_send_lat   perftest (one-way figures; doubled here to round trips)
 #   rdma-lat --tcp    TCP ping-pong of the same size, same guest
+# With DM_BENCH (the tidepool-dm-bench binary) it first measures DM events
+# between node processes over RDMA and over TCP on the RDMA device's
+# address (`tidepool-dm-bench transports`), and the ping-pongs then use the
+# DM request frame's size unless BENCH_SIZE is set.
 # Rounds alternate the tools so drift in the emulator hits all alike. Prints
 # `BENCH tool=... round=... rtt_p50_us=... rtt_p99_us=... rtt_avg_us=...`.
 set -u
@@ -16,6 +20,18 @@ SIZE=${BENCH_SIZE:-64}
 ITERS=${BENCH_ITERS:-2000}
 ROUNDS=${BENCH_ROUNDS:-2}
 ip=$RDMA_IP
+if [ -n "${DM_BENCH:-}" ]; then
+    step "DM events over RDMA and TCP (tidepool-dm-bench transports)"
+    "$DM_BENCH" transports --ip "$ip" --events "${DM_EVENTS:-2000}" --tput-events "${DM_TPUT:-20000}" \
+        > /scratch/dm.out 2> /scratch/dm.err
+    rc=$?
+    cat /scratch/dm.out
+    grep '^BENCH ' /scratch/dm.err
+    [ "$rc" = 0 ] || tail -n 30 /scratch/dm.err
+    check "tidepool-dm-bench transports: RDMA and TCP paths measured, no event lost" test "$rc" = 0
+    req=$(sed -n 's/.*; request \([0-9]*\) B.*/\1/p' /scratch/dm.out | head -n 1)
+    [ -z "${BENCH_SIZE:-}" ] && [ -n "$req" ] && SIZE=$req
+fi
 gid=$(for i in 0 1 2 3; do
     [ "$(cat /sys/class/infiniband/$RDMA_DEV/ports/1/gid_attrs/types/$i 2>/dev/null)" = "RoCE v2" ] &&
         grep -q "ffff:0a00" /sys/class/infiniband/$RDMA_DEV/ports/1/gids/$i && echo "$i" && break

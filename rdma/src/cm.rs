@@ -522,6 +522,15 @@ pub enum Wake {
     Timeout,
 }
 
+/// What [`Connection::prepare_sleep`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sleep {
+    /// This many completions arrived and were written out: no sleep.
+    Ready(usize),
+    /// Wait for these (completion channel, CM event channel).
+    Fds([RawFd; 2]),
+}
+
 /// Counts of what [`Connection::shutdown`] collected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drained {
@@ -1064,6 +1073,27 @@ impl Connection {
                 return Ok(None);
             }
         }
+    }
+
+    /// For callers that must not hold the connection while they sleep
+    /// (other threads post on it meanwhile): arms the completion queue and
+    /// returns the fds to wait on (completion channel, CM events), or the
+    /// completions that arrived meanwhile (written to `out`: handle them
+    /// instead of sleeping). After the wait, call
+    /// [`after_sleep`](Self::after_sleep) and [`try_event`](Self::try_event).
+    pub fn prepare_sleep(&mut self, out: &mut [Completion]) -> Result<Sleep> {
+        self.cq.arm()?;
+        // Catch a completion that raced with arming (it raised no event).
+        let n = self.poll(out)?;
+        if n > 0 {
+            return Ok(Sleep::Ready(n));
+        }
+        Ok(Sleep::Fds([self.comp.fd(), self.channel.fd()]))
+    }
+
+    /// Acknowledges the completion-channel events a sleep woke on.
+    pub fn after_sleep(&mut self) {
+        self.comp.drain_events();
     }
 
     /// Take a pending CM event without blocking.

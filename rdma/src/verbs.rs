@@ -498,7 +498,8 @@ pub(crate) fn set_nonblocking(fd: RawFd, op: &'static str) -> Result<()> {
 
 /// Wait until one of `fds` is readable or `timeout` passes (None: forever).
 /// Returns which were readable.
-pub(crate) fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<Vec<bool>> {
+/// Waits until one of `fds` is readable or `timeout` passes; which are.
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> Result<Vec<bool>> {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let deadline = timeout.map(|t| Instant::now() + t);

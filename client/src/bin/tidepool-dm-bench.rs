@@ -68,6 +68,9 @@ enum Cmd {
         /// Exit after this many events, printing DONE (throughput mode).
         #[arg(long)]
         expect: Option<u64>,
+        /// Carry DM frames over RDMA where the peer has it.
+        #[arg(long)]
+        rdma: bool,
     },
     /// Child: a source node generating asynchronous events after "GO" on stdin.
     SourceNode {
@@ -79,6 +82,26 @@ enum Cmd {
         session: SocketAddr,
         #[arg(long)]
         count: u64,
+        #[arg(long)]
+        rdma: bool,
+    },
+    /// DM events over RDMA beside the same over TCP, on one RDMA device's
+    /// address: synchronous round trips and asynchronous events per second.
+    /// Prints a table and `BENCH tool=...` lines (hw-tests' guest scripts
+    /// collect them beside the verbs ping-pong tools).
+    Transports {
+        /// The RDMA device's IP (every node listens there).
+        #[arg(long)]
+        ip: std::net::IpAddr,
+        /// Timed synchronous round trips per configuration.
+        #[arg(long, default_value_t = 5_000)]
+        events: u64,
+        /// Asynchronous events per throughput run.
+        #[arg(long, default_value_t = 100_000)]
+        tput_events: u64,
+        /// Source processes in the throughput runs.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 4])]
+        sources: Vec<u32>,
     },
     /// Child: the raw TCP ping-pong server.
     PingServer {
@@ -91,8 +114,12 @@ enum Cmd {
     },
 }
 
+/// Where the benchmark's nodes listen: loopback, or the RDMA device's IP.
+static IP: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap_or_else(|_| "127.0.0.1:0".parse().unwrap())
+    let ip = *IP.get_or_init(|| [127, 0, 0, 1].into());
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).unwrap_or_else(|_| SocketAddr::new(ip, 0))
 }
 
 /// How the processes wait for messages.
@@ -128,8 +155,16 @@ impl Wait {
 /// How long application threads poll before sleeping in spin-wait modes.
 const SPIN: Duration = Duration::from_micros(300);
 
-fn node_config(id: u32, listen: SocketAddr, peers: Vec<PeerConfig>, mounts: Vec<u64>, wait: Wait) -> NodeConfig {
+fn node_config(
+    id: u32,
+    listen: SocketAddr,
+    peers: Vec<PeerConfig>,
+    mounts: Vec<u64>,
+    wait: Wait,
+    rdma: bool,
+) -> NodeConfig {
     NodeConfig {
+        rdma,
         node_id: id,
         listen,
         api_socket: Some(std::env::temp_dir().join(format!("tidepool-bench-{}-{id}.sock", std::process::id()))),
@@ -197,6 +232,7 @@ fn session_node(
     wait: Wait,
     event: &str,
     expect: Option<u64>,
+    rdma: bool,
 ) -> anyhow::Result<()> {
     let peers = peers
         .iter()
@@ -205,7 +241,7 @@ fn session_node(
             Ok(PeerConfig { id: id.parse()?, addr: addr.parse()? })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let node = Node::start(node_config(1, listen, peers, vec![], wait))?;
+    let node = Node::start(node_config(1, listen, peers, vec![], wait, rdma))?;
     let dm = node.dm.clone();
     let sid = dm.dm_create_session(&Caller::root(), DM_NO_SESSION, b"bench")?;
     let set: EventSet = [event_type(event)?].into_iter().collect();
@@ -253,10 +289,11 @@ fn session_node(
     }
 }
 
-fn source_node(id: u32, listen: SocketAddr, session: SocketAddr, count: u64) -> anyhow::Result<()> {
-    let node =
-        Node::start(node_config(id, listen, vec![PeerConfig { id: 1, addr: session }], vec![1], Wait::Blocking))?;
+fn source_node(id: u32, listen: SocketAddr, session: SocketAddr, count: u64, rdma: bool) -> anyhow::Result<()> {
+    let peers = vec![PeerConfig { id: 1, addr: session }];
+    let node = Node::start(node_config(id, listen, peers, vec![1], Wait::Blocking, rdma))?;
     wait_route(&node, EventType::Postcreate)?;
+    check_path(&node, rdma)?;
     println!("READY");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
@@ -426,8 +463,28 @@ struct EventPath {
     ev: DmEvent,
 }
 
+/// Fails unless frames to the session node (1) go over RDMA exactly when
+/// asked: a benchmark that silently fell back would report TCP as RDMA.
+fn check_path(node: &Node, rdma: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_rdma = node.status().peers_rdma.contains(&1);
+        if on_rdma == rdma {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {}: DM frames to the session node go over {}", node.id(), if on_rdma { "RDMA" } else { "TCP" });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl EventPath {
     fn start(wait: Wait) -> anyhow::Result<EventPath> {
+        Self::start_on(wait, false)
+    }
+
+    fn start_on(wait: Wait, rdma: bool) -> anyhow::Result<EventPath> {
         let (a1, a2) = (free_addr(), free_addr());
         let wait_arg =
             clap::ValueEnum::to_possible_value(&wait).map_or("blocking".into(), |v| v.get_name().to_string());
@@ -440,12 +497,17 @@ impl EventPath {
             "--wait".into(),
             wait_arg,
         ];
+        let mut args = args;
+        if rdma {
+            args.push("--rdma".into());
+        }
         let mut kid = Kid::spawn(&args)?;
-        let node = Node::start(node_config(2, a2, vec![PeerConfig { id: 1, addr: a1 }], vec![1], wait))?;
+        let node = Node::start(node_config(2, a2, vec![PeerConfig { id: 1, addr: a1 }], vec![1], wait, rdma))?;
         if kid.line()? != "READY" {
             bail!("session node did not start");
         }
         wait_route(&node, EventType::Read)?;
+        check_path(&node, rdma)?;
         Ok(EventPath { _kid: kid, node, ev: read_event(2) })
     }
 
@@ -494,38 +556,55 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 fn throughput(sources: u32, total: u64) -> anyhow::Result<(f64, u64, u64)> {
+    throughput_on(sources, total, false)
+}
+
+fn throughput_on(sources: u32, total: u64, rdma: bool) -> anyhow::Result<(f64, u64, u64)> {
+    let flag: Vec<String> = if rdma { vec!["--rdma".into()] } else { vec![] };
     let sa = free_addr();
     let addrs: Vec<SocketAddr> = (0..sources).map(|_| free_addr()).collect();
     let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 2)).collect();
     let per = total / sources as u64;
     let expect = per * sources as u64;
-    let mut sess = Kid::spawn(&[
-        "session-node".into(),
-        "--listen".into(),
-        sa.to_string(),
-        "--peers".into(),
-        peers.join(","),
-        "--event".into(),
-        "postcreate".into(),
-        "--expect".into(),
-        expect.to_string(),
-    ])?;
+    let mut sess = Kid::spawn(
+        &[
+            &[
+                "session-node".into(),
+                "--listen".into(),
+                sa.to_string(),
+                "--peers".into(),
+                peers.join(","),
+                "--event".into(),
+                "postcreate".into(),
+                "--expect".into(),
+                expect.to_string(),
+            ][..],
+            &flag,
+        ]
+        .concat(),
+    )?;
     if sess.line()? != "READY" {
         bail!("session node did not start");
     }
     let mut kids = Vec::new();
     for (i, a) in addrs.iter().enumerate() {
-        kids.push(Kid::spawn(&[
-            "source-node".into(),
-            "--id".into(),
-            (i + 2).to_string(),
-            "--listen".into(),
-            a.to_string(),
-            "--session".into(),
-            sa.to_string(),
-            "--count".into(),
-            per.to_string(),
-        ])?);
+        kids.push(Kid::spawn(
+            &[
+                &[
+                    "source-node".into(),
+                    "--id".into(),
+                    (i + 2).to_string(),
+                    "--listen".into(),
+                    a.to_string(),
+                    "--session".into(),
+                    sa.to_string(),
+                    "--count".into(),
+                    per.to_string(),
+                ][..],
+                &flag,
+            ]
+            .concat(),
+        )?);
     }
     for k in &mut kids {
         if k.line()? != "READY" {
@@ -654,6 +733,65 @@ fn all(events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// DM events over RDMA and over TCP between the same processes' kind, on
+/// one address, rounds interleaved so drift hits both alike.
+fn transports(ip: std::net::IpAddr, events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
+    IP.set(ip).map_err(|_| anyhow::anyhow!("address already chosen"))?;
+    let (req, resp) = frame_sizes()?;
+    println!("# DM events over RDMA and TCP on {ip}");
+    println!();
+    println!("## Synchronous event round trip ({events} events; request {req} B, response {resp} B)");
+    println!();
+    println!("| mode | transport | p50 µs | p99 µs | p99.9 µs | p50 vs TCP | p99 vs TCP |");
+    println!("|------|-----------|-------:|-------:|---------:|-----------:|-----------:|");
+    for wait in [Wait::BusyAndSpin, Wait::Blocking] {
+        let mut rdma = EventPath::start_on(wait, true)?;
+        let mut tcp = EventPath::start_on(wait, false)?;
+        rdma.run(events / 10, None)?;
+        tcp.run(events / 10, None)?;
+        let (mut hr, mut ht) = (new_hist(), new_hist());
+        const ROUNDS: u64 = 10;
+        for _ in 0..ROUNDS {
+            rdma.run(events / ROUNDS, Some(&mut hr))?;
+            tcp.run(events / ROUNDS, Some(&mut ht))?;
+        }
+        for (name, h) in [("RDMA", &hr), ("TCP", &ht)] {
+            println!(
+                "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                wait.name(),
+                us(h, 0.5),
+                us(h, 0.99),
+                us(h, 0.999),
+                us(h, 0.5) / us(&ht, 0.5),
+                us(h, 0.99) / us(&ht, 0.99)
+            );
+        }
+        for (name, h) in [("dm-rdma", &hr), ("dm-tcp", &ht)] {
+            eprintln!(
+                "BENCH tool={name} mode={} size={req}/{resp} iters={events} rtt_p50_us={:.1} rtt_p99_us={:.1} rtt_avg_us={:.1}",
+                wait.name().replace(' ', "_"),
+                us(h, 0.5),
+                us(h, 0.99),
+                h.mean() / 1000.0
+            );
+        }
+    }
+    println!();
+    println!("## Asynchronous events into one session ({tput_events} events per run)");
+    println!();
+    println!("| sources | transport | events/s | delivered (incl. re-sent duplicates) | generated | RDMA / TCP |");
+    println!("|--------:|-----------|---------:|---------:|---------:|-----------:|");
+    for s in sources {
+        let (r, rgot, rexp) = throughput_on(s, tput_events, true)?;
+        let (t, tgot, texp) = throughput_on(s, tput_events, false)?;
+        println!("| {s} | RDMA | {r:.0} | {rgot} | {rexp} | {:.2} |", r / t);
+        println!("| {s} | TCP | {t:.0} | {tgot} | {texp} | 1.00 |");
+        eprintln!("BENCH tool=dm-async sources={s} rdma_events_per_s={r:.0} tcp_events_per_s={t:.0}");
+        anyhow::ensure!(rgot >= rexp && tgot >= texp, "events lost: RDMA {rgot}/{rexp}, TCP {tgot}/{texp}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
@@ -661,8 +799,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().cmd {
         Cmd::All { events, tput_events, sources } => all(events, tput_events, sources),
-        Cmd::SessionNode { listen, peers, wait, event, expect } => session_node(listen, peers, wait, &event, expect),
-        Cmd::SourceNode { id, listen, session, count } => source_node(id, listen, session, count),
+        Cmd::SessionNode { listen, peers, wait, event, expect, rdma } => {
+            session_node(listen, peers, wait, &event, expect, rdma)
+        }
+        Cmd::SourceNode { id, listen, session, count, rdma } => source_node(id, listen, session, count, rdma),
+        Cmd::Transports { ip, events, tput_events, sources } => transports(ip, events, tput_events, sources),
         Cmd::PingServer { req, resp, busy } => ping_server(req, resp, busy),
     }
 }

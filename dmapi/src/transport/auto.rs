@@ -66,9 +66,9 @@ impl NodeTransport {
         #[cfg(feature = "rdma")]
         let rdma_cfg = {
             let mut c = super::rdma::RdmaConfig::new(tcp.node, tcp.listen, &tcp.cluster_key);
-            if tcp.busy_poll {
-                c.spin = tcp.busy_poll_window.max(c.spin);
-            }
+            // Pollers spin only where TCP readers would: otherwise they
+            // sleep on the completion channel at once, like a blocking read.
+            c.spin = if tcp.busy_poll { tcp.busy_poll_window } else { Duration::ZERO };
             c
         };
         let node = tcp.node;

@@ -40,7 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use rdma::cm::{CmEventKind, ConnectRequest, Connection, Listener, QpConfig, Wake};
+use rdma::cm::{CmEventKind, ConnectRequest, Connection, Listener, QpConfig, Sleep, Wake};
 use rdma::verbs::{Access, Completion, MemoryRegion, WorkQueue};
 use tracing::{debug, info, warn};
 use zerocopy::IntoBytes;
@@ -91,10 +91,14 @@ impl RdmaConfig {
 /// Frames queued to one connection before senders wait.
 const OUTBOX: usize = 4096;
 
-/// The senders' side of a connection; its poller thread owns the queue pair.
+/// A connection. Senders post straight onto the queue pair when the link
+/// is free and nothing is queued before them (no thread hand-off on the
+/// latency path); otherwise they queue the frame for the poller thread,
+/// which owns the link except while it sleeps.
 struct ConnHandle {
     id: u64,
     device: String,
+    link: Mutex<Link>,
     outbox: Mutex<VecDeque<Vec<u8>>>,
     space: Condvar,
     wake: UnixStream,
@@ -105,6 +109,20 @@ struct ConnHandle {
 
 impl ConnHandle {
     fn push(&self, bytes: Vec<u8>, timeout: Duration) -> Result<(), TransportError> {
+        if let Some(mut l) = self.link.try_lock() {
+            // Order: only when nothing queued or half-sent is ahead of us.
+            if l.pending.is_none() && self.outbox.lock().is_empty() && !self.dead.load(Ordering::Acquire) {
+                let mut done = 0;
+                let finished = l.push(&bytes, &mut done)?;
+                if !finished {
+                    // Out of credits: the poller finishes it when grants come.
+                    l.pending = Some((bytes, done));
+                    drop(l);
+                    self.kick();
+                }
+                return Ok(());
+            }
+        }
         let mut q = self.outbox.lock();
         // The poller itself (a handler answering) must never wait on itself.
         let on_poller = *self.poller.lock() == Some(thread::current().id());
@@ -122,12 +140,16 @@ impl ConnHandle {
         }
         q.push_back(bytes);
         drop(q);
-        // Paired with the poller's store-then-check before it sleeps:
-        // either it sees the frame or we see it asleep.
+        self.kick();
+        Ok(())
+    }
+
+    /// Wakes the poller if it sleeps. Paired with its store-then-check
+    /// before sleeping: either it sees the work or we see it asleep.
+    fn kick(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
             let _ = (&self.wake).write(&[1]);
         }
-        Ok(())
     }
 }
 
@@ -351,6 +373,8 @@ struct Link {
     /// start sending as soon as it has sent `Auth`): the poller delivers
     /// them first.
     early: Vec<Vec<u8>>,
+    /// A frame partly sent for want of credits, and how much of it went.
+    pending: Option<(Vec<u8>, usize)>,
     wc: Vec<Completion>,
 }
 
@@ -392,6 +416,7 @@ impl Link {
             owed: 0,
             reasm: Vec::new(),
             early: Vec::new(),
+            pending: None,
             wc: vec![Completion::EMPTY; 64],
         }
     }
@@ -457,6 +482,31 @@ impl Link {
             *done += n;
         }
         Ok(true)
+    }
+
+    /// Sends the half-sent frame, then queued ones, while credits last;
+    /// true if anything went.
+    fn send_queued(&mut self, h: &ConnHandle) -> Result<bool, TransportError> {
+        let mut went = false;
+        loop {
+            if self.pending.is_none() {
+                match h.outbox.lock().pop_front() {
+                    Some(b) => {
+                        h.space.notify_one();
+                        self.pending = Some((b, 0));
+                    }
+                    None => return Ok(went),
+                }
+            }
+            let (b, mut done) = self.pending.take().expect("set above");
+            let before = done;
+            let finished = self.push(&b, &mut done)?;
+            went |= done > before;
+            if !finished {
+                self.pending = Some((b, done));
+                return Ok(went); // out of credits: wait for the peer's grant
+            }
+        }
     }
 
     /// Grants owed credits by themselves once half the peer's view of our
@@ -578,14 +628,16 @@ impl Link {
     }
 }
 
-fn register(inner: &Arc<Inner>, peer: NodeId, link: Link) -> Result<Arc<ConnHandle>, TransportError> {
+fn register(inner: &Arc<Inner>, peer: NodeId, mut link: Link) -> Result<Arc<ConnHandle>, TransportError> {
     let (wake, wake_rx) = UnixStream::pair()?;
     wake.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
     let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    let early = std::mem::take(&mut link.early);
     let h = Arc::new(ConnHandle {
         id,
         device: link.conn.device_name().to_owned(),
+        link: Mutex::new(link),
         outbox: Mutex::new(VecDeque::new()),
         space: Condvar::new(),
         wake,
@@ -599,7 +651,7 @@ fn register(inner: &Arc<Inner>, peer: NodeId, link: Link) -> Result<Arc<ConnHand
     let (i2, h2) = (inner.clone(), h.clone());
     thread::Builder::new().name(format!("dm-rdma-{peer}")).spawn(move || {
         *h2.poller.lock() = Some(thread::current().id());
-        let why = run(&i2, peer, &h2, link, wake_rx);
+        let why = run(&i2, peer, &h2, early, wake_rx);
         h2.dead.store(true, Ordering::Release);
         h2.space.notify_all();
         let mut conns = i2.conns.lock();
@@ -615,13 +667,14 @@ fn register(inner: &Arc<Inner>, peer: NodeId, link: Link) -> Result<Arc<ConnHand
 }
 
 /// The poller: runs until the connection ends; returns why.
-fn run(inner: &Inner, peer: NodeId, h: &ConnHandle, mut link: Link, wake_rx: UnixStream) -> String {
-    let why = match pump(inner, peer, h, &mut link, &wake_rx) {
+fn run(inner: &Inner, peer: NodeId, h: &ConnHandle, early: Vec<Vec<u8>>, wake_rx: UnixStream) -> String {
+    let why = match pump(inner, peer, h, early, &wake_rx) {
         Ok(()) => "transport shut down".to_owned(),
         Err(e) => e.to_string(),
     };
+    h.dead.store(true, Ordering::Release);
     // Collect (flush) outstanding work before the buffers are freed.
-    if let Err(e) = link.conn.shutdown(Duration::from_secs(1)) {
+    if let Err(e) = h.link.lock().conn.shutdown(Duration::from_secs(1)) {
         debug!(%peer, error = %e, "RDMA drain");
     }
     why
@@ -631,45 +684,30 @@ fn pump(
     inner: &Inner,
     peer: NodeId,
     h: &ConnHandle,
-    link: &mut Link,
+    early: Vec<Vec<u8>>,
     wake_rx: &UnixStream,
 ) -> Result<(), TransportError> {
     let spin = inner.cfg.spin;
     // Frames that came in with the handshake go first, in order.
-    let mut frames = std::mem::take(&mut link.early);
-    let mut pending: Option<(Vec<u8>, usize)> = None;
+    let mut frames = early;
     let mut last = Instant::now();
     loop {
-        if inner.closed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut busy = false;
-        loop {
-            if pending.is_none() {
-                let next = h.outbox.lock().pop_front();
-                match next {
-                    Some(b) => {
-                        h.space.notify_one();
-                        pending = Some((b, 0));
-                    }
-                    None => break,
-                }
-            }
-            let (b, done) = pending.as_mut().expect("set above");
-            let before = *done;
-            let finished = link.push(b, done)?;
-            busy |= *done > before;
-            if !finished {
-                break; // out of credits: wait for the peer's grant
-            }
-            pending = None;
-        }
-        busy |= link.poll(&mut frames)? > 0;
         for b in frames.drain(..) {
             deliver(inner, peer, &b)?;
         }
-        link.grant()?;
-        if busy {
+        if inner.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let busy = {
+            let mut l = h.link.lock();
+            let mut busy = l.send_queued(h)?;
+            busy |= l.poll(&mut frames)? > 0;
+            // Grants freed by this poll may let a stalled frame go on.
+            busy |= l.send_queued(h)?;
+            l.grant()?;
+            busy
+        };
+        if busy || !frames.is_empty() {
             last = Instant::now();
             continue;
         }
@@ -678,21 +716,40 @@ fn pump(
             continue;
         }
         h.sleeping.store(true, Ordering::SeqCst);
-        if !h.outbox.lock().is_empty() {
-            h.sleeping.store(false, Ordering::SeqCst);
-            continue;
+        let fds = {
+            let mut l = h.link.lock();
+            if !h.outbox.lock().is_empty() || l.pending.as_ref().is_some_and(|_| l.credits >= 2) {
+                None
+            } else {
+                let Link { conn, wc, .. } = &mut *l;
+                match conn.prepare_sleep(wc).map_err(io)? {
+                    Sleep::Ready(n) => {
+                        l.handle(n, &mut frames)?;
+                        None
+                    }
+                    Sleep::Fds(f) => Some(f),
+                }
+            }
+        };
+        if let Some([comp, cm]) = fds {
+            // The link is free while we sleep: senders post directly.
+            rdma::verbs::wait_readable(&[comp, cm, wake_rx.as_raw_fd()], Some(Duration::from_millis(100)))
+                .map_err(io)?;
+            let mut l = h.link.lock();
+            l.conn.after_sleep();
+            if let Some(ev) = l.conn.try_event().map_err(io)? {
+                match ev.kind {
+                    CmEventKind::Disconnected | CmEventKind::DeviceRemoval => {
+                        return Err(TransportError::Io(format!("RDMA peer left ({})", ev.kind)));
+                    }
+                    other => debug!(event = %other, "RDMA connection event"),
+                }
+            }
         }
-        let r = link.sleep(&mut frames, Duration::from_millis(100), Some(wake_rx));
         h.sleeping.store(false, Ordering::SeqCst);
         let mut drain = [0u8; 64];
         while matches!((&*wake_rx).read(&mut drain), Ok(n) if n > 0) {}
-        r?;
-        if !frames.is_empty() {
-            last = Instant::now();
-        }
-        for b in frames.drain(..) {
-            deliver(inner, peer, &b)?;
-        }
+        last = Instant::now();
     }
 }
 
