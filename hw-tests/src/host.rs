@@ -51,6 +51,26 @@ pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     )))
 }
 
+/// Binary `name`, if it was built with the `rdma` feature (its `--version`
+/// names the transports); built without it is a skip saying how to build.
+pub fn binary_with_rdma(name: &str) -> Result<std::result::Result<PathBuf, Skip>> {
+    let bin = match binary(name) {
+        Ok(b) => b,
+        Err(s) => return Ok(Err(s)),
+    };
+    let out = run_with_timeout(Command::new(&bin).arg("--version"), Duration::from_secs(20))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    if !version.contains("rdma") {
+        return Ok(Err(Skip::missing(format!(
+            "{} was built without the `rdma` feature ({}); build with \
+             `--features client/rdma,storage-node/rdma` or point TIDEPOOL_BIN_DIR at such a build",
+            bin.display(),
+            version.trim()
+        ))));
+    }
+    Ok(Ok(bin))
+}
+
 /// The newest integration-test executable `name` (cargo's
 /// `target/debug/deps/<name>-<hash>`), for running a package's own tests
 /// inside the guest. Not built is a skip.

@@ -11,23 +11,16 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use hw_tests::guest::Guest;
-use hw_tests::{host, or_skip, Skip};
+use hw_tests::{host, or_skip};
 
 #[test]
 fn dm_events_over_rdma_between_node_processes() -> anyhow::Result<()> {
     common::init_tracing();
-    let tp = or_skip!(host::binary("tidepool"));
-    let out = host::run_with_timeout(Command::new(&tp).arg("--version"), Duration::from_secs(20))?;
-    if !String::from_utf8_lossy(&out.stdout).contains("rdma") {
-        or_skip!(Err::<(), _>(Skip::missing(format!(
-            "{} was built without the `rdma` feature; build with `--features client/rdma`",
-            tp.display()
-        ))));
-    }
+    // The test binaries start this one (the cluster harness's `tidepool`).
+    or_skip!(host::binary_with_rdma("tidepool")?);
     let events = or_skip!(host::test_binary("cluster_events"));
     let failures = or_skip!(host::test_binary("cluster_failures"));
     let run = or_skip!(Guest::new()

@@ -40,8 +40,9 @@ fn rdma_latency_beside_verbs_baselines_and_tcp() -> anyhow::Result<()> {
         "tool=rdma-lat round=1",
         "tool=ibv_rc_pingpong round=1",
         "tool=tcp round=1",
-        "tool=dm-rdma mode=busy-poll_+_spin-wait",
-        "tool=dm-tcp mode=busy-poll_+_spin-wait",
+        "tool=dm-rdma mode=spin-wait_apps",
+        "tool=dm-tcp mode=spin-wait_apps",
+        "tool=dm-rdma mode=blocking",
         "tool=dm-async sources=1",
     ] {
         assert!(

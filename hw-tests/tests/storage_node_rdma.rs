@@ -10,37 +10,16 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{GUEST_TIMEOUT, NQN};
 use hw_tests::guest::Guest;
-use hw_tests::{host, or_skip, Skip};
-
-/// The storage-node binary, if it was built with the `rdma` feature (its
-/// `--version` names the transports).
-fn storage_node_with_rdma() -> anyhow::Result<Result<std::path::PathBuf, Skip>> {
-    let bin = match host::binary("storage-node") {
-        Ok(b) => b,
-        Err(s) => return Ok(Err(s)),
-    };
-    let out = host::run_with_timeout(Command::new(&bin).arg("--version"), Duration::from_secs(20))?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    if !version.contains("rdma") {
-        return Ok(Err(Skip::missing(format!(
-            "{} was built without the `rdma` feature ({}); build it with \
-             `cargo build -p storage-node --features rdma` and point TIDEPOOL_BIN_DIR at it",
-            bin.display(),
-            version.trim()
-        ))));
-    }
-    Ok(Ok(bin))
-}
+use hw_tests::{host, or_skip};
 
 #[test]
 fn kernel_rdma_initiator_vs_storage_node() -> anyhow::Result<()> {
     common::init_tracing();
-    let bin = or_skip!(storage_node_with_rdma()?);
+    let bin = or_skip!(host::binary_with_rdma("storage-node")?);
     let probe = or_skip!(host::rdma_binary("nvmf-rdma-probe"));
     let run = or_skip!(Guest::new()
         .env("SN", bin.display())

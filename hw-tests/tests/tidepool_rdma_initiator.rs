@@ -7,39 +7,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{GUEST_TIMEOUT, NQN};
 use hw_tests::guest::Guest;
-use hw_tests::{host, or_skip, Skip};
-
-/// `name`, if it was built with the `rdma` feature (its `--version` names
-/// the transports).
-fn with_rdma(name: &str) -> anyhow::Result<Result<PathBuf, Skip>> {
-    let bin = match host::binary(name) {
-        Ok(b) => b,
-        Err(s) => return Ok(Err(s)),
-    };
-    let out = host::run_with_timeout(Command::new(&bin).arg("--version"), Duration::from_secs(20))?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    if !version.contains("rdma") {
-        return Ok(Err(Skip::missing(format!(
-            "{} was built without the `rdma` feature ({}); build with \
-             `--features client/rdma,storage-node/rdma`",
-            bin.display(),
-            version.trim()
-        ))));
-    }
-    Ok(Ok(bin))
-}
+use hw_tests::{host, or_skip};
 
 #[test]
 fn tidepool_rdma_initiator_vs_kernel_target_and_storage_node() -> anyhow::Result<()> {
     common::init_tracing();
-    let tp = or_skip!(with_rdma("tidepool")?);
-    let sn = or_skip!(with_rdma("storage-node")?);
+    let tp = or_skip!(host::binary_with_rdma("tidepool")?);
+    let sn = or_skip!(host::binary_with_rdma("storage-node")?);
     let run = or_skip!(Guest::new()
         // Loaded before boot's configfs mount; nvmet-rdma binds to rxe0
         // once the script makes it.

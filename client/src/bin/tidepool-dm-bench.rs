@@ -551,6 +551,19 @@ fn round_trips(n: u64, wait: Wait) -> anyhow::Result<(Histogram<u64>, Histogram<
     Ok((hb, he))
 }
 
+/// One table row: percentiles of `h` and its ratios to `base`.
+fn latency_row(wait: Wait, name: &str, h: &Histogram<u64>, base: &Histogram<u64>) {
+    println!(
+        "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+        wait.name(),
+        us(h, 0.5),
+        us(h, 0.99),
+        us(h, 0.999),
+        us(h, 0.5) / us(base, 0.5),
+        us(h, 0.99) / us(base, 0.99)
+    );
+}
+
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -702,15 +715,7 @@ fn all(events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
         let (base, ev) = round_trips(events, wait)?;
         let bname = if wait == Wait::Blocking { "raw TCP ping-pong, blocking" } else { "raw TCP ping-pong, spinning" };
         for (name, h) in [(bname, &base), ("DM sync event round trip", &ev)] {
-            println!(
-                "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
-                wait.name(),
-                us(h, 0.5),
-                us(h, 0.99),
-                us(h, 0.999),
-                us(h, 0.5) / us(&base, 0.5),
-                us(h, 0.99) / us(&base, 0.99)
-            );
+            latency_row(wait, name, h, &base);
         }
     }
     println!();
@@ -744,7 +749,9 @@ fn transports(ip: std::net::IpAddr, events: u64, tput_events: u64, sources: Vec<
     println!();
     println!("| mode | transport | p50 µs | p99 µs | p99.9 µs | p50 vs TCP | p99 vs TCP |");
     println!("|------|-----------|-------:|-------:|---------:|-----------:|-----------:|");
-    for wait in [Wait::BusyAndSpin, Wait::Blocking] {
+    // Spin-waiting applications with sleeping transport threads, both
+    // spinning, and both sleeping.
+    for wait in [Wait::AppSpin, Wait::BusyAndSpin, Wait::Blocking] {
         let mut rdma = EventPath::start_on(wait, true)?;
         let mut tcp = EventPath::start_on(wait, false)?;
         rdma.run(events / 10, None)?;
@@ -756,15 +763,7 @@ fn transports(ip: std::net::IpAddr, events: u64, tput_events: u64, sources: Vec<
             tcp.run(events / ROUNDS, Some(&mut ht))?;
         }
         for (name, h) in [("RDMA", &hr), ("TCP", &ht)] {
-            println!(
-                "| {} | {name} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
-                wait.name(),
-                us(h, 0.5),
-                us(h, 0.99),
-                us(h, 0.999),
-                us(h, 0.5) / us(&ht, 0.5),
-                us(h, 0.99) / us(&ht, 0.99)
-            );
+            latency_row(wait, name, h, &ht);
         }
         for (name, h) in [("dm-rdma", &hr), ("dm-tcp", &ht)] {
             eprintln!(

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -251,24 +251,7 @@ impl Transport for NodeTransport {
     }
 
     fn recv(&self, timeout: Option<Duration>) -> Result<(NodeId, Frame), TransportError> {
-        let rx = self.rx.lock();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(TransportError::Closed);
-            }
-            // Wake periodically to notice shutdown.
-            let step = Duration::from_millis(100);
-            let wait = deadline.map_or(step, |d| d.saturating_duration_since(Instant::now()).min(step));
-            match rx.recv_timeout(wait) {
-                Ok(x) => return Ok(x),
-                Err(RecvTimeoutError::Disconnected) => return Err(TransportError::Closed),
-                Err(RecvTimeoutError::Timeout) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Err(TransportError::Timeout)
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
+        super::recv_queued(&self.rx.lock(), &self.closed, timeout)
     }
 }
 

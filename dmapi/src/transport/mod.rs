@@ -19,7 +19,9 @@ pub mod rdma;
 pub mod rdma_wire;
 pub mod tcp;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use crate::proto::Frame;
 use crate::types::NodeId;
@@ -69,4 +71,29 @@ pub trait Transport: Send + Sync {
     /// The next frame from any peer, with the (authenticated) peer's id. `None`
     /// waits for ever.
     fn recv(&self, timeout: Option<Duration>) -> Result<(NodeId, Frame), TransportError>;
+}
+
+/// Takes the next frame a transport queued for `recv`, waiting at most
+/// `timeout` (`None`: for ever), and waking every 100 ms to notice `closed`.
+pub(crate) fn recv_queued(
+    rx: &Receiver<(NodeId, Frame)>,
+    closed: &AtomicBool,
+    timeout: Option<Duration>,
+) -> Result<(NodeId, Frame), TransportError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let step = Duration::from_millis(100);
+        let wait = deadline.map_or(step, |d| d.saturating_duration_since(Instant::now()).min(step));
+        match rx.recv_timeout(wait) {
+            Ok(x) => return Ok(x),
+            Err(RecvTimeoutError::Disconnected) => return Err(TransportError::Closed),
+            Err(RecvTimeoutError::Timeout) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(TransportError::Timeout)
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
 }

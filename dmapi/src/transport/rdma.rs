@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -104,7 +104,12 @@ struct ConnHandle {
     wake: UnixStream,
     sleeping: AtomicBool,
     dead: AtomicBool,
-    poller: Mutex<Option<thread::ThreadId>>,
+}
+
+thread_local! {
+    /// This thread is delivering frames (a handler sending from inside
+    /// one must never wait for outbox room).
+    static DELIVERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl ConnHandle {
@@ -124,10 +129,10 @@ impl ConnHandle {
             }
         }
         let mut q = self.outbox.lock();
-        // The poller itself (a handler answering) must never wait on itself.
-        let on_poller = *self.poller.lock() == Some(thread::current().id());
+        // A handler answering must never wait on the thread that runs it.
+        let in_handler = DELIVERING.get();
         let deadline = Instant::now() + timeout;
-        while q.len() >= OUTBOX && !on_poller {
+        while q.len() >= OUTBOX && !in_handler {
             if self.dead.load(Ordering::Acquire) {
                 return Err(TransportError::Closed);
             }
@@ -318,24 +323,7 @@ impl Transport for RdmaTransport {
     }
 
     fn recv(&self, timeout: Option<Duration>) -> Result<(NodeId, Frame), TransportError> {
-        let rx = self.inner.rx.lock();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            if self.inner.closed.load(Ordering::Acquire) {
-                return Err(TransportError::Closed);
-            }
-            let step = Duration::from_millis(100);
-            let wait = deadline.map_or(step, |d| d.saturating_duration_since(Instant::now()).min(step));
-            match rx.recv_timeout(wait) {
-                Ok(x) => return Ok(x),
-                Err(RecvTimeoutError::Disconnected) => return Err(TransportError::Closed),
-                Err(RecvTimeoutError::Timeout) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(TransportError::Timeout);
-                    }
-                }
-            }
-        }
+        super::recv_queued(&self.inner.rx.lock(), &self.inner.closed, timeout)
     }
 }
 
@@ -482,6 +470,17 @@ impl Link {
             *done += n;
         }
         Ok(true)
+    }
+
+    /// One round of work: queued sends, completions (frames to `frames`),
+    /// sends the new credits allow, a grant if due. True if anything moved.
+    fn turn(&mut self, h: &ConnHandle, frames: &mut Vec<Vec<u8>>) -> Result<bool, TransportError> {
+        let mut busy = self.send_queued(h)?;
+        busy |= self.poll(frames)? > 0;
+        // Grants taken by this poll may let a stalled frame go on.
+        busy |= self.send_queued(h)?;
+        self.grant()?;
+        Ok(busy)
     }
 
     /// Sends the half-sent frame, then queued ones, while credits last;
@@ -643,14 +642,12 @@ fn register(inner: &Arc<Inner>, peer: NodeId, mut link: Link) -> Result<Arc<Conn
         wake,
         sleeping: AtomicBool::new(false),
         dead: AtomicBool::new(false),
-        poller: Mutex::new(None),
     });
     if let Some(old) = inner.conns.lock().insert(peer, h.clone()) {
         debug!(%peer, old = old.id, new = id, "RDMA connection replaced");
     }
     let (i2, h2) = (inner.clone(), h.clone());
     thread::Builder::new().name(format!("dm-rdma-{peer}")).spawn(move || {
-        *h2.poller.lock() = Some(thread::current().id());
         let why = run(&i2, peer, &h2, early, wake_rx);
         h2.dead.store(true, Ordering::Release);
         h2.space.notify_all();
@@ -690,24 +687,20 @@ fn pump(
     let spin = inner.cfg.spin;
     // Frames that came in with the handshake go first, in order.
     let mut frames = early;
+    deliver_all(inner, peer, &mut frames, None)?;
     let mut last = Instant::now();
     loop {
-        for b in frames.drain(..) {
-            deliver(inner, peer, &b)?;
-        }
         if inner.closed.load(Ordering::Acquire) {
             return Ok(());
         }
         let busy = {
             let mut l = h.link.lock();
-            let mut busy = l.send_queued(h)?;
-            busy |= l.poll(&mut frames)? > 0;
-            // Grants freed by this poll may let a stalled frame go on.
-            busy |= l.send_queued(h)?;
-            l.grant()?;
-            busy
+            let busy = l.turn(h, &mut frames)?;
+            let any = !frames.is_empty();
+            deliver_all(inner, peer, &mut frames, Some(l))?;
+            busy || any
         };
-        if busy || !frames.is_empty() {
+        if busy {
             last = Instant::now();
             continue;
         }
@@ -725,6 +718,7 @@ fn pump(
                 match conn.prepare_sleep(wc).map_err(io)? {
                     Sleep::Ready(n) => {
                         l.handle(n, &mut frames)?;
+                        deliver_all(inner, peer, &mut frames, Some(l))?;
                         None
                     }
                     Sleep::Fds(f) => Some(f),
@@ -751,6 +745,24 @@ fn pump(
         while matches!((&*wake_rx).read(&mut drain), Ok(n) if n > 0) {}
         last = Instant::now();
     }
+}
+
+/// Delivers `frames` in order, after letting the link go (given its
+/// guard): a handler that answers may then post its frame directly.
+fn deliver_all(
+    inner: &Inner,
+    peer: NodeId,
+    frames: &mut Vec<Vec<u8>>,
+    link: Option<parking_lot::MutexGuard<'_, Link>>,
+) -> Result<(), TransportError> {
+    drop(link);
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let was = DELIVERING.replace(true);
+    let r = frames.drain(..).try_for_each(|b| deliver(inner, peer, &b));
+    DELIVERING.set(was);
+    r
 }
 
 fn deliver(inner: &Inner, peer: NodeId, b: &[u8]) -> Result<(), TransportError> {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -350,34 +350,22 @@ impl Transport for TcpTransport {
 
     fn recv(&self, timeout: Option<Duration>) -> Result<(NodeId, Frame), TransportError> {
         let rx = self.inner.rx.lock();
+        if !self.inner.cfg.busy_poll {
+            return super::recv_queued(&rx, &self.inner.closed, timeout);
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(TransportError::Closed);
             }
-            if self.inner.cfg.busy_poll {
-                match rx.try_recv() {
-                    Ok(x) => return Ok(x),
-                    Err(TryRecvError::Disconnected) => return Err(TransportError::Closed),
-                    Err(TryRecvError::Empty) => {
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Err(TransportError::Timeout);
-                        }
-                        std::hint::spin_loop();
-                    }
-                }
-                continue;
-            }
-            // Wake periodically to notice shutdown.
-            let step = Duration::from_millis(100);
-            let wait = deadline.map_or(step, |d| d.saturating_duration_since(Instant::now()).min(step));
-            match rx.recv_timeout(wait) {
+            match rx.try_recv() {
                 Ok(x) => return Ok(x),
-                Err(RecvTimeoutError::Disconnected) => return Err(TransportError::Closed),
-                Err(RecvTimeoutError::Timeout) => {
+                Err(TryRecvError::Disconnected) => return Err(TransportError::Closed),
+                Err(TryRecvError::Empty) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(TransportError::Timeout);
                     }
+                    std::hint::spin_loop();
                 }
             }
         }
