@@ -213,3 +213,31 @@ fn unprivileged_session_creation_is_refused() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("response=error") && out.contains(&format!("errno={}", libc::EPERM)), "{out}");
 }
+
+/// A configured peer that takes connections and never answers (a stopped
+/// process, or one whose host hangs): connecting to it blocks for the
+/// handshake timeout (5 s). The node that lists it must go on sending
+/// heartbeats to everyone else meanwhile, or they declare it failed.
+#[test]
+fn a_peer_that_never_answers_does_not_stall_heartbeats_to_the_others() {
+    // Accepts (the kernel completes the TCP handshake) but never replies.
+    let hung = std::net::TcpListener::bind((common::dm_ip().as_str(), common::listen_port())).unwrap();
+    let addr = hung.local_addr().unwrap();
+    let extra = format!("[[peers]]\nid = 9\naddr = \"{addr}\"\n");
+    let mut specs = common::standard("", false);
+    specs.truncate(3);
+    specs[2].extra = extra;
+    let c = Cluster::start(&specs);
+    let dm = client::node::api::Dm::connect(c.socket(1)).unwrap();
+    // Two handshake timeouts' worth: without background connects node 3's
+    // heartbeat loop would sit 5 s on node 9 each round, and node 1 would
+    // see it fail after 1.5 s.
+    let until = std::time::Instant::now() + Duration::from_secs(11);
+    while std::time::Instant::now() < until {
+        let up = dm.status().unwrap().peers_up;
+        assert!(up.contains(&3), "node 1 lost node 3 (peers up: {up:?}); node 1 log:\n{}", c.log(1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!c.log(1).contains("peer failed"), "node 1 log:\n{}", c.log(1));
+    drop(hung);
+}

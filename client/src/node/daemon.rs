@@ -105,6 +105,8 @@ pub struct Node {
     mounts: Mutex<BTreeSet<FsId>>,
     /// Peers an event frame could not be sent to since they were last seen alive.
     send_failed: Mutex<BTreeSet<NodeId>>,
+    /// Peers a heartbeat is connecting to in the background.
+    connecting: Mutex<BTreeSet<NodeId>>,
     stop: AtomicBool,
     /// Counts disposition-table installs, odd while one is under way, and
     /// publishes the count in a file beside the API socket: a mount on this
@@ -195,6 +197,7 @@ impl Node {
                 rpcs: Mutex::new(HashMap::new()),
                 mounts: Mutex::new(BTreeSet::new()),
                 send_failed: Mutex::new(BTreeSet::new()),
+                connecting: Mutex::new(BTreeSet::new()),
                 stop: AtomicBool::new(false),
                 disp_seq: AtomicU64::new(0),
                 disp_seq_file: Mutex::new(None),
@@ -392,11 +395,31 @@ impl Node {
         }
     }
 
-    fn heartbeat(&self) {
+    fn heartbeat(self: &Arc<Self>) {
         for p in &self.cfg.peers {
+            let peer = NodeId(p.id);
             let f = Frame::new(self.me, self.next_seq(), Message::Heartbeat { now_ns: self.incarnation });
-            if let Err(e) = self.transport.send_if_idle(NodeId(p.id), &f) {
-                debug!(peer = p.id, error = %e, "heartbeat not sent");
+            if self.transport.settled(peer) {
+                if let Err(e) = self.transport.send_if_idle(peer, &f) {
+                    debug!(%peer, error = %e, "heartbeat not sent");
+                }
+                continue;
+            }
+            // Connecting can take a connect timeout (a peer whose host is
+            // gone answers nothing): do it off this thread, one attempt per
+            // peer at a time, so heartbeats to every other peer keep time.
+            if !self.connecting.lock().insert(peer) {
+                continue;
+            }
+            let n = self.clone();
+            let spawned = thread::Builder::new().name(format!("dm-connect-{peer}")).spawn(move || {
+                if let Err(e) = n.transport.send_if_idle(peer, &f) {
+                    debug!(%peer, error = %e, "heartbeat not sent");
+                }
+                n.connecting.lock().remove(&peer);
+            });
+            if spawned.is_err() {
+                self.connecting.lock().remove(&peer);
             }
         }
         for n in self.membership.sweep() {

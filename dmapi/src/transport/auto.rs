@@ -175,6 +175,21 @@ impl NodeTransport {
         self.tcp.send_if_idle(peer, frame)
     }
 
+    /// Whether a send to `peer` would go out at once on an open connection,
+    /// with no connect or RDMA retry first (which can take up to a connect
+    /// timeout when the peer's host is gone).
+    pub fn settled(&self, peer: NodeId) -> bool {
+        #[cfg(feature = "rdma")]
+        if let Some(r) = &self.rdma {
+            return match self.via.lock().get(&peer) {
+                Some(Via::Rdma) => r.is_connected(peer),
+                Some(Via::Tcp { retry_at, .. }) => Instant::now() < *retry_at && self.tcp.is_connected(peer),
+                None => false,
+            };
+        }
+        self.tcp.is_connected(peer)
+    }
+
     /// Whether a connection to `node` is open on either transport.
     pub fn is_connected(&self, node: NodeId) -> bool {
         #[cfg(feature = "rdma")]
