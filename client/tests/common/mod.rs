@@ -55,20 +55,10 @@ pub struct Cluster {
     others: Vec<Child>,
 }
 
-/// A loopback port for a server that may be restarted on it: below the
-/// kernel's ephemeral range (32768 up), where outgoing connections take
-/// their local ports and could take a killed server's port before it comes
-/// back; spread by process id, and free when chosen.
+/// A port for a server that may be restarted on it (see
+/// `test_support::listen_port`).
 pub fn listen_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(7919);
-    loop {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = 20_000 + base.wrapping_add(n.wrapping_mul(104_729)) % 12_000;
-        if std::net::TcpListener::bind((dm_ip().as_str(), p as u16)).is_ok() {
-            return p as u16;
-        }
-    }
+    test_support::listen_port(&dm_ip())
 }
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -389,14 +379,5 @@ pub fn outcome(c: Child) -> String {
     s.lines().find(|l| l.starts_with("OUTCOME")).unwrap_or_else(|| panic!("no outcome in {s:?}")).to_string()
 }
 
-/// Whether FUSE mounts can be made here; says why not (the test then skips).
-pub fn fuse_available() -> bool {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
-        return false;
-    }
-    true
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use test_support::fuse_available;

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,30 +85,11 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Whether FUSE mounts can be made here; says why not (the test then skips).
-pub fn fuse_available() -> bool {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
-        return false;
-    }
-    true
+/// A port for a server that may be restarted on it (see
+/// `test_support::listen_port`).
+pub fn listen_port() -> u16 {
+    test_support::listen_port("127.0.0.1")
 }
 
-/// A loopback port for a server that may be restarted on it: below the
-/// kernel's ephemeral range (32768 up), where outgoing connections take
-/// their local ports and could take a killed server's port before it comes
-/// back; spread by process id, and free when chosen.
-pub fn listen_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(7919);
-    loop {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = 20_000 + base.wrapping_add(n.wrapping_mul(104_729)) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
-            return p as u16;
-        }
-    }
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use test_support::fuse_available;
