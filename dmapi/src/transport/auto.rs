@@ -33,8 +33,6 @@ use crate::types::NodeId;
 
 /// Longest a peer stays on TCP after RDMA failed before RDMA is tried again.
 pub const RDMA_RETRY: Duration = Duration::from_secs(30);
-/// Bound on an RDMA connect and its handshake before falling back to TCP.
-pub const RDMA_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first back-off (a peer that is still starting).
 pub const RDMA_RETRY_MIN: Duration = Duration::from_millis(250);
 
@@ -71,10 +69,9 @@ impl NodeTransport {
             // Pollers spin only where TCP readers would: otherwise they
             // sleep on the completion channel at once, like a blocking read.
             c.spin = if tcp.busy_poll { tcp.busy_poll_window } else { Duration::ZERO };
-            // An RDMA attempt that fails costs this much before TCP is
-            // tried: connecting (and the in-band handshake) takes
-            // milliseconds where it works at all.
-            c.handshake_timeout = c.handshake_timeout.min(RDMA_CONNECT_TIMEOUT);
+            // As long as TCP's: a loaded peer may take seconds to finish
+            // the handshake, and heartbeats connect in the background.
+            c.handshake_timeout = tcp.handshake_timeout;
             c
         };
         let node = tcp.node;
