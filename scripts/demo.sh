@@ -133,8 +133,20 @@ run() { echo "\$ $*"; sh -c "$*" 2>&1 | sed 's/^/    /'; }
 echo "-- a workload on node 4 (B):"
 cd "$m4"
 run 'echo hello tidepool > greeting; cat greeting; cp greeting copy'
-run 'truncate -s 5 copy || echo "(truncate refused by the DM application, as configured)"'
-run 'mv copy renamed || echo "(mv refused by the DM application, as configured)"'
+# refused CMD...: CMD must fail with the errno the DM application answers
+# (--abort ...=1, EPERM); any other outcome is no refusal of the DM's.
+refused() {
+    echo "\$ $*"
+    local err
+    if err=$("$@" 2>&1); then echo "    $* was allowed, but the DM application aborts it"; exit 1; fi
+    echo "$err" | sed 's/^/    /'
+    case "$err" in
+        *"Operation not permitted"*) echo "    (refused by the DM application with EPERM, as configured)" ;;
+        *) echo "    failed, but not with the DM application's EPERM"; exit 1 ;;
+    esac
+}
+refused truncate -s 5 copy
+refused mv copy renamed
 cd - >/dev/null
 echo "-- the same files from node 2, at once (tokens keep the nodes coherent):"
 run "cat $m2/greeting; ls $m2"

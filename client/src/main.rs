@@ -63,6 +63,10 @@ enum Top {
         /// The file system's DM id in the cluster configuration.
         #[arg(long, default_value_t = 1)]
         dm_fs: u64,
+        /// Serve only the user who mounts (no `allow_other`); by default
+        /// every user of the machine, with the kernel checking permissions.
+        #[arg(long)]
+        owner_only: bool,
     },
     /// A file system's manager: metadata, journal and tokens for every
     /// node that mounts it; runs until interrupted.
@@ -268,7 +272,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs } => {
+        Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs, owner_only } => {
             let dev = fs_dev(&c)?;
             let dm = match dm_socket {
                 Some(p) => Some(client::fs::fuse::DmLink {
@@ -277,7 +281,7 @@ fn main() -> anyhow::Result<()> {
                 }),
                 None => None,
             };
-            let opts = client::fs::fuse::MountOpts { manager, serve, dm, name, threads };
+            let opts = client::fs::fuse::MountOpts { manager, serve, dm, name, threads, owner_only };
             let m = client::fs::fuse::mount(dev, &mountpoint, opts)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
             let mgr = match (manager, m.manager_addr()) {

@@ -125,3 +125,105 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     drop(dm);
     drop(mount);
 }
+
+/// A memory volume that counts cache flushes, to see what
+/// `dm_sync_by_handle` asks of the device.
+struct CountingDev {
+    inner: MemDev,
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+impl BlockDev for CountingDev {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn blocks(&self) -> u64 {
+        self.inner.blocks()
+    }
+    fn read(&self, block: u64, buf: &mut [u8]) -> client::fs::Result<()> {
+        self.inner.read(block, buf)
+    }
+    fn write(&self, block: u64, data: &[u8], fua: bool) -> client::fs::Result<()> {
+        self.inner.write(block, data, fua)
+    }
+    fn flush(&self) -> client::fs::Result<()> {
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.flush()
+    }
+}
+
+/// Handles from descriptors, regions, the whole DM attribute list, rights
+/// upgraded and downgraded, and `dm_sync_by_handle` making what was written
+/// invisibly durable and known to the manager.
+#[test]
+fn handles_regions_dmattrs_rights_and_sync() {
+    if !common::fuse_available() {
+        return;
+    }
+    let counting = Arc::new(CountingDev { inner: MemDev::new(4096, 32 << 20), flushes: Default::default() });
+    let dev: Arc<dyn BlockDev> = counting.clone();
+    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let f = mnt.path().join("f");
+    std::fs::write(&f, vec![7u8; 10_000]).unwrap();
+    let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
+    let h = dm.path_to_handle(&f).unwrap();
+
+    // dm_fd_to_handle: the same handle as the path's.
+    assert_eq!(dm.fd_to_handle(&std::fs::File::open(&f).unwrap()).unwrap(), h);
+
+    // dm_get_region: none set is the whole file for read, write, truncate;
+    // then exactly what dm_set_region kept.
+    use region_flags::{READ, TRUNCATE, WRITE};
+    assert_eq!(dm.get_region(&h).unwrap(), vec![Region { offset: 0, size: 0, flags: READ | WRITE | TRUNCATE }]);
+    let regions = vec![Region { offset: 0, size: 4096, flags: READ }, Region { offset: 8192, size: 0, flags: WRITE }];
+    assert!(dm.set_region(&h, &regions).unwrap(), "exactflag");
+    assert_eq!(dm.get_region(&h).unwrap(), regions);
+    dm.set_region(&h, &[]).unwrap();
+    assert_eq!(dm.get_region(&h).unwrap(), vec![], "no regions: no events");
+
+    // dm_getall_dmattr: every attribute, as set; removal shows.
+    dm.set_dmattr(&h, b"hsm", b"obj-1").unwrap();
+    dm.set_dmattr(&h, b"tier", b"s3").unwrap();
+    dm.set_dmattr(&h, b"hsm", b"obj-2").unwrap();
+    let mut all = dm.getall_dmattr(&h).unwrap();
+    all.sort();
+    assert_eq!(all, vec![(b"hsm".to_vec(), b"obj-2".to_vec()), (b"tier".to_vec(), b"s3".to_vec())]);
+    dm.remove_dmattr(&h, b"tier").unwrap();
+    assert_eq!(dm.getall_dmattr(&h).unwrap(), vec![(b"hsm".to_vec(), b"obj-2".to_vec())]);
+
+    // Rights: upgrade needs shared, downgrade needs exclusive.
+    assert_eq!(dm.upgrade_right(&h).unwrap_err().errno(), libc::EINVAL);
+    dm.request_right(&h, DmRight::Shared).unwrap();
+    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Shared);
+    assert_eq!(dm.downgrade_right(&h).unwrap_err().errno(), libc::EINVAL);
+    dm.upgrade_right(&h).unwrap();
+    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Excl);
+    dm.downgrade_right(&h).unwrap();
+    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Shared);
+    dm.release_right(&h).unwrap();
+    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Null);
+    assert_eq!(dm.release_right(&h).unwrap_err().errno(), libc::EACCES);
+
+    // dm_sync_by_handle: a write past the end under the DM application's
+    // token is durable on the device and its size is the manager's (the
+    // bulk scan reads the manager's copies, taking no token back).
+    dm.request_right(&h, DmRight::Excl).unwrap();
+    assert_eq!(dm.write_invis(&h, 10_000, b"tail", false).unwrap(), 4);
+    let fsh = dm.path_to_fshandle(mnt.path()).unwrap();
+    let manager_size = |dm: &DmFs| {
+        let (page, _) = dm.get_bulkattr(&fsh, 0, 64).unwrap();
+        page.iter().find(|s| s.ino == h.ino().unwrap()).map(|s| s.size)
+    };
+    assert_eq!(manager_size(&dm), Some(10_000), "not synced yet: the size is still this node's");
+    let before = counting.flushes.load(std::sync::atomic::Ordering::Relaxed);
+    dm.sync_by_handle(&h).unwrap();
+    assert!(counting.flushes.load(std::sync::atomic::Ordering::Relaxed) > before, "the device was flushed");
+    assert_eq!(manager_size(&dm), Some(10_004), "synced: the manager has the size");
+    dm.release_right(&h).unwrap();
+    let back = std::fs::read(&f).unwrap();
+    assert_eq!((back.len(), &back[10_000..]), (10_004, &b"tail"[..]));
+    drop(dm);
+    drop(mount);
+}

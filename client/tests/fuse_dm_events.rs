@@ -56,6 +56,11 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     seen.push(field(&hsm.expect("EVENT type=read", T), "type"));
     let trunc = hsm.expect("EVENT type=truncate", T);
     assert_eq!(field(&trunc, "offset"), "2", "truncate carries the new size: {trunc}");
+    // fallocate changes data as a write does, and raises its event.
+    let o = sh(mnt.path(), "fallocate -o 4096 -l 65536 f");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fa = hsm.expect("EVENT type=write", T);
+    assert_eq!((field(&fa, "offset"), field(&fa, "length")), ("4096".into(), "65536".into()), "{fa}");
 
     // ABORT from the DM application fails the operation with its errno.
     let o = sh(mnt.path(), "mv f g");

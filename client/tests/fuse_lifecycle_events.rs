@@ -2,8 +2,10 @@
 //! FUSE mount on node B (4), at a session on node A (3): mount (synchronous),
 //! attribute, close, destroy (only when the last link and the last open are
 //! gone, with the attribute `dm_set_return_on_destroy` names), preunmount
-//! (an ABORT keeps the file system mounted) and unmount; and a per-file
-//! event list enabling read events for one file only (B3).
+//! (an ABORT keeps the file system mounted) and unmount, a mount that the
+//! DM application refuses (ABORT fails it); link, postlink, postsymlink,
+//! and attribute events for chmod, chown and utimes; and a per-file event
+//! list enabling read events for one file only (B3).
 
 mod common;
 
@@ -67,7 +69,8 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let sid: DmSessId = api.dm_create_session(DmSessId(0), b"lifecycle").unwrap();
     let fs = DmHandle::fs(FsId(1));
     use EventType::*;
-    let disp: EventSet = [Mount, Preunmount, Unmount, Attribute, Close, Destroy, Remove, Read].into_iter().collect();
+    let disp: EventSet =
+        [Mount, Preunmount, Unmount, Attribute, Close, Destroy, Remove, Read, Link, Postlink].into_iter().collect();
     api.dm_set_disp(sid, &fs, disp).unwrap();
     // Read is disposed but not in the file system's event list: only files
     // whose own event list has it raise it.
@@ -79,17 +82,25 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     }
 
     // The DM application: every event goes to the test; the first
-    // preunmount is refused with EBUSY, everything else continues.
+    // preunmount is refused with EBUSY, every mount after the first with
+    // EPERM, everything else continues.
     let (tx, rx) = mpsc::channel();
     let responder = client::node::api::Dm::connect(c.socket(3)).unwrap();
     std::thread::spawn(move || {
-        let mut refused = false;
+        let (mut refused, mut mounts) = (false, 0);
         while let Ok(evs) = responder.get_events(sid, 64, DM_EV_WAIT, 1 << 20) {
             for e in evs {
                 if e.token.0 > 0 {
                     let r = if e.ev_type == Preunmount && !refused {
                         refused = true;
                         DmResponse::Abort(libc::EBUSY)
+                    } else if e.ev_type == Mount {
+                        mounts += 1;
+                        if mounts > 1 {
+                            DmResponse::Abort(libc::EPERM)
+                        } else {
+                            DmResponse::Continue
+                        }
                     } else {
                         DmResponse::Continue
                     };
@@ -121,12 +132,34 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let (fino, gino) = (std::fs::metadata(&f).unwrap().ino(), std::fs::metadata(&g).unwrap().ino());
     evs.wait("close of f", |e| e.ev_type == Close && object_ino(e) == fino);
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    evs.wait("attribute of f", |e| e.ev_type == Attribute && object_ino(e) == fino);
+    evs.wait("attribute of f (chmod)", |e| e.ev_type == Attribute && object_ino(e) == fino);
+    std::os::unix::fs::chown(&f, Some(7), Some(7)).unwrap();
+    evs.wait("attribute of f (chown)", |e| e.ev_type == Attribute && object_ino(e) == fino);
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+    evs.wait("attribute of f (utimes)", |e| e.ev_type == Attribute && object_ino(e) == fino);
+    assert_eq!(std::fs::metadata(&f).unwrap().mtime(), 1_000_000_000);
+
+    // A hard link: link (synchronous: parent, the file, the new name),
+    // then postlink with its outcome; the name goes again at once.
+    let f2 = mnt.path().join("f2");
+    std::fs::hard_link(&f, &f2).unwrap();
+    let l = evs.wait("link", |e| e.ev_type == Link);
+    let EventBody::Namespace { handle1, handle2, name1, .. } = &l.body else { panic!("{l:?}") };
+    assert_eq!((handle1.unwrap().ino().unwrap(), handle2.unwrap().ino().unwrap()), (1, fino), "{l:?}");
+    assert_eq!(name1.as_slice(), b"f2");
+    assert!(l.token.0 > 0, "link is synchronous: {l:?}");
+    let pl = evs.wait("postlink", |e| e.ev_type == Postlink);
+    let EventBody::Namespace { name1, retcode, .. } = &pl.body else { panic!("{pl:?}") };
+    assert_eq!((name1.as_slice(), *retcode), (&b"f2"[..], 0), "{pl:?}");
+    assert_eq!(pl.token.0, 0, "postlink is asynchronous: {pl:?}");
+    std::fs::remove_file(&f2).unwrap();
+    evs.wait("remove of f2", |e| e.ev_type == Remove);
 
     // A disposition set while mounted: the mount, which decided locally
     // that symlinks raise nothing, sees the change and raises them.
     std::os::unix::fs::symlink("f", mnt.path().join("before")).unwrap();
-    let with_symlink = EventSet(disp.0 | EventSet::from_iter([Symlink]).0);
+    let with_symlink = EventSet(disp.0 | EventSet::from_iter([Symlink, Postsymlink]).0);
     api.dm_set_disp(sid, &fs, with_symlink).unwrap();
     api.dm_set_eventlist(sid, &fs, EventSet(fs_list.0 | with_symlink.0 & !EventSet::from_iter([Read]).0)).unwrap();
     c.driver(4, &["wait-route", "--event", "symlink", "--node", "3"]);
@@ -134,6 +167,9 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let sl = evs.wait("symlink", |e| e.ev_type == Symlink);
     let EventBody::Namespace { name1, .. } = &sl.body else { panic!("{sl:?}") };
     assert_eq!(name1.as_slice(), b"after", "only the symlink made after the disposition");
+    let ps = evs.wait("postsymlink", |e| e.ev_type == Postsymlink);
+    let EventBody::Namespace { name1, name2, retcode, .. } = &ps.body else { panic!("{ps:?}") };
+    assert_eq!((name1.as_slice(), name2.as_slice(), *retcode), (&b"after"[..], &b"f"[..], 0), "{ps:?}");
 
     // A per-file event list: reads of f are events, reads of g are not.
     let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
@@ -178,5 +214,15 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let u = evs.wait("unmount", |e| e.ev_type == Unmount);
     let EventBody::Namespace { retcode, .. } = u.body else { panic!("{u:?}") };
     assert_eq!(retcode, 0);
+
+    // A mount the DM application refuses (ABORT, EPERM) fails with its
+    // errno, and nothing is mounted.
+    let mnt2 = tempfile::tempdir().unwrap();
+    let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let refused = spawn_mount(dev.clone(), mnt2.path(), Some(DmLink { api: api_b, fs: FsId(1) }));
+    assert_eq!(refused.err().and_then(|x| x.raw_os_error()), Some(libc::EPERM), "the refused mount's error");
+    evs.wait("the second mount", |e| e.ev_type == Mount);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(mnt2.path().to_str().unwrap()), "mounted although refused: {mounts}");
     assert!(evs.seen.iter().all(|e| e.source.0 == 4), "every event came from node B");
 }

@@ -1,6 +1,7 @@
 //! Extended attributes through FUSE on two mounts of one file system: set
 //! on one node, read and listed on the other, XATTR_CREATE / REPLACE
-//! honoured, removal seen everywhere, a full attribute block is ENOSPC,
+//! honoured, removal seen everywhere, `trusted.*` and `security.*` kept
+//! like `user.*`, a full attribute block is ENOSPC,
 //! and POSIX ACL names are refused.
 
 mod common;
@@ -87,6 +88,15 @@ fn xattrs_cross_nodes_with_posix_semantics() {
     remove(&fa, "user.empty").unwrap();
     assert_eq!(remove(&fa, "user.empty"), Err(libc::ENODATA));
     assert_eq!(list(&fb), ["user.tier"]);
+    // Root's namespaces, trusted.* and security.*, are kept and shared too.
+    set(&fa, "trusted.hsm", b"t-1", 0).unwrap();
+    set(&fa, "security.label", b"s-1", 0).unwrap();
+    assert_eq!(get(&fb, "trusted.hsm").unwrap(), b"t-1", "trusted.* set on A, read on B");
+    assert_eq!(get(&fb, "security.label").unwrap(), b"s-1", "security.* set on A, read on B");
+    assert_eq!(list(&fb), ["security.label", "trusted.hsm", "user.tier"]);
+    remove(&fb, "trusted.hsm").unwrap();
+    remove(&fb, "security.label").unwrap();
+    assert_eq!(get(&fa, "trusted.hsm"), Err(libc::ENODATA));
     // Directories carry them too; ACLs are not kept.
     set(ma.path(), "user.dir", b"1", 0).unwrap();
     assert_eq!(get(mb.path(), "user.dir").unwrap(), b"1");

@@ -904,7 +904,6 @@ mod tests {
     use crate::types::{DmHandle, FsId, DM_INVALID_TOKEN};
     use std::sync::Mutex as StdMutex;
     use std::thread;
-    use std::time::Instant;
 
     type Sent = Arc<StdMutex<Vec<Outbound>>>;
 
@@ -1340,8 +1339,8 @@ mod tests {
 
     /// Delivers `total` asynchronous events into one session from `producers`
     /// threads (each a different source node) in batches of `batch`, while a DM
-    /// application thread drains; returns events per second and checks none is lost.
-    fn enqueue_rate(total: u64, batch: u64, producers: u32) -> f64 {
+    /// application thread drains; returns (events sent, events drained).
+    fn enqueue(total: u64, batch: u64, producers: u32) -> (u64, u64) {
         let e = Arc::new(SessionEngine::new(NodeId(1), SessionConfig::default(), Arc::new(|_| {})));
         let sid = new_session(&e);
         let done = Arc::new(AtomicBool::new(false));
@@ -1360,7 +1359,6 @@ mod tests {
             })
         };
         let per = total / producers as u64;
-        let t0 = Instant::now();
         let threads: Vec<_> = (0..producers)
             .map(|p| {
                 let e = e.clone();
@@ -1381,28 +1379,22 @@ mod tests {
             })
             .collect();
         let sent: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        let dt = t0.elapsed();
         done.store(true, Ordering::Release);
-        assert_eq!(drain.join().unwrap(), sent, "nothing dropped");
-        sent as f64 / dt.as_secs_f64()
+        (sent, drain.join().unwrap())
     }
 
-    /// Measures the async enqueue rate into one session (printed, never asserted:
-    /// run with `--release -- --nocapture async_enqueue_rate`).
+    /// Asynchronous events from several producers, singly and in
+    /// batches, all reach the draining DM application, none twice; and a
+    /// queued event costs no more than its fixed-size entry. (The rate is
+    /// a benchmark's: `tidepool-dm-bench all`, "in-process enqueue".)
     #[test]
-    fn async_enqueue_rate() {
-        let total: u64 = if cfg!(debug_assertions) { 200_000 } else { 4_000_000 };
+    fn async_enqueue_loses_nothing_and_queues_in_fixed_entries() {
         for (batch, producers) in [(1, 1), (1024, 1), (1024, 4)] {
-            let rate = enqueue_rate(total, batch, producers);
-            eprintln!(
-                "async enqueue into one session: {:.2} M events/s (batch {batch}, {producers} producer thread(s), 1 draining thread)",
-                rate / 1e6
-            );
+            let total = 40_960; // whole batches per producer
+            let (sent, drained) = enqueue(total, batch, producers);
+            assert_eq!((sent, drained), (total, total), "batch {batch}, {producers} producers");
         }
-        eprintln!(
-            "memory: {} B per queued data event (no heap), {} B per session before its queue grows",
-            std::mem::size_of::<Entry>(),
-            std::mem::size_of::<Session>()
-        );
+        // An entry is a small fixed record: a data event needs no heap.
+        assert!(std::mem::size_of::<Entry>() <= 256, "{} B per queued event", std::mem::size_of::<Entry>());
     }
 }

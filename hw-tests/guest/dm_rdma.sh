@@ -16,7 +16,8 @@ step "soft-RoCE"
 export TIDEPOOL_TEST_DM_IP=$RDMA_IP TIDEPOOL_TEST_DM_RDMA=1
 cd /scratch || exit 1
 
-# run_tests BINARY TEST...: each named test alone (exact match), one check each.
+# run_tests BINARY TEST...: each named test alone (exact match), one check
+# each; a name that matches no test (a renamed test) fails, not passes.
 run_tests() {
     local bin=$1 t rc
     shift
@@ -26,6 +27,7 @@ run_tests() {
         rc=$?
         grep -v " INFO " "/scratch/$t.out" | tail -n 40
         check "over RDMA: $t" test "$rc" = 0
+        check "$t ran (exactly one test)" test "$(grep -c '^test result: ok. 1 passed' "/scratch/$t.out")" = 1
     done
 }
 

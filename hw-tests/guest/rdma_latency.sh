@@ -3,7 +3,7 @@
 # ping-pong round trips over soft-RoCE, measured in one guest run for
 #   rdma-lat      Tidepool's RDMA layer, send/recv, busy-polled CQ
 #   ibv_rc_pingpong   rdma-core's verbs example (same message size)
-#   ib_send_lat   perftest (one-way figures; doubled here to round trips)
+#   ib_send_lat   perftest (one-way figures; their doubles are labelled derived)
 #   rdma-lat --tcp    TCP ping-pong of the same size, same guest
 # With DM_BENCH (the tidepool-dm-bench binary) it first measures DM events
 # between node processes over RDMA and over TCP on the RDMA device's
@@ -70,7 +70,7 @@ run_send_lat() {
         return 0
     fi
     echo "$line" | awk -v r="$1" -v s="$SIZE" -v n="$ITERS" \
-        '{ printf "BENCH tool=ib_send_lat round=%s size=%s iters=%s rtt_p50_us=%.1f rtt_p99_us=%.1f rtt_avg_us=%.1f (one-way typical %s avg %s, doubled)\n", r, s, n, 2*$5, 2*$8, 2*$6, $5, $6 }'
+        '{ printf "BENCH tool=ib_send_lat round=%s size=%s iters=%s oneway_typical_us=%s oneway_p99_us=%s oneway_avg_us=%s derived_rtt_p50_us=%.1f derived_rtt_p99_us=%.1f derived_rtt_avg_us=%.1f (derived = 2 x one-way, not measured round trips)\n", r, s, n, $5, $8, $6, 2*$5, 2*$8, 2*$6 }'
 }
 
 run_rdma_lat() {

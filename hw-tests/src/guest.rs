@@ -48,7 +48,7 @@ impl Spawned {
     pub fn into_result(self) -> Result<std::result::Result<RunningGuest, Skip>> {
         match self {
             Spawned::Running(g) => Ok(Ok(g)),
-            Spawned::Skip(s) => Ok(Err(classify(s))),
+            Spawned::Skip(s) => Ok(Err(Skip::new(s))),
             Spawned::Finished(run) => {
                 bail!("guest script ended before the host side started (exit {})\n{}", run.exit_code, run.transcript())
             }
@@ -61,7 +61,7 @@ impl Outcome {
     pub fn into_result(self) -> std::result::Result<GuestRun, Skip> {
         match self {
             Outcome::Ran(r) => Ok(r),
-            Outcome::Skip(s) => Err(classify(s)),
+            Outcome::Skip(s) => Err(Skip::new(s)),
         }
     }
 }
@@ -402,16 +402,6 @@ fn join(h: Option<JoinHandle<String>>) -> String {
     h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
 }
 
-/// Only qemu itself being absent or unable to start excuses a CI run; a
-/// missing kernel or busybox next to a working qemu is a setup bug.
-fn classify(reason: String) -> Skip {
-    if reason.starts_with("qemu") || reason.contains("/dev/kvm") {
-        Skip::environment(reason)
-    } else {
-        Skip::missing(reason)
-    }
-}
-
 fn skip_reason(stderr: &str) -> String {
     stderr
         .lines()
@@ -428,12 +418,5 @@ mod tests {
         let e = "noise\nrun-guest: SKIP: qemu-system-x86_64 not installed\n";
         assert_eq!(skip_reason(e), "qemu-system-x86_64 not installed");
         assert!(skip_reason("odd").contains("odd"));
-    }
-
-    #[test]
-    fn only_qemu_trouble_excuses_ci() {
-        assert!(classify("qemu could not start (exit 134): ...".into()).environment);
-        assert!(classify("qemu-system-x86_64 not installed".into()).environment);
-        assert!(!classify("no guest kernel in /boot with modules".into()).environment);
     }
 }

@@ -44,7 +44,7 @@ pub fn binary(name: &str) -> std::result::Result<PathBuf, Skip> {
         tracing::info!(path = %p.display(), "using binary");
         return Ok(p);
     }
-    Err(Skip::missing(format!(
+    Err(Skip::new(format!(
         "binary `{name}` not built (looked in {}); build it with \
          `cargo build --release -p storage-node -p client` or set TIDEPOOL_BIN_DIR",
         dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -61,7 +61,7 @@ pub fn binary_with_rdma(name: &str) -> Result<std::result::Result<PathBuf, Skip>
     let out = run_with_timeout(Command::new(&bin).arg("--version"), Duration::from_secs(20))?;
     let version = String::from_utf8_lossy(&out.stdout);
     if !version.contains("rdma") {
-        return Ok(Err(Skip::missing(format!(
+        return Ok(Err(Skip::new(format!(
             "{} was built without the `rdma` feature ({}); build with \
              `--features client/rdma,storage-node/rdma` or point TIDEPOOL_BIN_DIR at such a build",
             bin.display(),
@@ -94,16 +94,14 @@ pub fn test_binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     }
     let mtime = |p: &PathBuf| p.metadata().and_then(|m| m.modified()).ok();
     found.into_iter().max_by_key(mtime).ok_or_else(|| {
-        Skip::missing(format!(
-            "test binary `{name}` not built: cargo build --workspace --tests (with the rdma features)"
-        ))
+        Skip::new(format!("test binary `{name}` not built: cargo build --workspace --tests (with the rdma features)"))
     })
 }
 
 /// An `rdma` crate binary, which only exists when built with its feature.
 pub fn rdma_binary(name: &str) -> std::result::Result<PathBuf, Skip> {
     binary(name).map_err(|_| {
-        Skip::missing(format!(
+        Skip::new(format!(
             "`{name}` not built: cargo build -p rdma --features rdma \
              (needs libibverbs-dev, librdmacm-dev, libclang-dev; or set TIDEPOOL_BIN_DIR)"
         ))
@@ -112,11 +110,8 @@ pub fn rdma_binary(name: &str) -> std::result::Result<PathBuf, Skip> {
 
 /// Locate a system tool on `PATH`; missing is a skip.
 pub fn tool(name: &str) -> std::result::Result<PathBuf, Skip> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| Skip::missing(format!("`{name}` not installed (run scripts/vm/setup.sh)")))
+    test_support::skip::find_tool(name)
+        .ok_or_else(|| Skip::new(format!("`{name}` not installed (run scripts/vm/setup.sh)")))
 }
 
 fn is_executable(p: &Path) -> bool {

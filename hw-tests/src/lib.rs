@@ -7,13 +7,13 @@
 //! exit code back. [`host`] starts and reaps the project's binaries on the
 //! host. [`tshark`] judges NVMe/TCP captures with Wireshark's dissector.
 //! Anything that cannot run here comes back as a [`Skip`] with a reason,
-//! which tests print as `SKIPPED: <reason>` before returning.
+//! which [`or_skip!`] hands to `test_support::skip` (the one skip rule).
 //!
 //! ```no_run
 //! use hw_tests::guest::{Guest, Outcome};
 //! let run = match Guest::new().module("nvme-tcp").run("uname -r").unwrap() {
 //!     Outcome::Ran(run) => run,
-//!     Outcome::Skip(why) => { println!("SKIPPED: {why}"); return; }
+//!     Outcome::Skip(why) => return test_support::skip::skip(why),
 //! };
 //! run.assert_success();
 //! ```
@@ -22,36 +22,23 @@ pub mod guest;
 pub mod host;
 pub mod tshark;
 
+#[doc(hidden)]
+pub use test_support;
+
 use std::fmt;
 use std::path::PathBuf;
 
 /// Why a test could not run here (never a failure of the code under test).
+/// Whether it may skip is [`test_support::skip`]'s decision, as for every
+/// other test: under `CI=true` only a reason in the allow-list may.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skip {
     pub reason: String,
-    /// The machine cannot do it (qemu cannot start, no packet capture), as
-    /// opposed to something CI should have provided (a build, a package).
-    pub environment: bool,
 }
 
 impl Skip {
-    /// The machine cannot run this (qemu cannot start, capture not permitted):
-    /// a skip even in CI.
-    pub fn environment(reason: impl Into<String>) -> Skip {
-        Skip { reason: reason.into(), environment: true }
-    }
-
-    /// Something a prepared machine has is missing (a binary not built, a
-    /// package not installed): a skip locally, a failure under `CI=true`.
-    pub fn missing(reason: impl Into<String>) -> Skip {
-        Skip { reason: reason.into(), environment: false }
-    }
-
-    /// Should this skip fail the test instead? Under `TIDEPOOL_HW_REQUIRE=1`
-    /// always; under `CI=true` unless the machine itself cannot do it.
-    pub fn is_failure(&self) -> bool {
-        let env_is = |k: &str, v: &str| std::env::var(k).is_ok_and(|x| x == v);
-        env_is("TIDEPOOL_HW_REQUIRE", "1") || (env_is("CI", "true") && !self.environment)
+    pub fn new(reason: impl Into<String>) -> Skip {
+        Skip { reason: reason.into() }
     }
 }
 
@@ -68,9 +55,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Unwrap a `Result<T, Skip>`-like value inside a test returning
-/// `anyhow::Result<()>`: on skip, print `SKIPPED: <reason>` and return
-/// `Ok(())`, or fail when [`Skip::is_failure`] says a prepared machine
-/// should have been able to run it.
+/// `anyhow::Result<()>`: on skip, return `Ok(())` after
+/// [`test_support::skip::decide`] printed and recorded the reason, or fail
+/// when it says this machine must run the test.
 #[macro_export]
 macro_rules! or_skip {
     ($e:expr) => {
@@ -78,10 +65,9 @@ macro_rules! or_skip {
             Ok(v) => v,
             Err(skip) => {
                 let skip: $crate::Skip = skip;
-                if skip.is_failure() {
-                    anyhow::bail!("this test must run here (CI=true or TIDEPOOL_HW_REQUIRE=1) but cannot: {skip}");
+                if let Err(msg) = $crate::test_support::skip::decide(&skip.reason) {
+                    anyhow::bail!("{msg}");
                 }
-                println!("SKIPPED: {skip}");
                 return Ok(());
             }
         }

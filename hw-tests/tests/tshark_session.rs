@@ -66,7 +66,7 @@ fn tshark_decodes_session() -> anyhow::Result<()> {
     let until = std::time::Instant::now() + Duration::from_secs(15);
     while !cap.log().contains("Capturing on") {
         if !cap.is_running() {
-            or_skip!(Err(Skip::environment(format!("dumpcap cannot capture on lo here: {}", cap.log().trim()))));
+            or_skip!(Err(Skip::new(format!("dumpcap cannot capture on lo here: {}", cap.log().trim()))));
         }
         ensure!(std::time::Instant::now() < until, "dumpcap did not start: {}", cap.log());
         std::thread::sleep(Duration::from_millis(100));

@@ -252,3 +252,100 @@ fn batched_io_keeps_each_command_s_result() {
         }
     }
 }
+
+/// The registrants-only and all-registrants reservation types: a
+/// registered host keeps the access its type gives registrants, an
+/// unregistered one gets only what it gives everybody (reads under the
+/// Write Exclusive kinds, nothing under the Exclusive Access kinds).
+#[test]
+fn registrant_reservation_types_fence_only_unregistered_hosts() {
+    let node = Node::start("16M", &["--allow-any-host"]);
+    let holder = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:rt-holder")).unwrap();
+    let member = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:rt-member")).unwrap();
+    let outsider = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:rt-outsider")).unwrap();
+    holder.resv_register(1, action::REGISTER, false, 0, 0x1111).unwrap();
+    member.resv_register(1, action::REGISTER, false, 0, 0x2222).unwrap();
+    let d = pattern(9, 4096);
+    let mut back = vec![0u8; 4096];
+    // (type, name, outsiders may read)
+    for (rtype, name, outsider_reads) in [
+        (3u8, "Write Exclusive - Registrants Only", true),
+        (4, "Exclusive Access - Registrants Only", false),
+        (5, "Write Exclusive - All Registrants", true),
+        (6, "Exclusive Access - All Registrants", false),
+    ] {
+        holder.resv_acquire(1, action::ACQUIRE, rtype, 0x1111, 0).unwrap();
+        let (_, t, regs) = outsider.resv_report(1).unwrap();
+        assert_eq!((t, regs.len()), (rtype, 2), "{name}");
+        holder.write(1, 0, &d, false).unwrap_or_else(|e| panic!("{name}: the holder writes: {e}"));
+        member.write(1, 8, &d, false).unwrap_or_else(|e| panic!("{name}: a registrant writes: {e}"));
+        member.read(1, 0, &mut back).unwrap_or_else(|e| panic!("{name}: a registrant reads: {e}"));
+        assert_eq!(back, d);
+        assert_eq!(status_of(outsider.write(1, 0, &d, false)), Status::RESERVATION_CONFLICT, "{name}: outsider write");
+        let read = outsider.read(1, 0, &mut back);
+        if outsider_reads {
+            read.unwrap_or_else(|e| panic!("{name}: an outsider reads: {e}"));
+        } else {
+            assert_eq!(status_of(read), Status::RESERVATION_CONFLICT, "{name}: outsider read");
+        }
+        // Releasing with another type than the one held is refused.
+        let other = if rtype == 3 { 4 } else { 3 };
+        assert!(holder.resv_release(1, action::RELEASE, other, 0x1111).is_err(), "{name}: release with type {other}");
+        holder.resv_release(1, action::RELEASE, rtype, 0x1111).unwrap();
+        outsider.write(1, 16, &d, false).unwrap_or_else(|e| panic!("{name}: released, the outsider writes: {e}"));
+    }
+}
+
+/// SMART / health, firmware slot and commands-supported-and-effects log
+/// pages, and Get/Set Features, through Tidepool's own initiator.
+#[test]
+fn log_pages_and_features_through_the_initiator() {
+    use nvme_wire::log::SmartLog;
+    use nvme_wire::nvme::{feat, lid};
+    use zerocopy::FromBytes;
+    let node = Node::start("16M", &["--allow-any-host"]);
+    let c = Controller::connect(&node.addr, NQN, &opts("nqn.2026-11.io.tidepool:logs")).unwrap();
+    let smart = |c: &Controller| {
+        let mut b = vec![0u8; 512];
+        c.get_log_page(lid::SMART, 0, &mut b).unwrap();
+        SmartLog::read_from_bytes(&b).unwrap()
+    };
+    let count = |v: [u8; 16]| u128::from_le_bytes(v);
+    let s0 = smart(&c);
+    assert_eq!((s0.critical_warning, s0.avail_spare, s0.spare_thresh), (0, 100, 10));
+    assert!(s0.temperature.get() > 273, "kelvin: {}", s0.temperature.get());
+    let d = pattern(1, 64 * 1024);
+    for i in 0..10 {
+        c.write(1, i * 128, &d, false).unwrap();
+    }
+    let mut back = vec![0u8; 64 * 1024];
+    c.read(1, 0, &mut back).unwrap();
+    let s1 = smart(&c);
+    assert_eq!(count(s1.host_writes) - count(s0.host_writes), 10, "host write commands");
+    assert!(count(s1.host_reads) > count(s0.host_reads));
+    assert!(count(s1.data_units_written) >= 2, "640 KiB written: 1,280 units of 512 B, rounded up to thousands");
+
+    let mut fw = vec![0u8; 512];
+    c.get_log_page(lid::FW_SLOT, 0, &mut fw).unwrap();
+    assert_eq!(fw[0] & 0x7, 1, "slot 1 active");
+    let rev = String::from_utf8_lossy(&fw[8..16]).trim().to_string();
+    assert!(!rev.is_empty() && rev.chars().all(|ch| ch.is_ascii_graphic()), "firmware revision {rev:?}");
+
+    let mut fx = vec![0u8; 4096];
+    c.get_log_page(lid::CMD_EFFECTS, 0, &mut fx).unwrap();
+    let entry = |at: usize| u32::from_le_bytes(fx[at..at + 4].try_into().unwrap());
+    let (admin, io) = (|op: u8| entry(op as usize * 4), |op: u8| entry(1024 + op as usize * 4));
+    assert_eq!(admin(opc::IDENTIFY) & 1, 1, "Identify supported");
+    assert_eq!(admin(0x7f), 0, "an opcode nobody implements");
+    assert_eq!(io(opc::READ), 1, "Read: supported, changes no content");
+    assert_eq!(io(opc::WRITE) & 0b11, 0b11, "Write: supported, changes logical block content");
+
+    // Keep Alive Timer: set, then read back; Number of Queues as granted.
+    assert_eq!(c.set_features(feat::KATO, 15_000).unwrap(), 0);
+    assert_eq!(c.get_features(feat::KATO).unwrap(), 15_000);
+    let q = c.get_features(feat::NUM_QUEUES).unwrap();
+    assert_eq!((q & 0xffff, q >> 16), (1, 1), "two I/O queues granted: zero-based 1 and 1");
+    assert_eq!(status_of(c.get_features(0xee)), Status::INVALID_FIELD, "an unknown feature");
+    let mut bad = vec![0u8; 512];
+    assert_eq!(status_of(c.get_log_page(0x7e, 0, &mut bad)), Status::INVALID_LOG_PAGE);
+}

@@ -1,7 +1,11 @@
 //! Helpers the client and storage-node integration tests share (each
-//! crate's `tests/common` module re-exports what it uses).
+//! crate's `tests/common` module re-exports what it uses), and [`skip`], the
+//! one place that decides whether a test may skip.
 
-use std::path::Path;
+pub mod skip;
+
+pub use skip::{fuse_available, have_tool, is_root};
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A port on `ip` for a server that may be restarted on it: below the
@@ -18,16 +22,4 @@ pub fn listen_port(ip: &str) -> u16 {
             return p as u16;
         }
     }
-}
-
-/// Whether FUSE mounts can be made here; says why not (the test then skips).
-pub fn fuse_available() -> bool {
-    let fusermount = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").exists() || d.join("fusermount").exists())
-    });
-    if !Path::new("/dev/fuse").exists() || !fusermount {
-        eprintln!("SKIPPED: /dev/fuse or fusermount3 is missing (apt-get install fuse3)");
-        return false;
-    }
-    true
 }

@@ -15,6 +15,7 @@
 //! `tidepool-dm-bench all` runs everything; the other subcommands are the child
 //! processes it starts.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -199,14 +200,16 @@ fn read_event(node: u32) -> DmEvent {
     .unwrap_or_else(|e| unreachable!("a valid read event: {e}"))
 }
 
-fn postcreate_event(node: u32) -> DmEvent {
+/// The `n`th postcreate event of a source: the new object's inode number
+/// is `n`, so the session side can tell a re-sent duplicate from a new event.
+fn postcreate_event(node: u32, n: u64) -> DmEvent {
     DmEvent::new(
         EventType::Postcreate,
         NodeId(node),
         EventBody::Namespace {
             mode: 0o644,
             handle1: Some(DmHandle::file(FsId(1), 2, 0)),
-            handle2: Some(DmHandle::file(FsId(1), 3, 0)),
+            handle2: Some(DmHandle::file(FsId(1), n, 0)),
             name1: b"file".to_vec(),
             name2: vec![],
             retcode: 0,
@@ -248,6 +251,8 @@ fn session_node(
     dm.dm_set_disp(sid, &DmHandle::fs(FsId(1)), set)?;
     dm.dm_set_eventlist(sid, &DmHandle::fs(FsId(1)), set)?;
     println!("READY");
+    // Distinct events (by source and postcreate object number) and re-sent copies.
+    let mut unique = Unique::default();
     let mut seen = 0u64;
     let mut first: Option<Instant> = None;
     loop {
@@ -276,15 +281,44 @@ fn session_node(
             }
         }
         seen += evs.len() as u64;
-        if expect.is_some_and(|x| seen >= x) {
+        evs.iter().for_each(|e| unique.add(e));
+        if expect.is_some_and(|x| unique.count >= x) {
             let el = first.map_or(0, |f| f.elapsed().as_nanos());
-            println!("DONE {seen} {el}");
-            // Later duplicates would show as a higher count on a second line.
+            println!("DONE {} {el}", unique.count);
+            // Late duplicates count too: wait for them a little.
             std::thread::sleep(Duration::from_millis(300));
-            let extra = dm.get_events_typed(sid, 1 << 20, 0, 256 << 20).map_or(0, |v| v.len());
-            println!("EXTRA {extra}");
+            if let Ok(v) = dm.get_events_typed(sid, 1 << 20, 0, 256 << 20) {
+                seen += v.len() as u64;
+                v.iter().for_each(|e| unique.add(e));
+            }
+            println!("DUPLICATES {}", seen - unique.count);
             std::io::stdout().flush()?;
             return Ok(());
+        }
+    }
+}
+
+/// Which (source node, event number) pairs arrived: a bit each.
+#[derive(Default)]
+struct Unique {
+    bits: HashMap<u32, Vec<u64>>,
+    count: u64,
+}
+
+impl Unique {
+    fn add(&mut self, e: &DmEvent) {
+        let n = match &e.body {
+            EventBody::Namespace { handle2: Some(h), .. } => h.ino().unwrap_or(0),
+            _ => 0,
+        };
+        let words = self.bits.entry(e.source.0).or_default();
+        let (w, b) = ((n / 64) as usize, n % 64);
+        if words.len() <= w {
+            words.resize(w + 1, 0);
+        }
+        if words[w] & (1 << b) == 0 {
+            words[w] |= 1 << b;
+            self.count += 1;
         }
     }
 }
@@ -297,8 +331,8 @@ fn source_node(id: u32, listen: SocketAddr, session: SocketAddr, count: u64, rdm
     println!("READY");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
-    let ev = postcreate_event(id);
-    for _ in 0..count {
+    for n in 0..count {
+        let ev = postcreate_event(id, n);
         loop {
             match node.source.generate(FsId(1), ev.clone()) {
                 Ok(_) => break,
@@ -570,11 +604,29 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn throughput(sources: u32, total: u64) -> anyhow::Result<(f64, u64, u64)> {
-    throughput_on(sources, total, false)
+/// One asynchronous throughput run: distinct events delivered per second of
+/// the measured time, distinct events, re-sent copies, events generated.
+struct Throughput {
+    rate: f64,
+    delivered: u64,
+    duplicates: u64,
+    generated: u64,
 }
 
-fn throughput_on(sources: u32, total: u64, rdma: bool) -> anyhow::Result<(f64, u64, u64)> {
+impl Throughput {
+    /// Fails the benchmark if any generated event never arrived.
+    fn check(&self, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.delivered >= self.generated,
+            "{what}: events lost: {} of {} generated arrived",
+            self.delivered,
+            self.generated
+        );
+        Ok(())
+    }
+}
+
+fn throughput_on(sources: u32, total: u64, rdma: bool) -> anyhow::Result<Throughput> {
     let flag: Vec<String> = if rdma { vec!["--rdma".into()] } else { vec![] };
     let sa = free_addr();
     let addrs: Vec<SocketAddr> = (0..sources).map(|_| free_addr()).collect();
@@ -633,8 +685,57 @@ fn throughput_on(sources: u32, total: u64, rdma: bool) -> anyhow::Result<(f64, u
     let done = sess.line()?;
     let el = t0.elapsed();
     let got: u64 = done.split_whitespace().nth(1).context("DONE count")?.parse()?;
-    let extra: u64 = sess.line()?.split_whitespace().nth(1).context("EXTRA count")?.parse()?;
-    Ok((got as f64 / el.as_secs_f64(), got + extra, expect))
+    let dups: u64 = sess.line()?.split_whitespace().nth(1).context("DUPLICATES count")?.parse()?;
+    Ok(Throughput { rate: got as f64 / el.as_secs_f64(), delivered: got, duplicates: dups, generated: expect })
+}
+
+/// Asynchronous events into one session engine from `producers` threads
+/// in batches of `batch` while one thread drains: (events per second of
+/// the measured time, drained, sent).
+fn enqueue_rate(total: u64, batch: u64, producers: u32) -> anyhow::Result<(f64, u64, u64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let eng = Arc::new(SessionEngine::new(NodeId(1), SessionConfig::default(), Arc::new(|_o| {})));
+    let sid = eng.dm_create_session(&Caller::root(), DM_NO_SESSION, b"enqueue")?;
+    let done = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let (eng, done) = (eng.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            loop {
+                match eng.get_events_typed(sid, 65536, 0, 1 << 24) {
+                    Ok(v) => n += v.len() as u64,
+                    Err(_) if done.load(Ordering::Acquire) => return n,
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+        })
+    };
+    let per = total / producers as u64;
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|p| {
+            let eng = eng.clone();
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let ev = read_event(2 + p);
+                let mut seq = 0u64;
+                while seq < per {
+                    let n = batch.min(per - seq);
+                    let b = (seq..seq + n).map(|i| (i, false, ev.clone())).collect();
+                    seq += eng.deliver_batch(sid, b)?.len() as u64;
+                }
+                Ok(seq)
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in threads {
+        sent += t.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    }
+    done.store(true, Ordering::Release);
+    let drained = drain.join().map_err(|_| anyhow::anyhow!("drainer panicked"))?;
+    // Until the last event was drained: the rate of delivery, not of queueing.
+    let el = t0.elapsed();
+    Ok((drained as f64 / el.as_secs_f64(), drained, sent))
 }
 
 fn rss_kib() -> u64 {
@@ -695,7 +796,7 @@ fn memory() -> anyhow::Result<Vec<(String, f64)>> {
         "per unacked async event (source side)".into(),
         per_item(E, || {
             for _ in 0..E {
-                let _ = src.generate(FsId(1), postcreate_event(2));
+                let _ = src.generate(FsId(1), postcreate_event(2, 0));
             }
         }),
     ));
@@ -723,11 +824,22 @@ fn all(events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
     println!();
     println!("## Asynchronous events into one session ({tput_events} events per run)");
     println!();
-    println!("| sources | events/s | delivered (incl. re-sent duplicates) | generated |");
-    println!("|--------:|---------:|---------:|---------:|");
+    println!("| sources | events/s | generated | delivered | duplicates (re-sent, dropped by count) |");
+    println!("|--------:|---------:|---------:|---------:|---------:|");
     for s in sources {
-        let (rate, got, expect) = throughput(s, tput_events)?;
-        println!("| {s} | {rate:.0} | {got} | {expect} |");
+        let t = throughput_on(s, tput_events, false)?;
+        println!("| {s} | {:.0} | {} | {} | {} |", t.rate, t.generated, t.delivered, t.duplicates);
+        t.check(&format!("{s} sources"))?;
+    }
+    println!();
+    println!("## In-process enqueue into one session (the session engine alone, no transport)");
+    println!();
+    println!("| batch | producer threads | events/s | delivered | generated |");
+    println!("|------:|-----------------:|---------:|---------:|---------:|");
+    for (batch, producers) in [(1u64, 1u32), (1024, 1), (1024, 4)] {
+        let (rate, drained, sent) = enqueue_rate(tput_events, batch, producers)?;
+        println!("| {batch} | {producers} | {rate:.0} | {drained} | {sent} |");
+        anyhow::ensure!(drained == sent, "in-process enqueue lost events: {drained} of {sent}");
     }
     println!();
     println!("## Memory (RSS growth)");
@@ -780,15 +892,21 @@ fn transports(ip: std::net::IpAddr, events: u64, tput_events: u64, sources: Vec<
     println!();
     println!("## Asynchronous events into one session ({tput_events} events per run)");
     println!();
-    println!("| sources | transport | events/s | delivered (incl. re-sent duplicates) | generated | RDMA / TCP |");
-    println!("|--------:|-----------|---------:|---------:|---------:|-----------:|");
+    println!("| sources | transport | events/s | generated | delivered | duplicates | RDMA / TCP |");
+    println!("|--------:|-----------|---------:|---------:|---------:|---------:|-----------:|");
     for s in sources {
-        let (r, rgot, rexp) = throughput_on(s, tput_events, true)?;
-        let (t, tgot, texp) = throughput_on(s, tput_events, false)?;
-        println!("| {s} | RDMA | {r:.0} | {rgot} | {rexp} | {:.2} |", r / t);
-        println!("| {s} | TCP | {t:.0} | {tgot} | {texp} | 1.00 |");
-        eprintln!("BENCH tool=dm-async sources={s} rdma_events_per_s={r:.0} tcp_events_per_s={t:.0}");
-        anyhow::ensure!(rgot >= rexp && tgot >= texp, "events lost: RDMA {rgot}/{rexp}, TCP {tgot}/{texp}");
+        let r = throughput_on(s, tput_events, true)?;
+        let t = throughput_on(s, tput_events, false)?;
+        for (name, x) in [("RDMA", &r), ("TCP", &t)] {
+            let ratio = x.rate / t.rate;
+            println!(
+                "| {s} | {name} | {:.0} | {} | {} | {} | {ratio:.2} |",
+                x.rate, x.generated, x.delivered, x.duplicates
+            );
+        }
+        eprintln!("BENCH tool=dm-async sources={s} rdma_events_per_s={:.0} tcp_events_per_s={:.0}", r.rate, t.rate);
+        r.check(&format!("RDMA, {s} sources"))?;
+        t.check(&format!("TCP, {s} sources"))?;
     }
     Ok(())
 }

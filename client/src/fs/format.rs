@@ -15,7 +15,9 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 pub const MAGIC: [u8; 8] = *b"TIDEPOOL";
-pub const VERSION: u32 = 1;
+/// 2: extent maps of any length (a chain of extent leaves). Version 1
+/// volumes are refused: make them again with `tidepool mkfs`.
+pub const VERSION: u32 = 2;
 pub const INODE_SIZE: usize = 256;
 pub const ROOT_INO: u64 = 1;
 
@@ -127,7 +129,7 @@ pub struct Inode {
     pub rdev: U32,
     pub rsvd: [u8; 2],
     pub extents: [Extent; 6],
-    /// Block holding further extents (0: none).
+    /// The first extent leaf, for extents past the six inline (0: none).
     pub extent_block: U64,
     /// Block holding DM attributes and managed regions (0: none).
     pub dm_block: U64,

@@ -30,6 +30,7 @@
 use super::blockdev::BlockDev;
 use super::data::DataPath;
 use super::format::{region_flags, Inode, ROOT_INO};
+use super::locks::LockType;
 use super::manager::{Manager, ManagerHandle};
 use super::meta::NAME_MAX;
 use super::remote::MetaClient;
@@ -373,6 +374,20 @@ impl TidepoolFs {
         }
     }
 
+    /// Clears SUID, and SGID with group execute, if set (see `write`).
+    fn kill_suid(&self, ino: u64) -> R<()> {
+        let mode = self.getattr_ino(ino)?.mode.get();
+        let mut keep = mode & 0o7777 & !libc::S_ISUID;
+        if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+            keep &= !libc::S_ISGID;
+        }
+        if keep == mode & 0o7777 {
+            return Ok(());
+        }
+        let set = WireSetAttr { mode: Some(keep), ..Default::default() };
+        self.meta.ask(Req::SetAttr { ino, set }).map(|_| ())
+    }
+
     fn getattr_ino(&self, ino: u64) -> R<Inode> {
         self.meta.ensure(ino, Mode::Read).map(|(_, i)| i)
     }
@@ -528,6 +543,9 @@ impl Filesystem for TidepoolFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // mmap of direct_io files (kernels 6.6 and later); without it mmap fails.
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Record locks and flock come here, to be cluster-wide, instead of
+        // being kept by this node's kernel alone.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
         Ok(())
     }
 
@@ -538,6 +556,9 @@ impl Filesystem for TidepoolFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if name.len() > NAME_MAX {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
         let r = self.lookup_ino(parent.0, name.as_bytes()).and_then(|ino| self.getattr_ino(ino));
         self.reply_entry(r, reply);
     }
@@ -707,10 +728,16 @@ impl Filesystem for TidepoolFs {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The last close of an open file lets go of its flocks.
+        if let Some(owner) = lock_owner {
+            if let Err(x) = self.meta.unlock_all(ino.0, owner.0) {
+                tracing::warn!(ino = ino.0, errno = x, "flock not released by the manager");
+            }
+        }
         reply.ok();
         {
             let slot = self.meta.slot(ino.0);
@@ -754,7 +781,7 @@ impl Filesystem for TidepoolFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -771,6 +798,14 @@ impl Filesystem for TidepoolFs {
         if let Err(x) = self.data_event(EventType::Write, ino.0, offset, data.len() as u64) {
             return reply.error(e(x));
         }
+        // As the kernel does for the file systems whose writes it sees: a
+        // write by anyone but root clears SUID, and SGID where it means
+        // set-group-ID (group execute set), so nobody plants a privileged binary.
+        if req.uid() != 0 {
+            if let Err(x) = self.kill_suid(ino.0) {
+                return reply.error(e(x));
+            }
+        }
         match self.write_with_nospace_retry(ino.0, offset, data, append) {
             Ok(()) => reply.written(data.len() as u32),
             Err(x) => {
@@ -780,9 +815,112 @@ impl Filesystem for TidepoolFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Data went to the storage node in write(); sizes go back with the token.
-        reply.ok();
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Data went to the storage node in write(); sizes go back with the
+        // token. A close lets go of the closing process's record locks.
+        reply_empty(self.meta.unlock_all(ino.0, lock_owner.0), reply);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Allocating, punching or zeroing changes the file's data as a write
+        // does: a managed region raises the same event first.
+        if let Err(x) = self.data_event(EventType::Write, ino.0, offset, length) {
+            return reply.error(e(x));
+        }
+        let r = self.meta.ask(Req::Fallocate { ino: ino.0, mode, off: offset, len: length });
+        reply_empty(r.map(|_| ()), reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let typ = match LockType::from_fcntl(typ) {
+            Ok(Some(t)) => t,
+            Ok(None) => return reply.error(Errno::EINVAL),
+            Err(x) => return reply.error(e(x)),
+        };
+        match self.meta.ask(Req::GetLock { ino: ino.0, owner: lock_owner.0, typ, start, end }) {
+            Ok(Reply::Lock { held: Some(l) }) => reply.locked(l.start, l.end, l.typ.to_fcntl(), l.pid),
+            Ok(Reply::Lock { held: None }) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let typ = match LockType::from_fcntl(typ) {
+            Ok(t) => t,
+            Err(x) => return reply.error(e(x)),
+        };
+        let (meta, ino, owner) = (self.meta.clone(), ino.0, lock_owner.0);
+        if !sleep || typ.is_none() {
+            return reply_empty(meta.lock(ino, owner, typ, start, end, pid, false), reply);
+        }
+        // F_SETLKW may wait as long as the holder keeps the lock: on a
+        // thread of its own, not one of the mount's few FUSE threads. The
+        // kernel cannot take a request back once it is here, and fuser
+        // passes no FUSE_INTERRUPT, so that thread watches the waiting
+        // process: a signal for it (SIGKILL included) ends the wait with
+        // EINTR, as F_SETLKW on a local file system would.
+        let waiter = req.pid();
+        let spawned = std::thread::Builder::new().name("fuse-lockwait".into()).spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let m = meta.clone();
+            let asked = std::thread::Builder::new().name("fuse-lockreq".into()).spawn(move || {
+                let _ = tx.send(m.lock(ino, owner, typ, start, end, pid, true));
+            });
+            if asked.is_err() {
+                return reply.error(Errno::EAGAIN);
+            }
+            let mut cancelled = false;
+            loop {
+                match rx.recv_timeout(LOCK_WAIT_POLL) {
+                    Ok(r) => return reply_empty(r, reply),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if !cancelled && signal_pending(waiter) {
+                            cancelled = true;
+                            if let Err(x) = meta.ask(Req::CancelLockWait { ino, owner }) {
+                                tracing::warn!(ino, errno = x, "could not cancel a lock wait");
+                            }
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return reply.error(Errno::EIO),
+                }
+            }
+        });
+        if let Err(x) = spawned {
+            tracing::error!(error = %x, "no thread to wait for a lock on");
+        }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
@@ -849,11 +987,15 @@ impl Filesystem for TidepoolFs {
         let Some(list) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
-        let dots = [(b".".to_vec(), ino.0, 2u8), (b"..".to_vec(), ino.0, 2u8)];
-        for (i, (name, child, kind)) in dots.iter().chain(list.iter()).enumerate().skip(offset as usize) {
-            let ft = match kind {
-                2 => FileType::Directory,
-                3 => FileType::Symlink,
+        let dots = [(b".".to_vec(), ino.0, libc::DT_DIR), (b"..".to_vec(), ino.0, libc::DT_DIR)];
+        for (i, (name, child, dt)) in dots.iter().chain(list.iter()).enumerate().skip(offset as usize) {
+            let ft = match *dt {
+                libc::DT_DIR => FileType::Directory,
+                libc::DT_LNK => FileType::Symlink,
+                libc::DT_FIFO => FileType::NamedPipe,
+                libc::DT_SOCK => FileType::Socket,
+                libc::DT_CHR => FileType::CharDevice,
+                libc::DT_BLK => FileType::BlockDevice,
                 _ => FileType::RegularFile,
             };
             if reply.add(INodeNo(*child), (i + 1) as u64, ft, OsStr::from_bytes(name)) {
@@ -912,6 +1054,10 @@ pub struct MountOpts {
     pub name: String,
     /// FUSE threads (default [`DEFAULT_THREADS`]).
     pub threads: usize,
+    /// Serve only the user who mounted (no `allow_other`). By default a
+    /// mount serves every user of the machine, the kernel checking
+    /// permissions against the inodes (`default_permissions`).
+    pub owner_only: bool,
 }
 
 /// A mounted file system; dropping it gives back what this node holds and
@@ -1059,10 +1205,40 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
         MountOption::Subtype("tidepool".into()),
         MountOption::DefaultPermissions,
     ];
+    if !opts.owner_only {
+        if allow_other_permitted() {
+            cfg.acl = fuser::SessionACL::All;
+        } else {
+            tracing::warn!("only root, or /etc/fuse.conf's user_allow_other, lets a mount serve other users: this mount serves its owner only");
+        }
+    }
     cfg.n_threads = Some(if opts.threads == 0 { DEFAULT_THREADS } else { opts.threads });
     cfg.clone_fd = true;
     let session = fuser::spawn_mount(fs, mountpoint, &cfg)?;
     Ok(Mounted { session: Some(session), meta, manager, dm })
+}
+
+/// How often a thread waiting for a lock looks at its process's signals.
+const LOCK_WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Whether thread `tid` has a signal pending that it does not block or
+/// ignore (or is gone): then its lock wait should end.
+fn signal_pending(tid: u32) -> bool {
+    let Ok(st) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return true };
+    let mask = |field: &str| {
+        st.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
+    };
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    pending & !(mask("SigBlk:") | mask("SigIgn:")) != 0
+}
+
+/// Whether fusermount lets this process mount with `allow_other`: root
+/// always, other users when `/etc/fuse.conf` says `user_allow_other`.
+fn allow_other_permitted() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || std::fs::read_to_string("/etc/fuse.conf")
+        .is_ok_and(|c| c.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
 }
 
 /// A single-node mount (this process is the manager), as before managers

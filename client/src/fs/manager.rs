@@ -25,6 +25,7 @@
 
 use super::blockdev::BlockDev;
 use super::format::Inode;
+use super::locks::{LockSet, LockType, EOF};
 use super::meta::{Cred, MetaError, MetaStore, SetAttr};
 use super::rpc::{self, Destroyed, Kind, Mode, Reply, Req, RevokeDone};
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -44,6 +45,10 @@ pub const SCAN_MAX: usize = 4096;
 /// How long a restarted manager keeps files unlinked while open, waiting
 /// for the nodes that have them open to reconnect and say so.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+/// How long a started manager grants only the record locks nodes declare
+/// again (held before a restart), so nobody takes one of them first. The
+/// orphan grace, if shorter, bounds it too.
+pub const LOCK_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Manager {
     meta: Mutex<MetaStore>,
@@ -55,6 +60,42 @@ pub struct Manager {
     revoke_timeout: Duration,
     /// Files open on the nodes. Taken after `meta`, never before.
     uses: Mutex<Uses>,
+    /// Record locks. Taken before `conns`, never after.
+    locks: Mutex<Locks>,
+    locks_cv: Condvar,
+    /// Until then only reclaimed locks are granted (see [`LOCK_GRACE`]).
+    lock_grace_until: Instant,
+}
+
+/// The cluster's record locks, per inode, by (node connection, lock owner).
+#[derive(Default)]
+struct Locks {
+    files: HashMap<u64, LockSet<(u64, u64)>>,
+    /// Bumped, per (connection, owner, inode), when an owner lets go of a
+    /// whole file (its process closed it, or died) or its node cancels its
+    /// wait (a signal came): a wait still pending then ends with EINTR.
+    cancels: HashMap<(u64, u64, u64), u64>,
+    /// What each waiting owner waits for (inode, mode, range), to find
+    /// deadlocks.
+    waiting: HashMap<(u64, u64), (u64, LockType, u64, u64)>,
+}
+
+impl Locks {
+    /// Whether `me` waiting for `holder` closes a cycle of waits (EDEADLK),
+    /// following at most ten waits as Linux does.
+    fn deadlocks(&self, me: (u64, u64), mut holder: (u64, u64)) -> bool {
+        for _ in 0..10 {
+            if holder == me {
+                return true;
+            }
+            let Some(&(ino, typ, start, end)) = self.waiting.get(&holder) else { return false };
+            let Some((next, _)) = self.files.get(&ino).and_then(|s| s.conflict(holder, typ, start, end)) else {
+                return false;
+            };
+            holder = next;
+        }
+        false
+    }
 }
 
 /// Opens per (node connection, inode), and per inode over all nodes.
@@ -138,6 +179,9 @@ impl Manager {
             next_conn: AtomicU64::new(1),
             revoke_timeout: REVOKE_TIMEOUT,
             uses: Mutex::new(Uses::default()),
+            locks: Mutex::new(Locks::default()),
+            locks_cv: Condvar::new(),
+            lock_grace_until: Instant::now() + grace.min(LOCK_GRACE),
         });
         if !orphans.is_empty() {
             let weak = Arc::downgrade(&m);
@@ -219,6 +263,85 @@ impl Manager {
         drop(t);
         self.cv.notify_all();
         self.drop_uses(id);
+        // A node that goes away lets go of its locks; its waits end.
+        let mut l = self.locks.lock();
+        l.files.retain(|_, set| {
+            set.retain_owners(|(c, _)| c != id);
+            !set.is_empty()
+        });
+        l.cancels.retain(|(c, _, _), _| *c != id);
+        l.waiting.retain(|(c, _), _| *c != id);
+        drop(l);
+        self.locks_cv.notify_all();
+    }
+
+    /// [`Req::Lock`]: set or remove a record lock of `(peer, owner)`, with
+    /// a wait for conflicting locks to go if asked (on a thread of its own).
+    #[allow(clippy::too_many_arguments)]
+    fn lock(
+        &self,
+        peer: &Peer,
+        ino: u64,
+        owner: u64,
+        typ: Option<LockType>,
+        (start, end): (u64, u64),
+        pid: u32,
+        wait: bool,
+        reclaim: bool,
+    ) -> Reply {
+        if start > end {
+            return Reply::Err(libc::EINVAL);
+        }
+        let key = (peer.id, owner);
+        let mut l = self.locks.lock();
+        let Some(typ) = typ else {
+            if let Some(set) = l.files.get_mut(&ino) {
+                set.set(key, None, start, end, pid);
+                if set.is_empty() {
+                    l.files.remove(&ino);
+                }
+            }
+            if start == 0 && end >= EOF {
+                *l.cancels.entry((key.0, key.1, ino)).or_default() += 1;
+            }
+            drop(l);
+            self.locks_cv.notify_all();
+            return Reply::Done;
+        };
+        let ticket = l.cancels.get(&(key.0, key.1, ino)).copied().unwrap_or(0);
+        let reply = loop {
+            let grace = !reclaim && Instant::now() < self.lock_grace_until;
+            if !grace {
+                let set = l.files.entry(ino).or_default();
+                match set.conflict(key, typ, start, end) {
+                    None => {
+                        set.set(key, Some(typ), start, end, pid);
+                        break Reply::Done;
+                    }
+                    Some(_) if !wait => {
+                        if set.is_empty() {
+                            l.files.remove(&ino);
+                        }
+                        break Reply::Err(libc::EAGAIN);
+                    }
+                    Some((holder, _)) if l.deadlocks(key, holder) => break Reply::Err(libc::EDEADLK),
+                    Some(_) => {}
+                }
+            }
+            if l.cancels.get(&(key.0, key.1, ino)).copied().unwrap_or(0) != ticket
+                || !self.conns.lock().contains_key(&peer.id)
+            {
+                break Reply::Err(libc::EINTR);
+            }
+            l.waiting.insert(key, (ino, typ, start, end));
+            if grace {
+                self.locks_cv.wait_until(&mut l, self.lock_grace_until);
+            } else {
+                self.locks_cv.wait(&mut l);
+            }
+        };
+        l.waiting.remove(&key);
+        reply
     }
 
     /// A node's opens end with its connection; files unlinked meanwhile go.
@@ -361,12 +484,26 @@ impl Manager {
                 Err(e) => err(e),
             },
             Req::ReadDir { dir } => match self.meta.lock().readdir(dir) {
-                Ok(v) => Reply::Dir(v.into_iter().map(|(n, i, k)| (n, i, k as u8)).collect()),
+                Ok(v) => Reply::Dir(v),
                 Err(e) => err(e),
             },
             Req::StatFs => {
                 let (blocks, bfree, files, ffree) = self.meta.lock().statfs();
                 Reply::StatFs { blocks, bfree, files, ffree }
+            }
+            Req::GetLock { ino, owner, typ, start, end } => {
+                let l = self.locks.lock();
+                let held = l.files.get(&ino).and_then(|s| s.conflict((peer.id, owner), typ, start, end));
+                Reply::Lock { held: held.map(|(_, lock)| lock) }
+            }
+            Req::CancelLockWait { ino, owner } => {
+                *self.locks.lock().cancels.entry((peer.id, owner, ino)).or_default() += 1;
+                self.locks_cv.notify_all();
+                Reply::Done
+            }
+            // Unlocks never wait; locks may, on a thread of their own.
+            Req::Lock { ino, owner, typ: None, start, end, pid, .. } => {
+                self.lock(peer, ino, owner, None, (start, end), pid, false, false)
             }
             Req::Allocate { ino, lblk, count } => {
                 let mut m = self.meta.lock();
@@ -470,12 +607,22 @@ impl Manager {
                     Err(e) => (None, err(e)),
                 })
             }
+            Req::Fallocate { ino, mode, off, len } => {
+                self.op(peer, rid, &[(ino, false)], |m, _| match m.fallocate(ino, mode, off, len) {
+                    Ok(i) => (None, Reply::Attr(rpc::inode_bytes(&i))),
+                    Err(e) => (None, err(e)),
+                })
+            }
             Req::DmSet { ino, info } => self.dm_op(peer, rid, ino, |m| m.set_dm_info(ino, info)),
             Req::SetEventList { ino, mask } => self.dm_op(peer, rid, ino, |m| m.set_eventlist(ino, mask)),
             Req::Punch { ino, off, len } => self.dm_op(peer, rid, ino, |m| m.punch(ino, off, len)),
             Req::DmSetAttr { ino, set } => self.dm_op(peer, rid, ino, |m| m.setattr(ino, &setattr_of(set))),
             Req::SetXattr { ino, name, value, flags } => {
                 self.dm_op(peer, rid, ino, |m| m.set_xattr(ino, &name, value.as_deref(), flags))
+            }
+            Req::Lock { ino, owner, typ, start, end, pid, wait, reclaim } => {
+                let r = self.lock(peer, ino, owner, typ, (start, end), pid, wait, reclaim);
+                peer.send(Kind::Reply, rid, &r)
             }
             _ => peer.send(Kind::Reply, rid, &Reply::Err(libc::EINVAL)),
         }

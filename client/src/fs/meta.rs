@@ -18,7 +18,9 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 const DIR_MAGIC: [u8; 4] = *b"TPDR";
 const DIR_HDR: usize = 8;
-const EXT_MAGIC: [u8; 4] = *b"TPEX";
+/// An extent leaf: magic, count, next leaf (0: the last), extents, CRC.
+const EXT_MAGIC: [u8; 4] = *b"TPX2";
+const EXT_HDR: usize = 16;
 /// Blocks left free after a file's new run when its growth was cut off.
 const GROW_ROOM: u64 = 64;
 /// Blocks allocated at once around a write into a hole (64 KiB of 4 KiB).
@@ -92,8 +94,9 @@ pub struct MetaStore {
     inodes: HashMap<u64, Inode>,
     free_inos: Vec<u64>,
     dirs: HashMap<u64, Dir>,
-    /// Overflow extents of inodes whose map outgrew the inode.
-    ext_blocks: HashMap<u64, Vec<Extent>>,
+    /// The extent leaves of inodes whose map outgrew the inode, in file
+    /// order (on the volume a chain from the inode's `extent_block`).
+    ext_blocks: HashMap<u64, Vec<Leaf>>,
     /// DM attributes and managed regions of the inodes that have them.
     dm: HashMap<u64, DmInfo>,
     /// Inodes some node has open: at their last unlink they stay, with no
@@ -105,19 +108,23 @@ pub struct MetaStore {
     alloc_hint: u64,
 }
 
+/// One extent leaf block and the extents it holds (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leaf {
+    pblk: u64,
+    exts: Vec<Extent>,
+}
+
 fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-fn name_ok(name: &[u8]) -> Result<()> {
-    if name.is_empty()
-        || name.len() > NAME_MAX
-        || name.contains(&b'/')
-        || name.contains(&0)
-        || name == b"."
-        || name == b".."
-    {
-        return Err(FsError::Invalid(format!("bad name {:?}", String::from_utf8_lossy(name))));
+fn name_ok(name: &[u8]) -> MResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(MetaError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+        return Err(MetaError::Invalid(format!("bad name {:?}", String::from_utf8_lossy(name))));
     }
     Ok(())
 }
@@ -137,10 +144,14 @@ pub enum MetaError {
     NotEmpty,
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("name longer than 255 bytes")]
+    NameTooLong,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("not a regular file")]
+    NoDevice,
     #[error("no space left on the volume")]
     NoSpace,
-    #[error("file too large or too fragmented")]
-    TooBig,
     #[error("DM attributes and regions do not fit their block")]
     NoRoom,
     #[error("no such extended attribute")]
@@ -161,8 +172,10 @@ impl MetaError {
             MetaError::IsDir => libc::EISDIR,
             MetaError::NotEmpty => libc::ENOTEMPTY,
             MetaError::Invalid(_) => libc::EINVAL,
+            MetaError::NameTooLong => libc::ENAMETOOLONG,
+            MetaError::NotSupported => libc::EOPNOTSUPP,
+            MetaError::NoDevice => libc::ENODEV,
             MetaError::NoSpace => libc::ENOSPC,
-            MetaError::TooBig => libc::EFBIG,
             MetaError::NoRoom => libc::E2BIG,
             MetaError::NoAttr => libc::ENODATA,
             MetaError::Fs(e) => e.errno(),
@@ -263,9 +276,19 @@ impl MetaStore {
             .filter(|i| i.extent_block.get() != 0)
             .map(|i| (i.ino.get(), i.extent_block.get()))
             .collect();
-        for (ino, blk) in with_overflow {
-            let exts = m.read_ext_block(blk)?;
-            m.ext_blocks.insert(ino, exts);
+        for (ino, first) in with_overflow {
+            let mut leaves = Vec::new();
+            let mut blk = first;
+            while blk != 0 {
+                // A chain longer than the volume has blocks loops.
+                if leaves.len() as u64 > m.layout.total {
+                    return Err(FsError::Corrupt { block: blk, why: format!("extent chain of inode {ino} loops") });
+                }
+                let (exts, next) = m.read_leaf(blk)?;
+                leaves.push(Leaf { pblk: blk, exts });
+                blk = next;
+            }
+            m.ext_blocks.insert(ino, leaves);
         }
         let with_dm: Vec<(u64, u64)> =
             m.inodes.values().filter(|i| i.dm_block.get() != 0).map(|i| (i.ino.get(), i.dm_block.get())).collect();
@@ -292,28 +315,51 @@ impl MetaStore {
         self.bs as u32
     }
 
-    fn read_ext_block(&self, blk: u64) -> Result<Vec<Extent>> {
+    /// Extents per leaf block.
+    fn leaf_cap(&self) -> usize {
+        (self.bs - EXT_HDR - 4) / size_of::<Extent>()
+    }
+
+    /// One extent leaf: its extents and the next leaf's block.
+    fn read_leaf(&self, blk: u64) -> Result<(Vec<Extent>, u64)> {
+        let bad = |why: &str| FsError::Corrupt { block: blk, why: why.into() };
+        if blk < self.layout.data_start || blk >= self.layout.total {
+            return Err(bad("extent leaf outside the data area"));
+        }
         let mut b = vec![0u8; self.bs];
         self.dev.read(blk, &mut b)?;
         if !sealed_ok(&b) || b[..4] != EXT_MAGIC {
-            return Err(FsError::Corrupt { block: blk, why: "extent block".into() });
+            return Err(bad("extent leaf"));
         }
         let n = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
-        (0..n.min((self.bs - 12) / 24))
-            .map(|i| {
-                Extent::read_from_prefix(&b[8 + i * 24..])
-                    .map(|x| x.0)
-                    .map_err(|_| FsError::Corrupt { block: blk, why: "extent".into() })
-            })
-            .collect()
+        let next = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+        if n == 0 || n > self.leaf_cap() {
+            return Err(bad("extent leaf count"));
+        }
+        let exts = (0..n)
+            .map(|i| Extent::read_from_prefix(&b[EXT_HDR + i * 24..]).map(|x| x.0).map_err(|_| bad("extent")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((exts, next))
+    }
+
+    fn leaf_image(&self, exts: &[Extent], next: u64) -> Vec<u8> {
+        let mut img = vec![0u8; self.bs];
+        img[..4].copy_from_slice(&EXT_MAGIC);
+        img[4..8].copy_from_slice(&(exts.len() as u32).to_le_bytes());
+        img[8..16].copy_from_slice(&next.to_le_bytes());
+        for (k, e) in exts.iter().enumerate() {
+            img[EXT_HDR + k * 24..EXT_HDR + (k + 1) * 24].copy_from_slice(e.as_bytes());
+        }
+        seal(&mut img);
+        img
     }
 
     /// All extents of an inode, in file order.
     pub fn extents(&self, ino: u64) -> Vec<Extent> {
         let Some(i) = self.inodes.get(&ino) else { return Vec::new() };
         let mut v: Vec<Extent> = i.extents[..(i.nextents.get() as usize).min(6)].to_vec();
-        if let Some(more) = self.ext_blocks.get(&ino) {
-            v.extend_from_slice(more);
+        for leaf in self.ext_blocks.get(&ino).into_iter().flatten() {
+            v.extend_from_slice(&leaf.exts);
         }
         v
     }
@@ -496,37 +542,62 @@ impl MetaStore {
         self.free_inos.pop().ok_or(MetaError::NoSpace)
     }
 
+    /// Replaces an inode's extent map (sorted by file block). The first
+    /// six live in the inode; the rest in a chain of leaves, each extent
+    /// going to the leaf whose range it falls in, so a change rewrites only
+    /// the leaves it touches: a full leaf splits, an emptied one is freed.
     fn set_extents(&mut self, ino: u64, exts: &[Extent]) -> MResult<()> {
+        debug_assert!(exts.windows(2).all(|w| w[0].lblk.get() < w[1].lblk.get()), "extents in file order");
         let mut i = *self.inodes.get(&ino).ok_or(MetaError::NotFound)?;
         let inline = exts.len().min(6);
         i.extents = [Extent::default(); 6];
         i.extents[..inline].copy_from_slice(&exts[..inline]);
         i.nextents = (inline as u16).into();
         let rest = &exts[inline..];
-        let cap = (self.bs - 12) / 24;
-        if rest.len() > cap {
-            return Err(MetaError::TooBig);
+        let old = self.ext_blocks.remove(&ino).unwrap_or_default();
+        // Each extent to the last old leaf starting at or before it.
+        let mut groups: Vec<(Option<u64>, Vec<Extent>)> = old.iter().map(|l| (Some(l.pblk), Vec::new())).collect();
+        if groups.is_empty() {
+            groups.push((None, Vec::new()));
         }
-        if rest.is_empty() {
-            if i.extent_block.get() != 0 {
-                self.set_bit(i.extent_block.get(), false)?;
-                i.extent_block = 0.into();
+        let starts: Vec<u64> = old.iter().map(|l| l.exts[0].lblk.get()).collect();
+        for e in rest {
+            let k = starts.partition_point(|&s| s <= e.lblk.get()).saturating_sub(1);
+            groups[k].1.push(*e);
+        }
+        let cap = self.leaf_cap();
+        let mut leaves: Vec<Leaf> = Vec::new();
+        for (pblk, g) in groups {
+            if g.is_empty() {
+                if let Some(p) = pblk {
+                    self.set_bit(p, false)?;
+                }
+                continue;
             }
-            self.ext_blocks.remove(&ino);
-        } else {
-            if i.extent_block.get() == 0 {
-                let (b, _) = self.alloc_run(1)?;
-                i.extent_block = b.into();
+            for (n, chunk) in g.chunks(cap).enumerate() {
+                let pblk = match (n, pblk) {
+                    (0, Some(p)) => p,
+                    _ => self.alloc_run(1)?.0,
+                };
+                leaves.push(Leaf { pblk, exts: chunk.to_vec() });
             }
-            let mut img = vec![0u8; self.bs];
-            img[..4].copy_from_slice(&EXT_MAGIC);
-            img[4..8].copy_from_slice(&(rest.len() as u32).to_le_bytes());
-            for (k, e) in rest.iter().enumerate() {
-                img[8 + k * 24..32 + k * 24].copy_from_slice(e.as_bytes());
+        }
+        // Write the leaves whose extents or next pointer changed.
+        let was: HashMap<u64, (&[Extent], u64)> = old
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (l.pblk, (&l.exts[..], old.get(k + 1).map_or(0, |n| n.pblk))))
+            .collect();
+        for (k, l) in leaves.iter().enumerate() {
+            let next = leaves.get(k + 1).map_or(0, |n| n.pblk);
+            if was.get(&l.pblk) != Some(&(&l.exts[..], next)) {
+                let img = self.leaf_image(&l.exts, next);
+                *self.block_image(l.pblk)? = img;
             }
-            seal(&mut img);
-            *self.block_image(i.extent_block.get())? = img;
-            self.ext_blocks.insert(ino, rest.to_vec());
+        }
+        i.extent_block = leaves.first().map_or(0, |l| l.pblk).into();
+        if !leaves.is_empty() {
+            self.ext_blocks.insert(ino, leaves);
         }
         self.put_inode(i)?;
         Ok(())
@@ -636,8 +707,9 @@ impl MetaStore {
             }
         }
         let i = *self.inodes.get(&ino).ok_or(MetaError::NotFound)?;
-        if i.extent_block.get() != 0 {
-            self.set_bit(i.extent_block.get(), false)?;
+        let leaves: Vec<u64> = self.ext_blocks.get(&ino).into_iter().flatten().map(|l| l.pblk).collect();
+        for b in leaves {
+            self.set_bit(b, false)?;
         }
         if i.dm_block.get() != 0 {
             self.set_bit(i.dm_block.get(), false)?;
@@ -672,10 +744,24 @@ impl MetaStore {
         (inos.iter().take(max).map(|i| self.inodes[i]).collect(), next)
     }
 
-    /// Entries of a directory, sorted by name.
-    pub fn readdir(&self, dir: u64) -> MResult<Vec<(Vec<u8>, u64, Kind)>> {
+    /// Entries of a directory, sorted by name, each with its `DT_*` type
+    /// (the entry keeps only file, directory, symlink or other; the inode
+    /// says which other).
+    pub fn readdir(&self, dir: u64) -> MResult<Vec<(Vec<u8>, u64, u8)>> {
         let d = self.dirs.get(&dir).ok_or(MetaError::NotDir)?;
-        let mut v: Vec<_> = d.entries.iter().map(|(n, e)| (n.clone(), e.ino, e.kind)).collect();
+        let dt = |e: &DirEntry| match e.kind {
+            Kind::File => libc::DT_REG,
+            Kind::Dir => libc::DT_DIR,
+            Kind::Symlink => libc::DT_LNK,
+            Kind::Other => match self.inodes.get(&e.ino).map(|i| i.mode.get() & libc::S_IFMT) {
+                Some(libc::S_IFIFO) => libc::DT_FIFO,
+                Some(libc::S_IFSOCK) => libc::DT_SOCK,
+                Some(libc::S_IFCHR) => libc::DT_CHR,
+                Some(libc::S_IFBLK) => libc::DT_BLK,
+                _ => libc::DT_UNKNOWN,
+            },
+        };
+        let mut v: Vec<_> = d.entries.iter().map(|(n, e)| (n.clone(), e.ino, dt(e))).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(v)
     }
@@ -690,13 +776,23 @@ impl MetaStore {
     pub fn create_node(&mut self, parent: u64, name: &[u8], mode: u32, cred: Cred, rdev: u32) -> MResult<Inode> {
         name_ok(name)?;
         self.run(|m| {
-            if Kind::of_mode(m.getattr(parent)?.mode.get()) != Kind::Dir {
+            let pmode = m.getattr(parent)?.mode.get();
+            if Kind::of_mode(pmode) != Kind::Dir {
                 return Err(MetaError::NotDir);
             }
             if m.lookup(parent, name).is_ok() {
                 return Err(MetaError::Exists);
             }
             let kind = Kind::of_mode(mode);
+            // A set-group-ID directory gives what is made in it its group,
+            // and its SGID bit to subdirectories (BSD group semantics).
+            let (mut cred, mut mode) = (cred, mode);
+            if pmode & libc::S_ISGID != 0 {
+                cred.gid = m.getattr(parent)?.gid.get();
+                if kind == Kind::Dir {
+                    mode |= libc::S_ISGID;
+                }
+            }
             let mut i = m.new_inode(mode, cred, if kind == Kind::Dir { 2 } else { 1 })?;
             i.rdev = rdev.into();
             m.put_inode(i)?;
@@ -939,47 +1035,8 @@ impl MetaStore {
                 (lblk / ALLOC_CHUNK * ALLOC_CHUNK, (lblk + count).div_ceil(ALLOC_CHUNK) * ALLOC_CHUNK)
             };
             let size_blocks = i.size.get().div_ceil(m.bs as u64);
-            let mut fresh: Vec<(u64, u64, u64)> = Vec::new();
-            let mut added = 0u64;
-            let mut l = from;
-            while l < to {
-                if let Some(e) = exts.iter().find(|e| e.lblk.get() <= l && l < e.lblk.get() + e.len.get() as u64) {
-                    l = e.lblk.get() + e.len.get() as u64;
-                    continue;
-                }
-                // Up to the next mapped block, or the end of the request.
-                let next = exts.iter().map(|e| e.lblk.get()).filter(|&s| s > l).min().unwrap_or(u64::MAX);
-                let want = (to.min(next) - l).min(u32::MAX as u64);
-                let goal = exts
-                    .iter()
-                    .find(|e| e.lblk.get() + e.len.get() as u64 == l)
-                    .map(|e| e.pblk.get() + e.len.get() as u64);
-                let (p, n) = match goal.map(|g| m.alloc_at(g, want)).transpose()?.flatten() {
-                    Some(r) => r,
-                    None => {
-                        let r = m.alloc_run(want)?;
-                        if goal.is_some() {
-                            // Another file took this one's next blocks: leave
-                            // room after the new run for it to grow into.
-                            m.alloc_hint = m.alloc_hint.saturating_add(GROW_ROOM);
-                        }
-                        r
-                    }
-                };
-                match exts
-                    .iter_mut()
-                    .find(|e| e.lblk.get() + e.len.get() as u64 == l && e.pblk.get() + e.len.get() as u64 == p)
-                {
-                    Some(e) => e.len = (e.len.get() + n as u32).into(),
-                    None => {
-                        exts.push(Extent { lblk: l.into(), pblk: p.into(), len: (n as u32).into(), flags: 0.into() })
-                    }
-                }
-                exts.sort_by_key(|e| e.lblk.get());
-                fresh.push((l, p, n));
-                added += n;
-                l += n;
-            }
+            let fresh = m.fill_gaps(&mut exts, from, to)?;
+            let added: u64 = fresh.iter().map(|f| f.2).sum();
             // Fresh blocks read as zeroes, except those the writer fills
             // whole beyond the end of the file.
             for (l0, p0, n) in fresh {
@@ -1006,6 +1063,171 @@ impl MetaStore {
                 .into_iter()
                 .filter(|e| e.lblk.get() < lblk + count && e.lblk.get() + e.len.get() as u64 > lblk)
                 .collect())
+        })
+    }
+
+    /// Allocates every unmapped block of file blocks `from..to` into
+    /// `exts` (kept in file order), a run growing where the file's blocks
+    /// end if it can; returns the fresh runs as (file block, device block,
+    /// count). The caller zeroes what must read as zeroes.
+    fn fill_gaps(&mut self, exts: &mut Vec<Extent>, from: u64, to: u64) -> MResult<Vec<(u64, u64, u64)>> {
+        let mut fresh = Vec::new();
+        let mut l = from;
+        while l < to {
+            if let Some(e) = exts.iter().find(|e| e.lblk.get() <= l && l < e.lblk.get() + e.len.get() as u64) {
+                l = e.lblk.get() + e.len.get() as u64;
+                continue;
+            }
+            // Up to the next mapped block, or the end of the range.
+            let next = exts.iter().map(|e| e.lblk.get()).filter(|&s| s > l).min().unwrap_or(u64::MAX);
+            let want = (to.min(next) - l).min(u32::MAX as u64);
+            let goal =
+                exts.iter().find(|e| e.lblk.get() + e.len.get() as u64 == l).map(|e| e.pblk.get() + e.len.get() as u64);
+            let (p, n) = match goal.map(|g| self.alloc_at(g, want)).transpose()?.flatten() {
+                Some(r) => r,
+                None => {
+                    let r = self.alloc_run(want)?;
+                    if goal.is_some() {
+                        // Another file took this one's next blocks: leave
+                        // room after the new run for it to grow into.
+                        self.alloc_hint = self.alloc_hint.saturating_add(GROW_ROOM);
+                    }
+                    r
+                }
+            };
+            match exts
+                .iter_mut()
+                .find(|e| e.lblk.get() + e.len.get() as u64 == l && e.pblk.get() + e.len.get() as u64 == p)
+            {
+                Some(e) => e.len = (e.len.get() + n as u32).into(),
+                None => {
+                    let at = exts.partition_point(|e| e.lblk.get() < l);
+                    exts.insert(at, Extent { lblk: l.into(), pblk: p.into(), len: (n as u32).into(), flags: 0.into() })
+                }
+            }
+            fresh.push((l, p, n));
+            l += n;
+        }
+        Ok(fresh)
+    }
+
+    /// Frees file blocks `first..last` of `ino`; returns how many were mapped.
+    fn unmap(&mut self, ino: u64, first: u64, last: u64) -> MResult<u64> {
+        if first >= last {
+            return Ok(0);
+        }
+        let mut out = Vec::new();
+        let mut freed = 0u64;
+        for e in self.extents(ino) {
+            let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
+            let (a, b) = (l.max(first), (l + n).min(last));
+            if a >= b {
+                out.push(e);
+                continue;
+            }
+            for k in a..b {
+                self.set_bit(p + (k - l), false)?;
+            }
+            freed += b - a;
+            if a > l {
+                out.push(Extent { len: ((a - l) as u32).into(), ..e });
+            }
+            if b < l + n {
+                out.push(Extent { lblk: b.into(), pblk: (p + (b - l)).into(), len: ((l + n - b) as u32).into(), ..e });
+            }
+        }
+        if freed > 0 {
+            self.set_extents(ino, &out)?;
+            let mut i = self.getattr(ino)?;
+            i.blocks = i.blocks.get().saturating_sub(freed).into();
+            self.put_inode(i)?;
+        }
+        Ok(freed)
+    }
+
+    /// Zeroes bytes `from..to` of `ino` where they lie in mapped blocks
+    /// (the partial blocks at the edges of a punched or zeroed range).
+    fn zero_bytes(&mut self, ino: u64, from: u64, to: u64) -> MResult<()> {
+        let bs = self.bs as u64;
+        let exts = self.extents(ino);
+        let mut at = from;
+        while at < to {
+            let blk_end = (at / bs + 1) * bs;
+            let end = to.min(blk_end);
+            if let Some((p, _)) = crate::fs::data::map(&exts, at / bs) {
+                let mut blk = vec![0u8; self.bs];
+                self.dev.read(p, &mut blk)?;
+                blk[(at % bs) as usize..(end - at / bs * bs) as usize].fill(0);
+                self.dev.write(p, &blk, false)?;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// `fallocate(2)` on `off..off+len`: mode 0 allocates (zeroed) and
+    /// grows the size, `KEEP_SIZE` allocates only, `PUNCH_HOLE | KEEP_SIZE`
+    /// frees the whole blocks and zeroes the partial ones, `ZERO_RANGE`
+    /// (optionally `KEEP_SIZE`) leaves the range allocated and zero. One
+    /// transaction: on ENOSPC nothing has changed.
+    pub fn fallocate(&mut self, ino: u64, mode: i32, off: u64, len: u64) -> MResult<Inode> {
+        use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
+        let end = off.checked_add(len).filter(|&e| len > 0 && e <= i64::MAX as u64).ok_or(MetaError::Invalid(
+            "fallocate needs a length above zero and an end within the largest file offset".into(),
+        ))?;
+        if mode & !(KEEP | PUNCH | ZERO) != 0 {
+            return Err(MetaError::NotSupported);
+        }
+        if mode & PUNCH != 0 && (mode & KEEP == 0 || mode & ZERO != 0) {
+            return Err(MetaError::Invalid("PUNCH_HOLE goes with KEEP_SIZE alone".into()));
+        }
+        self.run(|m| {
+            let i = m.getattr(ino)?;
+            match Kind::of_mode(i.mode.get()) {
+                Kind::File => {}
+                Kind::Dir => return Err(MetaError::IsDir),
+                _ => return Err(MetaError::NoDevice),
+            }
+            let bs = m.bs as u64;
+            let size = i.size.get();
+            let mut changed = false;
+            if mode & (PUNCH | ZERO) != 0 {
+                // The partial blocks at the edges are cleared in place (as
+                // far as the file goes); the whole ones are freed.
+                let (head, tail) = (off.div_ceil(bs) * bs, end / bs * bs);
+                let edges = if head > tail { vec![(off, end)] } else { vec![(off, head), (tail, end)] };
+                for (a, b) in edges {
+                    if a < b.min(size) {
+                        m.zero_bytes(ino, a, b.min(size))?;
+                    }
+                }
+                changed |= m.unmap(ino, off.div_ceil(bs), end / bs)? > 0;
+            }
+            if mode & PUNCH == 0 {
+                let mut exts = m.extents(ino);
+                let fresh = m.fill_gaps(&mut exts, off / bs, end.div_ceil(bs))?;
+                for &(_, p, n) in &fresh {
+                    m.dev.write_zeroes(p, n)?;
+                }
+                if !fresh.is_empty() {
+                    m.set_extents(ino, &exts)?;
+                    let mut i = m.getattr(ino)?;
+                    i.blocks = (i.blocks.get() + fresh.iter().map(|f| f.2).sum::<u64>()).into();
+                    m.put_inode(i)?;
+                }
+            }
+            let mut i = m.getattr(ino)?;
+            let t = now_ns();
+            if mode & KEEP == 0 && end > size {
+                i.size = end.into();
+                changed = true;
+            }
+            if changed || mode & ZERO != 0 {
+                i.mtime_ns = t.into();
+            }
+            i.ctime_ns = t.into();
+            m.put_inode(i)?;
+            Ok(i)
         })
     }
 
@@ -1114,37 +1336,8 @@ impl MetaStore {
             let bs = m.bs as u64;
             let first = off.div_ceil(bs);
             let last = if len == 0 { u64::MAX } else { (off.saturating_add(len)) / bs };
-            if first >= last {
-                return Ok(i);
-            }
-            let mut out = Vec::new();
-            let mut freed = 0u64;
-            for e in m.extents(ino) {
-                let (l, p, n) = (e.lblk.get(), e.pblk.get(), e.len.get() as u64);
-                let (a, b) = (l.max(first), (l + n).min(last));
-                if a >= b {
-                    out.push(e);
-                    continue;
-                }
-                for k in a..b {
-                    m.set_bit(p + (k - l), false)?;
-                }
-                freed += b - a;
-                if a > l {
-                    out.push(Extent { len: ((a - l) as u32).into(), ..e });
-                }
-                if b < l + n {
-                    out.push(Extent {
-                        lblk: b.into(),
-                        pblk: (p + (b - l)).into(),
-                        len: ((l + n - b) as u32).into(),
-                        ..e
-                    });
-                }
-            }
-            m.set_extents(ino, &out)?;
+            m.unmap(ino, first, last)?;
             let mut i = m.getattr(ino)?;
-            i.blocks = i.blocks.get().saturating_sub(freed).into();
             i.ctime_ns = now_ns().into();
             m.put_inode(i)?;
             Ok(i)
@@ -1415,5 +1608,147 @@ mod tests {
         assert_eq!(m.readdir(d).unwrap().len(), left);
         assert!(m.lookup(d, b"entry-000001").is_ok());
         assert_eq!(errno(m.lookup(d, b"entry-000097")), libc::ENOENT);
+    }
+
+    /// Thousands of extents: any number works (a chain of leaves), each
+    /// change rewrites only the leaves it touches, and the map survives a
+    /// journal replay and frees all its blocks with the file.
+    #[test]
+    fn extent_maps_of_any_length_survive_a_replay() {
+        let (dev, mut m) = fresh(256 << 20);
+        let f = m.create(ROOT, b"sparse", FILE, ME).unwrap().ino.get();
+        let free0 = m.statfs().1;
+        // Writes far apart in a sparse file: one extent (a 16-block chunk) each.
+        let n = 2_000u64;
+        for k in 0..n {
+            m.allocate(f, (k * 7919 % n) * 1024, 1).unwrap();
+        }
+        let exts = m.extents(f);
+        assert_eq!(exts.len() as u64, n, "one extent per far-apart write");
+        assert!(exts.windows(2).all(|w| w[0].lblk.get() + w[0].len.get() as u64 <= w[1].lblk.get()), "in order");
+        let leaves = m.ext_blocks[&f].len();
+        assert!(leaves >= (n as usize - 6).div_ceil(m.leaf_cap()), "{leaves} leaves");
+        // A change in the middle rewrites one leaf, not the chain.
+        let seq = m.next_transaction();
+        m.allocate(f, 1000 * 1024 + 512, 1).unwrap();
+        assert_eq!(m.next_transaction(), seq + 1);
+        assert_eq!(m.extents(f).len() as u64, n + 1);
+        let before = m.extents(f);
+        let m2 = MetaStore::open(dev.clone()).unwrap();
+        assert_eq!(m2.extents(f), before, "the whole map after a journal replay");
+        drop(m2);
+        // Punching out the middle and truncating give every block back.
+        m.punch(f, 500 * 1024 * 4096, 500 * 1024 * 4096).unwrap();
+        assert!(m.extents(f).len() < before.len());
+        assert_eq!(MetaStore::open(dev.clone()).unwrap().extents(f), m.extents(f));
+        m.setattr(f, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+        assert!(m.extents(f).is_empty() && !m.ext_blocks.contains_key(&f));
+        assert_eq!(m.statfs().1, free0, "every data and leaf block is free again");
+        assert_eq!(MetaStore::open(dev.clone()).unwrap().statfs().1, free0);
+        m.unlink(ROOT, b"sparse").unwrap();
+    }
+
+    /// A file that fills a fragmented volume: as many extents as the free
+    /// space has pieces, up to ENOSPC, and intact after a replay.
+    #[test]
+    fn a_file_fills_a_fragmented_volume() {
+        let (dev, mut m) = fresh(64 << 20);
+        // Small files side by side, every other one removed: holes of 2 blocks.
+        let mut k = 0;
+        while m.statfs().1 > 64 {
+            let Ok(f) = m.create(ROOT, format!("f{k}").as_bytes(), FILE, ME) else { break };
+            if m.allocate(f.ino.get(), 0, 2).is_err() {
+                break;
+            }
+            k += 1;
+        }
+        for j in (0..k).step_by(2) {
+            m.unlink(ROOT, format!("f{j}").as_bytes()).unwrap();
+        }
+        let big = m.create(ROOT, b"big", FILE, ME).unwrap().ino.get();
+        let mut l = 0;
+        loop {
+            match m.allocate(big, l, 1) {
+                Ok(_) => l += 1,
+                Err(e) => {
+                    assert_eq!(e.errno(), libc::ENOSPC);
+                    break;
+                }
+            }
+        }
+        let exts = m.extents(big);
+        assert!(exts.len() > 1_000, "{} extents", exts.len());
+        assert_eq!(exts.iter().map(|e| e.len.get() as u64).sum::<u64>(), l);
+        assert_eq!(MetaStore::open(dev).unwrap().extents(big), exts);
+    }
+
+    #[test]
+    fn fallocate_modes_and_all_or_nothing() {
+        use libc::{FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH, FALLOC_FL_ZERO_RANGE as ZERO};
+        let (dev, mut m) = fresh(64 << 20);
+        let f = m.create(ROOT, b"f", FILE, ME).unwrap().ino.get();
+        let blocks = |m: &MetaStore| m.getattr(f).unwrap().blocks.get();
+        let size = |m: &MetaStore| m.getattr(f).unwrap().size.get();
+        // Mode 0: allocated, zeroed, and the size grows.
+        m.fallocate(f, 0, 0, 1 << 20).unwrap();
+        assert_eq!((size(&m), blocks(&m)), (1 << 20, 256));
+        // KEEP_SIZE: blocks past the end, the size stays.
+        m.fallocate(f, KEEP, 1 << 20, 1 << 20).unwrap();
+        assert_eq!((size(&m), blocks(&m)), (1 << 20, 512));
+        // Data in the file, then PUNCH_HOLE | KEEP_SIZE from the middle of
+        // block 1 to 1 KiB into block 4: blocks 2 and 3 freed, the edges
+        // zeroed in place.
+        let exts = m.extents(f);
+        let p = |l: u64| crate::fs::data::map(&exts, l).unwrap().0;
+        for l in 0..6 {
+            dev.write(p(l), &vec![0xab; 4096], false).unwrap();
+        }
+        m.fallocate(f, PUNCH | KEEP, 4096 + 2048, 4096 * 3 - 1024).unwrap();
+        assert_eq!((size(&m), blocks(&m)), (1 << 20, 510), "two whole blocks freed");
+        let mut b = vec![0u8; 4096];
+        dev.read(p(1), &mut b).unwrap();
+        assert!(b[..2048].iter().all(|&x| x == 0xab) && b[2048..].iter().all(|&x| x == 0));
+        dev.read(p(4), &mut b).unwrap();
+        assert!(b[..1024].iter().all(|&x| x == 0) && b[1024..].iter().all(|&x| x == 0xab));
+        assert!(crate::fs::data::map(&m.extents(f), 2).is_none() && crate::fs::data::map(&m.extents(f), 3).is_none());
+        // ZERO_RANGE: the hole allocated again, everything in range zero, past the end the size grows.
+        m.fallocate(f, ZERO, 4096, 4096 * 5).unwrap();
+        assert_eq!(blocks(&m), 512);
+        let exts = m.extents(f);
+        for l in 1..6 {
+            dev.read(crate::fs::data::map(&exts, l).unwrap().0, &mut b).unwrap();
+            assert!(b.iter().all(|&x| x == 0), "block {l} zero");
+        }
+        dev.read(crate::fs::data::map(&exts, 0).unwrap().0, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0xab), "outside the range untouched");
+        m.fallocate(f, ZERO, (1 << 20) - 10, 4106).unwrap();
+        assert_eq!(size(&m), (1 << 20) + 4096);
+        // ENOSPC: all or nothing.
+        let (free, ext) = (m.statfs().1, m.extents(f));
+        assert_eq!(errno(m.fallocate(f, 0, 8 << 20, 128 << 20)), libc::ENOSPC);
+        assert_eq!((m.statfs().1, m.extents(f), size(&m)), (free, ext, (1 << 20) + 4096));
+        // Bad arguments.
+        assert_eq!(errno(m.fallocate(f, PUNCH, 0, 4096)), libc::EINVAL, "PUNCH_HOLE without KEEP_SIZE");
+        assert_eq!(errno(m.fallocate(f, 0, 0, 0)), libc::EINVAL, "zero length");
+        assert_eq!(errno(m.fallocate(f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096)), libc::EOPNOTSUPP);
+        assert_eq!(errno(m.fallocate(ROOT, 0, 0, 4096)), libc::EISDIR);
+        // Survives a replay.
+        let m2 = MetaStore::open(dev).unwrap();
+        assert_eq!((m2.extents(f), m2.getattr(f).unwrap().size.get()), (m.extents(f), size(&m)));
+    }
+
+    #[test]
+    fn an_older_format_is_refused_with_a_clear_message() {
+        let (dev, m) = fresh(16 << 20);
+        drop(m);
+        let mut sb = vec![0u8; 4096];
+        dev.read(0, &mut sb).unwrap();
+        let mut s = Superblock::read_from_prefix(&sb).unwrap().0;
+        s.version = 1.into();
+        sb[..size_of::<Superblock>()].copy_from_slice(s.as_bytes());
+        seal(&mut sb);
+        dev.write(0, &sb, true).unwrap();
+        let err = MetaStore::open(dev).err().expect("a version 1 volume is refused").to_string();
+        assert!(err.contains("version 1") && err.contains("mkfs"), "{err}");
     }
 }

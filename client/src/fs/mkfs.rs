@@ -116,7 +116,11 @@ pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
         return Err(FsError::Corrupt { block: 0, why: "superblock checksum".into() });
     }
     if sb.version.get() != VERSION {
-        return Err(FsError::NotFormatted(format!("format version {} (this build reads {VERSION})", sb.version.get())));
+        return Err(FsError::NotFormatted(format!(
+            "on-disk format version {}, and this Tidepool reads version {VERSION} only \
+             (no upgrade in place: copy the files off, `tidepool mkfs`, and copy them back)",
+            sb.version.get()
+        )));
     }
     if sb.block_size.get() != dev.block_size() || sb.total_blocks.get() > dev.blocks() {
         return Err(FsError::Corrupt { block: 0, why: "geometry does not match the device".into() });

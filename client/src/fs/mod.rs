@@ -23,6 +23,7 @@ pub mod data;
 pub mod format;
 pub mod fuse;
 pub mod journal;
+pub mod locks;
 pub mod manager;
 pub mod meta;
 pub mod mkfs;

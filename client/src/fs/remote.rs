@@ -16,6 +16,7 @@
 //! they happened.
 
 use super::format::{DmInfo, Extent, Inode};
+use super::locks::{LockSet, LockType, EOF};
 use super::rpc::{self, Kind, Mode, Reply, Req, RevokeDone};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -86,6 +87,16 @@ struct Inner {
     revokes: Mutex<Option<mpsc::Sender<u64>>>,
     closing: AtomicBool,
     hello: Mutex<Option<(u32, [u8; 16])>>,
+    /// The record locks this node's processes hold, by inode and lock
+    /// owner, declared again to a manager that restarted; and how many
+    /// waits for one each owner has outstanding.
+    locks: Mutex<NodeLocks>,
+}
+
+#[derive(Default)]
+struct NodeLocks {
+    held: HashMap<u64, LockSet<u64>>,
+    waiting: HashMap<(u64, u64), u32>,
 }
 
 /// The connection to a file system's manager, shared by all FUSE threads.
@@ -114,6 +125,7 @@ impl MetaClient {
             revokes: Mutex::new(Some(tx)),
             closing: AtomicBool::new(false),
             hello: Mutex::new(None),
+            locks: Mutex::new(NodeLocks::default()),
         });
         let c = MetaClient { inner };
         c.open_link()?;
@@ -337,6 +349,26 @@ impl MetaClient {
                 }
             }
         }
+        // The locks held here, before the restarted manager's grace ends.
+        let held: Vec<(u64, u64, super::locks::Lock)> = {
+            let l = self.inner.locks.lock();
+            l.held.iter().flat_map(|(ino, set)| set.iter().map(|(owner, lk)| (*ino, *owner, *lk))).collect()
+        };
+        for (ino, owner, lk) in held {
+            let req = Req::Lock {
+                ino,
+                owner,
+                typ: Some(lk.typ),
+                start: lk.start,
+                end: lk.end,
+                pid: lk.pid,
+                wait: false,
+                reclaim: true,
+            };
+            if !matches!(self.call(req), Ok(Reply::Done)) {
+                tracing::error!(ino, owner, "a record lock held here could not be declared to the restarted manager");
+            }
+        }
         // Sizes written under tokens of the old manager: after the writes
         // still running finish.
         let slots: Vec<(u64, Arc<Slot>)> = self.inner.slots.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -403,6 +435,59 @@ impl MetaClient {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sets (`typ` `Some`) or removes a record lock of the kernel's lock
+    /// `owner` through the manager, waiting for it if `wait`, and keeps
+    /// this node's copy of the locks it holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lock(
+        &self,
+        ino: u64,
+        owner: u64,
+        typ: Option<LockType>,
+        start: u64,
+        end: u64,
+        pid: u32,
+        wait: bool,
+    ) -> Result<(), i32> {
+        let key = (ino, owner);
+        if wait {
+            *self.inner.locks.lock().waiting.entry(key).or_default() += 1;
+        }
+        let r = self.ask(Req::Lock { ino, owner, typ, start, end, pid, wait, reclaim: false });
+        let mut l = self.inner.locks.lock();
+        if wait {
+            if let Some(n) = l.waiting.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    l.waiting.remove(&key);
+                }
+            }
+        }
+        if r.is_ok() {
+            let set = l.held.entry(ino).or_default();
+            set.set(owner, typ, start, end, pid);
+            if set.is_empty() {
+                l.held.remove(&ino);
+            }
+        }
+        r.map(|_| ())
+    }
+
+    /// Lets go of every lock `owner` holds on `ino`, and of its waits (a
+    /// close: POSIX locks go with any close by their process, flocks with
+    /// the last close of their open file). Costs a manager round trip only
+    /// if the owner holds or waits for one.
+    pub fn unlock_all(&self, ino: u64, owner: u64) -> Result<(), i32> {
+        let any = {
+            let l = self.inner.locks.lock();
+            l.held.get(&ino).is_some_and(|s| s.holds_any(owner)) || l.waiting.contains_key(&(ino, owner))
+        };
+        if !any {
+            return Ok(());
+        }
+        self.lock(ino, owner, None, 0, EOF, 0, false)
     }
 
     /// Like [`call`](Self::call), with errors as errnos.

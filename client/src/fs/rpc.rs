@@ -8,6 +8,7 @@
 //! on-disk bytes, so the manager and its clients share one layout.
 
 use super::format::{DmInfo, Extent, Inode};
+use super::locks::{Lock, LockType};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -198,6 +199,44 @@ pub enum Req {
         max: u32,
         attr: Option<Vec<u8>>,
     },
+    /// A POSIX record lock (or an flock, as a whole-file one) of the
+    /// kernel's lock `owner` on this node: set (`typ` `Some`) or removed
+    /// (`None`: every lock of the owner on `start..=end`, and any wait of
+    /// its). Without `wait` a conflict answers EAGAIN; with it the answer
+    /// comes when the lock is granted. `reclaim`: a lock this node held
+    /// before the manager restarted, declared again within its grace.
+    Lock {
+        ino: u64,
+        owner: u64,
+        typ: Option<LockType>,
+        start: u64,
+        end: u64,
+        pid: u32,
+        wait: bool,
+        reclaim: bool,
+    },
+    /// `fallocate(2)` with `mode` on `off..off+len` ([`Reply::Attr`]).
+    Fallocate {
+        ino: u64,
+        mode: i32,
+        off: u64,
+        len: u64,
+    },
+    /// Ends a [`Req::Lock`] wait of `owner` on `ino` with EINTR (its
+    /// process got a signal); a lock granted meanwhile stays granted.
+    CancelLockWait {
+        ino: u64,
+        owner: u64,
+    },
+    /// `F_GETLK`: the first lock of another owner in the way of this one
+    /// ([`Reply::Lock`]).
+    GetLock {
+        ino: u64,
+        owner: u64,
+        typ: LockType,
+        start: u64,
+        end: u64,
+    },
 }
 
 impl Req {
@@ -221,6 +260,12 @@ impl Req {
                 | Req::Release { .. }
                 | Req::Scan { .. }
                 | Req::DmSetAttr { .. }
+                // Setting a lock its owner holds already changes nothing.
+                | Req::Lock { .. }
+                | Req::GetLock { .. }
+                | Req::CancelLockWait { .. }
+                // Allocating, punching or zeroing a range twice ends the same.
+                | Req::Fallocate { .. }
         )
     }
 }
@@ -271,6 +316,10 @@ pub enum Reply {
         bfree: u64,
         files: u64,
         ffree: u64,
+    },
+    /// What a [`Req::GetLock`] found in the way, if anything.
+    Lock {
+        held: Option<Lock>,
     },
 }
 

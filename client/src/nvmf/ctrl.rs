@@ -232,6 +232,21 @@ impl Controller {
         self.admin_exec(s, DataDir::FromCtrl(len), Some(buf)).map(|_| ())
     }
 
+    /// Set Features: feature `fid` to `cdw11`; returns completion DW0.
+    pub fn set_features(&self, fid: u8, cdw11: u32) -> Result<u32> {
+        let mut s = sqe(opc::SET_FEATURES, 0, 0);
+        s.cdw10 = (fid as u32).into();
+        s.cdw11 = cdw11.into();
+        self.admin_exec(s, DataDir::None, None).map(|c| c.result as u32)
+    }
+
+    /// Get Features (current value) of feature `fid`: completion DW0.
+    pub fn get_features(&self, fid: u8) -> Result<u32> {
+        let mut s = sqe(opc::GET_FEATURES, 0, 0);
+        s.cdw10 = (fid as u32).into();
+        self.admin_exec(s, DataDir::None, None).map(|c| c.result as u32)
+    }
+
     fn block_size(&self, nsid: u32) -> Result<u32> {
         Ok(self.identify_ns(nsid)?.block_size)
     }

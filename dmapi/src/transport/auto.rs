@@ -278,17 +278,16 @@ mod tests {
     use super::*;
     use crate::proto::Message;
 
-    /// Asked for RDMA on a machine without it (this host has no RDMA
-    /// device; builds without the feature have no RDMA at all), two nodes
-    /// still talk, over TCP, and say so.
+    /// Asked for RDMA where the peers' address is on no RDMA device
+    /// (loopback; builds without the feature have no RDMA at all), two
+    /// nodes still talk, over TCP, and say so. The same holds on a machine
+    /// with RDMA devices, except that RDMA CM may carry loopback over one
+    /// of them, so which transport carried the frames is checked only where
+    /// RDMA is off.
     #[test]
     fn without_rdma_peers_talk_over_tcp() {
         let start = |n| NodeTransport::start(TcpConfig::new(NodeId(n), "127.0.0.1:0".parse().unwrap(), b"k"), true);
         let (a, b) = (start(1).unwrap(), start(2).unwrap());
-        if a.rdma_enabled() {
-            println!("SKIPPED: this machine has RDMA; the guest tests cover that path");
-            return;
-        }
         a.add_peer(NodeId(2), b.local_addr());
         b.add_peer(NodeId(1), a.local_addr());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -302,7 +301,9 @@ mod tests {
         for seq in 1..=3 {
             assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), (NodeId(1), seq));
         }
-        assert!(!a.uses_rdma(NodeId(2)));
+        if !a.rdma_enabled() {
+            assert!(!a.uses_rdma(NodeId(2)));
+        }
         assert!(a.is_connected(NodeId(2)));
         // The reply way, without a handler: through recv.
         b.send(NodeId(1), &Frame::new(NodeId(2), 9, Message::Heartbeat { now_ns: 9 })).unwrap();

@@ -92,4 +92,4 @@ pub fn listen_port() -> u16 {
 }
 
 #[allow(unused_imports)] // each test binary uses a different subset
-pub use test_support::fuse_available;
+pub use test_support::{fuse_available, have_tool};
