@@ -2,8 +2,8 @@
 //! `queues` I/O queues for a fixed time and reports IOPS and latency.
 
 use clap::Args;
-use client::nvmf::{io_sqe, Completed, ConnectOpts, Controller, DataDir};
 use hdrhistogram::Histogram;
+use nvmf::{io_sqe, Completed, ConnectOpts, Controller, DataDir};
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -80,18 +80,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                         }
                     };
                     let mut started = vec![Instant::now(); qd + 2];
-                    let mut submit =
-                        |q: &mut client::nvmf::QueuePair, started: &mut Vec<Instant>| -> anyhow::Result<()> {
-                            let sqe = io_sqe(write, nsid, next(), nlb);
-                            let data =
-                                if write { DataDir::ToCtrl(&payload) } else { DataDir::FromCtrl(payload.len() as u32) };
-                            let cid = q.submit(sqe, data, 0)? as usize;
-                            if cid >= started.len() {
-                                started.resize(cid + 1, Instant::now());
-                            }
-                            started[cid] = Instant::now();
-                            Ok(())
-                        };
+                    let mut submit = |q: &mut nvmf::QueuePair, started: &mut Vec<Instant>| -> anyhow::Result<()> {
+                        let sqe = io_sqe(write, nsid, next(), nlb);
+                        let data =
+                            if write { DataDir::ToCtrl(&payload) } else { DataDir::FromCtrl(payload.len() as u32) };
+                        let cid = q.submit(sqe, data, 0)? as usize;
+                        if cid >= started.len() {
+                            started.resize(cid + 1, Instant::now());
+                        }
+                        started[cid] = Instant::now();
+                        Ok(())
+                    };
                     for _ in 0..qd {
                         submit(&mut q, &mut started)?;
                     }

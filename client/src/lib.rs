@@ -1,6 +1,6 @@
-//! Tidepool client: the user-space NVMe-oF initiator ([`nvmf`]); the DM event path
-//! ([`dm`]), the cluster roles ([`roles`]) and the node daemon ([`node`]). The file
-//! system and the FUSE mount build on them.
+//! Tidepool client: the DM event path ([`dm`]), the cluster roles
+//! ([`roles`]), the node daemon ([`node`]) and the file system with its
+//! FUSE mount ([`fs`]), over the user-space NVMe-oF initiator (crate `nvmf`).
 //!
 //! Where an event goes from node B to node A: `dm::source` (B's file system calls
 //! `generate`) → `dmapi::proto` frame over `dmapi::transport` → `node::daemon` on A
@@ -9,5 +9,4 @@
 pub mod dm;
 pub mod fs;
 pub mod node;
-pub mod nvmf;
 pub mod roles;

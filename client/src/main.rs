@@ -7,7 +7,7 @@ mod node_cli;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use client::nvmf::{self, ConnectOpts, Controller};
+use nvmf::{self, ConnectOpts, Controller};
 use std::path::PathBuf;
 
 /// `--version` names the NVMe-oF transports built in, so scripts and
@@ -93,8 +93,8 @@ struct Conn {
     /// Target address, host:port (for RDMA, the IP of the target's RDMA device).
     #[arg(long, default_value = "127.0.0.1:4420")]
     addr: String,
-    /// NVMe-oF transport (`rdma` needs a build with the `rdma` feature and an RDMA device).
-    #[arg(long, short = 't', value_enum, default_value_t = nvmf::Transport::Tcp)]
+    /// NVMe-oF transport, `tcp` or `rdma` (`rdma` needs a build with the `rdma` feature and an RDMA device).
+    #[arg(long, short = 't', default_value_t = nvmf::Transport::Tcp)]
     transport: nvmf::Transport,
     /// Subsystem NQN.
     #[arg(long, default_value = "nqn.2026-11.io.tidepool:vol0")]
@@ -141,7 +141,7 @@ enum Nvme {
     Discover {
         #[arg(long, default_value = "127.0.0.1:8009")]
         addr: String,
-        #[arg(long, short = 't', value_enum, default_value_t = nvmf::Transport::Tcp)]
+        #[arg(long, short = 't', default_value_t = nvmf::Transport::Tcp)]
         transport: nvmf::Transport,
         #[arg(long)]
         hostnqn: Option<String>,
@@ -275,10 +275,10 @@ fn main() -> anyhow::Result<()> {
         Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs, owner_only } => {
             let dev = fs_dev(&c)?;
             let dm = match dm_socket {
-                Some(p) => Some(client::fs::fuse::DmLink {
-                    api: client::node::api::Dm::connect(&p).with_context(|| format!("node API at {}", p.display()))?,
-                    fs: dmapi::types::FsId(dm_fs),
-                }),
+                Some(p) => Some(client::node::sink::SocketSink::link(
+                    client::node::api::Dm::connect(&p).with_context(|| format!("node API at {}", p.display()))?,
+                    dmapi::types::FsId(dm_fs),
+                )),
                 None => None,
             };
             let opts = client::fs::fuse::MountOpts { manager, serve, dm, name, threads, owner_only };

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::{spawn_mount, DmLink};
+use client::fs::fuse::spawn_mount;
+use client::node::sink::SocketSink;
 use common::{field, standard, Cluster};
 
 const T: Duration = Duration::from_secs(20);
@@ -31,7 +32,7 @@ fn data_events_to_one_node_namespace_events_to_another() {
     client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api = client::node::api::Dm::connect(c.socket(4)).unwrap();
-    let session = spawn_mount(dev, mnt.path(), Some(DmLink { api, fs: dmapi::types::FsId(1) })).unwrap();
+    let session = spawn_mount(dev, mnt.path(), Some(SocketSink::link(api, dmapi::types::FsId(1)))).unwrap();
     let o = Command::new("sh")
         .arg("-c")
         .arg("touch x && echo hi > x && cat x && mv x y && truncate -s 1 y && rm y")

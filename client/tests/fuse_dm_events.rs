@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::{spawn_mount, DmLink};
+use client::fs::fuse::spawn_mount;
+use client::node::sink::SocketSink;
 use common::{field, standard, Cluster};
 
 const T: Duration = Duration::from_secs(20);
@@ -44,7 +45,7 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api = client::node::api::Dm::connect(c.socket(4)).unwrap();
-    let session = spawn_mount(dev, mnt.path(), Some(DmLink { api, fs: dmapi::types::FsId(1) })).unwrap();
+    let session = spawn_mount(dev, mnt.path(), Some(SocketSink::link(api, dmapi::types::FsId(1)))).unwrap();
 
     let o = sh(mnt.path(), "echo hello > f && cat f && truncate -s 2 f && cat f");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

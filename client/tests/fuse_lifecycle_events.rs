@@ -11,7 +11,8 @@ mod common;
 
 use client::dm::files::DmFs;
 use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::{spawn_mount, DmLink};
+use client::fs::fuse::spawn_mount;
+use client::node::sink::SocketSink;
 use common::{standard, Cluster};
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{DmAttrName, DmHandle, DmResponse, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
@@ -118,7 +119,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), Some(DmLink { api: api_b, fs: FsId(1) })).unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();
     let m = evs.wait("mount", |e| e.ev_type == Mount);
     assert_eq!(m.source.0, 4, "B12: {m:?}");
     let EventBody::Mount { mountpoint_path, root_handle, .. } = &m.body else { panic!("{m:?}") };
@@ -219,7 +220,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     // errno, and nothing is mounted.
     let mnt2 = tempfile::tempdir().unwrap();
     let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
-    let refused = spawn_mount(dev.clone(), mnt2.path(), Some(DmLink { api: api_b, fs: FsId(1) }));
+    let refused = spawn_mount(dev.clone(), mnt2.path(), Some(SocketSink::link(api_b, FsId(1))));
     assert_eq!(refused.err().and_then(|x| x.raw_os_error()), Some(libc::EPERM), "the refused mount's error");
     evs.wait("the second mount", |e| e.ev_type == Mount);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

@@ -14,7 +14,8 @@ mod common;
 use client::dm::files::{DmFs, ExtentType};
 use client::fs::blockdev::{BlockDev, MemDev};
 use client::fs::format::{region_flags, Region};
-use client::fs::fuse::{spawn_mount, DmLink};
+use client::fs::fuse::spawn_mount;
+use client::node::sink::SocketSink;
 use common::{standard, Cluster};
 use dmapi::event::EventBody;
 use dmapi::types::{DmHandle, DmResponse, DmRight, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
@@ -42,7 +43,7 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), Some(DmLink { api: api_b, fs: FsId(1) })).unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();
     let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "hsm-on-A").unwrap();
 
     let f = mnt.path().join("cold");

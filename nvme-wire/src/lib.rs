@@ -3,7 +3,7 @@
 //! Every on-wire structure is declared once here, field by field, as a
 //! `#[repr(C)]` struct of little-endian, alignment-1 fields with zerocopy
 //! derives and a compile-time size assertion, so the target
-//! (`storage-node`) and the initiator (`client::nvmf`) read and write the
+//! (`storage-node`) and the initiator (`nvmf`) read and write the
 //! same bytes. Parsers take untrusted bytes and return [`WireError`],
 //! never panic.
 //!

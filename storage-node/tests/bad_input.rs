@@ -5,12 +5,12 @@
 
 mod common;
 
-use client::nvmf::{ConnectOpts, Controller, DataDir, QueuePair};
 use common::{pattern, Node, NQN};
 use nvme_wire::fabrics::{Connect, ConnectData};
 use nvme_wire::nvme::{opc, sqe};
 use nvme_wire::tcp::{fes, CommonHeader, IcReq, PduType};
 use nvme_wire::zerocopy::{FromZeros, IntoBytes};
+use nvmf::{ConnectOpts, Controller, DataDir, QueuePair};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

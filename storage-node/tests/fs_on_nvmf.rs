@@ -7,8 +7,8 @@ mod common;
 use client::fs::blockdev::{BlockDev, NvmfDev};
 use client::fs::journal::Journal;
 use client::fs::mkfs;
-use client::nvmf::{ConnectOpts, Controller};
 use common::{Node, NQN};
+use nvmf::{ConnectOpts, Controller};
 use std::sync::Arc;
 
 #[test]

@@ -3,11 +3,11 @@
 
 mod common;
 
-use client::nvmf::{ConnectOpts, Controller, DataDir, NvmfError};
 use common::{pattern, Node, NQN};
 use nvme_wire::nvme::{opc, sqe};
 use nvme_wire::resv::action;
 use nvme_wire::status::Status;
+use nvmf::{ConnectOpts, Controller, DataDir, NvmfError};
 use std::os::unix::fs::FileExt;
 
 fn opts(host: &str) -> ConnectOpts {
@@ -179,9 +179,9 @@ fn only_listed_hosts_connect() {
     c.write(1, 0, &[1u8; 512], false).unwrap();
     // Discovery shows the subsystem only to hosts allowed into it.
     let d = node.discovery.as_ref().unwrap();
-    let seen = client::nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:allowed")).unwrap();
+    let seen = nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:allowed")).unwrap();
     assert!(seen.iter().any(|e| e.subnqn() == NQN && e.trsvcid() == node.addr.rsplit(':').next().unwrap()));
-    let hidden = client::nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:stranger")).unwrap();
+    let hidden = nvmf::discover(d, &opts("nqn.2026-11.io.tidepool:stranger")).unwrap();
     assert!(hidden.iter().all(|e| e.subnqn() != NQN));
 }
 
@@ -191,7 +191,7 @@ fn only_listed_hosts_connect() {
 /// fenced off by a reservation).
 #[test]
 fn batched_io_keeps_each_command_s_result() {
-    use client::nvmf::io_sqe;
+    use nvmf::io_sqe;
     let node = Node::start("16M", &["--allow-any-host"]);
     let mut o = opts("nqn.2026-11.io.tidepool:batch-a");
     o.io_queues = 1;

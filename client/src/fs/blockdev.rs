@@ -2,7 +2,7 @@
 //! memory for tests. Offsets are in file-system blocks.
 
 use super::{FsError, Result};
-use crate::nvmf::Controller;
+use nvmf::Controller;
 use std::sync::Arc;
 
 pub trait BlockDev: Send + Sync {

@@ -67,22 +67,38 @@ pub struct TidepoolFs {
     data: DataPath,
     bs: u64,
     dm: Option<DmLink>,
-    /// Spare connections to the node daemon, one per concurrent event.
-    dm_pool: Mutex<Vec<crate::node::api::Dm>>,
-    /// The node's disposition install count ([`crate::node::api::disp_seq_path`])
-    /// and the view of this file system cached at a count: operations whose
-    /// events nobody asked for go by without a round trip to the node.
-    disp_seq: Option<std::fs::File>,
-    gen_view: Mutex<Option<(u64, GenerationView)>>,
     /// Directory listings of open directory handles.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
 }
 
-/// Where a mount sends its DM events: the local node daemon, and the DM
-/// file-system id this file system has in the cluster configuration.
+/// Where a mount's DM events go: its node's source engine. The mount asks
+/// it which events anybody disposed (so operations nobody watches pay
+/// nothing) and hands it each event to send to its session; a synchronous
+/// event's call returns with the DM application's answer.
+pub trait EventSink: Send + Sync {
+    /// The node's dispositions for file system `fs` as of now; `None`:
+    /// unknown, so every event is offered to [`generate`](Self::generate).
+    fn view(&self, fs: FsId) -> Option<GenerationView>;
+    /// Generates `ev` on `fs` (`file_events`: the file's own event list;
+    /// `attrs`: its DM attributes, for destroy events). The answer, or why
+    /// the node could not be asked.
+    fn generate(
+        &self,
+        fs: FsId,
+        ev: DmEvent,
+        file_events: EventSet,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<DmResponse, String>;
+    /// Tells the node that `fs` is mounted here now, or no longer.
+    fn mounted(&self, fs: FsId, yes: bool) -> Result<(), String>;
+}
+
+/// A mount's DM events: the sink, and the DM file-system id this file
+/// system has in the cluster configuration.
+#[derive(Clone)]
 pub struct DmLink {
-    pub api: crate::node::api::Dm,
+    pub sink: Arc<dyn EventSink>,
     pub fs: FsId,
 }
 
@@ -117,59 +133,12 @@ fn e(errno: i32) -> Errno {
 impl TidepoolFs {
     pub fn new(meta: MetaClient, dev: Arc<dyn BlockDev>) -> Self {
         let data = DataPath::new(meta.clone(), dev);
-        Self {
-            meta,
-            bs: data.bs,
-            data,
-            dm: None,
-            dm_pool: Mutex::new(Vec::new()),
-            disp_seq: None,
-            gen_view: Mutex::new(None),
-            dirs: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-        }
+        Self { meta, bs: data.bs, data, dm: None, dirs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
     }
 
     pub fn with_dm(mut self, link: DmLink) -> Self {
-        let path = crate::node::api::disp_seq_path(link.api.path());
-        self.disp_seq = std::fs::File::open(&path)
-            .map_err(|x| tracing::warn!(path = %path.display(), error = %x, "no disposition count: asking the node before every operation"))
-            .ok();
         self.dm = Some(link);
         self
-    }
-
-    fn dm_conn(&self, link: &DmLink) -> std::io::Result<crate::node::api::Dm> {
-        let spare = self.dm_pool.lock().pop();
-        match spare {
-            Some(c) => Ok(c),
-            None => crate::node::api::Dm::connect(link.api.path()),
-        }
-    }
-
-    /// The node's dispositions for this file system as of now; `None`
-    /// means ask the node (no count, an install under way, or the node
-    /// could not say).
-    fn view(&self, link: &DmLink) -> Option<GenerationView> {
-        use std::os::unix::fs::FileExt;
-        let mut b = [0u8; 8];
-        self.disp_seq.as_ref()?.read_exact_at(&mut b, 0).ok()?;
-        let seq = u64::from_le_bytes(b);
-        if !seq.is_multiple_of(2) {
-            return None;
-        }
-        let mut cache = self.gen_view.lock();
-        if let Some((s, v)) = *cache {
-            if s == seq {
-                return Some(v);
-            }
-        }
-        // A view taken at or after `seq` includes every change made before it.
-        let c = self.dm_conn(link).ok()?;
-        let (s, v) = c.disp_view(link.fs).ok()?;
-        self.dm_pool.lock().push(c);
-        *cache = Some((s, v));
-        (s >= seq).then_some(v)
     }
 
     fn handle(&self, ino: u64) -> Option<DmHandle> {
@@ -202,7 +171,7 @@ impl TidepoolFs {
         body: impl FnOnce(&Self) -> EventBody,
     ) -> R<()> {
         let Some(link) = &self.dm else { return Ok(()) };
-        let view = self.view(link);
+        let view = link.sink.view(link.fs);
         // Nobody disposed of this type: not even the file's own list is needed.
         if view.is_some_and(|v| !v.disposed.contains(t)) {
             return Ok(());
@@ -213,22 +182,9 @@ impl TidepoolFs {
         }
         // The node stamps its own id as the source.
         let ev = DmEvent::new(t, NodeId(0), body(self)).map_err(|e| e.errno())?;
-        // A synchronous event may wait long: other threads use other connections.
-        let conn = self.dm_conn(link);
-        let r = match &conn {
-            Ok(c) => c.generate_for_file(link.fs, ev, file_events, attrs).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Ok(c) = conn {
-            if r.is_ok() {
-                self.dm_pool.lock().push(c);
-            }
-        }
-        match r {
-            Ok(g) => match g.response {
-                DmResponse::Abort(errno) => Err(if errno > 0 { errno } else { libc::EIO }),
-                _ => Ok(()),
-            },
+        match link.sink.generate(link.fs, ev, file_events, attrs) {
+            Ok(DmResponse::Abort(errno)) => Err(if errno > 0 { errno } else { libc::EIO }),
+            Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, event = ?t, "cannot generate a DM event; failing the operation");
                 Err(libc::EIO)
@@ -1066,8 +1022,8 @@ pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     meta: MetaClient,
     manager: Option<ManagerHandle>,
-    /// The node daemon's socket, the DM file-system id and the root's handle.
-    dm: Option<(std::path::PathBuf, FsId, DmHandle)>,
+    /// Where its DM events go and the root's handle.
+    dm: Option<(DmLink, DmHandle)>,
 }
 
 /// Why a mount-level DM event did not let the operation go.
@@ -1078,18 +1034,12 @@ enum Refused {
     Unreachable,
 }
 
-/// A mount-level DM event (mount, preunmount, unmount) through the node
-/// daemon at `socket`.
-fn fs_event(socket: &Path, fs: FsId, t: EventType, body: EventBody) -> Result<(), Refused> {
+/// A mount-level DM event (mount, preunmount, unmount).
+fn fs_event(link: &DmLink, t: EventType, body: EventBody) -> Result<(), Refused> {
     let ev = DmEvent::new(t, NodeId(0), body).map_err(|x| Refused::Aborted(x.errno()))?;
-    let r = crate::node::api::Dm::connect(socket)
-        .map_err(|x| x.to_string())
-        .and_then(|api| api.generate(fs, ev).map_err(|x| x.to_string()));
-    match r {
-        Ok(g) => match g.response {
-            DmResponse::Abort(errno) => Err(Refused::Aborted(if errno > 0 { errno } else { libc::EIO })),
-            _ => Ok(()),
-        },
+    match link.sink.generate(link.fs, ev, EventSet::EMPTY, Vec::new()) {
+        Ok(DmResponse::Abort(errno)) => Err(Refused::Aborted(if errno > 0 { errno } else { libc::EIO })),
+        Ok(_) => Ok(()),
         Err(x) => {
             tracing::error!(error = %x, event = ?t, "cannot generate a DM event");
             Err(Refused::Unreachable)
@@ -1118,8 +1068,8 @@ impl Mounted {
     /// application refuses the unmount (the mount stays). A node daemon
     /// that cannot be asked does not hold the unmount up.
     pub fn preunmount(&self) -> R<()> {
-        let Some((socket, fs, root)) = &self.dm else { return Ok(()) };
-        match fs_event(socket, *fs, EventType::Preunmount, unmount_body(*fs, Some(*root), 0)) {
+        let Some((link, root)) = &self.dm else { return Ok(()) };
+        match fs_event(link, EventType::Preunmount, unmount_body(link.fs, Some(*root), 0)) {
             Err(Refused::Aborted(errno)) => Err(errno),
             Err(Refused::Unreachable) => {
                 tracing::warn!("node daemon unreachable: unmounting without a preunmount event");
@@ -1142,10 +1092,10 @@ impl Mounted {
             None => return Ok(()),
         };
         self.meta.close();
-        if let Some((socket, fs, _)) = self.dm.take() {
+        if let Some((link, _)) = self.dm.take() {
             let rc = r.as_ref().err().map_or(0, |x| x.raw_os_error().unwrap_or(libc::EIO));
-            let _ = fs_event(&socket, fs, EventType::Unmount, unmount_body(fs, None, rc));
-            if let Err(x) = crate::node::api::Dm::connect(&socket).map(|api| api.mount(fs, false)) {
+            let _ = fs_event(&link, EventType::Unmount, unmount_body(link.fs, None, rc));
+            if let Err(x) = link.sink.mounted(link.fs, false) {
                 tracing::warn!(error = %x, "node daemon not told of the unmount");
             }
         }
@@ -1175,7 +1125,7 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
     if let Some(link) = &opts.dm {
         // The node learns its dispositions for this file system from the
         // file-system manager node once it knows of the mount (B11).
-        link.api.mount(link.fs, true).map_err(|x| std::io::Error::other(x.to_string()))?;
+        link.sink.mounted(link.fs, true).map_err(std::io::Error::other)?;
         let root = meta.ensure(ROOT_INO, Mode::Read).map_err(std::io::Error::from_raw_os_error)?.1;
         let root = DmHandle::file(link.fs, ROOT_INO, root.generation.get());
         let body = EventBody::Mount {
@@ -1188,12 +1138,12 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
         };
         // Synchronous: the mount happens only if the DM application lets it
         // (and, with a DM link asked for, only if the node can be asked).
-        match fs_event(link.api.path(), link.fs, EventType::Mount, body) {
+        match fs_event(link, EventType::Mount, body) {
             Ok(()) => {}
             Err(Refused::Aborted(errno)) => return Err(std::io::Error::from_raw_os_error(errno)),
             Err(Refused::Unreachable) => return Err(std::io::Error::other("the node daemon cannot be asked")),
         }
-        dm = Some((link.api.path().to_path_buf(), link.fs, root));
+        dm = Some((link.clone(), root));
     }
     let mut fs = TidepoolFs::new(meta.clone(), dev);
     if let Some(link) = opts.dm {

@@ -9,7 +9,7 @@ use nvme_wire::status::Status;
 use std::time::Duration;
 
 /// Which NVMe-oF transport a controller's queues run over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Transport {
     #[default]
     Tcp,
@@ -22,6 +22,17 @@ impl std::fmt::Display for Transport {
             Transport::Tcp => "tcp",
             Transport::Rdma => "rdma",
         })
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "rdma" => Ok(Transport::Rdma),
+            _ => Err(format!("unknown transport {s:?} (tcp or rdma)")),
+        }
     }
 }
 
@@ -105,7 +116,7 @@ impl QueuePair {
             }
             #[cfg(not(feature = "rdma"))]
             Transport::Rdma => Err(NvmfError::Transport(
-                "this build has no NVMe/RDMA: build the client with `--features client/rdma`".into(),
+                "this build has no NVMe/RDMA: build with `--features nvmf/rdma` (or `client/rdma`)".into(),
             )),
         }
     }

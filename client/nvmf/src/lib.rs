@@ -1,5 +1,7 @@
-//! A user-space NVMe over Fabrics initiator: NVMe/TCP, and NVMe/RDMA with
-//! the `rdma` feature ([`ConnectOpts::transport`]).
+//! Tidepool's user-space NVMe over Fabrics initiator: NVMe/TCP, and
+//! NVMe/RDMA with the `rdma` feature ([`ConnectOpts::transport`]). The
+//! file system reads and writes its volumes through it; `tidepool nvme`
+//! drives it by hand.
 //!
 //! [`Controller::connect`] sets up an admin queue and I/O queues;
 //! each [`QueuePair`] keeps many commands in flight (command IDs are
@@ -9,12 +11,12 @@
 //! `submit` / `poll`.
 //!
 //! ```no_run
-//! use client::nvmf::{Controller, ConnectOpts};
+//! use nvmf::{Controller, ConnectOpts};
 //! let ctrl = Controller::connect("127.0.0.1:4420", "nqn.2026-11.io.tidepool:vol0", &ConnectOpts::default())?;
 //! let ns = ctrl.identify_ns(1)?;
 //! let mut buf = vec![0u8; 4096];
 //! ctrl.read(1, 0, &mut buf)?;
-//! # Ok::<(), client::nvmf::NvmfError>(())
+//! # Ok::<(), nvmf::NvmfError>(())
 //! ```
 
 mod ctrl;
