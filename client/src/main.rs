@@ -55,7 +55,7 @@ enum Top {
         #[arg(long, default_value = "")]
         name: String,
         /// FUSE worker threads.
-        #[arg(long, default_value_t = client::fs::fuse::DEFAULT_THREADS)]
+        #[arg(long, default_value_t = tpfs::fuse::DEFAULT_THREADS)]
         threads: usize,
         /// Generate DM events through this node daemon's local API socket.
         #[arg(long)]
@@ -78,7 +78,7 @@ enum Top {
         listen: std::net::SocketAddr,
         /// After a restart, how long files unlinked while open wait for the
         /// nodes that have them open to reconnect before they are freed.
-        #[arg(long, default_value_t = client::fs::manager::ORPHAN_GRACE.as_millis() as u64)]
+        #[arg(long, default_value_t = tpfs::manager::ORPHAN_GRACE.as_millis() as u64)]
         orphan_grace_ms: u64,
     },
     /// The node daemon (DM event path, session manager, fs manager roles).
@@ -261,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         Top::Nvme(n) => nvme(n),
         Top::Mkfs { c, label } => {
             let dev = fs_dev(&c)?;
-            let sb = client::fs::mkfs::mkfs(&*dev, &client::fs::mkfs::MkfsOpts { label, ..Default::default() })?;
+            let sb = tpfs::mkfs::mkfs(&*dev, &tpfs::mkfs::MkfsOpts { label, ..Default::default() })?;
             println!(
                 "tidepool mkfs: {} blocks of {} bytes, {} inodes, journal {} blocks, fsid {}",
                 sb.total_blocks.get(),
@@ -281,8 +281,8 @@ fn main() -> anyhow::Result<()> {
                 )),
                 None => None,
             };
-            let opts = client::fs::fuse::MountOpts { manager, serve, dm, name, threads, owner_only };
-            let m = client::fs::fuse::mount(dev, &mountpoint, opts)
+            let opts = tpfs::fuse::MountOpts { manager, serve, dm, name, threads, owner_only };
+            let m = tpfs::fuse::mount(dev, &mountpoint, opts)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
             let mgr = match (manager, m.manager_addr()) {
                 (Some(a), _) => format!("manager {a}"),
@@ -313,7 +313,7 @@ fn main() -> anyhow::Result<()> {
         Top::FsManager { c, listen, orphan_grace_ms } => {
             let dev = fs_dev(&c)?;
             let grace = std::time::Duration::from_millis(orphan_grace_ms);
-            let m = client::fs::manager::Manager::open_with_grace(dev, grace).context("opening the file system")?;
+            let m = tpfs::manager::Manager::open_with_grace(dev, grace).context("opening the file system")?;
             let h = m.serve(listen).with_context(|| format!("listening on {listen}"))?;
             println!("tidepool fs-manager: serving {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, h.addr);
             wait_for_signal();
@@ -335,9 +335,9 @@ fn parse_key(s: &str) -> Result<u64, String> {
 }
 
 /// The namespace `c` names, as a 4 KiB-block device for the file system.
-fn fs_dev(c: &Conn) -> anyhow::Result<std::sync::Arc<dyn client::fs::blockdev::BlockDev>> {
+fn fs_dev(c: &Conn) -> anyhow::Result<std::sync::Arc<dyn tpfs::blockdev::BlockDev>> {
     let ctrl = std::sync::Arc::new(c.connect()?);
-    Ok(std::sync::Arc::new(client::fs::blockdev::NvmfDev::new(ctrl, c.nsid, 4096)?))
+    Ok(std::sync::Arc::new(tpfs::blockdev::NvmfDev::new(ctrl, c.nsid, 4096)?))
 }
 
 /// Blocks until SIGINT or SIGTERM (each signal ends one wait).

@@ -6,13 +6,13 @@
 mod common;
 
 use client::dm::files::DmFs;
-use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::format::{region_flags, Region};
-use client::fs::fuse::spawn_mount;
 use dmapi::types::{dm_at, DmRight, DmStat, FsId};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
+use tpfs::blockdev::{BlockDev, MemDev};
+use tpfs::format::{region_flags, Region};
+use tpfs::fuse::spawn_mount;
 
 fn all_pages(mut f: impl FnMut(u64) -> (Vec<DmStat>, u64)) -> Vec<DmStat> {
     let (mut out, mut cookie, mut calls) = (Vec::new(), 0u64, 0);
@@ -36,7 +36,7 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
         return;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
     let d = mnt.path().join("d");
@@ -140,13 +140,13 @@ impl BlockDev for CountingDev {
     fn blocks(&self) -> u64 {
         self.inner.blocks()
     }
-    fn read(&self, block: u64, buf: &mut [u8]) -> client::fs::Result<()> {
+    fn read(&self, block: u64, buf: &mut [u8]) -> tpfs::Result<()> {
         self.inner.read(block, buf)
     }
-    fn write(&self, block: u64, data: &[u8], fua: bool) -> client::fs::Result<()> {
+    fn write(&self, block: u64, data: &[u8], fua: bool) -> tpfs::Result<()> {
         self.inner.write(block, data, fua)
     }
-    fn flush(&self) -> client::fs::Result<()> {
+    fn flush(&self) -> tpfs::Result<()> {
         self.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.flush()
     }
@@ -162,7 +162,7 @@ fn handles_regions_dmattrs_rights_and_sync() {
     }
     let counting = Arc::new(CountingDev { inner: MemDev::new(4096, 32 << 20), flushes: Default::default() });
     let dev: Arc<dyn BlockDev> = counting.clone();
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
     let f = mnt.path().join("f");

@@ -9,10 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::spawn_mount;
 use client::node::sink::SocketSink;
 use common::{field, standard, Cluster};
+use tpfs::blockdev::{BlockDev, MemDev};
+use tpfs::fuse::spawn_mount;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -29,7 +29,7 @@ fn data_events_to_one_node_namespace_events_to_another() {
     }
 
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api = client::node::api::Dm::connect(c.socket(4)).unwrap();
     let session = spawn_mount(dev, mnt.path(), Some(SocketSink::link(api, dmapi::types::FsId(1)))).unwrap();

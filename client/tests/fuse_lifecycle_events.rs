@@ -10,8 +10,6 @@
 mod common;
 
 use client::dm::files::DmFs;
-use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::spawn_mount;
 use client::node::sink::SocketSink;
 use common::{standard, Cluster};
 use dmapi::event::{DmEvent, EventBody};
@@ -21,6 +19,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tpfs::blockdev::{BlockDev, MemDev};
+use tpfs::fuse::spawn_mount;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -116,7 +116,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let mut evs = Events { rx, seen: Vec::new() };
 
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
     let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();

@@ -12,9 +12,6 @@
 mod common;
 
 use client::dm::files::{DmFs, ExtentType};
-use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::format::{region_flags, Region};
-use client::fs::fuse::spawn_mount;
 use client::node::sink::SocketSink;
 use common::{standard, Cluster};
 use dmapi::event::EventBody;
@@ -23,6 +20,9 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
+use tpfs::blockdev::{BlockDev, MemDev};
+use tpfs::format::{region_flags, Region};
+use tpfs::fuse::spawn_mount;
 
 #[test]
 fn hsm_migrates_and_recalls_under_an_exclusive_right() {
@@ -40,7 +40,7 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
 
     // Node 4 (B) mounts; the HSM on A is another client of the same manager.
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
     let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();

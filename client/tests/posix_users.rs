@@ -9,14 +9,14 @@
 
 mod common;
 
-use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::{mount, spawn_mount, MountOpts, Mounted};
 use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use tpfs::blockdev::{BlockDev, MemDev};
+use tpfs::fuse::{mount, spawn_mount, MountOpts, Mounted};
 
 const NOBODY: u32 = 65534;
 
@@ -51,7 +51,7 @@ fn fresh() -> Option<(Mounted, tempfile::TempDir)> {
         return None;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mp = tempfile::tempdir().unwrap();
     let m = spawn_mount(dev, mp.path(), None).unwrap();
     Some((m, mp))
@@ -286,7 +286,7 @@ fn an_owner_only_mount_refuses_other_users() {
         return;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mp = tempfile::tempdir().unwrap();
     let _m = mount(dev, mp.path(), MountOpts { owner_only: true, ..Default::default() }).unwrap();
     std::fs::write(mp.path().join("f"), b"x").unwrap();

@@ -6,11 +6,11 @@
 
 mod common;
 
-use client::fs::blockdev::{BlockDev, MemDev};
-use client::fs::fuse::{mount, spawn_mount, MountOpts};
 use std::ffi::CString;
 use std::path::Path;
 use std::sync::Arc;
+use tpfs::blockdev::{BlockDev, MemDev};
+use tpfs::fuse::{mount, spawn_mount, MountOpts};
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
@@ -68,7 +68,7 @@ fn xattrs_cross_nodes_with_posix_semantics() {
         return;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    client::fs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let (ma, mb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = spawn_mount(dev.clone(), ma.path(), None).unwrap();
     let opts = MountOpts { manager: a.manager_addr(), name: "b".into(), ..Default::default() };

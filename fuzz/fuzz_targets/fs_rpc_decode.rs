@@ -4,7 +4,7 @@
 //! accepts re-encodes to a message that decodes the same.
 #![no_main]
 
-use client::fs::rpc::{self, Kind, Reply, Req, RevokeDone};
+use tpfs::rpc::{self, Kind, Reply, Req, RevokeDone};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

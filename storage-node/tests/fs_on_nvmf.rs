@@ -4,12 +4,12 @@
 
 mod common;
 
-use client::fs::blockdev::{BlockDev, NvmfDev};
-use client::fs::journal::Journal;
-use client::fs::mkfs;
 use common::{Node, NQN};
 use nvmf::{ConnectOpts, Controller};
 use std::sync::Arc;
+use tpfs::blockdev::{BlockDev, NvmfDev};
+use tpfs::journal::Journal;
+use tpfs::mkfs;
 
 #[test]
 fn a_second_host_replays_the_first_host_s_journal() {
@@ -61,7 +61,7 @@ fn fuse_mount_on_a_shared_volume() {
     };
     let dev = connect("nqn.2026-11.io.tidepool:fuse-1");
     mkfs::mkfs(&*dev, &mkfs::MkfsOpts::default()).unwrap();
-    let session = client::fs::fuse::spawn_mount(dev, mnt.path(), None).unwrap();
+    let session = tpfs::fuse::spawn_mount(dev, mnt.path(), None).unwrap();
     let p = |s: &str| mnt.path().join(s);
     std::fs::create_dir(p("dir")).unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -103,7 +103,7 @@ fn fuse_mount_on_a_shared_volume() {
 
     // Another host mounts the same volume and finds the tree.
     let dev = connect("nqn.2026-11.io.tidepool:fuse-2");
-    let session = client::fs::fuse::spawn_mount(dev, mnt.path(), None).unwrap();
+    let session = tpfs::fuse::spawn_mount(dev, mnt.path(), None).unwrap();
     let mut names: Vec<String> =
         std::fs::read_dir(mnt.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();

@@ -10,11 +10,6 @@
 //! released, so conflicting access on every node waits (B6). Invisible
 //! reads and writes generate no events and leave the times alone.
 
-use crate::fs::blockdev::BlockDev;
-use crate::fs::data::{map, DataPath};
-use crate::fs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
-use crate::fs::remote::MetaClient;
-use crate::fs::rpc::{inode_from, Mode, Reply, Req, WireSetAttr};
 use dmapi::error::{DmError, DmResult};
 use dmapi::types::{DmHandle, DmRight, DmStat, EventSet, FsId, HandleKind};
 use parking_lot::Mutex;
@@ -23,6 +18,11 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use tpfs::blockdev::BlockDev;
+use tpfs::data::{map, DataPath};
+use tpfs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
+use tpfs::remote::MetaClient;
+use tpfs::rpc::{inode_from, Mode, Reply, Req, WireSetAttr};
 
 /// `dm_get_allocinfo` extent types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,7 +335,7 @@ impl DmFs {
     /// `dm_get_region`: the managed regions (none set: the whole file, as
     /// one region for read, write and truncate).
     pub fn get_region(&self, h: &DmHandle) -> DmResult<Vec<Region>> {
-        use crate::fs::format::region_flags::*;
+        use tpfs::format::region_flags::*;
         let ino = self.ino(h)?;
         Ok(self
             .dm_info(ino)?

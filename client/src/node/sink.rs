@@ -8,13 +8,13 @@
 //! cost no round trip.
 
 use super::api::Dm;
-use crate::fs::fuse::{DmLink, EventSink};
 use dmapi::disp::GenerationView;
 use dmapi::event::DmEvent;
 use dmapi::types::{DmResponse, EventSet, FsId};
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tpfs::fuse::{DmLink, EventSink};
 
 pub struct SocketSink {
     path: PathBuf,

@@ -131,8 +131,8 @@ pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::blockdev::MemDev;
-    use crate::fs::format::Layout;
+    use crate::blockdev::MemDev;
+    use crate::format::Layout;
     use std::sync::Arc;
 
     #[test]

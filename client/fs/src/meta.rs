@@ -969,7 +969,7 @@ impl MetaStore {
                 if size < old && size % bs != 0 {
                     // What lay past the new end must read as zeroes if the
                     // file grows again.
-                    if let Some((p, _)) = crate::fs::data::map(&m.extents(ino), size / bs) {
+                    if let Some((p, _)) = crate::data::map(&m.extents(ino), size / bs) {
                         let mut blk = vec![0u8; m.bs];
                         m.dev.read(p, &mut blk)?;
                         blk[(size % bs) as usize..].fill(0);
@@ -1154,7 +1154,7 @@ impl MetaStore {
         while at < to {
             let blk_end = (at / bs + 1) * bs;
             let end = to.min(blk_end);
-            if let Some((p, _)) = crate::fs::data::map(&exts, at / bs) {
+            if let Some((p, _)) = crate::data::map(&exts, at / bs) {
                 let mut blk = vec![0u8; self.bs];
                 self.dev.read(p, &mut blk)?;
                 blk[(at % bs) as usize..(end - at / bs * bs) as usize].fill(0);
@@ -1404,8 +1404,8 @@ pub const ROOT: u64 = ROOT_INO;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::blockdev::MemDev;
-    use crate::fs::mkfs::{mkfs, MkfsOpts};
+    use crate::blockdev::MemDev;
+    use crate::mkfs::{mkfs, MkfsOpts};
 
     const FILE: u32 = libc::S_IFREG | 0o644;
     const DIR: u32 = libc::S_IFDIR | 0o755;
@@ -1492,7 +1492,7 @@ mod tests {
         assert_eq!(m.statfs().1, free0 - 40);
         // Already mapped blocks are not allocated again.
         let again = m.allocate(a, 5, 3).unwrap();
-        assert!((5..8).all(|k| crate::fs::data::map(&again, k).is_some()), "{again:?}");
+        assert!((5..8).all(|k| crate::data::map(&again, k).is_some()), "{again:?}");
         assert_eq!(m.statfs().1, free0 - 40);
         // More extents than the inode holds inline: every other block of
         // a 40-block file punched out.
@@ -1699,7 +1699,7 @@ mod tests {
         // block 1 to 1 KiB into block 4: blocks 2 and 3 freed, the edges
         // zeroed in place.
         let exts = m.extents(f);
-        let p = |l: u64| crate::fs::data::map(&exts, l).unwrap().0;
+        let p = |l: u64| crate::data::map(&exts, l).unwrap().0;
         for l in 0..6 {
             dev.write(p(l), &vec![0xab; 4096], false).unwrap();
         }
@@ -1710,16 +1710,16 @@ mod tests {
         assert!(b[..2048].iter().all(|&x| x == 0xab) && b[2048..].iter().all(|&x| x == 0));
         dev.read(p(4), &mut b).unwrap();
         assert!(b[..1024].iter().all(|&x| x == 0) && b[1024..].iter().all(|&x| x == 0xab));
-        assert!(crate::fs::data::map(&m.extents(f), 2).is_none() && crate::fs::data::map(&m.extents(f), 3).is_none());
+        assert!(crate::data::map(&m.extents(f), 2).is_none() && crate::data::map(&m.extents(f), 3).is_none());
         // ZERO_RANGE: the hole allocated again, everything in range zero, past the end the size grows.
         m.fallocate(f, ZERO, 4096, 4096 * 5).unwrap();
         assert_eq!(blocks(&m), 512);
         let exts = m.extents(f);
         for l in 1..6 {
-            dev.read(crate::fs::data::map(&exts, l).unwrap().0, &mut b).unwrap();
+            dev.read(crate::data::map(&exts, l).unwrap().0, &mut b).unwrap();
             assert!(b.iter().all(|&x| x == 0), "block {l} zero");
         }
-        dev.read(crate::fs::data::map(&exts, 0).unwrap().0, &mut b).unwrap();
+        dev.read(crate::data::map(&exts, 0).unwrap().0, &mut b).unwrap();
         assert!(b.iter().all(|&x| x == 0xab), "outside the range untouched");
         m.fallocate(f, ZERO, (1 << 20) - 10, 4106).unwrap();
         assert_eq!(size(&m), (1 << 20) + 4096);

@@ -233,7 +233,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::blockdev::MemDev;
+    use crate::blockdev::MemDev;
 
     const JS: u64 = 10;
     const JN: u64 = 40;

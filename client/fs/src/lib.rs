@@ -1,18 +1,20 @@
-//! The Tidepool file system on shared volumes.
+//! `tpfs`: the Tidepool file system on shared NVMe-oF volumes, mounted on
+//! many nodes at once.
 //!
-//! This first layer is the on-disk format and its write-ahead metadata
-//! journal, over any [`blockdev::BlockDev`] (an NVMe-oF namespace through
-//! the initiator, or memory in tests):
-//!
-//! - [`format`]: superblock, inode and journal record layouts (zerocopy,
-//!   size-asserted, CRC32C on every metadata block) and the volume layout.
-//! - [`journal`]: physical block journaling: a metadata transaction is
-//!   durable in the journal before its blocks are written home, and a
-//!   restarted manager replays every committed transaction.
-//! - [`mkfs`]: writes a fresh file system.
+//! - [`format`], [`journal`], [`mkfs`]: the on-disk format (zerocopy,
+//!   size-asserted, CRC32C on every metadata block), the write-ahead
+//!   metadata journal a restarted manager replays, and a fresh file system.
+//! - [`meta`]: the metadata store (inodes, bitmap, directories, extent maps,
+//!   DM attributes), every operation one journal transaction.
+//! - [`manager`] and its protocol [`rpc`]: the file system's manager node,
+//!   with per-inode tokens and cluster-wide [`locks`].
+//! - [`remote`]: a mounting node's connection to the manager and its token
+//!   cache; [`data`]: file data straight between the node and the storage
+//!   node ([`blockdev`]: an NVMe-oF namespace through `nvmf`, or memory).
+//! - [`fuse`]: the FUSE mount; DM events go into an [`fuse::EventSink`].
 //!
 //! ```
-//! use client::fs::{blockdev::MemDev, mkfs};
+//! use tpfs::{blockdev::MemDev, mkfs};
 //! let dev = MemDev::new(4096, 64 << 20);
 //! let sb = mkfs::mkfs(&dev, &mkfs::MkfsOpts::default()).unwrap();
 //! assert_eq!(mkfs::read_superblock(&dev).unwrap().fsid, sb.fsid);
