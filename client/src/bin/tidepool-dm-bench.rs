@@ -824,7 +824,9 @@ fn all(events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
     println!();
     println!("## Asynchronous events into one session ({tput_events} events per run)");
     println!();
-    println!("| sources | events/s | generated | delivered | duplicates (re-sent, dropped by count) |");
+    println!(
+        "| sources | events/s | generated | delivered (distinct) | duplicates (re-sent copies, not in delivered) |"
+    );
     println!("|--------:|---------:|---------:|---------:|---------:|");
     for s in sources {
         let t = throughput_on(s, tput_events, false)?;
