@@ -22,9 +22,38 @@
 use std::collections::BTreeMap;
 
 use crate::error::{DmError, DmResult};
-use crate::proto::DispChange;
 use crate::types::{DmAttrName, DmHandle, DmSessId, EventSet, EventType, FsId, HandleKind, NodeId, DM_EVENT_MAX};
 use crate::wire::{Dec, Enc, WireError};
+
+/// A disposition call forwarded to the session manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispChange {
+    /// `dm_set_disp` by the session in the header, living on `node`.
+    SetDisp {
+        /// The session's node.
+        node: NodeId,
+        /// File-system or global handle.
+        handle: DmHandle,
+        /// The events.
+        set: EventSet,
+    },
+    /// `dm_set_eventlist` on a file-system handle.
+    SetEventlist {
+        /// File-system handle.
+        handle: DmHandle,
+        /// The events.
+        set: EventSet,
+    },
+    /// `dm_set_return_on_destroy`.
+    ReturnOnDestroy {
+        /// File-system handle.
+        handle: DmHandle,
+        /// The attribute.
+        name: DmAttrName,
+        /// Set or clear.
+        enable: bool,
+    },
+}
 
 /// Where one event type goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -15,16 +15,14 @@
 //! assert_eq!((back, used), (f, bytes.len()));
 //! ```
 
-use crate::disp::DispositionTable;
+use crate::disp::{DispChange, DispositionTable};
 use crate::event::{DmEvent, EventBody};
-use crate::session::Outbound;
-use crate::source::OutEvent;
 use crate::types::{
     DmAttrName, DmHandle, DmResponse, DmSessId, DmToken, EventClass, EventSet, EventType, FsId, NodeId,
     DM_INVALID_TOKEN, DM_MAX_ATTR_ON_DESTROY, DM_MAX_HANDLE_SIZE, DM_MAX_MESSAGE_DATA, DM_MAX_NAME_LEN,
     DM_SESSION_INFO_LEN,
 };
-use crate::wire::{split_frame, Dec, Enc, MsgHeader, WireError, FLAG_RESEND, HEADER_LEN, MAX_PAYLOAD};
+use crate::wire::{split_frame, Dec, Enc, MsgHeader, WireError, HEADER_LEN, MAX_PAYLOAD};
 use zerocopy::byteorder::little_endian::{I32, U16};
 
 /// Length of handshake nonces and MACs.
@@ -112,36 +110,6 @@ pub struct BatchedEvent {
     /// The event (`source` is the frame's source node; token and sequence are set
     /// by the session side and not carried).
     pub event: DmEvent,
-}
-
-/// A disposition call forwarded to the session manager.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DispChange {
-    /// `dm_set_disp` by the session in the header, living on `node`.
-    SetDisp {
-        /// The session's node.
-        node: NodeId,
-        /// File-system or global handle.
-        handle: DmHandle,
-        /// The events.
-        set: EventSet,
-    },
-    /// `dm_set_eventlist` on a file-system handle.
-    SetEventlist {
-        /// File-system handle.
-        handle: DmHandle,
-        /// The events.
-        set: EventSet,
-    },
-    /// `dm_set_return_on_destroy`.
-    ReturnOnDestroy {
-        /// File-system handle.
-        handle: DmHandle,
-        /// The attribute.
-        name: DmAttrName,
-        /// Set or clear.
-        enable: bool,
-    },
 }
 
 /// What a [`Message::Query`] asks.
@@ -561,55 +529,6 @@ fn decode_payload(t: MsgType, source: NodeId, d: &mut Dec<'_>) -> Result<Message
     })
 }
 
-impl Frame {
-    /// The frame carrying a source engine's event to its session node.
-    pub fn from_out_event(ev: &OutEvent) -> Frame {
-        Frame {
-            source: ev.event.source,
-            seq: ev.seq,
-            ref_seq: 0,
-            sid: ev.sid,
-            token: DmToken(0),
-            flags: if ev.resend { FLAG_RESEND } else { 0 },
-            msg: Message::Event { fs: ev.fs, sync: ev.sync, event: ev.event.clone() },
-        }
-    }
-
-    /// The destination and frame for a session engine's [`Outbound`] message, sent by
-    /// node `me` as its frame `seq`. Session announcements go to `session_manager`.
-    pub fn from_outbound(o: &Outbound, me: NodeId, seq: u64, session_manager: NodeId) -> (NodeId, Frame) {
-        let mut f = Frame::new(me, seq, Message::Ack);
-        let to = match o {
-            Outbound::Response { to, sid, ref_seq, token, response, data } => {
-                (f.sid, f.ref_seq, f.token) = (*sid, *ref_seq, *token);
-                f.msg = Message::Response { response: *response, data: data.clone() };
-                *to
-            }
-            Outbound::Pending { to, sid, ref_seq, token, delay } => {
-                (f.sid, f.ref_seq, f.token) = (*sid, *ref_seq, *token);
-                f.msg = Message::Pending { delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) };
-                *to
-            }
-            Outbound::SessionCreated { sid, info } => {
-                f.sid = *sid;
-                f.msg = Message::SessionCreate { node: me, info: info.clone() };
-                session_manager
-            }
-            Outbound::SessionReclaimed { sid, info } => {
-                f.sid = *sid;
-                f.msg = Message::SessionReclaim { node: me, info: info.clone() };
-                session_manager
-            }
-            Outbound::SessionDestroyed { sid } => {
-                f.sid = *sid;
-                f.msg = Message::SessionDestroy;
-                session_manager
-            }
-        };
-        (to, f)
-    }
-}
-
 /// Encodes a frame; a payload above [`MAX_PAYLOAD`] is refused (split the batch).
 pub fn encode_frame(f: &Frame) -> Result<Vec<u8>, WireError> {
     let mut e = Enc::new();
@@ -930,9 +849,12 @@ mod tests {
 
     #[test]
     fn engine_messages_map_to_frames() {
+        use crate::session::Outbound;
+        use crate::source::OutEvent;
+        use crate::wire::FLAG_RESEND;
         use std::time::Duration;
         let sid = DmSessId::compose(NodeId(1), 1).unwrap();
-        let (to, f) = Frame::from_outbound(
+        let (to, f) = Outbound::to_frame(
             &Outbound::Response {
                 to: NodeId(2),
                 sid,
@@ -946,7 +868,7 @@ mod tests {
             NodeId(3),
         );
         assert_eq!((to, f.ref_seq, f.sid, f.token, f.seq), (NodeId(2), 77, sid, DmToken(5), 9));
-        let (to, f) = Frame::from_outbound(
+        let (to, f) = Outbound::to_frame(
             &Outbound::Pending { to: NodeId(2), sid, ref_seq: 77, token: DmToken(5), delay: Duration::from_secs(2) },
             NodeId(1),
             10,
@@ -954,13 +876,13 @@ mod tests {
         );
         assert_eq!((to, f.msg), (NodeId(2), Message::Pending { delay_ms: 2000 }));
         let (to, f) =
-            Frame::from_outbound(&Outbound::SessionCreated { sid, info: b"i".to_vec() }, NodeId(1), 11, NodeId(3));
+            Outbound::to_frame(&Outbound::SessionCreated { sid, info: b"i".to_vec() }, NodeId(1), 11, NodeId(3));
         assert_eq!(to, NodeId(3));
         assert_eq!(f.msg, Message::SessionCreate { node: NodeId(1), info: b"i".to_vec() });
-        let (_, f) = Frame::from_outbound(&Outbound::SessionDestroyed { sid }, NodeId(1), 12, NodeId(3));
+        let (_, f) = Outbound::to_frame(&Outbound::SessionDestroyed { sid }, NodeId(1), 12, NodeId(3));
         assert_eq!((f.sid, f.msg), (sid, Message::SessionDestroy));
         let ev = DmEvent::new(EventType::User, NodeId(4), EventBody::User { data: vec![] }).unwrap();
-        let f = Frame::from_out_event(&OutEvent {
+        let f = OutEvent::to_frame(&OutEvent {
             to: NodeId(1),
             sid,
             seq: 5,

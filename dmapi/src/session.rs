@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{DmError, DmResult};
 use crate::event::{encode_chain, DmEvent, EventBody};
+use crate::proto::{Frame, Message};
 use crate::types::{
     DmMsgType, DmResponse, DmSessId, DmToken, EventType, NodeId, DM_EV_WAIT, DM_MAX_MESSAGE_DATA, DM_NO_SESSION,
     DM_SESSION_INFO_LEN,
@@ -894,6 +895,42 @@ impl SessionEngine {
                 w.complete(Err(DmError::Intr("engine shutting down")));
             }
         }
+    }
+}
+
+impl Outbound {
+    /// The destination and frame for this message, sent by
+    /// node `me` as its frame `seq`. Session announcements go to `session_manager`.
+    pub fn to_frame(&self, me: NodeId, seq: u64, session_manager: NodeId) -> (NodeId, Frame) {
+        let mut f = Frame::new(me, seq, Message::Ack);
+        let to = match self {
+            Outbound::Response { to, sid, ref_seq, token, response, data } => {
+                (f.sid, f.ref_seq, f.token) = (*sid, *ref_seq, *token);
+                f.msg = Message::Response { response: *response, data: data.clone() };
+                *to
+            }
+            Outbound::Pending { to, sid, ref_seq, token, delay } => {
+                (f.sid, f.ref_seq, f.token) = (*sid, *ref_seq, *token);
+                f.msg = Message::Pending { delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) };
+                *to
+            }
+            Outbound::SessionCreated { sid, info } => {
+                f.sid = *sid;
+                f.msg = Message::SessionCreate { node: me, info: info.clone() };
+                session_manager
+            }
+            Outbound::SessionReclaimed { sid, info } => {
+                f.sid = *sid;
+                f.msg = Message::SessionReclaim { node: me, info: info.clone() };
+                session_manager
+            }
+            Outbound::SessionDestroyed { sid } => {
+                f.sid = *sid;
+                f.msg = Message::SessionDestroy;
+                session_manager
+            }
+        };
+        (to, f)
     }
 }
 

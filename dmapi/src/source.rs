@@ -41,7 +41,9 @@ use tracing::{debug, info, warn};
 use crate::disp::{DispEntry, DispositionTable};
 use crate::error::{DmError, DmResult};
 use crate::event::{DmEvent, EventBody};
-use crate::types::{DmMsgType, DmResponse, DmSessId, EventSet, EventType, FsId, NodeId, DM_MAX_MESSAGE_DATA};
+use crate::proto::{Frame, Message};
+use crate::types::{DmMsgType, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId, DM_MAX_MESSAGE_DATA};
+use crate::wire::FLAG_RESEND;
 
 /// An event on its way to a session node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +447,21 @@ impl SourceEngine {
                 st.result = Some(Err(DmError::Intr("source engine shutting down")));
             }
             p.cv.notify_all();
+        }
+    }
+}
+
+impl OutEvent {
+    /// The frame carrying this event to its session node.
+    pub fn to_frame(&self) -> Frame {
+        Frame {
+            source: self.event.source,
+            seq: self.seq,
+            ref_seq: 0,
+            sid: self.sid,
+            token: DmToken(0),
+            flags: if self.resend { FLAG_RESEND } else { 0 },
+            msg: Message::Event { fs: self.fs, sync: self.sync, event: self.event.clone() },
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dmapi::disp::DispositionTable;
 use dmapi::event::{DmEvent, EventBody};
-use dmapi::proto::{Frame, Message};
+use dmapi::proto::Message;
 use dmapi::session::{Caller, Outbound, SessionConfig, SessionEngine};
 use dmapi::source::{OutEvent, SourceConfig, SourceEngine};
 use dmapi::transport::tcp::{TcpConfig, TcpTransport};
@@ -40,7 +40,7 @@ fn start() -> Cluster {
         NodeId(1),
         SessionConfig::default(),
         Arc::new(move |o: Outbound| {
-            let (to, f) = Frame::from_outbound(&o, NodeId(1), sq.fetch_add(1, Ordering::Relaxed), NodeId(1));
+            let (to, f) = o.to_frame(NodeId(1), sq.fetch_add(1, Ordering::Relaxed), NodeId(1));
             if to != NodeId(1) {
                 let _ = ta.send(to, &f);
             }
@@ -67,7 +67,7 @@ fn start() -> Cluster {
     let src = Arc::new(SourceEngine::new(
         NodeId(2),
         SourceConfig::default(),
-        Arc::new(move |e: &OutEvent| tb.send(e.to, &Frame::from_out_event(e)).map_err(DmError::from)),
+        Arc::new(move |e: &OutEvent| tb.send(e.to, &e.to_frame()).map_err(DmError::from)),
     ));
     let srcs: Arc<OnceLock<Arc<SourceEngine>>> = Arc::new(OnceLock::new());
     let _ = srcs.set(src.clone());
@@ -180,7 +180,7 @@ fn sync_round_trip_latency_beside_raw_ping_pong() {
     for i in 0..n {
         let mut ev = read_ev(0);
         ev.source = NodeId(1);
-        let f = Frame::from_out_event(&OutEvent {
+        let f = OutEvent::to_frame(&OutEvent {
             to: NodeId(2),
             sid: DmSessId(1),
             seq: i as u64,

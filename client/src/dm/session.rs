@@ -17,9 +17,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmapi::disp::DispChange;
 use dmapi::disp::DispositionTable;
 use dmapi::event::DmEvent;
-use dmapi::proto::{DispChange, QueryOp};
+use dmapi::proto::QueryOp;
 use dmapi::session::{Caller, SessionEngine};
 use dmapi::source::SourceEngine;
 use dmapi::types::{DmAttrName, DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, NodeId};

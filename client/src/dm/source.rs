@@ -63,7 +63,7 @@ impl EventSource {
             cfg,
             Arc::new(move |ev: &OutEvent| -> DmResult<()> {
                 if ev.sync {
-                    snd(ev.to, Frame::from_out_event(ev)).map_err(DmError::from)
+                    snd(ev.to, ev.to_frame()).map_err(DmError::from)
                 } else {
                     // Batched; a failed batch is re-sent from the engine's unacked list.
                     ob.queues.lock().entry(ev.to).or_default().push(ev.clone());

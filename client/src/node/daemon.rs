@@ -18,8 +18,9 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dmapi::disp::DispChange;
 use dmapi::disp::{DispEntry, DispositionTable, GenerationView};
-use dmapi::proto::{DispChange, Frame, Message, QueryOp};
+use dmapi::proto::{Frame, Message, QueryOp};
 use dmapi::session::{Outbound, SessionConfig, SessionEngine};
 use dmapi::source::SourceConfig;
 use dmapi::transport::auto::NodeTransport;
@@ -268,7 +269,7 @@ impl Node {
     }
 
     fn session_outbound(&self, o: Outbound) {
-        let (to, f) = Frame::from_outbound(&o, self.me, self.next_seq(), NodeId(self.cfg.session_manager));
+        let (to, f) = o.to_frame(self.me, self.next_seq(), NodeId(self.cfg.session_manager));
         if let Err(e) = self.send_frame(to, f) {
             warn!(%to, error = %e, ?o, "session message not sent");
         }

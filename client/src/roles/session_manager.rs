@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use dmapi::disp::DispChange;
 use dmapi::disp::DispositionTable;
-use dmapi::proto::{DispChange, Frame, Message};
+use dmapi::proto::{Frame, Message};
 use dmapi::types::{DmSessId, NodeId};
 use dmapi::DmResult;
 use parking_lot::Mutex;
