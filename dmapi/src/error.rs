@@ -91,6 +91,32 @@ impl DmError {
             DmError::Aborted(e) => *e,
         }
     }
+
+    /// The error a DMAPI caller gets back from an `errno` that crossed a
+    /// process or node boundary: the inverse of [`errno`](Self::errno), so
+    /// every place that maps errnos back maps them alike. `detail` is the
+    /// text that came with it (for EIO, the reason; for E2BIG, the length
+    /// needed); an errno no variant names is what a DM application aborted
+    /// with.
+    pub fn from_errno(errno: i32, detail: &str) -> DmError {
+        match errno {
+            libc::EINVAL => DmError::Inval("invalid argument (see the node log)"),
+            libc::ESRCH => DmError::Srch("token no longer outstanding"),
+            libc::ENOENT => DmError::NoEnt("no such event"),
+            libc::EBADF => DmError::BadF("bad handle"),
+            libc::EACCES => DmError::Acces("access denied"),
+            libc::EBUSY => DmError::Busy("busy"),
+            libc::EAGAIN => DmError::Again("nothing available"),
+            libc::EINTR => DmError::Intr("interrupted"),
+            libc::EPERM => DmError::Perm("not privileged"),
+            libc::ENOMEM => DmError::NoMem("resource limit"),
+            libc::EEXIST => DmError::Exist("exists"),
+            libc::ENOTSUP => DmError::NotSup("not supported"),
+            libc::EIO => DmError::Io(detail.to_string()),
+            libc::E2BIG => DmError::TooBig { needed: detail.parse().unwrap_or(0) },
+            e => DmError::Aborted(e),
+        }
+    }
 }
 
 /// Result of a DMAPI call.
@@ -122,7 +148,21 @@ mod tests {
         ];
         for (e, n) in cases {
             assert_eq!(e.errno(), n, "{e}");
+            // Back from the errno: the same kind of error, the same errno.
+            let detail = match &e {
+                DmError::TooBig { needed } => needed.to_string(),
+                _ => String::new(),
+            };
+            let back = DmError::from_errno(n, &detail);
+            assert_eq!(back.errno(), n, "{e} -> {back}");
+            assert_eq!(
+                std::mem::discriminant(&back) == std::mem::discriminant(&e),
+                !matches!(e, DmError::NotSessionNode { .. }),
+                "{e} -> {back}"
+            );
         }
+        assert_eq!(DmError::from_errno(libc::E2BIG, "96"), DmError::TooBig { needed: 96 });
+        assert_eq!(DmError::from_errno(libc::EIO, "peer gone"), DmError::Io("peer gone".into()));
     }
 
     #[test]

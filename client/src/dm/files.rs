@@ -33,6 +33,10 @@ pub enum ExtentType {
     Hole,
 }
 
+/// A file-system errno (from the manager or the data path) as the DMAPI
+/// error XDSM gives for it: a file that is gone is a bad handle, a refusal
+/// is EPERM. Not [`DmError::from_errno`], which rebuilds an errno that was
+/// a DMAPI one already.
 fn from_errno(e: i32) -> DmError {
     match e {
         libc::ENOENT | libc::ESTALE => DmError::BadF("no such file"),

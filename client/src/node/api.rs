@@ -193,25 +193,9 @@ pub enum Reply {
 
 /// Rebuilds a typed error from an errno that crossed a process boundary.
 pub fn error_from_errno(errno: i32, msg: &str, session_node: Option<(DmSessId, NodeId)>) -> DmError {
-    if let Some((sid, node)) = session_node {
-        return DmError::NotSessionNode { sid, node };
-    }
-    match errno {
-        libc::EINVAL => DmError::Inval("invalid argument (see the node log)"),
-        libc::ESRCH => DmError::Srch("token no longer outstanding"),
-        libc::ENOENT => DmError::NoEnt("no such event"),
-        libc::EBADF => DmError::BadF("bad handle"),
-        libc::EACCES => DmError::Acces("access denied"),
-        libc::EBUSY => DmError::Busy("busy"),
-        libc::EAGAIN => DmError::Again("nothing available"),
-        libc::EINTR => DmError::Intr("interrupted"),
-        libc::EPERM => DmError::Perm("not privileged"),
-        libc::ENOMEM => DmError::NoMem("resource limit"),
-        libc::EEXIST => DmError::Exist("exists"),
-        libc::ENOTSUP => DmError::NotSup("not supported"),
-        libc::EIO => DmError::Io(msg.to_string()),
-        libc::E2BIG => DmError::TooBig { needed: msg.parse().unwrap_or(0) },
-        e => DmError::Aborted(e),
+    match session_node {
+        Some((sid, node)) => DmError::NotSessionNode { sid, node },
+        None => DmError::from_errno(errno, msg),
     }
 }
 
