@@ -19,8 +19,8 @@
 //! FUSE runs several threads, so one request waiting (for a synchronous DM
 //! event, a token, or I/O) does not stall the mount.
 //!
-//! With a [`DmLink`] the mount generates DM events through the node
-//! daemon's local API before the operations that XDSM names (read, write,
+//! With a [`DmLink`] the mount generates DM events into its node's
+//! [`EventSink`] before the operations that XDSM names (read, write,
 //! truncate; create, remove, rename, link, symlink; nospace when a write
 //! finds the volume full): a synchronous event holds the operation until a
 //! DM application answers, and ABORT fails it with the errno the
@@ -183,7 +183,7 @@ impl TidepoolFs {
         // The node stamps its own id as the source.
         let ev = DmEvent::new(t, NodeId(0), body(self)).map_err(|e| e.errno())?;
         match link.sink.generate(link.fs, ev, file_events, attrs) {
-            Ok(DmResponse::Abort(errno)) => Err(if errno > 0 { errno } else { libc::EIO }),
+            Ok(DmResponse::Abort(errno)) => Err(abort_errno(errno)),
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, event = ?t, "cannot generate a DM event; failing the operation");
@@ -1034,11 +1034,21 @@ enum Refused {
     Unreachable,
 }
 
+/// The errno an operation fails with when the DM application aborts it
+/// (an ABORT without one is EIO).
+fn abort_errno(errno: i32) -> i32 {
+    if errno > 0 {
+        errno
+    } else {
+        libc::EIO
+    }
+}
+
 /// A mount-level DM event (mount, preunmount, unmount).
 fn fs_event(link: &DmLink, t: EventType, body: EventBody) -> Result<(), Refused> {
     let ev = DmEvent::new(t, NodeId(0), body).map_err(|x| Refused::Aborted(x.errno()))?;
     match link.sink.generate(link.fs, ev, EventSet::EMPTY, Vec::new()) {
-        Ok(DmResponse::Abort(errno)) => Err(Refused::Aborted(if errno > 0 { errno } else { libc::EIO })),
+        Ok(DmResponse::Abort(errno)) => Err(Refused::Aborted(abort_errno(errno))),
         Ok(_) => Ok(()),
         Err(x) => {
             tracing::error!(error = %x, event = ?t, "cannot generate a DM event");

@@ -318,12 +318,7 @@ impl Manager {
                         set.set(key, Some(typ), start, end, pid);
                         break Reply::Done;
                     }
-                    Some(_) if !wait => {
-                        if set.is_empty() {
-                            l.files.remove(&ino);
-                        }
-                        break Reply::Err(libc::EAGAIN);
-                    }
+                    Some(_) if !wait => break Reply::Err(libc::EAGAIN),
                     Some((holder, _)) if l.deadlocks(key, holder) => break Reply::Err(libc::EDEADLK),
                     Some(_) => {}
                 }
