@@ -2,7 +2,6 @@
 //! user-space NVMe-oF initiator.
 
 mod bench;
-#[path = "node/cli.rs"]
 mod node_cli;
 
 use anyhow::Context;
@@ -275,8 +274,8 @@ fn main() -> anyhow::Result<()> {
         Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs, owner_only } => {
             let dev = fs_dev(&c)?;
             let dm = match dm_socket {
-                Some(p) => Some(client::node::sink::SocketSink::link(
-                    client::node::api::Dm::connect(&p).with_context(|| format!("node API at {}", p.display()))?,
+                Some(p) => Some(node::sink::SocketSink::link(
+                    libdmapi::Dm::connect(&p).with_context(|| format!("node API at {}", p.display()))?,
                     dmapi::types::FsId(dm_fs),
                 )),
                 None => None,

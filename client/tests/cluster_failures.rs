@@ -228,7 +228,7 @@ fn a_peer_that_never_answers_does_not_stall_heartbeats_to_the_others() {
     specs.truncate(3);
     specs[2].extra = extra;
     let c = Cluster::start(&specs);
-    let dm = client::node::api::Dm::connect(c.socket(1)).unwrap();
+    let dm = libdmapi::Dm::connect(c.socket(1)).unwrap();
     // Two handshake timeouts' worth: without background connects node 3's
     // heartbeat loop would sit 5 s on node 9 each round, and node 1 would
     // see it fail after 1.5 s.

@@ -5,8 +5,8 @@
 
 mod common;
 
-use client::dm::files::DmFs;
 use dmapi::types::{dm_at, DmRight, DmStat, FsId};
+use node::dm::files::DmFs;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;

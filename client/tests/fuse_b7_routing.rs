@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::node::sink::SocketSink;
 use common::{field, standard, Cluster};
+use node::sink::SocketSink;
 use tpfs::blockdev::{BlockDev, MemDev};
 use tpfs::fuse::spawn_mount;
 
@@ -31,7 +31,7 @@ fn data_events_to_one_node_namespace_events_to_another() {
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
     tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
-    let api = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let api = libdmapi::Dm::connect(c.socket(4)).unwrap();
     let session = spawn_mount(dev, mnt.path(), Some(SocketSink::link(api, dmapi::types::FsId(1)))).unwrap();
     let o = Command::new("sh")
         .arg("-c")

@@ -9,11 +9,11 @@
 
 mod common;
 
-use client::dm::files::DmFs;
-use client::node::sink::SocketSink;
 use common::{standard, Cluster};
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{DmAttrName, DmHandle, DmResponse, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
+use node::dm::files::DmFs;
+use node::sink::SocketSink;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::mpsc::{self, Receiver};
@@ -66,7 +66,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
         return;
     }
     let c = Cluster::start(&standard("", false));
-    let api = client::node::api::Dm::connect(c.socket(3)).unwrap();
+    let api = libdmapi::Dm::connect(c.socket(3)).unwrap();
     let sid: DmSessId = api.dm_create_session(DmSessId(0), b"lifecycle").unwrap();
     let fs = DmHandle::fs(FsId(1));
     use EventType::*;
@@ -86,7 +86,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     // preunmount is refused with EBUSY, every mount after the first with
     // EPERM, everything else continues.
     let (tx, rx) = mpsc::channel();
-    let responder = client::node::api::Dm::connect(c.socket(3)).unwrap();
+    let responder = libdmapi::Dm::connect(c.socket(3)).unwrap();
     std::thread::spawn(move || {
         let (mut refused, mut mounts) = (false, 0);
         while let Ok(evs) = responder.get_events(sid, 64, DM_EV_WAIT, 1 << 20) {
@@ -118,7 +118,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
     tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
-    let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let api_b = libdmapi::Dm::connect(c.socket(4)).unwrap();
     let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();
     let m = evs.wait("mount", |e| e.ev_type == Mount);
     assert_eq!(m.source.0, 4, "B12: {m:?}");
@@ -219,7 +219,7 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     // A mount the DM application refuses (ABORT, EPERM) fails with its
     // errno, and nothing is mounted.
     let mnt2 = tempfile::tempdir().unwrap();
-    let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let api_b = libdmapi::Dm::connect(c.socket(4)).unwrap();
     let refused = spawn_mount(dev.clone(), mnt2.path(), Some(SocketSink::link(api_b, FsId(1))));
     assert_eq!(refused.err().and_then(|x| x.raw_os_error()), Some(libc::EPERM), "the refused mount's error");
     evs.wait("the second mount", |e| e.ev_type == Mount);

@@ -11,11 +11,11 @@
 
 mod common;
 
-use client::dm::files::{DmFs, ExtentType};
-use client::node::sink::SocketSink;
 use common::{standard, Cluster};
 use dmapi::event::EventBody;
 use dmapi::types::{DmHandle, DmResponse, DmRight, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
+use node::dm::files::{DmFs, ExtentType};
+use node::sink::SocketSink;
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     }
     let c = Cluster::start(&standard("", false));
     // The HSM's session on node 3 (A), for data events of fs 1.
-    let api_a = client::node::api::Dm::connect(c.socket(3)).unwrap();
+    let api_a = libdmapi::Dm::connect(c.socket(3)).unwrap();
     let sid: DmSessId = api_a.dm_create_session(DmSessId(0), b"hsm").unwrap();
     let set: EventSet = [EventType::Read, EventType::Write, EventType::Truncate].into_iter().collect();
     api_a.dm_set_disp(sid, &DmHandle::fs(FsId(1)), set).unwrap();
@@ -42,7 +42,7 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
     tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
-    let api_b = client::node::api::Dm::connect(c.socket(4)).unwrap();
+    let api_b = libdmapi::Dm::connect(c.socket(4)).unwrap();
     let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();
     let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "hsm-on-A").unwrap();
 
@@ -124,12 +124,12 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     drop(mount);
 }
 
-fn next_event(api: &client::node::api::Dm, sid: DmSessId) -> dmapi::event::DmEvent {
+fn next_event(api: &libdmapi::Dm, sid: DmSessId) -> dmapi::event::DmEvent {
     let v = api.get_events(sid, 1, DM_EV_WAIT, 1 << 20).unwrap();
     v.into_iter().next().expect("an event")
 }
 
-fn drain_and_continue(api: &client::node::api::Dm, sid: DmSessId, quiet: Duration) {
+fn drain_and_continue(api: &libdmapi::Dm, sid: DmSessId, quiet: Duration) {
     let start = std::time::Instant::now();
     let mut last = start;
     while last.elapsed() < quiet && start.elapsed() < Duration::from_secs(10) {

@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use client::node::config::{FsConfig, NodeConfig, PeerConfig};
-use client::node::daemon::Node;
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::proto::{encode_frame, Frame, Message};
 use dmapi::session::{Caller, SessionConfig, SessionEngine};
 use dmapi::source::{SourceConfig, SourceEngine};
 use dmapi::types::*;
 use hdrhistogram::Histogram;
+use node::config::{FsConfig, NodeConfig, PeerConfig};
+use node::daemon::Node;
 
 #[derive(Parser)]
 #[command(about = "Tidepool DM event benchmarks (loopback, real processes)")]

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use client::node::api::Dm;
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{DmHandle, DmResponse, EventClass, EventType, FsId, NodeId};
+use libdmapi::Dm;
 
 #[derive(Parser)]
 #[command(about = "Drive a Tidepool node's DM event source (test driver)")]

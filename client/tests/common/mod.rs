@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use client::node::api::Dm;
+use libdmapi::Dm;
 
 pub const TIDEPOOL: &str = env!("CARGO_BIN_EXE_tidepool");
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_tidepool-dm-testdriver");

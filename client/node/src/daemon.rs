@@ -31,13 +31,14 @@ use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 use tracing::{debug, error, info, info_span, warn};
 
-use super::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
+use crate::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
 use crate::dm::session::DmSession;
 use crate::dm::source::EventSource;
 use crate::roles::fs_manager::FsManager;
 use crate::roles::membership::{Membership, PeerChange};
 use crate::roles::session_manager::SessionManager;
 use crate::roles::Sends;
+use libdmapi::channel::{error_from_errno, NodeStatus};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,28 +64,6 @@ enum RpcReply {
     Done(DmResult<()>),
     /// A query's answer.
     Data(DmResult<Vec<u8>>),
-}
-
-/// A snapshot of the node for tools and tests.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// This node.
-    pub node: u32,
-    /// Whether it is the session manager.
-    pub session_manager: bool,
-    /// File systems it manages.
-    pub fs_managed: Vec<u64>,
-    /// File systems it mounts.
-    pub mounts: Vec<u64>,
-    /// Version of its disposition table.
-    pub disp_version: u64,
-    /// Sessions it knows: (sid, node, info).
-    pub sessions: Vec<(i32, u32, Vec<u8>)>,
-    /// Peers it sees alive.
-    pub peers_up: Vec<u32>,
-    /// Peers its DM frames go to over RDMA (the rest: TCP).
-    #[serde(default)]
-    pub peers_rdma: Vec<u32>,
 }
 
 /// One running node daemon.
@@ -529,9 +508,7 @@ impl Node {
                 match rpc {
                     Some(tx) => {
                         let r = match response {
-                            DmResponse::Abort(e) => {
-                                Err(super::api::error_from_errno(e, "session manager refused", None))
-                            }
+                            DmResponse::Abort(e) => Err(error_from_errno(e, "session manager refused", None)),
                             _ => Ok(()),
                         };
                         let _ = tx.try_send(RpcReply::Done(r));
@@ -627,7 +604,7 @@ impl Node {
                     let r = match errno {
                         0 => Ok(data),
                         libc::E2BIG => Err(DmError::TooBig { needed: needed as usize }),
-                        e => Err(super::api::error_from_errno(e, "query refused by the session node", None)),
+                        e => Err(error_from_errno(e, "query refused by the session node", None)),
                     };
                     let _ = tx.try_send(RpcReply::Data(r));
                 }

@@ -3,14 +3,15 @@
 //! [`EventSink`] the file system generates its events into.
 //!
 //! The daemon publishes a count of disposition changes in a file beside its
-//! socket ([`super::api::disp_seq_path`]); the sink keeps the file system's
+//! socket ([`disp_seq_path`]); the sink keeps the file system's
 //! dispositions as of a count, so operations whose events nobody disposed
 //! cost no round trip.
 
-use super::api::Dm;
 use dmapi::disp::GenerationView;
 use dmapi::event::DmEvent;
 use dmapi::types::{DmResponse, EventSet, FsId};
+use libdmapi::channel::disp_seq_path;
+use libdmapi::Dm;
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub struct SocketSink {
 impl SocketSink {
     pub fn new(api: Dm) -> SocketSink {
         let path = api.path().to_path_buf();
-        let seq = super::api::disp_seq_path(&path);
+        let seq = disp_seq_path(&path);
         let disp_seq = std::fs::File::open(&seq)
             .map_err(|x| tracing::warn!(path = %seq.display(), error = %x, "no disposition count: asking the node before every operation"))
             .ok();

@@ -5,7 +5,7 @@
 //! by a flusher thread (one `EventBatch` frame carries many) and never block.
 //!
 //! ```no_run
-//! # fn f(src: &client::dm::source::EventSource) -> dmapi::DmResult<()> {
+//! # fn f(src: &node::dm::source::EventSource) -> dmapi::DmResult<()> {
 //! use dmapi::event::{DmEvent, EventBody};
 //! use dmapi::types::*;
 //! let ev = DmEvent::new(EventType::Read, NodeId(2),

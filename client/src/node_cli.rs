@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use client::node::api::Dm;
-use client::node::config::NodeConfig;
-use client::node::daemon::Node;
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{
     DmAttrName, DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId, DM_EV_WAIT,
 };
+use libdmapi::Dm;
+use node::config::NodeConfig;
+use node::daemon::Node;
 
 /// `tidepool node ...`
 #[derive(Subcommand)]
@@ -41,7 +41,7 @@ pub enum NodeCmd {
 /// `tidepool node run`
 #[derive(Args)]
 pub struct RunArgs {
-    /// TOML configuration (see `client::node::config`); defaults make a one-node cluster.
+    /// TOML configuration (see `node::config`); defaults make a one-node cluster.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override `node_id`.
@@ -74,7 +74,7 @@ pub fn node(cmd: NodeCmd) -> anyhow::Result<()> {
             }
             let path = cfg.api_socket_path();
             let node = Node::start(cfg).context("starting the node daemon")?;
-            client::node::api::serve(node.clone(), &path).context("serving the local API")?;
+            node::api::serve(node.clone(), &path).context("serving the local API")?;
             eprintln!("node {} running; local API at {}", node.id(), path.display());
             loop {
                 std::thread::park();

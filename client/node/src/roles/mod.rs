@@ -7,7 +7,7 @@
 //! | [`fs_manager`] | one node per file system: sends the dispositions to every node that mounts it (B11) |
 //!
 //! Roles are state machines: they take what arrived and return the frames to send;
-//! the daemon (`crate::node::daemon`) numbers and sends them.
+//! the daemon (`crate::daemon`) numbers and sends them.
 
 pub mod fs_manager;
 pub mod membership;

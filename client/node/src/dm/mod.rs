@@ -9,7 +9,7 @@
 //! * [`files`]: the DMAPI functions on files (handles, invisible I/O, holes,
 //!   regions, DM attributes, rights backed by the file-system manager's tokens).
 //!
-//! The daemon that carries frames between the two is `crate::node::daemon`.
+//! The daemon that carries frames between the two is `crate::daemon`.
 
 pub mod files;
 pub mod session;

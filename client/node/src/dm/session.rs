@@ -4,7 +4,7 @@
 //! offers every session, event and disposition call by its XDSM name. It is the
 //! in-process embedding path (a DM application linked into the daemon, as the
 //! latency benchmark does); DM applications in other processes reach the same
-//! object through the node's local API (`crate::node::api`).
+//! object through the node's local DM channel (`crate::api`).
 //!
 //! Away from the session node (B13), calls that change neither the session nor its
 //! events work (`dm_query_session`, `dm_getall_sessions`, `dm_getall_disp`,
