@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 # installed (scripts/setup.sh --all installs them); elsewhere, only outside
 # CI, it builds as a stub that reports RDMA unavailable.
 features=()
-if [ -e /usr/include/infiniband/verbs.h ] && [ -e /usr/include/rdma/rdma_cma.h ] && ldconfig -p | grep libclang >/dev/null; then
-    features=(--features rdma/rdma,storage-node/rdma,client/rdma)
+if [ -n "$(scripts/features.sh)" ]; then
+    read -r -a features <<<"$(scripts/features.sh)"
 elif [ "${CI:-}" = true ]; then
     echo "test.sh: CI=true but rdma-core headers (libibverbs-dev, librdmacm-dev) or libclang are missing;" \
         "run scripts/setup.sh --all" >&2

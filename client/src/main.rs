@@ -2,6 +2,7 @@
 //! user-space NVMe-oF initiator.
 
 mod bench;
+mod cluster;
 mod node_cli;
 
 use anyhow::Context;
@@ -36,9 +37,12 @@ enum Top {
         #[arg(long, default_value = "tidepool")]
         label: String,
     },
-    /// Mount a Tidepool file system through FUSE; runs until unmounted or
-    /// interrupted. Without --manager this process is the file system's
-    /// manager too (listening on --serve for other nodes).
+    /// Mount a Tidepool file system through FUSE. With --node, the running
+    /// node daemon mounts file system --fs of its configuration and hosts the
+    /// mount (as GPFS's mmmount asks mmfsd), and this returns once mounted.
+    /// Without it this process is the mount and runs until unmounted or
+    /// interrupted; without --manager it is the file system's manager too
+    /// (listening on --serve for other nodes).
     Mount {
         #[command(flatten)]
         c: Conn,
@@ -56,16 +60,27 @@ enum Top {
         /// FUSE worker threads.
         #[arg(long, default_value_t = tpfs::fuse::DEFAULT_THREADS)]
         threads: usize,
+        /// Ask the node daemon behind this local socket to host the mount.
+        #[arg(long, conflicts_with_all = ["manager", "serve", "dm_socket"])]
+        node: Option<PathBuf>,
         /// Generate DM events through this node daemon's local API socket.
         #[arg(long)]
         dm_socket: Option<PathBuf>,
-        /// The file system's DM id in the cluster configuration.
-        #[arg(long, default_value_t = 1)]
+        /// The file system's id in the cluster configuration.
+        #[arg(long, visible_alias = "fs", default_value_t = 1)]
         dm_fs: u64,
         /// Serve only the user who mounts (no `allow_other`); by default
         /// every user of the machine, with the kernel checking permissions.
         #[arg(long)]
         owner_only: bool,
+    },
+    /// Ask a node daemon to unmount a mount it hosts (a DM application may
+    /// refuse in the preunmount event).
+    Umount {
+        /// The node daemon's local socket.
+        #[arg(long, default_value = "/tmp/tidepool-node-1.sock")]
+        node: PathBuf,
+        mountpoint: PathBuf,
     },
     /// A file system's manager: metadata, journal and tokens for every
     /// node that mounts it; runs until interrupted.
@@ -85,6 +100,9 @@ enum Top {
     Node(node_cli::NodeCmd),
     /// A DM application on the command line (sessions, dispositions, events).
     Dm(node_cli::DmArgs),
+    /// A whole cluster on this machine: storage node, node daemons, mounts.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
 }
 
 #[derive(Args, Clone)]
@@ -271,7 +289,26 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs, owner_only } => {
+        Top::Mount { node: Some(sock), mountpoint, dm_fs, .. } => {
+            let dm = libdmapi::Dm::connect(&sock).with_context(|| format!("node daemon at {}", sock.display()))?;
+            let path = std::fs::canonicalize(&mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
+            dm.fuse_mount(dmapi::types::FsId(dm_fs), &path)
+                .with_context(|| format!("mounting on {}", path.display()))?;
+            println!(
+                "tidepool: file system {dm_fs} mounted on {} by the node daemon at {}",
+                path.display(),
+                sock.display()
+            );
+            Ok(())
+        }
+        Top::Umount { node, mountpoint } => {
+            let dm = libdmapi::Dm::connect(&node).with_context(|| format!("node daemon at {}", node.display()))?;
+            let path = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint);
+            dm.fuse_unmount(&path).with_context(|| format!("unmounting {}", path.display()))?;
+            println!("tidepool: {} unmounted", path.display());
+            Ok(())
+        }
+        Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs, owner_only, node: None } => {
             let dev = fs_dev(&c)?;
             let dm = match dm_socket {
                 Some(p) => Some(node::sink::SocketSink::link(
@@ -321,6 +358,7 @@ fn main() -> anyhow::Result<()> {
         }
         Top::Node(n) => node_cli::node(n),
         Top::Dm(d) => node_cli::dm(d),
+        Top::Cluster(c) => cluster::run(c),
     }
 }
 
@@ -340,7 +378,7 @@ fn fs_dev(c: &Conn) -> anyhow::Result<std::sync::Arc<dyn tpfs::blockdev::BlockDe
 }
 
 /// Blocks until SIGINT or SIGTERM (each signal ends one wait).
-fn wait_for_signal() {
+pub(crate) fn wait_for_signal() {
     use std::sync::atomic::{AtomicBool, Ordering};
     static STOP: AtomicBool = AtomicBool::new(false);
     extern "C" fn on_signal(_: libc::c_int) {

@@ -76,9 +76,11 @@ pub fn node(cmd: NodeCmd) -> anyhow::Result<()> {
             let node = Node::start(cfg).context("starting the node daemon")?;
             node::api::serve(node.clone(), &path).context("serving the local API")?;
             eprintln!("node {} running; local API at {}", node.id(), path.display());
-            loop {
-                std::thread::park();
-            }
+            // SIGTERM or SIGINT: unmount what the node hosts, then exit.
+            crate::wait_for_signal();
+            eprintln!("node {} stopping", node.id());
+            node.shutdown();
+            Ok(())
         }
         NodeCmd::Status { socket } => {
             let s = Dm::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?.status()?;
@@ -89,6 +91,10 @@ pub fn node(cmd: NodeCmd) -> anyhow::Result<()> {
             println!("disposition table version: {}", s.disp_version);
             println!("peers alive: {:?}", s.peers_up);
             println!("peers reached over RDMA: {:?}", s.peers_rdma);
+            println!("serves metadata of file systems: {:?}", s.meta_served);
+            for m in &s.fuse {
+                println!("fuse mount of file system {} on {}: {}", m.fs, m.path, m.state);
+            }
             for (sid, node, info) in s.sessions {
                 println!("session {sid} on node {node}: {}", String::from_utf8_lossy(&info));
             }

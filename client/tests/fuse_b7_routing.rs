@@ -1,4 +1,4 @@
-//! B7 with real programs: the data events of node B's mount go to the HSM
+//! B7 with real programs: the data events of the mount node B's daemon hosts go to the HSM
 //! session on node A (3), its namespace events to an audit session on node
 //! C (5), as the dispositions say; each session gets only its own kinds,
 //! all stamped with B's node id (B12).
@@ -6,13 +6,9 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{field, standard, Cluster};
-use node::sink::SocketSink;
-use tpfs::blockdev::{BlockDev, MemDev};
-use tpfs::fuse::spawn_mount;
+use common::{field, fuse_mount_toml, listen_port, standard, Cluster, Volume};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -21,18 +17,19 @@ fn data_events_to_one_node_namespace_events_to_another() {
     if !common::fuse_available() {
         return;
     }
-    let c = Cluster::start(&standard("", false));
+    let vol = Volume::new(32 << 20);
+    let mnt = tempfile::tempdir().unwrap();
+    let mut specs = standard("", false);
+    specs[3].extra = fuse_mount_toml(mnt.path());
+    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
+    c.adopt_mountpoint(mnt.path());
+    c.wait_mounted(4, mnt.path());
     let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read,write,truncate"]);
     let mut audit = c.listen(5, &["--info", "audit", "--events", "create,remove,rename,postrename"]);
     for (ev, node) in [("read", "3"), ("write", "3"), ("create", "5"), ("rename", "5"), ("postrename", "5")] {
         c.driver(4, &["wait-route", "--event", ev, "--node", node]);
     }
 
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let api = libdmapi::Dm::connect(c.socket(4)).unwrap();
-    let session = spawn_mount(dev, mnt.path(), Some(SocketSink::link(api, dmapi::types::FsId(1)))).unwrap();
     let o = Command::new("sh")
         .arg("-c")
         .arg("touch x && echo hi > x && cat x && mv x y && truncate -s 1 y && rm y")
@@ -58,5 +55,5 @@ fn data_events_to_one_node_namespace_events_to_another() {
     let (h, a) = (kinds(&hsm.seen), kinds(&audit.seen));
     assert!(h.iter().all(|t| ["read", "write", "truncate"].contains(&t.as_str())), "HSM got {h:?}");
     assert!(a.iter().all(|t| ["create", "remove", "rename", "postrename"].contains(&t.as_str())), "audit got {a:?}");
-    drop(session);
+    drop(c);
 }

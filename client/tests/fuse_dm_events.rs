@@ -1,18 +1,15 @@
-//! B1/B4/B12 with real programs: a Tidepool FUSE mount on node B generates DM
-//! events through its node daemon; a DM application on node A receives them
+//! B1/B4/B12 with real programs: a Tidepool FUSE mount hosted by node B's
+//! daemon generates DM events into that daemon's source engine; a DM
+//! application on node A receives them
 //! (with B's node id), and its answers decide the operations: CONTINUE lets
 //! them run, ABORT makes `mv` fail with the chosen errno.
 
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{field, standard, Cluster};
-use node::sink::SocketSink;
-use tpfs::blockdev::{BlockDev, MemDev};
-use tpfs::fuse::spawn_mount;
+use common::{field, fuse_mount_toml, listen_port, standard, Cluster, Volume};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -25,7 +22,14 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     if !common::fuse_available() {
         return;
     }
-    let c = Cluster::start(&standard("", false));
+    // 32 MiB, so that a 64 MiB write fills it.
+    let vol = Volume::new(32 << 20);
+    let mnt = tempfile::tempdir().unwrap();
+    let mut specs = standard("", false);
+    specs[3].extra = fuse_mount_toml(mnt.path());
+    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
+    c.adopt_mountpoint(mnt.path());
+    c.wait_mounted(4, mnt.path());
     let mut hsm = c.listen(
         3,
         &[
@@ -40,12 +44,6 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     for ev in ["rename", "postcreate", "postremove", "nospace"] {
         c.driver(4, &["wait-route", "--event", ev, "--node", "3"]);
     }
-
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let api = libdmapi::Dm::connect(c.socket(4)).unwrap();
-    let session = spawn_mount(dev, mnt.path(), Some(SocketSink::link(api, dmapi::types::FsId(1)))).unwrap();
 
     let o = sh(mnt.path(), "echo hello > f && cat f && truncate -s 2 f && cat f");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -88,5 +86,5 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
     let o = sh(mnt.path(), "rm big && echo again > f && cat f");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "again\n");
-    drop(session);
+    drop(c);
 }

@@ -1,5 +1,7 @@
 //! The XDSM events of a file's and a mount's life, from real operations on a
-//! FUSE mount on node B (4), at a session on node A (3): mount (synchronous),
+//! FUSE mount node B's daemon (4) hosts, mounted and unmounted at run time
+//! (`Dm::fuse_mount`, what `tidepool mount --node` asks), at a session on
+//! node A (3): mount (synchronous),
 //! attribute, close, destroy (only when the last link and the last open are
 //! gone, with the attribute `dm_set_return_on_destroy` names), preunmount
 //! (an ABORT keeps the file system mounted) and unmount, a mount that the
@@ -9,18 +11,13 @@
 
 mod common;
 
-use common::{standard, Cluster};
+use common::{listen_port, standard, Cluster, Volume};
 use dmapi::event::{DmEvent, EventBody};
-use dmapi::types::{DmAttrName, DmHandle, DmResponse, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
-use node::dm::files::DmFs;
-use node::sink::SocketSink;
+use dmapi::types::{DmAttrName, DmHandle, DmResponse, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT, DM_NO_TOKEN};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tpfs::blockdev::{BlockDev, MemDev};
-use tpfs::fuse::spawn_mount;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -65,7 +62,8 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     if !common::fuse_available() {
         return;
     }
-    let c = Cluster::start(&standard("", false));
+    let vol = Volume::new(32 << 20);
+    let mut c = Cluster::start_with_fs(&standard("", false), &vol.fs_toml(listen_port()));
     let api = libdmapi::Dm::connect(c.socket(3)).unwrap();
     let sid: DmSessId = api.dm_create_session(DmSessId(0), b"lifecycle").unwrap();
     let fs = DmHandle::fs(FsId(1));
@@ -115,11 +113,10 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     });
     let mut evs = Events { rx, seen: Vec::new() };
 
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
     let mnt = tempfile::tempdir().unwrap();
+    c.adopt_mountpoint(mnt.path());
     let api_b = libdmapi::Dm::connect(c.socket(4)).unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();
+    api_b.fuse_mount(FsId(1), mnt.path()).unwrap();
     let m = evs.wait("mount", |e| e.ev_type == Mount);
     assert_eq!(m.source.0, 4, "B12: {m:?}");
     let EventBody::Mount { mountpoint_path, root_handle, .. } = &m.body else { panic!("{m:?}") };
@@ -172,11 +169,13 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let EventBody::Namespace { name1, name2, retcode, .. } = &ps.body else { panic!("{ps:?}") };
     assert_eq!((name1.as_slice(), name2.as_slice(), *retcode), (&b"after"[..], &b"f"[..], 0), "{ps:?}");
 
-    // A per-file event list: reads of f are events, reads of g are not.
-    let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
-    let h = hsm.path_to_handle(&f).unwrap();
-    hsm.set_eventlist(&h, [Read].into_iter().collect()).unwrap();
-    hsm.set_dmattr(&h, b"hsm", b"obj-7").unwrap();
+    // A per-file event list: reads of f are events, reads of g are not. The
+    // file functions go through B's channel (the path is on B's mount), with
+    // the session on A.
+    let h = api_b.dm_path_to_handle(&f).unwrap();
+    api_b.dm_set_eventlist(sid, &h, [Read].into_iter().collect()).unwrap();
+    assert_eq!(api_b.dm_get_eventlist(sid, &h).unwrap(), [Read].into_iter().collect());
+    api_b.dm_set_dmattr(sid, &h, DM_NO_TOKEN, b"hsm", b"obj-7").unwrap();
     assert_eq!(std::fs::read(&g).unwrap(), b"other");
     assert_eq!(std::fs::read(&f).unwrap(), b"precious bytes");
     let r = evs.wait("read of f", |e| e.ev_type == Read);
@@ -204,14 +203,13 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     let d = evs.wait("destroy of g", |e| e.ev_type == Destroy);
     assert_eq!(object_ino(&d), gino);
     assert!(evs.seen.iter().all(|e| e.ev_type != Read || object_ino(e) != gino), "g raised a read event");
-    drop(hsm);
 
     // Preunmount is synchronous: refused once (the mount stays), then allowed.
-    assert_eq!(mount.preunmount(), Err(libc::EBUSY));
+    let e = api_b.fuse_unmount(mnt.path()).unwrap_err();
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
     evs.wait("preunmount", |e| e.ev_type == Preunmount);
     std::fs::write(mnt.path().join("still"), b"mounted").unwrap();
-    assert_eq!(mount.preunmount(), Ok(()));
-    mount.unmount().unwrap();
+    api_b.fuse_unmount(mnt.path()).unwrap();
     let u = evs.wait("unmount", |e| e.ev_type == Unmount);
     let EventBody::Namespace { retcode, .. } = u.body else { panic!("{u:?}") };
     assert_eq!(retcode, 0);
@@ -219,9 +217,8 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     // A mount the DM application refuses (ABORT, EPERM) fails with its
     // errno, and nothing is mounted.
     let mnt2 = tempfile::tempdir().unwrap();
-    let api_b = libdmapi::Dm::connect(c.socket(4)).unwrap();
-    let refused = spawn_mount(dev.clone(), mnt2.path(), Some(SocketSink::link(api_b, FsId(1))));
-    assert_eq!(refused.err().and_then(|x| x.raw_os_error()), Some(libc::EPERM), "the refused mount's error");
+    let refused = api_b.fuse_mount(FsId(1), mnt2.path()).unwrap_err();
+    assert_eq!(refused.errno(), libc::EPERM, "the refused mount's error: {refused}");
     evs.wait("the second mount", |e| e.ev_type == Mount);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(mnt2.path().to_str().unwrap()), "mounted although refused: {mounts}");

@@ -6,30 +6,37 @@
 //! B's read then returns the original bytes and the file's times are as
 //! they were.
 //!
-//! Node daemons are real processes (the cluster harness); the mount on B
-//! and the DM application on A are clients of one file-system manager.
+//! Node daemons are real processes (the cluster harness) that host the
+//! mounts on A and B; the DM application on A makes every call through its
+//! node's local DM channel, which runs the file functions in A's daemon.
 
 mod common;
 
-use common::{standard, Cluster};
+use common::{fuse_mount_toml, listen_port, standard, Cluster, Volume};
 use dmapi::event::EventBody;
-use dmapi::types::{DmHandle, DmResponse, DmRight, DmSessId, EventSet, EventType, FsId, DM_EV_WAIT};
-use node::dm::files::{DmFs, ExtentType};
-use node::sink::SocketSink;
+use dmapi::types::{
+    dm_region, DmHandle, DmRegion, DmResponse, DmRight, DmSessId, EventSet, EventType, ExtentType, FsId, DM_EV_WAIT,
+    DM_NO_TOKEN,
+};
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
-use tpfs::blockdev::{BlockDev, MemDev};
-use tpfs::format::{region_flags, Region};
-use tpfs::fuse::spawn_mount;
 
 #[test]
 fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     if !common::fuse_available() {
         return;
     }
-    let c = Cluster::start(&standard("", false));
+    let vol = Volume::new(32 << 20);
+    let (ma, mb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut specs = standard("", false);
+    specs[2].extra = fuse_mount_toml(ma.path());
+    specs[3].extra = fuse_mount_toml(mb.path());
+    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
+    c.adopt_mountpoint(ma.path());
+    c.adopt_mountpoint(mb.path());
+    c.wait_mounted(3, ma.path());
+    c.wait_mounted(4, mb.path());
     // The HSM's session on node 3 (A), for data events of fs 1.
     let api_a = libdmapi::Dm::connect(c.socket(3)).unwrap();
     let sid: DmSessId = api_a.dm_create_session(DmSessId(0), b"hsm").unwrap();
@@ -38,15 +45,9 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     api_a.dm_set_eventlist(sid, &DmHandle::fs(FsId(1)), set).unwrap();
     c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
 
-    // Node 4 (B) mounts; the HSM on A is another client of the same manager.
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let api_b = libdmapi::Dm::connect(c.socket(4)).unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), Some(SocketSink::link(api_b, FsId(1)))).unwrap();
-    let hsm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "hsm-on-A").unwrap();
-
-    let f = mnt.path().join("cold");
+    let hsm = &api_a;
+    let nt = DM_NO_TOKEN;
+    let f = mb.path().join("cold");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
     // The write raises synchronous events (no regions yet: the whole file
     // is managed); the HSM answers them while it runs.
@@ -57,29 +58,38 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     }
     writer.join().unwrap();
     let before = std::fs::metadata(&f).unwrap();
-    let free_before = statvfs_free(mnt.path());
+    let free_before = statvfs_free(mb.path());
 
-    // Migrate: under an exclusive right, copy out, mark, punch, manage.
-    let h = hsm.path_to_handle(&f).unwrap();
+    // Migrate: under an exclusive right, copy out, mark, punch, manage. The
+    // HSM names the file by its path on its own node's mount.
+    let h = hsm.dm_path_to_handle(&ma.path().join("cold")).unwrap();
     assert_eq!(h.ino().unwrap(), before.ino());
-    assert!(hsm.punch_hole(&h, 0, 0).is_err(), "punching needs the exclusive right");
-    hsm.request_right(&h, DmRight::Excl).unwrap();
-    assert_eq!(hsm.query_right(&h).unwrap(), DmRight::Excl);
-    let copy = hsm.read_invis(&h, 0, data.len() as u64).unwrap();
+    assert_eq!(hsm.dm_path_to_fshandle(ma.path()).unwrap(), DmHandle::fs(FsId(1)));
+    let e = hsm.dm_path_to_handle(std::path::Path::new("/tmp")).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "a path on no Tidepool mount is refused: {e}");
+    assert!(hsm.dm_get_fileattr(DmSessId(12345), &h, nt).is_err(), "a session that does not exist");
+    assert!(hsm.dm_punch_hole(sid, &h, nt, 0, 0).is_err(), "punching needs the exclusive right");
+    hsm.dm_request_right(sid, &h, nt, DmRight::Excl).unwrap();
+    assert_eq!(hsm.dm_query_right(sid, &h, nt).unwrap(), DmRight::Excl);
+    let copy = hsm.dm_read_invis(sid, &h, nt, 0, data.len() as u64).unwrap();
     assert_eq!(copy, data, "invisible read");
     let tier = tempfile::tempdir().unwrap();
     std::fs::write(tier.path().join("obj-1"), &copy).unwrap();
-    hsm.set_dmattr(&h, b"hsm", b"obj-1").unwrap();
-    assert_eq!(hsm.probe_hole(&h, 100, 10_000).unwrap(), (4096, 4096), "whole blocks only");
-    hsm.punch_hole(&h, 0, 0).unwrap();
-    let rw = region_flags::READ | region_flags::WRITE | region_flags::TRUNCATE;
-    hsm.set_region(&h, &[Region { offset: 0, size: 0, flags: rw }]).unwrap();
-    hsm.release_right(&h).unwrap();
-    assert_eq!(hsm.get_allocinfo(&h).unwrap(), vec![(0, 303_104, ExtentType::Hole)], "all data off the volume");
-    assert_eq!(hsm.get_dmattr(&h, b"hsm").unwrap(), b"obj-1");
-    assert!(hsm.get_dmattr(&h, b"nope").is_err());
-    assert!(hsm.set_dmattr(&h, b"too-long-name", b"x").is_err(), "bad DMAPI arguments get a clear error");
-    assert!(statvfs_free(mnt.path()) >= free_before + 73, "punching freed the file's blocks");
+    hsm.dm_set_dmattr(sid, &h, nt, b"hsm", b"obj-1").unwrap();
+    assert_eq!(hsm.dm_probe_hole(sid, &h, nt, 100, 10_000).unwrap(), (4096, 4096), "whole blocks only");
+    hsm.dm_punch_hole(sid, &h, nt, 0, 0).unwrap();
+    let rw = dm_region::READ | dm_region::WRITE | dm_region::TRUNCATE;
+    assert!(hsm.dm_set_region(sid, &h, nt, &[DmRegion { offset: 0, size: 0, flags: rw }]).unwrap());
+    hsm.dm_release_right(sid, &h, nt).unwrap();
+    assert_eq!(
+        hsm.dm_get_allocinfo(sid, &h, nt).unwrap(),
+        vec![(0, 303_104, ExtentType::Hole)],
+        "all data off the volume"
+    );
+    assert_eq!(hsm.dm_get_dmattr(sid, &h, nt, b"hsm").unwrap(), b"obj-1");
+    assert!(hsm.dm_get_dmattr(sid, &h, nt, b"nope").is_err());
+    assert!(hsm.dm_set_dmattr(sid, &h, nt, b"too-long-name", b"x").is_err(), "bad DMAPI arguments get a clear error");
+    assert!(statvfs_free(mb.path()) >= free_before + 73, "punching freed the file's blocks");
     assert_eq!(std::fs::metadata(&f).unwrap().len(), data.len() as u64, "the size stays");
 
     // B reads the migrated file: its read blocks on the event.
@@ -93,18 +103,21 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     assert_eq!(handle, h, "the event names the migrated file");
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "B4: the read waits for the answer");
 
-    // Recall under an exclusive right: any access to the file from B waits.
-    hsm.request_right(&h, DmRight::Excl).unwrap();
+    // Recall under an exclusive right, with the event's token: any access to
+    // the file from B waits.
+    let tok = ev.token;
+    assert!(hsm.dm_request_right(sid, &h, dmapi::types::DmToken(777), DmRight::Excl).is_err(), "no such token");
+    hsm.dm_request_right(sid, &h, tok, DmRight::Excl).unwrap();
     let (stx, srx) = mpsc::channel();
     let f3 = f.clone();
     std::thread::spawn(move || stx.send(std::fs::metadata(&f3).map(|m| m.len()).ok()).unwrap());
     assert!(srx.recv_timeout(Duration::from_millis(400)).is_err(), "B6: B's stat waits for A's right");
-    let key = hsm.get_dmattr(&h, b"hsm").unwrap();
+    let key = hsm.dm_get_dmattr(sid, &h, tok, b"hsm").unwrap();
     let back = std::fs::read(tier.path().join(String::from_utf8(key).unwrap())).unwrap();
-    assert_eq!(hsm.write_invis(&h, 0, &back, true).unwrap(), back.len());
-    hsm.set_region(&h, &[]).unwrap();
-    hsm.remove_dmattr(&h, b"hsm").unwrap();
-    hsm.release_right(&h).unwrap();
+    assert_eq!(hsm.dm_write_invis(sid, &h, tok, true, 0, &back).unwrap(), back.len());
+    hsm.dm_set_region(sid, &h, tok, &[]).unwrap();
+    hsm.dm_remove_dmattr(sid, &h, tok, b"hsm").unwrap();
+    hsm.dm_release_right(sid, &h, tok).unwrap();
     assert_eq!(srx.recv_timeout(Duration::from_secs(10)).unwrap(), Some(data.len() as u64), "released: B's stat runs");
     api_a.dm_respond_event(sid, ev.token, DmResponse::Continue, &[]).unwrap();
     let got = rx.recv_timeout(Duration::from_secs(10)).expect("B's read completes after CONTINUE");
@@ -119,9 +132,8 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
         Err(e) if e.errno() == libc::EAGAIN => {}
         other => panic!("no managed region: no event, and dm_get_events says so (EAGAIN); got {other:?}"),
     }
-    assert_eq!(hsm.get_allocinfo(&h).unwrap(), vec![(0, 303_104, ExtentType::Res)]);
-    drop(hsm);
-    drop(mount);
+    assert_eq!(hsm.dm_get_allocinfo(sid, &h, nt).unwrap(), vec![(0, 303_104, ExtentType::Res)]);
+    drop(c);
 }
 
 fn next_event(api: &libdmapi::Dm, sid: DmSessId) -> dmapi::event::DmEvent {

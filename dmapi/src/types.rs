@@ -174,6 +174,50 @@ pub struct DmStat {
     /// `dt_blocks`: 512-byte blocks.
     pub blocks: u64,
 }
+/// `dm_region_t`: a managed region of a file. Accesses that touch it raise
+/// the data events its flags name; `size` 0 reaches to the end of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DmRegion {
+    /// `rg_offset`.
+    pub offset: u64,
+    /// `rg_size`.
+    pub size: u64,
+    /// `rg_flags`: [`dm_region`] bits.
+    pub flags: u32,
+}
+
+/// `dm_region_t.rg_flags`, as in SGI's `dmapi.h`.
+pub mod dm_region {
+    /// `DM_REGION_NOEVENT`.
+    pub const NOEVENT: u32 = 0x0;
+    /// `DM_REGION_READ`.
+    pub const READ: u32 = 0x1;
+    /// `DM_REGION_WRITE`.
+    pub const WRITE: u32 = 0x2;
+    /// `DM_REGION_TRUNCATE`.
+    pub const TRUNCATE: u32 = 0x4;
+}
+
+/// `dm_extenttype_t`: what `dm_get_allocinfo` reports of a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExtentType {
+    /// `DM_EXTENT_RES`: blocks on the volume.
+    Res = 1,
+    /// `DM_EXTENT_HOLE`: nothing stored; reads as zeroes.
+    Hole = 2,
+}
+
+impl ExtentType {
+    /// From the `dm_extenttype_t` value.
+    pub fn from_raw(v: u32) -> DmResult<ExtentType> {
+        match v {
+            1 => Ok(ExtentType::Res),
+            2 => Ok(ExtentType::Hole),
+            _ => Err(DmError::Inval("not a dm_extenttype_t")),
+        }
+    }
+}
+
 /// `DM_MOUNT_RDONLY`: `me_mode` flag of a mount event.
 pub const DM_MOUNT_RDONLY: u32 = 0x1;
 /// `DM_UNMOUNT_FORCE`: `ne_mode` flag of preunmount/unmount events.

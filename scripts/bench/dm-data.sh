@@ -3,19 +3,25 @@
 # reads (psync, one job) of one file through three mounts of the same file
 # system on a storage-node volume:
 #  - plain: a mount with no DM link (the baseline);
-#  - dm-idle: a mount that asks its node daemon before every read, with no
-#    disposition for read events (what every DMAPI-enabled mount pays);
-#  - dm-sync: the same mount while a DM application on another node holds
-#    a read disposition: every read is a synchronous event answered
-#    CONTINUE before the read runs (a whole file managed, as an HSM's
-#    unmigrated-region check would be).
+#  - dm-idle: the mount node 2's daemon hosts (`tidepool mount --node`),
+#    with no disposition for read events (what every DMAPI-enabled mount
+#    pays);
+#  - dm-sync: the same mount while a DM application on node 1 holds a read
+#    disposition and waits in dm_get_events: every read is a synchronous
+#    event from the FUSE thread into node 2's source engine, over TCP to
+#    node 1 and back, answered CONTINUE before the read runs (a whole file
+#    managed, as an HSM's unmigrated-region check would be).
 # Node 1 is the session manager, the file system's DM manager and the
-# session node; node 2 mounts. Prints IOPS and the ratios to the baseline.
+# session node; node 2 mounts; the file system's metadata is served by a
+# `tidepool fs-manager` process. Prints IOPS, the ratios to the baseline,
+# and the added time per read beside a raw TCP ping-pong of the same sizes
+# (`tidepool-dm-bench ping-pong`), measured in the same run.
 # Usage: scripts/bench/dm-data.sh [seconds per point, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
-cargo build --release -q --bin tidepool --bin storage-node --bin tidepool-dm-testdriver
+# shellcheck disable=SC2046
+cargo build --release -q $(scripts/features.sh) --bin tidepool --bin storage-node --bin tidepool-dm-testdriver --bin tidepool-dm-bench
 . scripts/bench/lib.sh
 bench_fs dmbench 512M
 key=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -31,6 +37,8 @@ for id in 1 2; do
         other=$((3 - id))
         printf '[[peers]]\nid = %s\naddr = "127.0.0.1:%s"\n' $other $((BENCH_DM_PORT + other))
         printf '[[filesystems]]\nid = 1\nmanager = 1\n'
+        # Node 2 mounts: it names the volume and the metadata service.
+        [ "$id" = 2 ] && printf 'addr = "%s"\nnqn = "%s"\nmeta_addr = "%s"\n' "${A[1]}" "${A[3]}" "$MGR"
     } >"$work/node$id.toml"
     $bin/tidepool node run --config "$work/node$id.toml" 2>"$work/node$id.log" >/dev/null &
     pids+=($!)
@@ -40,7 +48,8 @@ for id in 1 2; do
 done
 
 bench_mount "$work/mnt-plain"
-bench_mount "$work/mnt-dm" --dm-socket "$work/node2.sock" --dm-fs 1
+mkdir -p "$work/mnt-dm"
+$bin/tidepool mount --node "$work/node2.sock" --fs 1 "$work/mnt-dm" >/dev/null
 dd if=/dev/urandom of="$work/mnt-plain/data" bs=1M count=64 status=none
 sum=$(sha256sum <"$work/mnt-plain/data" | cut -d' ' -f1)
 
@@ -67,15 +76,18 @@ for _ in $(seq "$ROUNDS"); do
     plain+=("$(iops "$work/mnt-plain")")
 done
 events=$(grep -c "type=read" "$work/hsm.out" || true)
+ping=$($bin/tidepool-dm-bench ping-pong | sed -n 's/^PINGPONG p50_us=//p')
 [ "$(sha256sum <"$work/mnt-dm/data" | cut -d' ' -f1)" = "$sum" ] || { echo "data differ" >&2; exit 1; }
 echo "fio 4 KiB randread, psync, 1 job, ${SECS}s per point, 64 MiB file; median IOPS of interleaved rounds [all rounds]; ratio to plain"
-python3 - "${plain[*]}" "${idle[*]}" "${sync_[*]}" "$events" <<'EOF'
+python3 - "${plain[*]}" "${idle[*]}" "${sync_[*]}" "$events" "$ping" <<'EOF'
 import statistics, sys
 p, i, s = [[int(x) for x in a.split()] for a in sys.argv[1:4]]
-n = int(sys.argv[4])
+n, ping = int(sys.argv[4]), float(sys.argv[5])
 mp, mi, ms = statistics.median(p), statistics.median(i), statistics.median(s)
 print("plain mount (no DM link)          %8d  1.00  %s" % (mp, p))
 print("DM link, no read disposition      %8d  %.2f  %s" % (mi, mi / mp, i))
 print("sync read event per read, node 1  %8d  %.2f  %s  (%d events answered)" % (ms, ms / mp, s, n))
-print("derived, not measured: 1/IOPS(sync) - 1/IOPS(plain) = %.1f us per read, the cost of one synchronous event round trip on the read path" % (1e6 / ms - 1e6 / mp))
+added = 1e6 / ms - 1e6 / mi
+print("added per read by the sync event: 1/IOPS(sync) - 1/IOPS(DM link, no disposition) = %.1f us" % added)
+print("raw TCP ping-pong of the same sizes, p50 (same run): %.1f us; added / ping-pong = %.2fx" % (ping, added / ping))
 EOF

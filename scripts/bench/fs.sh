@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-5}
-cargo build --release -q --bin tidepool --bin storage-node
+# shellcheck disable=SC2046
+cargo build --release -q $(scripts/features.sh) --bin tidepool --bin storage-node
 . scripts/bench/lib.sh
 bench_fs fsbench 1G
 # TIDEPOOL_BENCH_MOUNT_ARGS: extra `tidepool mount` options (e.g. --poll).

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/../.."
 secs=${1:-5}
 command -v fio >/dev/null || { echo "fio is needed: apt-get install fio" >&2; exit 1; }
 command -v jq >/dev/null || { echo "jq is needed: apt-get install jq" >&2; exit 1; }
-[ -n "${TIDEPOOL_BIN:-}" ] || cargo build --release --bins -q
+# shellcheck disable=SC2046
+[ -n "${TIDEPOOL_BIN:-}" ] || cargo build --release --bins -q $(scripts/features.sh)
 bin=target/release
 tp=${TIDEPOOL_BIN:-$bin/tidepool}
 work=$(mktemp -d /var/tmp/tidepool-bench.XXXXXX)

@@ -3,46 +3,48 @@
 //! (`SO_PEERCRED`) and dispatched to the node's DM session API and event source.
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dmapi::event::EventBody;
 use dmapi::proto::{decode_frame, Message};
 use dmapi::session::Caller;
 use dmapi::types::{
-    DmAttrName, DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, DM_EV_WAIT,
+    DmAttrName, DmHandle, DmMsgType, DmResponse, DmRight, DmSessId, DmToken, EventSet, EventType, FsId, HandleKind,
+    DM_EV_WAIT, DM_NO_TOKEN,
 };
 use dmapi::{DmError, DmResult};
-use libdmapi::channel::{disp_seq_path, err_reply, read_msg, write_msg, Reply, Request};
+use libdmapi::channel::{disp_seq_path, err_reply, Channel, Reply, Request, RightOp};
+use libdmapi::seqpacket::{SeqPacket, SeqPacketListener};
 use tracing::{debug, info, warn};
 
+use crate::config::FuseMountConfig;
 use crate::daemon::Node;
+use crate::dm::files::DmFs;
 use crate::peercred::{peer_caller, peer_hung_up};
+use tpfs::format::Region;
 
 /// Serves the local API of `node` on `path` until the process exits.
 pub fn serve(node: Arc<Node>, path: &Path) -> std::io::Result<()> {
     // A stale socket from a killed daemon would make bind fail.
     let _ = std::fs::remove_file(path);
     node.publish_disp_seq(&disp_seq_path(path))?;
-    let l = UnixListener::bind(path)?;
+    let l = SeqPacketListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     info!(path = %path.display(), "local API listening");
-    thread::Builder::new().name("dm-api-accept".into()).spawn(move || {
-        for s in l.incoming() {
-            let Ok(s) = s else { continue };
-            let n = node.clone();
-            let _ = thread::Builder::new().name("dm-api".into()).spawn(move || serve_conn(n, s));
-        }
+    thread::Builder::new().name("dm-api-accept".into()).spawn(move || loop {
+        let Ok(s) = l.accept() else { continue };
+        let n = node.clone();
+        let _ = thread::Builder::new().name("dm-api".into()).spawn(move || serve_conn(n, s));
     })?;
     Ok(())
 }
 
-fn serve_conn(node: Arc<Node>, mut s: UnixStream) {
-    let (caller, pid) = match peer_caller(&s) {
+fn serve_conn(node: Arc<Node>, s: SeqPacket) {
+    let mut ch = Channel::new(s);
+    let (caller, pid) = match peer_caller(ch.socket()) {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "local API peer without credentials; refused");
@@ -51,7 +53,7 @@ fn serve_conn(node: Arc<Node>, mut s: UnixStream) {
     };
     debug!(pid, uid = caller.uid, "local API client connected");
     loop {
-        let req: Request = match read_msg(&mut s) {
+        let req: Request = match ch.recv() {
             Ok(r) => r,
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
@@ -61,14 +63,16 @@ fn serve_conn(node: Arc<Node>, mut s: UnixStream) {
             }
         };
         let watch = match &req {
-            Request::GetEvents { sid, flags, .. } if flags & DM_EV_WAIT != 0 => watch_hangup(&s, &node, DmSessId(*sid)),
+            Request::GetEvents { sid, flags, .. } if flags & DM_EV_WAIT != 0 => {
+                watch_hangup(ch.socket(), &node, DmSessId(*sid))
+            }
             _ => None,
         };
         let reply = dispatch(&node, &caller, req);
         if let Some(done) = watch {
             done.store(true, Ordering::Release);
         }
-        if write_msg(&mut s, &reply).is_err() {
+        if ch.send(&reply).is_err() {
             return;
         }
     }
@@ -78,7 +82,7 @@ fn serve_conn(node: Arc<Node>, mut s: UnixStream) {
 /// client goes away (a killed DM application), the wait is interrupted, so that no
 /// event is taken off the queue for a reader that no longer exists. Returns the
 /// flag that tells the watcher the call ended normally.
-fn watch_hangup(s: &UnixStream, node: &Arc<Node>, sid: DmSessId) -> Option<Arc<AtomicBool>> {
+fn watch_hangup(s: &SeqPacket, node: &Arc<Node>, sid: DmSessId) -> Option<Arc<AtomicBool>> {
     let c = s.try_clone().ok()?;
     let done = Arc::new(AtomicBool::new(false));
     let (d, n) = (done.clone(), node.clone());
@@ -101,11 +105,22 @@ fn handle_of(b: &[u8]) -> DmResult<DmHandle> {
     DmHandle::from_bytes(b)
 }
 
-fn dispatch(node: &Node, caller: &Caller, req: Request) -> Reply {
+/// What every file function starts with: the session and token checked,
+/// the handle parsed, and the file system's file functions.
+fn file_call(node: &Node, sid: i32, token: i32, handle: &[u8]) -> DmResult<(Arc<DmFs>, DmHandle)> {
+    node.check_token(DmSessId(sid), DmToken(token))?;
+    let h = handle_of(handle)?;
+    Ok((node.files(h.fsid())?, h))
+}
+
+fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
     let dm = &node.dm;
     // Generating events and mounting stand in for the file system, which runs with
     // the daemon's authority: only root or the DM admin group may ask for them.
-    if matches!(req, Request::Generate { .. } | Request::Mount { .. }) {
+    if matches!(
+        req,
+        Request::Generate { .. } | Request::Mount { .. } | Request::FuseMount { .. } | Request::FuseUnmount { .. }
+    ) {
         let admin = node.config().dm_admin_gid.is_some_and(|g| caller.gids.contains(&g));
         if caller.uid != 0 && !admin {
             return err_reply(DmError::Perm("generating events or mounting needs privilege"));
@@ -157,12 +172,22 @@ fn dispatch(node: &Node, caller: &Caller, req: Request) -> Reply {
             Request::GetallDisp { sid } => Reply::Disp(
                 dm.dm_getall_disp(DmSessId(sid))?.into_iter().map(|(h, s)| (h.as_bytes().to_vec(), s.0)).collect(),
             ),
+            // A file system's event list is a disposition (the session manager
+            // keeps it); a file's is in its inode.
             Request::SetEventlist { sid, handle, set } => {
-                dm.dm_set_eventlist(DmSessId(sid), &handle_of(&handle)?, EventSet(set))?;
+                let h = handle_of(&handle)?;
+                match h.kind() {
+                    HandleKind::Fs => dm.dm_set_eventlist(DmSessId(sid), &h, EventSet(set))?,
+                    _ => file_call(node, sid, DM_NO_TOKEN.0, &handle)?.0.set_eventlist(&h, EventSet(set))?,
+                }
                 Reply::Ok
             }
             Request::GetEventlist { sid, handle } => {
-                Reply::Set(dm.dm_get_eventlist(DmSessId(sid), &handle_of(&handle)?)?.0)
+                let h = handle_of(&handle)?;
+                match h.kind() {
+                    HandleKind::Fs => Reply::Set(dm.dm_get_eventlist(DmSessId(sid), &h)?.0),
+                    _ => Reply::Set(file_call(node, sid, DM_NO_TOKEN.0, &handle)?.0.get_eventlist(&h)?.0),
+                }
             }
             Request::SetReturnOnDestroy { sid, handle, attr, enable } => {
                 dm.dm_set_return_on_destroy(
@@ -175,25 +200,131 @@ fn dispatch(node: &Node, caller: &Caller, req: Request) -> Reply {
             }
             Request::Generate { frame, file_events, attrs } => {
                 let (f, _) = decode_frame(&frame).map_err(|_| DmError::Inval("generate: not an event frame"))?;
-                let Message::Event { fs, mut event, .. } = f.msg else {
+                let Message::Event { fs, event, .. } = f.msg else {
                     return Err(DmError::Inval("generate: not an event frame"));
                 };
-                if let EventBody::Destroy { attrname, attrcopy, .. } = &mut event.body {
-                    if let Some(name) = node.table().return_on_destroy(fs) {
-                        *attrname = name;
-                        let n = &name.an_chars[..name.an_chars.iter().position(|&c| c == 0).unwrap_or(8)];
-                        *attrcopy = attrs.into_iter().find(|(a, _)| a == n).map(|(_, v)| v).unwrap_or_default();
-                    }
-                }
                 let t0 = Instant::now();
-                let r = node.source.generate_with_filelist(fs, event, EventSet(file_events));
-                let blocked_ns = t0.elapsed().as_nanos() as u64;
-                let (response, reterror) = match r {
-                    Ok(resp) => resp.to_raw(),
-                    Err(DmError::Aborted(e)) => DmResponse::Abort(e).to_raw(),
-                    Err(e) => return Err(e),
+                let r = node.generate_event(fs, event, EventSet(file_events), attrs)?;
+                let (response, reterror) = r.to_raw();
+                Reply::Generated { response, reterror, blocked_ns: t0.elapsed().as_nanos() as u64 }
+            }
+            Request::FuseMount { fs, path } => {
+                let m =
+                    FuseMountConfig { fs, path: path.into(), threads: tpfs::fuse::DEFAULT_THREADS, owner_only: false };
+                node.mounts().mount(node, &m)?;
+                Reply::Ok
+            }
+            Request::HandleOf { dev, ino, fs } => {
+                let fsid =
+                    node.mounts().fs_of_dev(dev).ok_or(DmError::Inval("not on a Tidepool mount of this node"))?;
+                let h = if fs { DmHandle::fs(fsid) } else { node.files(fsid)?.handle_of(ino)? };
+                Reply::Bytes(h.as_bytes().to_vec())
+            }
+            Request::GetFileattr { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Stat((&f.get_fileattr(&h)?).into())
+            }
+            Request::SetFileattr { sid, token, handle, mask, stat } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                f.set_fileattr(&h, mask, &stat.to_stat()?)?;
+                Reply::Ok
+            }
+            Request::Bulk { sid, handle, attr, cookie, max } => {
+                let (f, h) = file_call(node, sid, DM_NO_TOKEN.0, &handle)?;
+                let (v, next) = if attr.is_empty() {
+                    let (v, next) = f.get_bulkattr(&h, cookie, max)?;
+                    (v.into_iter().map(|s| (s, None)).collect(), next)
+                } else {
+                    f.get_bulkall(&h, &attr, cookie, max)?
                 };
-                Reply::Generated { response, reterror, blocked_ns }
+                Reply::Stats { stats: v.iter().map(|(s, a)| (s.into(), a.clone())).collect(), next }
+            }
+            Request::GetDirattrs { sid, token, handle, cookie, max } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                let (v, next) = f.get_dirattrs(&h, cookie, max)?;
+                Reply::Stats { stats: v.iter().map(|s| (s.into(), None)).collect(), next }
+            }
+            Request::ReadInvis { sid, token, handle, off, len } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Bytes(f.read_invis(&h, off, len)?)
+            }
+            Request::WriteInvis { sid, token, handle, off, data, sync } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Count(f.write_invis(&h, off, &data, sync)? as u64)
+            }
+            Request::SyncByHandle { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                f.sync_by_handle(&h)?;
+                Reply::Ok
+            }
+            Request::ProbeHole { sid, token, handle, off, len } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                let (o, l) = f.probe_hole(&h, off, len)?;
+                Reply::Range(o, l)
+            }
+            Request::PunchHole { sid, token, handle, off, len } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                f.punch_hole(&h, off, len)?;
+                Reply::Ok
+            }
+            Request::GetAllocinfo { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Extents(f.get_allocinfo(&h)?.into_iter().map(|(o, l, t)| (o, l, t as u32)).collect())
+            }
+            Request::SetRegion { sid, token, handle, regions } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                let regions: Vec<Region> =
+                    regions.into_iter().map(|(offset, size, flags)| Region { offset, size, flags }).collect();
+                Reply::Flag(f.set_region(&h, &regions)?)
+            }
+            Request::GetRegion { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Regions(f.get_region(&h)?.into_iter().map(|r| (r.offset, r.size, r.flags)).collect())
+            }
+            Request::SetDmattr { sid, token, handle, name, value } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                f.set_dmattr(&h, &name, &value)?;
+                Reply::Ok
+            }
+            Request::GetDmattr { sid, token, handle, name } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Bytes(f.get_dmattr(&h, &name)?)
+            }
+            Request::RemoveDmattr { sid, token, handle, name } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                f.remove_dmattr(&h, &name)?;
+                Reply::Ok
+            }
+            Request::GetallDmattr { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Attrs(f.getall_dmattr(&h)?)
+            }
+            Request::Right { sid, token, handle, op } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                match op {
+                    RightOp::Request { right } => {
+                        let r = match right {
+                            0 => DmRight::Null,
+                            1 => DmRight::Shared,
+                            2 => DmRight::Excl,
+                            _ => return Err(DmError::Inval("not a dm_right_t")),
+                        };
+                        f.request_right(&h, r)?;
+                        Reply::Ok
+                    }
+                    RightOp::Release => f.release_right(&h).map(|_| Reply::Ok)?,
+                    RightOp::Upgrade => f.upgrade_right(&h).map(|_| Reply::Ok)?,
+                    RightOp::Downgrade => f.downgrade_right(&h).map(|_| Reply::Ok)?,
+                    RightOp::Query => Reply::Count(match f.query_right(&h)? {
+                        DmRight::Null => 0,
+                        DmRight::Shared => 1,
+                        DmRight::Excl => 2,
+                    }),
+                }
+            }
+            Request::FuseUnmount { path } => {
+                node.mounts().unmount(Path::new(&path)).map_err(|e| DmError::from_errno(e, "unmount refused"))?;
+                Reply::Ok
             }
             Request::DispView { fs } => {
                 let (seq, v) = node.disp_view(FsId(fs));

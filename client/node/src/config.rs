@@ -15,6 +15,14 @@
 //! [[filesystems]]
 //! id = 1
 //! manager = 2                      # the file system's manager node (B11)
+//! # Its volume and metadata service, for nodes that mount it through FUSE:
+//! addr = "127.0.0.1:4420"          # the storage node exporting the volume
+//! nqn = "nqn.2026-11.io.tidepool:vol0"
+//! nsid = 1
+//! meta_addr = "127.0.0.1:7602"     # where the manager node serves metadata
+//! [[fuse_mounts]]                  # FUSE mounts this daemon hosts
+//! fs = 1
+//! path = "/mnt/tidepool"
 //! ```
 
 use std::net::SocketAddr;
@@ -59,8 +67,66 @@ pub struct PeerConfig {
 pub struct FsConfig {
     /// The file-system id (what `DmHandle::fs` carries).
     pub id: u64,
-    /// The node that manages it and distributes its dispositions (B11).
+    /// The node that manages it: distributes its dispositions (B11) and, when
+    /// the volume is named below, serves its metadata at `meta_addr`.
     pub manager: u32,
+    /// The storage node exporting its volume (`host:port`); without it the
+    /// file system exists for DM events only and nothing mounts it through FUSE.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// The volume's subsystem NQN.
+    #[serde(default)]
+    pub nqn: Option<String>,
+    /// The volume's namespace. Default 1.
+    #[serde(default = "one")]
+    pub nsid: u32,
+    /// NVMe-oF transport to the volume, `tcp` or `rdma`. Default `tcp`.
+    #[serde(default = "tcp")]
+    pub transport: String,
+    /// Where the manager node serves the file system's metadata (tokens,
+    /// journal) to every mounting node.
+    #[serde(default)]
+    pub meta_addr: Option<SocketAddr>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+impl FsConfig {
+    /// A file system known to the DM path only (no volume).
+    pub fn dm_only(id: u64, manager: u32) -> FsConfig {
+        FsConfig { id, manager, addr: None, nqn: None, nsid: 1, transport: tcp(), meta_addr: None }
+    }
+
+    /// Whether its volume and metadata service are named, so it can be mounted.
+    pub fn mountable(&self) -> bool {
+        self.addr.is_some() && self.nqn.is_some() && self.meta_addr.is_some()
+    }
+}
+
+/// A FUSE mount the daemon hosts.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FuseMountConfig {
+    /// The file system (an `id` of `[[filesystems]]` with a volume).
+    pub fs: u64,
+    /// The mount point (an existing directory).
+    pub path: PathBuf,
+    /// FUSE worker threads. Default 4.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Serve only the daemon's user (no `allow_other`).
+    #[serde(default)]
+    pub owner_only: bool,
+}
+
+fn default_threads() -> usize {
+    4
 }
 
 /// One node daemon's configuration.
@@ -86,8 +152,16 @@ pub struct NodeConfig {
     pub peers: Vec<PeerConfig>,
     /// The cluster's file systems. Default: file system 1 managed by node 1.
     pub filesystems: Vec<FsConfig>,
-    /// File systems this node mounts at start. Default `[1]`.
+    /// File systems this node tells their managers it mounts at start, for DM
+    /// events only (a FUSE mount in `fuse_mounts` is announced without this).
+    /// Default `[1]`.
     pub mounts: Vec<u64>,
+    /// FUSE mounts this daemon hosts from the start; more come and go with
+    /// `tidepool mount --node`.
+    pub fuse_mounts: Vec<FuseMountConfig>,
+    /// The NQN this node connects to volumes with. Default: one derived from
+    /// the node id (`nqn.2026-11.io.tidepool:node-<id>`), stable across restarts.
+    pub host_nqn: Option<String>,
     /// Besides root, members of this group may create DM sessions.
     pub dm_admin_gid: Option<u32>,
     /// How often heartbeats go to every peer, in milliseconds. Default 200.
@@ -120,8 +194,10 @@ impl Default for NodeConfig {
             cluster_key_file: None,
             session_manager: 1,
             peers: Vec::new(),
-            filesystems: vec![FsConfig { id: 1, manager: 1 }],
+            filesystems: vec![FsConfig::dm_only(1, 1)],
             mounts: vec![1],
+            fuse_mounts: Vec::new(),
+            host_nqn: None,
             dm_admin_gid: None,
             heartbeat_interval_ms: 200,
             failure_timeout_ms: 1500,
@@ -170,6 +246,24 @@ impl NodeConfig {
                 return bad(format!("mounts names file system {m}, which is not in [[filesystems]]"));
             }
         }
+        for f in &self.filesystems {
+            if f.addr.is_some() != f.nqn.is_some() || (f.addr.is_some() && f.meta_addr.is_none()) {
+                return bad(format!("file system {}: addr, nqn and meta_addr go together", f.id));
+            }
+            if f.transport.parse::<nvmf::Transport>().is_err() {
+                return bad(format!("file system {}: transport {:?} is neither tcp nor rdma", f.id, f.transport));
+            }
+        }
+        for (i, m) in self.fuse_mounts.iter().enumerate() {
+            match self.filesystems.iter().find(|f| f.id == m.fs) {
+                Some(f) if f.mountable() => {}
+                Some(_) => return bad(format!("fuse_mounts: file system {} has no addr, nqn and meta_addr", m.fs)),
+                None => return bad(format!("fuse_mounts names file system {}, which is not in [[filesystems]]", m.fs)),
+            }
+            if self.fuse_mounts[..i].iter().any(|o| o.path == m.path) {
+                return bad(format!("fuse_mounts: {} is mounted twice", m.path.display()));
+            }
+        }
         if self.peers.iter().any(|p| p.id == self.node_id) {
             return bad("a peer has this node's id".into());
         }
@@ -196,6 +290,16 @@ impl NodeConfig {
             return Ok(k.trim_ascii().to_vec());
         }
         Ok(self.cluster_key.clone().unwrap_or_else(|| DEV_CLUSTER_KEY.into()).into_bytes())
+    }
+
+    /// The host NQN this node connects to volumes with.
+    pub fn host_nqn(&self) -> String {
+        self.host_nqn.clone().unwrap_or_else(|| format!("nqn.2026-11.io.tidepool:node-{}", self.node_id))
+    }
+
+    /// File system `fs`'s configuration.
+    pub fn filesystem(&self, fs: FsId) -> Option<&FsConfig> {
+        self.filesystems.iter().find(|f| f.id == fs.0)
     }
 
     /// The manager node of file system `fs`.
@@ -249,5 +353,24 @@ mod tests {
         assert!(NodeConfig::from_toml("node_id = 3\nsession_manager = 9\n").is_err());
         assert!(NodeConfig::from_toml("mounts = [4]\n").is_err());
         assert!(NodeConfig::from_toml("bogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn fuse_mounts_need_a_volume_and_a_metadata_service() {
+        let fs = "[[filesystems]]\nid = 1\nmanager = 1\naddr = \"127.0.0.1:4420\"\nnqn = \"nqn.x:v\"\n";
+        let mnt = "[[fuse_mounts]]\nfs = 1\npath = \"/mnt/a\"\n";
+        let err = NodeConfig::from_toml(&format!("{fs}{mnt}")).unwrap_err().to_string();
+        assert!(err.contains("meta_addr"), "{err}");
+        let ok = NodeConfig::from_toml(&format!("{fs}meta_addr = \"127.0.0.1:7600\"\n{mnt}")).unwrap();
+        assert_eq!((ok.fuse_mounts[0].threads, ok.filesystem(FsId(1)).unwrap().nsid), (4, 1));
+        assert_eq!(ok.host_nqn(), "nqn.2026-11.io.tidepool:node-1");
+        let twice = format!("{fs}meta_addr = \"127.0.0.1:7600\"\n{mnt}{mnt}");
+        assert!(NodeConfig::from_toml(&twice).unwrap_err().to_string().contains("twice"));
+        let bad_tr = format!("{fs}meta_addr = \"127.0.0.1:7600\"\ntransport = \"udp\"\n");
+        assert!(NodeConfig::from_toml(&bad_tr).unwrap_err().to_string().contains("udp"));
+        assert!(
+            NodeConfig::from_toml("[[fuse_mounts]]\nfs = 1\npath = \"/m\"\n").is_err(),
+            "the default fs 1 has no volume"
+        );
     }
 }

@@ -20,20 +20,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dmapi::disp::DispChange;
 use dmapi::disp::{DispEntry, DispositionTable, GenerationView};
+use dmapi::event::{DmEvent, EventBody};
 use dmapi::proto::{Frame, Message, QueryOp};
 use dmapi::session::{Outbound, SessionConfig, SessionEngine};
 use dmapi::source::SourceConfig;
 use dmapi::transport::auto::NodeTransport;
 use dmapi::transport::tcp::TcpConfig;
 use dmapi::transport::{Transport, TransportError};
-use dmapi::types::{DmResponse, DmSessId, DmToken, EventType, FsId, NodeId};
+use dmapi::types::{DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId};
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
+use crate::dm::files::DmFs;
 use crate::dm::session::DmSession;
 use crate::dm::source::EventSource;
+use crate::mounts::Mounts;
 use crate::roles::fs_manager::FsManager;
 use crate::roles::membership::{Membership, PeerChange};
 use crate::roles::session_manager::SessionManager;
@@ -94,6 +97,11 @@ pub struct Node {
     /// [`GenerationView`] still holds.
     disp_seq: AtomicU64,
     disp_seq_file: Mutex<Option<std::fs::File>>,
+    /// The metadata services and FUSE mounts this node hosts.
+    hosted: Mounts,
+    /// The DMAPI file functions of each file system, on the node's own
+    /// connections, opened at the first call.
+    files: Mutex<HashMap<FsId, Arc<DmFs>>>,
 }
 
 impl Node {
@@ -181,6 +189,8 @@ impl Node {
                 stop: AtomicBool::new(false),
                 disp_seq: AtomicU64::new(0),
                 disp_seq_file: Mutex::new(None),
+                hosted: Mounts::default(),
+                files: Mutex::new(HashMap::new()),
                 cfg,
             }
         });
@@ -210,6 +220,15 @@ impl Node {
         })?;
         for fs in node.cfg.mounts.clone() {
             node.mount(FsId(fs), true);
+        }
+        node.hosted.start_services(&node.cfg);
+        // Each mount in its own thread: one waiting for its manager node does
+        // not hold up the others, nor the daemon.
+        for m in node.cfg.fuse_mounts.clone() {
+            let n = node.clone();
+            thread::Builder::new().name(format!("mount-{}", m.fs)).spawn(move || {
+                let _ = n.hosted.mount(&n, &m);
+            })?;
         }
         info!(node = %me, listen = %transport.local_addr(), sm = node.sm.is_some(), fsm = node.fsm.is_some(),
             "node daemon started");
@@ -355,6 +374,67 @@ impl Node {
         }
     }
 
+    /// The metadata services and FUSE mounts this node hosts.
+    pub fn mounts(&self) -> &Mounts {
+        &self.hosted
+    }
+
+    /// The DMAPI file functions of `fs`, connected to its volume and its
+    /// manager's metadata service at the first call (`EINVAL` for a file
+    /// system without them in the configuration).
+    pub fn files(&self, fs: FsId) -> DmResult<Arc<DmFs>> {
+        let mut files = self.files.lock();
+        if let Some(f) = files.get(&fs) {
+            return Ok(f.clone());
+        }
+        let f = self.cfg.filesystem(fs).filter(|f| f.mountable()).ok_or(DmError::Inval("no such file system here"))?;
+        let meta = f.meta_addr.expect("mountable");
+        let dev = crate::mounts::volume(&self.cfg, f).map_err(|e| DmError::Io(e.to_string()))?;
+        let name = format!("dm-node-{}", self.me);
+        let dmfs =
+            Arc::new(DmFs::connect(meta, dev, fs, &name).map_err(|e| DmError::Io(format!("metadata service: {e}")))?);
+        files.insert(fs, dmfs.clone());
+        Ok(dmfs)
+    }
+
+    /// Checks that a file function's session exists and, when a token is
+    /// given, that the token is an outstanding event of that session here.
+    pub fn check_token(&self, sid: DmSessId, token: DmToken) -> DmResult<()> {
+        let engine = self.dm.engine();
+        if token == dmapi::types::DM_NO_TOKEN {
+            return engine.dm_query_session(sid).map(|_| ());
+        }
+        match engine.dm_find_eventmsg(sid, token, 0) {
+            Ok(_) | Err(DmError::TooBig { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Generates `event` on `fs` here, as the file system does before (or,
+    /// for post events, after) an operation, and waits for the answer of a
+    /// synchronous event: ABORT comes back as a response, not an error.
+    /// `file_events` is the file's own event list; a destroy event takes the
+    /// DM attribute `dm_set_return_on_destroy` named from the file's `attrs`.
+    pub fn generate_event(
+        &self,
+        fs: FsId,
+        mut event: DmEvent,
+        file_events: EventSet,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> DmResult<DmResponse> {
+        if let EventBody::Destroy { attrname, attrcopy, .. } = &mut event.body {
+            if let Some(name) = self.table().return_on_destroy(fs) {
+                *attrname = name;
+                let n = &name.an_chars[..name.an_chars.iter().position(|&c| c == 0).unwrap_or(8)];
+                *attrcopy = attrs.into_iter().find(|(a, _)| a == n).map(|(_, v)| v).unwrap_or_default();
+            }
+        }
+        match self.source.generate_with_filelist(fs, event, file_events) {
+            Err(DmError::Aborted(e)) => Ok(DmResponse::Abort(e)),
+            r => r,
+        }
+    }
+
     /// A snapshot for tools and tests.
     pub fn status(&self) -> NodeStatus {
         NodeStatus {
@@ -365,6 +445,8 @@ impl Node {
             disp_version: self.source.engine().dispositions().version(),
             sessions: self.dm.engine().sessions().into_iter().map(|s| (s.sid.0, s.node.0, s.info)).collect(),
             peers_up: self.cfg.peers.iter().filter(|p| self.membership.is_up(NodeId(p.id))).map(|p| p.id).collect(),
+            fuse: self.hosted.status(),
+            meta_served: self.hosted.served(),
             peers_rdma: self
                 .cfg
                 .peers
@@ -645,6 +727,9 @@ impl Node {
 
     /// Stops the daemon: blocked callers get EINTR, connections close.
     pub fn shutdown(&self) {
+        // Mounts first: their unmount events still go out.
+        self.hosted.stop();
+        self.files.lock().clear();
         self.stop.store(true, Ordering::Release);
         self.source.shutdown();
         self.dm.engine().shutdown();

@@ -8,6 +8,7 @@
 //! | [`daemon`] | wiring: transport ↔ [`dm`] engines ↔ [`roles`], heartbeats |
 //! | [`dm`] | the DM event path inside a node: source, session, file functions |
 //! | [`roles`] | membership, session manager, file-system manager |
+//! | [`mounts`] | hosted FUSE mounts (DM events straight into the source engine) and metadata services |
 //! | [`api`] | the daemon's end of the local DM channel (`libdmapi::channel`) |
 //! | [`peercred`] | the caller's credentials on the local channel (`SO_PEERCRED`) |
 //! | [`sink`] | a separate mount process's DM events, through the local channel |
@@ -21,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dm;
+pub mod mounts;
 pub mod peercred;
 pub mod roles;
 pub mod sink;

@@ -4,12 +4,11 @@
 //! module holds the daemon's only `unsafe` blocks.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 
 use dmapi::session::Caller;
 
 /// The credentials of the process that connected `s`.
-pub fn peer_caller(s: &UnixStream) -> std::io::Result<(Caller, i32)> {
+pub fn peer_caller(s: &impl AsRawFd) -> std::io::Result<(Caller, i32)> {
     let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: u32::MAX };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a properly aligned, writable `ucred` and `len` holds its exact
@@ -39,7 +38,7 @@ pub fn peer_caller(s: &UnixStream) -> std::io::Result<(Caller, i32)> {
 
 /// Whether the peer of `s` has closed its end, waiting up to `timeout_ms` for it.
 /// Pending request bytes are not consumed (`poll`, not `read`).
-pub fn peer_hung_up(s: &UnixStream, timeout_ms: i32) -> bool {
+pub fn peer_hung_up(s: &impl AsRawFd, timeout_ms: i32) -> bool {
     let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
     // SAFETY: `p` is one valid pollfd and nfds is 1; the fd stays open while `s` is
     // borrowed.
@@ -50,6 +49,7 @@ pub fn peer_hung_up(s: &UnixStream, timeout_ms: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn a_socketpair_peer_is_this_process() {

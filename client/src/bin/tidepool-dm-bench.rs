@@ -12,8 +12,15 @@
 //! * Memory per session, per queued and outstanding event, and per unacknowledged
 //!   asynchronous event at the source (RSS growth over many of them).
 //!
-//! `tidepool-dm-bench all` runs everything; the other subcommands are the child
-//! processes it starts.
+//! * The local DM channel: a call that does no cluster work through a node
+//!   daemon's socket, beside raw Unix-socket and shared-memory ping-pongs
+//!   (`local`, also part of `all`).
+//!
+//! `tidepool-dm-bench all` runs everything; `local` and `ping-pong` run one
+//! part; the other subcommands are the child processes it starts.
+
+#[path = "dm_bench/local.rs"]
+mod local;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -104,6 +111,21 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 4])]
         sources: Vec<u32>,
     },
+    /// The raw TCP ping-pong baseline alone (blocking, the sizes of a
+    /// synchronous event and its response): prints `PINGPONG p50_us=...`, for
+    /// scripts that set it beside a figure of their own (`scripts/bench/dm-data.sh`).
+    PingPong {
+        /// Timed round trips.
+        #[arg(long, default_value_t = 20_000)]
+        n: u64,
+    },
+    /// The local DM channel: `dm_query_session` through a node daemon's
+    /// socket beside raw Unix-socket and shared-memory ping-pongs of the same sizes.
+    Local {
+        /// Timed calls per row.
+        #[arg(long, default_value_t = 50_000)]
+        n: u64,
+    },
     /// Child: the raw TCP ping-pong server.
     PingServer {
         #[arg(long)]
@@ -172,7 +194,7 @@ fn node_config(
         cluster_key: Some("bench-key".into()),
         session_manager: 1,
         peers,
-        filesystems: vec![FsConfig { id: 1, manager: 1 }],
+        filesystems: vec![FsConfig::dm_only(1, 1)],
         mounts,
         // Throughput runs oversubscribe the CPUs many times over; a lease closer to
         // production values keeps a starved heartbeat thread from looking like a crash.
@@ -851,7 +873,8 @@ fn all(events: u64, tput_events: u64, sources: Vec<u32>) -> anyhow::Result<()> {
     for (k, v) in memory()? {
         println!("| {k} | {v:.0} |");
     }
-    Ok(())
+    println!();
+    local::run(events.max(10_000))
 }
 
 /// DM events over RDMA and over TCP between the same processes' kind, on
@@ -926,5 +949,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::SourceNode { id, listen, session, count, rdma } => source_node(id, listen, session, count, rdma),
         Cmd::Transports { ip, events, tput_events, sources } => transports(ip, events, tput_events, sources),
         Cmd::PingServer { req, resp, busy } => ping_server(req, resp, busy),
+        Cmd::Local { n } => local::run(n),
+        Cmd::PingPong { n } => {
+            let mut ping = PingPong::start(false)?;
+            ping.run(n / 10, None)?;
+            let mut h = Histogram::<u64>::new(3)?;
+            ping.run(n, Some(&mut h))?;
+            println!("PINGPONG p50_us={:.1}", h.value_at_quantile(0.5) as f64 / 1000.0);
+            Ok(())
+        }
     }
 }

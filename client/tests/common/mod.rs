@@ -53,6 +53,46 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<NodeProc>,
     others: Vec<Child>,
+    /// Mount points the nodes host (detached at drop if a killed node left one).
+    mountpoints: Vec<PathBuf>,
+}
+
+/// A volume for the cluster's file system 1: an in-process storage node
+/// (memory namespace, NVMe/TCP on loopback) with a Tidepool file system on it.
+pub struct Volume {
+    pub addr: std::net::SocketAddr,
+    pub nqn: String,
+    _target: storage_node::Running,
+}
+
+impl Volume {
+    /// A fresh volume of `size` bytes with a file system made on it.
+    pub fn new(size: u64) -> Volume {
+        let nqn = format!("nqn.2026-11.io.tidepool:test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let cfg = storage_node::config::Config::single_memory(&nqn, size, "127.0.0.1:0");
+        let target = storage_node::start(&cfg).unwrap();
+        let addr = target.listeners[0].addr;
+        let ctrl = nvmf::Controller::connect(&addr.to_string(), &nqn, &nvmf::ConnectOpts::default()).unwrap();
+        let ctrl = std::sync::Arc::new(ctrl);
+        let dev = tpfs::blockdev::NvmfDev::new(ctrl.clone(), 1, 4096).unwrap();
+        tpfs::mkfs::mkfs(&dev, &Default::default()).unwrap();
+        drop(dev);
+        if let Ok(ctrl) = std::sync::Arc::try_unwrap(ctrl) {
+            let _ = ctrl.shutdown();
+        }
+        Volume { addr, nqn, _target: target }
+    }
+
+    /// The `[[filesystems]]` lines that name this volume, with the manager
+    /// node serving metadata on `meta_port`.
+    pub fn fs_toml(&self, meta_port: u16) -> String {
+        format!("addr = \"{}\"\nnqn = \"{}\"\nmeta_addr = \"127.0.0.1:{meta_port}\"\n", self.addr, self.nqn)
+    }
+}
+
+/// The `[[fuse_mounts]]` table of a node hosting a mount of fs 1 at `path`.
+pub fn fuse_mount_toml(path: &Path) -> String {
+    format!("[[fuse_mounts]]\nfs = 1\npath = \"{}\"\n", path.display())
 }
 
 /// A port for a server that may be restarted on it (see
@@ -80,6 +120,12 @@ impl Cluster {
     /// Starts every node of `specs` (session manager 1, fs 1 managed by 2) and
     /// waits until each serves its API and sees every peer alive.
     pub fn start(specs: &[Spec]) -> Cluster {
+        Cluster::start_with_fs(specs, "")
+    }
+
+    /// [`start`](Self::start), with `fs_toml` added to file system 1's
+    /// `[[filesystems]]` table (its volume: [`Volume::fs_toml`]).
+    pub fn start_with_fs(specs: &[Spec], fs_toml: &str) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "tidepool-test-{}-{}",
             std::process::id(),
@@ -108,7 +154,7 @@ impl Cluster {
                     writeln!(t, "[[peers]]\nid = {}\naddr = \"{}:{}\"", p.id, dm_ip(), ports[j]).unwrap();
                 }
             }
-            writeln!(t, "[[filesystems]]\nid = 1\nmanager = 2").unwrap();
+            writeln!(t, "[[filesystems]]\nid = 1\nmanager = 2\n{fs_toml}").unwrap();
             let config = dir.join(format!("node{}.toml", s.id));
             std::fs::write(&config, t).unwrap();
             nodes.push(NodeProc {
@@ -120,7 +166,7 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut c = Cluster { dir, nodes, others: Vec::new() };
+        let mut c = Cluster { dir, nodes, others: Vec::new(), mountpoints: Vec::new() };
         for i in 0..c.nodes.len() {
             c.spawn(i);
         }
@@ -191,6 +237,50 @@ impl Cluster {
                 want_rdma(),
                 self.log(id)
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Takes `path` as a mount point of this cluster's nodes: detached at drop
+    /// should a killed node leave its mount behind, and removed.
+    pub fn adopt_mountpoint(&mut self, path: &Path) {
+        self.mountpoints.push(path.to_path_buf());
+    }
+
+    /// Waits until node `id` hosts a mounted file system at `path`.
+    pub fn wait_mounted(&self, id: u32, path: &Path) {
+        let dm = Dm::connect(self.socket(id)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let st = dm.status().unwrap();
+            let m = st.fuse.iter().find(|m| Path::new(&m.path) == path);
+            match m.map(|m| m.state.as_str()) {
+                Some("mounted") => return,
+                Some(s) if s.starts_with("failed") => {
+                    panic!("node {id}: mount of {}: {s}; log:\n{}", path.display(), self.log(id))
+                }
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "node {id} did not mount {}; log:\n{}", path.display(), self.log(id));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops node `id` as an operator would (SIGTERM), waiting for it to exit.
+    pub fn stop(&mut self, id: u32) -> std::process::ExitStatus {
+        let i = self.idx(id);
+        let mut c = self.nodes[i].child.take().expect("node running");
+        // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("node {id} did not stop on SIGTERM; log:\n{}", self.log(id));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -302,6 +392,13 @@ impl Drop for Cluster {
         for c in &mut self.others {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for m in &self.mountpoints {
+            // A mount a killed node left behind (ENOTCONN) must not outlive the test.
+            if std::fs::metadata(m).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) {
+                let _ = Command::new("umount").arg("-l").arg(m).output();
+            }
+            let _ = std::fs::remove_dir(m);
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);

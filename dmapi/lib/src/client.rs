@@ -9,24 +9,28 @@
 //! dm.dm_set_disp(sid, &DmHandle::fs(FsId(1)), set).unwrap();
 //! ```
 
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dmapi::event::{parse_eventmsgs, DmEvent};
 use dmapi::proto::Message;
-use dmapi::types::{DmAttrName, DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId};
+
+use dmapi::types::{
+    DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventSet, EventType,
+    ExtentType, FsId, NodeId,
+};
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 
-use crate::channel::{error_from_errno, read_msg, write_msg, NodeStatus, Reply, Request};
+use crate::channel::{error_from_errno, Channel, NodeStatus, Reply, Request, RightOp};
 
 /// A DM application's handle on its node: each method forwards one XDSM call to
 /// the node daemon over the local API. One call at a time per handle (a blocking
 /// `dm_get_events` holds it); open one handle per thread for concurrency.
 pub struct Dm {
     path: PathBuf,
-    conn: Mutex<UnixStream>,
+    conn: Mutex<Channel>,
 }
 
 /// What [`Dm::generate`] reports.
@@ -42,7 +46,7 @@ impl Dm {
     /// Connects to the node daemon's API socket.
     pub fn connect(path: impl AsRef<Path>) -> std::io::Result<Dm> {
         let path = path.as_ref().to_path_buf();
-        let s = UnixStream::connect(&path)?;
+        let s = Channel::connect(&path)?;
         Ok(Dm { path, conn: Mutex::new(s) })
     }
 
@@ -54,8 +58,8 @@ impl Dm {
     /// One raw call.
     pub fn call(&self, req: &Request) -> DmResult<Reply> {
         let mut s = self.conn.lock();
-        write_msg(&mut *s, req).map_err(|e| DmError::Io(format!("node daemon: {e}")))?;
-        let r: Reply = read_msg(&mut *s).map_err(|e| DmError::Io(format!("node daemon: {e}")))?;
+        s.send(req).map_err(|e| DmError::Io(format!("node daemon: {e}")))?;
+        let r: Reply = s.recv().map_err(|e| DmError::Io(format!("node daemon: {e}")))?;
         match r {
             Reply::Err { errno, msg, session_node } => {
                 let sid = match req {
@@ -270,11 +274,292 @@ impl Dm {
         }
     }
 
+    /// Asks the node daemon to mount file system `fs` through FUSE at `path`
+    /// and host the mount; returns once it is mounted.
+    pub fn fuse_mount(&self, fs: FsId, path: &Path) -> DmResult<()> {
+        self.ok(Request::FuseMount { fs: fs.0, path: path.display().to_string() })
+    }
+
+    /// Asks the node daemon to unmount its FUSE mount at `path`.
+    pub fn fuse_unmount(&self, path: &Path) -> DmResult<()> {
+        self.ok(Request::FuseUnmount { path: path.display().to_string() })
+    }
+
+    // ---- file functions -------------------------------------------------------
+
+    fn handle_reply(&self, req: Request) -> DmResult<DmHandle> {
+        DmHandle::from_bytes(&self.bytes(req)?)
+    }
+
+    /// `dm_path_to_handle`: `path` must be on a Tidepool mount the node hosts
+    /// (resolved here, in this process's view of the file tree).
+    pub fn dm_path_to_handle(&self, path: &Path) -> DmResult<DmHandle> {
+        let md = std::fs::symlink_metadata(path).map_err(|e| io_errno(&e, "dm_path_to_handle"))?;
+        self.handle_reply(Request::HandleOf { dev: md.dev(), ino: md.ino(), fs: false })
+    }
+
+    /// `dm_path_to_fshandle`.
+    pub fn dm_path_to_fshandle(&self, path: &Path) -> DmResult<DmHandle> {
+        let md = std::fs::symlink_metadata(path).map_err(|e| io_errno(&e, "dm_path_to_fshandle"))?;
+        self.handle_reply(Request::HandleOf { dev: md.dev(), ino: md.ino(), fs: true })
+    }
+
+    /// `dm_fd_to_handle`.
+    pub fn dm_fd_to_handle(&self, file: &std::fs::File) -> DmResult<DmHandle> {
+        let md = file.metadata().map_err(|_| DmError::BadF("bad file descriptor"))?;
+        self.handle_reply(Request::HandleOf { dev: md.dev(), ino: md.ino(), fs: false })
+    }
+
+    /// `dm_get_fileattr`.
+    pub fn dm_get_fileattr(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<DmStat> {
+        match self.call(&Request::GetFileattr { sid: sid.0, token: token.0, handle: hb(h) })? {
+            Reply::Stat(s) => s.to_stat(),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_set_fileattr`: the fields `mask` (`dm_at::*`) names, from `st`.
+    pub fn dm_set_fileattr(&self, sid: DmSessId, h: &DmHandle, token: DmToken, mask: u32, st: &DmStat) -> DmResult<()> {
+        self.ok(Request::SetFileattr { sid: sid.0, token: token.0, handle: hb(h), mask, stat: st.into() })
+    }
+
+    fn stats(&self, req: Request) -> DmResult<(Vec<ScanStat>, u64)> {
+        match self.call(&req)? {
+            Reply::Stats { stats, next } => {
+                let v = stats.into_iter().map(|(s, a)| Ok((s.to_stat()?, a))).collect::<DmResult<Vec<_>>>()?;
+                Ok((v, next))
+            }
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_get_bulkattr`: up to `max` files of the file system from `cookie`
+    /// (start at 0) and the next cookie (0: all seen).
+    pub fn dm_get_bulkattr(&self, sid: DmSessId, fs: &DmHandle, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
+        let (v, next) = self.stats(Request::Bulk { sid: sid.0, handle: hb(fs), attr: Vec::new(), cookie, max })?;
+        Ok((v.into_iter().map(|(s, _)| s).collect(), next))
+    }
+
+    /// `dm_get_bulkall`: [`dm_get_bulkattr`](Self::dm_get_bulkattr) with each
+    /// file's DM attribute `attr` (`None` where the file has none).
+    pub fn dm_get_bulkall(
+        &self,
+        sid: DmSessId,
+        fs: &DmHandle,
+        attr: &[u8],
+        cookie: u64,
+        max: u32,
+    ) -> DmResult<(Vec<ScanStat>, u64)> {
+        if attr.is_empty() {
+            return Err(DmError::Inval("DM attribute names are 1 to 8 bytes"));
+        }
+        self.stats(Request::Bulk { sid: sid.0, handle: hb(fs), attr: attr.to_vec(), cookie, max })
+    }
+
+    /// `dm_get_dirattrs`: up to `max` entries of directory `dir` from `cookie`.
+    pub fn dm_get_dirattrs(
+        &self,
+        sid: DmSessId,
+        dir: &DmHandle,
+        token: DmToken,
+        cookie: u64,
+        max: u32,
+    ) -> DmResult<(Vec<DmStat>, u64)> {
+        let (v, next) =
+            self.stats(Request::GetDirattrs { sid: sid.0, token: token.0, handle: hb(dir), cookie, max })?;
+        Ok((v.into_iter().map(|(s, _)| s).collect(), next))
+    }
+
+    /// `dm_read_invis`: no event, no access time.
+    pub fn dm_read_invis(&self, sid: DmSessId, h: &DmHandle, token: DmToken, off: u64, len: u64) -> DmResult<Vec<u8>> {
+        self.bytes(Request::ReadInvis { sid: sid.0, token: token.0, handle: hb(h), off, len })
+    }
+
+    /// `dm_write_invis` (`sync`: `DM_WRITE_SYNC`): the bytes written.
+    pub fn dm_write_invis(
+        &self,
+        sid: DmSessId,
+        h: &DmHandle,
+        token: DmToken,
+        sync: bool,
+        off: u64,
+        data: &[u8],
+    ) -> DmResult<usize> {
+        match self.call(&Request::WriteInvis {
+            sid: sid.0,
+            token: token.0,
+            handle: hb(h),
+            off,
+            data: data.to_vec(),
+            sync,
+        })? {
+            Reply::Count(n) => Ok(n as usize),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_sync_by_handle`.
+    pub fn dm_sync_by_handle(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<()> {
+        self.ok(Request::SyncByHandle { sid: sid.0, token: token.0, handle: hb(h) })
+    }
+
+    /// `dm_probe_hole`: what `dm_punch_hole` would free, as (offset, length).
+    pub fn dm_probe_hole(
+        &self,
+        sid: DmSessId,
+        h: &DmHandle,
+        token: DmToken,
+        off: u64,
+        len: u64,
+    ) -> DmResult<(u64, u64)> {
+        match self.call(&Request::ProbeHole { sid: sid.0, token: token.0, handle: hb(h), off, len })? {
+            Reply::Range(o, l) => Ok((o, l)),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_punch_hole` (needs an exclusive right).
+    pub fn dm_punch_hole(&self, sid: DmSessId, h: &DmHandle, token: DmToken, off: u64, len: u64) -> DmResult<()> {
+        self.ok(Request::PunchHole { sid: sid.0, token: token.0, handle: hb(h), off, len })
+    }
+
+    /// `dm_get_allocinfo`: (offset, length, type) up to the end of the file.
+    pub fn dm_get_allocinfo(
+        &self,
+        sid: DmSessId,
+        h: &DmHandle,
+        token: DmToken,
+    ) -> DmResult<Vec<(u64, u64, ExtentType)>> {
+        match self.call(&Request::GetAllocinfo { sid: sid.0, token: token.0, handle: hb(h) })? {
+            Reply::Extents(v) => v.into_iter().map(|(o, l, t)| Ok((o, l, ExtentType::from_raw(t)?))).collect(),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_set_region`: replaces the managed regions; returns `exactflag`.
+    pub fn dm_set_region(&self, sid: DmSessId, h: &DmHandle, token: DmToken, regions: &[DmRegion]) -> DmResult<bool> {
+        let regions = regions.iter().map(|r| (r.offset, r.size, r.flags)).collect();
+        match self.call(&Request::SetRegion { sid: sid.0, token: token.0, handle: hb(h), regions })? {
+            Reply::Flag(exact) => Ok(exact),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_get_region`.
+    pub fn dm_get_region(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<Vec<DmRegion>> {
+        match self.call(&Request::GetRegion { sid: sid.0, token: token.0, handle: hb(h) })? {
+            Reply::Regions(v) => {
+                Ok(v.into_iter().map(|(offset, size, flags)| DmRegion { offset, size, flags }).collect())
+            }
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_set_dmattr`.
+    pub fn dm_set_dmattr(
+        &self,
+        sid: DmSessId,
+        h: &DmHandle,
+        token: DmToken,
+        name: &[u8],
+        value: &[u8],
+    ) -> DmResult<()> {
+        let req = Request::SetDmattr {
+            sid: sid.0,
+            token: token.0,
+            handle: hb(h),
+            name: name.to_vec(),
+            value: value.to_vec(),
+        };
+        self.ok(req)
+    }
+
+    /// `dm_get_dmattr` (`ENOENT` when the file has no such attribute).
+    pub fn dm_get_dmattr(&self, sid: DmSessId, h: &DmHandle, token: DmToken, name: &[u8]) -> DmResult<Vec<u8>> {
+        self.bytes(Request::GetDmattr { sid: sid.0, token: token.0, handle: hb(h), name: name.to_vec() })
+    }
+
+    /// `dm_remove_dmattr`.
+    pub fn dm_remove_dmattr(&self, sid: DmSessId, h: &DmHandle, token: DmToken, name: &[u8]) -> DmResult<()> {
+        self.ok(Request::RemoveDmattr { sid: sid.0, token: token.0, handle: hb(h), name: name.to_vec() })
+    }
+
+    /// `dm_getall_dmattr`: (name, value) pairs.
+    pub fn dm_getall_dmattr(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self.call(&Request::GetallDmattr { sid: sid.0, token: token.0, handle: hb(h) })? {
+            Reply::Attrs(v) => Ok(v),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    fn right(&self, sid: DmSessId, h: &DmHandle, token: DmToken, op: RightOp) -> DmResult<Reply> {
+        self.call(&Request::Right { sid: sid.0, token: token.0, handle: hb(h), op })
+    }
+
+    /// `dm_request_right`: waits until every conflicting access in the cluster
+    /// is done, then holds `right`.
+    pub fn dm_request_right(&self, sid: DmSessId, h: &DmHandle, token: DmToken, right: DmRight) -> DmResult<()> {
+        let right = match right {
+            DmRight::Null => 0,
+            DmRight::Shared => 1,
+            DmRight::Excl => 2,
+        };
+        expect_ok(self.right(sid, h, token, RightOp::Request { right })?)
+    }
+
+    /// `dm_release_right`.
+    pub fn dm_release_right(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<()> {
+        expect_ok(self.right(sid, h, token, RightOp::Release)?)
+    }
+
+    /// `dm_upgrade_right`: shared to exclusive.
+    pub fn dm_upgrade_right(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<()> {
+        expect_ok(self.right(sid, h, token, RightOp::Upgrade)?)
+    }
+
+    /// `dm_downgrade_right`: exclusive to shared.
+    pub fn dm_downgrade_right(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<()> {
+        expect_ok(self.right(sid, h, token, RightOp::Downgrade)?)
+    }
+
+    /// `dm_query_right`.
+    pub fn dm_query_right(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<DmRight> {
+        match self.right(sid, h, token, RightOp::Query)? {
+            Reply::Count(0) => Ok(DmRight::Null),
+            Reply::Count(1) => Ok(DmRight::Shared),
+            Reply::Count(2) => Ok(DmRight::Excl),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
     /// The node's status.
     pub fn status(&self) -> DmResult<NodeStatus> {
         match self.call(&Request::Status)? {
             Reply::Status(s) => Ok(s),
             r => Err(Self::unexpected(r)),
         }
+    }
+}
+
+/// A file's attributes and, from `dm_get_bulkall`, one DM attribute.
+pub type ScanStat = (DmStat, Option<Vec<u8>>);
+
+fn hb(h: &DmHandle) -> Vec<u8> {
+    h.as_bytes().to_vec()
+}
+
+fn expect_ok(r: Reply) -> DmResult<()> {
+    match r {
+        Reply::Ok => Ok(()),
+        r => Err(Dm::unexpected(r)),
+    }
+}
+
+/// A path that cannot be looked up, as XDSM reports it.
+fn io_errno(e: &std::io::Error, call: &'static str) -> DmError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => DmError::NoEnt(call),
+        Some(libc::EACCES) | Some(libc::EPERM) => DmError::Perm(call),
+        _ => DmError::Inval(call),
     }
 }

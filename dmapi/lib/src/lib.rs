@@ -8,5 +8,6 @@
 
 pub mod channel;
 pub mod client;
+pub mod seqpacket;
 
 pub use client::{Dm, Generated};

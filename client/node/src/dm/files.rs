@@ -24,14 +24,7 @@ use tpfs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
 use tpfs::remote::MetaClient;
 use tpfs::rpc::{inode_from, Mode, Reply, Req, WireSetAttr};
 
-/// `dm_get_allocinfo` extent types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExtentType {
-    /// Blocks on the volume.
-    Res,
-    /// Nothing stored: reads as zeroes.
-    Hole,
-}
+pub use dmapi::types::ExtentType;
 
 /// A file-system errno (from the manager or the data path) as the DMAPI
 /// error XDSM gives for it: a file that is gone is a bad handle, a refusal
@@ -89,7 +82,9 @@ impl DmFs {
         Ok(ino)
     }
 
-    fn handle_of(&self, ino: u64) -> DmResult<DmHandle> {
+    /// The handle of inode `ino` (what `dm_path_to_handle` gives for a
+    /// path whose `st_ino` it is).
+    pub fn handle_of(&self, ino: u64) -> DmResult<DmHandle> {
         let i = self.inode(ino)?;
         Ok(DmHandle::file(self.fs, ino, i.generation.get()))
     }

@@ -3,8 +3,6 @@
 //! `dm_get_dirattrs` and `dm_get_bulkattr` paged with cookies, checked
 //! against what `stat` on the FUSE mount shows; bad arguments get errors.
 
-mod common;
-
 use dmapi::types::{dm_at, DmRight, DmStat, FsId};
 use node::dm::files::DmFs;
 use std::collections::BTreeMap;
@@ -32,7 +30,7 @@ fn all_pages(mut f: impl FnMut(u64) -> (Vec<DmStat>, u64)) -> Vec<DmStat> {
 
 #[test]
 fn file_dir_and_bulk_attributes_match_the_mount() {
-    if !common::fuse_available() {
+    if !test_support::fuse_available() {
         return;
     }
     let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
@@ -157,7 +155,7 @@ impl BlockDev for CountingDev {
 /// invisibly durable and known to the manager.
 #[test]
 fn handles_regions_dmattrs_rights_and_sync() {
-    if !common::fuse_available() {
+    if !test_support::fuse_available() {
         return;
     }
     let counting = Arc::new(CountingDev { inner: MemDev::new(4096, 32 << 20), flushes: Default::default() });

@@ -1,0 +1,272 @@
+//! The file systems a node daemon hosts: the metadata service of each file
+//! system this node manages, and the node's FUSE mounts, whose DM events go
+//! from the FUSE worker thread straight into this process's source engine
+//! ([`NodeSink`]), with no local socket on the way.
+//!
+//! As GPFS's mmfsd does: mounts come from the configuration (`fuse_mounts`)
+//! and from `tidepool mount --node` at run time, and they go when the daemon
+//! stops. A mount whose manager node is not serving yet (nodes of a cluster
+//! start in any order) is retried until [`MOUNT_PATIENCE`] has passed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dmapi::disp::GenerationView;
+use dmapi::event::DmEvent;
+use dmapi::types::{DmResponse, EventSet, FsId};
+use dmapi::{DmError, DmResult};
+use libdmapi::channel::FuseMountStatus;
+use parking_lot::Mutex;
+use tpfs::blockdev::{BlockDev, NvmfDev};
+use tpfs::fuse::{DmLink, EventSink, MountOpts, Mounted};
+use tpfs::manager::{Manager, ManagerHandle};
+use tracing::{info, warn};
+
+use crate::config::{FsConfig, FuseMountConfig, NodeConfig};
+use crate::daemon::Node;
+
+/// How long a mount keeps trying to reach its file system's manager.
+pub const MOUNT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A mount's DM events into its own node daemon, in process.
+pub struct NodeSink {
+    node: Weak<Node>,
+}
+
+impl NodeSink {
+    /// The link a mount of `fs` on `node` generates its events through.
+    pub fn link(node: &Arc<Node>, fs: FsId) -> DmLink {
+        DmLink { sink: Arc::new(NodeSink { node: Arc::downgrade(node) }), fs }
+    }
+
+    fn node(&self) -> Result<Arc<Node>, String> {
+        self.node.upgrade().ok_or_else(|| "the node daemon is stopping".to_string())
+    }
+}
+
+impl EventSink for NodeSink {
+    fn view(&self, fs: FsId) -> Option<GenerationView> {
+        // The node's own table: always current, no count to check.
+        Some(self.node.upgrade()?.disp_view(fs).1)
+    }
+
+    fn generate(
+        &self,
+        fs: FsId,
+        ev: DmEvent,
+        file_events: EventSet,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<DmResponse, String> {
+        self.node()?.generate_event(fs, ev, file_events, attrs).map_err(|e| e.to_string())
+    }
+
+    fn mounted(&self, fs: FsId, yes: bool) -> Result<(), String> {
+        self.node()?.mount(fs, yes);
+        Ok(())
+    }
+}
+
+/// The volume of `f`, connected as this node.
+pub(crate) fn volume(cfg: &NodeConfig, f: &FsConfig) -> std::io::Result<Arc<dyn BlockDev>> {
+    let (Some(addr), Some(nqn)) = (&f.addr, &f.nqn) else {
+        return Err(std::io::Error::other(format!("file system {} names no volume", f.id)));
+    };
+    let mut o = nvmf::ConnectOpts::default().with_hostnqn(&cfg.host_nqn());
+    o.transport = f.transport.parse().map_err(std::io::Error::other)?;
+    let ctrl = nvmf::Controller::connect(addr, nqn, &o)
+        .map_err(|e| std::io::Error::other(format!("volume {nqn} at {addr}: {e}")))?;
+    let dev = NvmfDev::new(Arc::new(ctrl), f.nsid, 4096).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(Arc::new(dev))
+}
+
+/// One hosted mount.
+struct Hosted {
+    fs: FsId,
+    path: PathBuf,
+    /// `None` while it is being mounted or after it failed.
+    mounted: Option<Mounted>,
+    state: String,
+    /// The mount's `st_dev`, which a DM application's path or descriptor
+    /// on it has (`dm_path_to_handle`).
+    dev: Option<u64>,
+}
+
+/// The node's metadata services and mounts.
+#[derive(Default)]
+pub struct Mounts {
+    services: Mutex<Vec<(FsId, ManagerHandle)>>,
+    hosted: Mutex<Vec<Hosted>>,
+}
+
+impl Mounts {
+    /// Starts the metadata service of every file system `cfg`'s node manages
+    /// that has a volume. A service that cannot start is logged, and mounts
+    /// of its file system fail; the daemon keeps its other roles.
+    pub fn start_services(&self, cfg: &NodeConfig) {
+        for f in cfg.filesystems.iter().filter(|f| f.manager == cfg.node_id && f.mountable()) {
+            let addr = f.meta_addr.expect("mountable");
+            match serve(cfg, f, addr) {
+                Ok(h) => {
+                    info!(fs = f.id, %addr, "metadata service started");
+                    self.services.lock().push((FsId(f.id), h));
+                }
+                Err(e) => warn!(fs = f.id, %addr, error = %e, "metadata service not started"),
+            }
+        }
+    }
+
+    /// Mounts `m` on behalf of `node`, retrying while the file system's
+    /// manager is not reachable; returns once mounted or failed for good.
+    pub fn mount(&self, node: &Arc<Node>, m: &FuseMountConfig) -> DmResult<()> {
+        let fs = FsId(m.fs);
+        {
+            let mut h = self.hosted.lock();
+            if h.iter().any(|x| x.path == m.path && (x.mounted.is_some() || x.state == "mounting")) {
+                return Err(DmError::Busy("the mount point is mounted by this node already"));
+            }
+            h.retain(|x| x.path != m.path);
+            h.push(Hosted { fs, path: m.path.clone(), mounted: None, state: "mounting".into(), dev: None });
+        }
+        let r = mount_with_patience(node, m);
+        let mut h = self.hosted.lock();
+        let Some(slot) = h.iter_mut().find(|x| x.path == m.path) else {
+            return Err(DmError::Intr("unmounted while mounting"));
+        };
+        match r {
+            Ok((mounted, dev)) => {
+                info!(fs = m.fs, path = %m.path.display(), "mounted");
+                slot.mounted = Some(mounted);
+                slot.dev = Some(dev);
+                slot.state = "mounted".into();
+                Ok(())
+            }
+            Err(e) => {
+                warn!(fs = m.fs, path = %m.path.display(), error = %e, "mount failed");
+                slot.state = format!("failed: {e}");
+                Err(match e.raw_os_error() {
+                    Some(errno) => DmError::from_errno(errno, "the mount failed"),
+                    None => DmError::Io(e.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Unmounts `path`: the preunmount event first (a DM application may
+    /// refuse with an errno, and the mount stays), then the unmount.
+    pub fn unmount(&self, path: &Path) -> Result<(), i32> {
+        // Out of the list while the preunmount event waits, so that status
+        // calls do not wait with it; put back if the unmount is refused.
+        let h = {
+            let mut hosted = self.hosted.lock();
+            let Some(i) = hosted.iter().position(|x| x.path == path) else { return Err(libc::EINVAL) };
+            if hosted[i].mounted.is_none() && hosted[i].state == "mounting" {
+                return Err(libc::EBUSY);
+            }
+            hosted.remove(i)
+        };
+        let Some(m) = h.mounted else { return Ok(()) };
+        if let Err(errno) = m.preunmount() {
+            self.hosted.lock().push(Hosted { mounted: Some(m), ..h });
+            return Err(errno);
+        }
+        m.unmount().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    /// What is mounted, being mounted, or failed.
+    pub fn status(&self) -> Vec<FuseMountStatus> {
+        self.hosted
+            .lock()
+            .iter()
+            .map(|h| FuseMountStatus { fs: h.fs.0, path: h.path.display().to_string(), state: h.state.clone() })
+            .collect()
+    }
+
+    /// The file system mounted here whose files have `st_dev` `dev`.
+    pub fn fs_of_dev(&self, dev: u64) -> Option<FsId> {
+        self.hosted.lock().iter().find(|h| h.mounted.is_some() && h.dev == Some(dev)).map(|h| h.fs)
+    }
+
+    /// File systems whose metadata this node serves.
+    pub fn served(&self) -> Vec<u64> {
+        self.services.lock().iter().map(|(f, _)| f.0).collect()
+    }
+
+    /// Unmounts everything and stops the metadata services (daemon stop).
+    pub fn stop(&self) {
+        let all: Vec<Hosted> = std::mem::take(&mut *self.hosted.lock());
+        for h in all {
+            if let Some(m) = h.mounted {
+                if let Err(e) = m.unmount() {
+                    warn!(path = %h.path.display(), error = %e, "unmount at stop failed");
+                }
+            }
+        }
+        self.services.lock().clear();
+    }
+}
+
+fn serve(cfg: &NodeConfig, f: &FsConfig, addr: SocketAddr) -> std::io::Result<ManagerHandle> {
+    let dev = volume(cfg, f)?;
+    let m = Manager::open(dev).map_err(|e| std::io::Error::other(format!("opening file system {}: {e}", f.id)))?;
+    m.serve(addr)
+}
+
+fn mount_with_patience(node: &Arc<Node>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {
+    let cfg = node.config();
+    let f = cfg
+        .filesystem(FsId(m.fs))
+        .ok_or_else(|| std::io::Error::other(format!("file system {} is not configured", m.fs)))?;
+    if !f.mountable() {
+        return Err(std::io::Error::other(format!("file system {} names no volume and metadata service", m.fs)));
+    }
+    clear_stale(&m.path);
+    let deadline = Instant::now() + MOUNT_PATIENCE;
+    loop {
+        let r = volume(cfg, f).and_then(|dev| {
+            let opts = MountOpts {
+                manager: f.meta_addr,
+                serve: None,
+                dm: Some(NodeSink::link(node, FsId(m.fs))),
+                name: format!("node-{}", cfg.node_id),
+                threads: m.threads,
+                owner_only: m.owner_only,
+            };
+            tpfs::fuse::mount(dev, &m.path, opts)
+        });
+        match r {
+            Ok(mounted) => {
+                use std::os::unix::fs::MetadataExt;
+                // The root's attributes come from this process's own FUSE threads.
+                let dev = std::fs::metadata(&m.path)?.dev();
+                return Ok((mounted, dev));
+            }
+            // The manager node (or the storage node) is not up yet.
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                info!(fs = m.fs, error = %e, "file system not reachable yet; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn retryable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionReset | TimedOut) || e.to_string().contains("Connection refused")
+}
+
+/// A mount left behind by a daemon that was killed answers every access
+/// with ENOTCONN; detach it so the mount point can be mounted again.
+fn clear_stale(path: &Path) {
+    if std::fs::metadata(path).err().and_then(|e| e.raw_os_error()) != Some(libc::ENOTCONN) {
+        return;
+    }
+    warn!(path = %path.display(), "a dead mount is left on the mount point; detaching it");
+    let detached = std::process::Command::new("fusermount3").arg("-uz").arg(path).status().is_ok_and(|s| s.success())
+        || std::process::Command::new("umount").arg("-l").arg(path).status().is_ok_and(|s| s.success());
+    if !detached {
+        warn!(path = %path.display(), "cannot detach the dead mount");
+    }
+}

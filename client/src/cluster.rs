@@ -1,0 +1,414 @@
+//! `tidepool cluster up|status|down`: a whole cluster on this machine in
+//! one command, as Ceph's `vstart.sh` is for Ceph. `up` starts a storage
+//! node on a file-backed volume, makes the file system if the volume has
+//! none, and starts N node daemons (node 1 the session manager, node 2 the
+//! file system's manager, serving its metadata; every node mounting it),
+//! then returns once every mount is up. What it started is recorded in
+//! `DIR/cluster.json`, so `status` can report on it and `down` can stop
+//! exactly those processes (each checked to still be ours before it is
+//! signalled). `DIR/cluster.env` gives scripts the mounts and DM sockets.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+/// `tidepool cluster ...`
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Start a storage node and N node daemons that mount the file system.
+    Up(UpArgs),
+    /// Show the nodes (pids, roles, mounts, sessions).
+    Status {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print the same as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop what `up` started, unmounting every mount.
+    Down {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+}
+
+const DEFAULT_DIR: &str = "/tmp/tidepool-cluster";
+const NQN: &str = "nqn.2026-11.io.tidepool:vol0";
+
+/// `tidepool cluster up`
+#[derive(Args)]
+pub struct UpArgs {
+    /// Node daemons.
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Where the volume, configurations, sockets, mounts and logs go.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Volume size (created if missing; an existing volume and its file
+    /// system are kept).
+    #[arg(long, default_value = "256M")]
+    size: String,
+}
+
+/// What `up` started.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    storage: Proc,
+    storage_addr: String,
+    nqn: String,
+    nodes: Vec<NodeState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Proc {
+    pid: u32,
+    /// A string its command line holds, to tell it from a recycled pid.
+    mark: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeState {
+    id: u32,
+    proc_: Proc,
+    socket: PathBuf,
+    mount: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(p.exists(), "{} is missing (cargo build --bins builds it)", p.display());
+    Ok(p)
+}
+
+/// Whether `p` is still the process we started.
+fn ours(p: &Proc) -> bool {
+    std::fs::read(format!("/proc/{}/cmdline", p.pid))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&p.mark))
+}
+
+fn signal(p: &Proc, sig: i32) {
+    if ours(p) {
+        // SAFETY: kill(2) on a pid whose command line shows it is the process this tool started.
+        unsafe { libc::kill(p.pid as i32, sig) };
+    }
+}
+
+fn wait_gone(p: &Proc, t: Duration) -> bool {
+    let end = Instant::now() + t;
+    while ours(p) {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log)?;
+    let child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        // Its own process group: a ^C meant for `up` does not reach the cluster.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(child)
+}
+
+fn key() -> anyhow::Result<String> {
+    let mut b = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+fn load(dir: &Path) -> anyhow::Result<State> {
+    let p = state_path(dir);
+    let s = std::fs::read_to_string(&p)
+        .with_context(|| format!("no cluster at {} ({} unreadable)", dir.display(), p.display()))?;
+    Ok(serde_json::from_str(&s)?)
+}
+
+/// Runs a `tidepool cluster` command.
+pub fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Up(a) => up(a),
+        ClusterCmd::Status { dir, json } => status(&dir, json),
+        ClusterCmd::Down { dir } => down(&dir),
+    }
+}
+
+fn up(a: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=64).contains(&a.nodes), "--nodes must be 1 to 64");
+    std::fs::create_dir_all(&a.dir)?;
+    let dir = std::fs::canonicalize(&a.dir)?;
+    if let Ok(s) = load(&dir) {
+        if ours(&s.storage) || s.nodes.iter().any(|n| ours(&n.proc_)) {
+            bail!("a cluster is already up in {} (tidepool cluster down --dir {0})", dir.display());
+        }
+    }
+    let tidepool = std::env::current_exe()?;
+    let sn_bin = sibling("storage-node")?;
+
+    // The storage node on a file-backed volume.
+    let vol = dir.join("vol0.img");
+    let sport = free_port()?;
+    let storage_addr = format!("127.0.0.1:{sport}");
+    let sn_args: Vec<String> = vec![
+        "--file".into(),
+        vol.display().to_string(),
+        "--size".into(),
+        a.size.clone(),
+        "--create".into(),
+        "--allow-any-host".into(),
+        "--listen".into(),
+        storage_addr.clone(),
+        "--nqn".into(),
+        NQN.into(),
+        "--discovery-listen".into(),
+        String::new(),
+    ];
+    let sn_log = dir.join("storage-node.log");
+    let mut sn = spawn(&sn_bin, &sn_args, &sn_log)?;
+    let storage = Proc { pid: sn.id(), mark: vol.display().to_string() };
+    let mut st = State { storage, storage_addr: storage_addr.clone(), nqn: NQN.into(), nodes: Vec::new() };
+    let r = wait_storage(&st.storage_addr, &mut sn, &sn_log).and_then(|_| start_nodes(&a, &dir, &tidepool, &mut st));
+    // Whatever started is recorded, so that `down` can stop it even after a failure.
+    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&st)?)?;
+    if let Err(e) = r {
+        let _ = down(&dir);
+        return Err(e);
+    }
+    let mut env = format!("TIDEPOOL_DIR='{}'\nTIDEPOOL_NODES={}\n", dir.display(), st.nodes.len());
+    env += &format!("TIDEPOOL_STORAGE='{storage_addr}'\nTIDEPOOL_NQN='{NQN}'\n");
+    for n in &st.nodes {
+        env += &format!("TIDEPOOL_NODE{}_MOUNT='{}'\n", n.id, n.mount.display());
+        env += &format!("TIDEPOOL_NODE{}_DM_SOCKET='{}'\n", n.id, n.socket.display());
+    }
+    std::fs::write(dir.join("cluster.env"), env)?;
+    println!("tidepool cluster: up in {} (storage node {storage_addr}, volume {})", dir.display(), vol.display());
+    for n in &st.nodes {
+        println!("node {}: pid {}, mount {}, DM socket {}", n.id, n.proc_.pid, n.mount.display(), n.socket.display());
+    }
+    println!("shell variables: . {}", dir.join("cluster.env").display());
+    Ok(())
+}
+
+fn wait_storage(addr: &str, sn: &mut std::process::Child, log: &Path) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > end || sn.try_wait()?.is_some() {
+            bail!(
+                "the storage node did not listen on {addr}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyhow::Result<()> {
+    // The file system, unless the volume has one.
+    let ctrl = std::sync::Arc::new(nvmf::Controller::connect(&st.storage_addr, NQN, &nvmf::ConnectOpts::default())?);
+    let dev = tpfs::blockdev::NvmfDev::new(ctrl.clone(), 1, 4096)?;
+    if tpfs::mkfs::read_superblock(&dev).is_err() {
+        tpfs::mkfs::mkfs(&dev, &tpfs::mkfs::MkfsOpts { label: "tidepool".into(), ..Default::default() })?;
+        println!("tidepool cluster: made the file system on the volume");
+    }
+    drop(dev);
+    if let Ok(c) = std::sync::Arc::try_unwrap(ctrl) {
+        let _ = c.shutdown();
+    }
+
+    let n = a.nodes;
+    let fs_manager = if n >= 2 { 2 } else { 1 };
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let meta = free_port()?;
+    let key = key()?;
+    let mut children = Vec::new();
+    for id in 1..=n {
+        let ndir = dir.join(format!("node{id}"));
+        let mount = ndir.join("mnt");
+        std::fs::create_dir_all(&mount)?;
+        let socket = ndir.join("dm.sock");
+        let mut t = String::new();
+        t += &format!("node_id = {id}\nlisten = \"127.0.0.1:{}\"\n", ports[id as usize - 1]);
+        t += &format!(
+            "api_socket = \"{}\"\ncluster_key = \"{key}\"\nsession_manager = 1\nmounts = []\n",
+            socket.display()
+        );
+        for p in 1..=n {
+            if p != id {
+                t += &format!("[[peers]]\nid = {p}\naddr = \"127.0.0.1:{}\"\n", ports[p as usize - 1]);
+            }
+        }
+        t += &format!(
+            "[[filesystems]]\nid = 1\nmanager = {fs_manager}\naddr = \"{}\"\nnqn = \"{NQN}\"\nmeta_addr = \"127.0.0.1:{meta}\"\n",
+            st.storage_addr
+        );
+        t += &format!("[[fuse_mounts]]\nfs = 1\npath = \"{}\"\n", mount.display());
+        let config = ndir.join("node.toml");
+        std::fs::File::create(&config)?.write_all(t.as_bytes())?;
+        let log = ndir.join("node.log");
+        let args = vec!["node".to_string(), "run".into(), "--config".into(), config.display().to_string()];
+        let child = spawn(tidepool, &args, &log)?;
+        let pid = child.id();
+        children.push(child);
+        st.nodes.push(NodeState { id, proc_: Proc { pid, mark: config.display().to_string() }, socket, mount, log });
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    for (node, child) in st.nodes.iter().zip(&mut children) {
+        loop {
+            let s = libdmapi::Dm::connect(&node.socket).and_then(|d| d.status().map_err(std::io::Error::other));
+            match s.as_ref().ok().and_then(|s| s.fuse.first()).map(|m| m.state.clone()) {
+                Some(m) if m == "mounted" => break,
+                Some(m) if m.starts_with("failed") => bail!("node {}: {m}; log {}", node.id, node.log.display()),
+                _ => {}
+            }
+            if let Some(rc) = child.try_wait()? {
+                bail!(
+                    "node {} exited ({rc}); its log:\n{}",
+                    node.id,
+                    std::fs::read_to_string(&node.log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > end {
+                bail!("node {} did not mount in time; log {}", node.id, node.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// One node in `status --json`.
+#[derive(Serialize)]
+struct NodeReport {
+    id: u32,
+    pid: u32,
+    alive: bool,
+    roles: Vec<String>,
+    mount: String,
+    mount_state: String,
+    dm_socket: String,
+    sessions: Vec<SessionReport>,
+}
+
+#[derive(Serialize)]
+struct SessionReport {
+    sid: i32,
+    node: u32,
+    info: String,
+}
+
+fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let st = load(dir)?;
+    let mut nodes = Vec::new();
+    for n in &st.nodes {
+        let s = libdmapi::Dm::connect(&n.socket).ok().and_then(|d| d.status().ok());
+        let mut roles = Vec::new();
+        let (mut state, mut sessions) = ("unreachable".to_string(), Vec::new());
+        if let Some(s) = &s {
+            if s.session_manager {
+                roles.push("session-manager".to_string());
+            }
+            roles.extend(s.fs_managed.iter().map(|f| format!("fs-manager:{f}")));
+            state = s.fuse.first().map_or_else(|| "not mounted".into(), |m| m.state.clone());
+            sessions = s
+                .sessions
+                .iter()
+                .map(|(sid, node, info)| SessionReport {
+                    sid: *sid,
+                    node: *node,
+                    info: String::from_utf8_lossy(info).into(),
+                })
+                .collect();
+        }
+        nodes.push(NodeReport {
+            id: n.id,
+            pid: n.proc_.pid,
+            alive: ours(&n.proc_),
+            roles,
+            mount: n.mount.display().to_string(),
+            mount_state: state,
+            dm_socket: n.socket.display().to_string(),
+            sessions,
+        });
+    }
+    if json {
+        let v = serde_json::json!({
+            "dir": dir.display().to_string(),
+            "storage": { "pid": st.storage.pid, "alive": ours(&st.storage), "addr": st.storage_addr, "nqn": st.nqn },
+            "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let alive = |b: bool| if b { "running" } else { "gone" };
+    println!("storage node: pid {} ({}), {} {}", st.storage.pid, alive(ours(&st.storage)), st.storage_addr, st.nqn);
+    for n in &nodes {
+        println!(
+            "node {}: pid {} ({}), roles [{}], mount {} ({}), DM socket {}",
+            n.id,
+            n.pid,
+            alive(n.alive),
+            n.roles.join(", "),
+            n.mount,
+            n.mount_state,
+            n.dm_socket
+        );
+        for s in &n.sessions {
+            if s.node == n.id {
+                println!("  session {} ({})", s.sid, s.info);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let st = load(dir)?;
+    // Node daemons first (SIGTERM: each unmounts its mount), then the storage node.
+    for n in &st.nodes {
+        signal(&n.proc_, libc::SIGTERM);
+    }
+    for n in &st.nodes {
+        if !wait_gone(&n.proc_, Duration::from_secs(15)) {
+            eprintln!("tidepool cluster: node {} did not stop on SIGTERM; killing it", n.id);
+            signal(&n.proc_, libc::SIGKILL);
+            wait_gone(&n.proc_, Duration::from_secs(5));
+        }
+        // A mount a killed daemon left behind.
+        if std::fs::metadata(&n.mount).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) {
+            let _ = Command::new("umount").arg("-l").arg(&n.mount).status();
+        }
+    }
+    signal(&st.storage, libc::SIGTERM);
+    if !wait_gone(&st.storage, Duration::from_secs(10)) {
+        signal(&st.storage, libc::SIGKILL);
+        wait_gone(&st.storage, Duration::from_secs(5));
+    }
+    std::fs::remove_file(state_path(dir))?;
+    let _ = std::fs::remove_file(dir.join("cluster.env"));
+    println!("tidepool cluster: down ({} nodes and the storage node stopped; the volume stays)", st.nodes.len());
+    Ok(())
+}
