@@ -60,15 +60,13 @@ enum Top {
         /// FUSE worker threads.
         #[arg(long, default_value_t = tpfs::fuse::DEFAULT_THREADS)]
         threads: usize,
-        /// Ask the node daemon behind this local socket to host the mount.
-        #[arg(long, conflicts_with_all = ["manager", "serve", "dm_socket"])]
+        /// Ask the node daemon behind this local socket to host the mount
+        /// (the mount then raises DM events; a mount of its own raises none).
+        #[arg(long, conflicts_with_all = ["manager", "serve"])]
         node: Option<PathBuf>,
-        /// Generate DM events through this node daemon's local API socket.
-        #[arg(long)]
-        dm_socket: Option<PathBuf>,
         /// The file system's id in the cluster configuration.
-        #[arg(long, visible_alias = "fs", default_value_t = 1)]
-        dm_fs: u64,
+        #[arg(long, default_value_t = 1)]
+        fs: u64,
         /// Serve only the user who mounts (no `allow_other`); by default
         /// every user of the machine, with the kernel checking permissions.
         #[arg(long)]
@@ -289,13 +287,12 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Top::Mount { node: Some(sock), mountpoint, dm_fs, .. } => {
+        Top::Mount { node: Some(sock), mountpoint, fs, .. } => {
             let dm = libdmapi::Dm::connect(&sock).with_context(|| format!("node daemon at {}", sock.display()))?;
             let path = std::fs::canonicalize(&mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
-            dm.fuse_mount(dmapi::types::FsId(dm_fs), &path)
-                .with_context(|| format!("mounting on {}", path.display()))?;
+            dm.fuse_mount(dmapi::types::FsId(fs), &path).with_context(|| format!("mounting on {}", path.display()))?;
             println!(
-                "tidepool: file system {dm_fs} mounted on {} by the node daemon at {}",
+                "tidepool: file system {fs} mounted on {} by the node daemon at {}",
                 path.display(),
                 sock.display()
             );
@@ -308,16 +305,9 @@ fn main() -> anyhow::Result<()> {
             println!("tidepool: {} unmounted", path.display());
             Ok(())
         }
-        Top::Mount { c, mountpoint, manager, serve, name, threads, dm_socket, dm_fs, owner_only, node: None } => {
+        Top::Mount { c, mountpoint, manager, serve, name, threads, owner_only, node: None, .. } => {
             let dev = fs_dev(&c)?;
-            let dm = match dm_socket {
-                Some(p) => Some(node::sink::SocketSink::link(
-                    libdmapi::Dm::connect(&p).with_context(|| format!("node API at {}", p.display()))?,
-                    dmapi::types::FsId(dm_fs),
-                )),
-                None => None,
-            };
-            let opts = tpfs::fuse::MountOpts { manager, serve, dm, name, threads, owner_only };
+            let opts = tpfs::fuse::MountOpts { manager, serve, dm: None, name, threads, owner_only };
             let m = tpfs::fuse::mount(dev, &mountpoint, opts)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
             let mgr = match (manager, m.manager_addr()) {

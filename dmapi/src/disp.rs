@@ -22,38 +22,11 @@
 use std::collections::BTreeMap;
 
 use crate::error::{DmError, DmResult};
+use crate::proto::{DispSpec, WireFsDisp, WireRoute};
 use crate::types::{DmAttrName, DmHandle, DmSessId, EventSet, EventType, FsId, HandleKind, NodeId, DM_EVENT_MAX};
-use crate::wire::{Dec, Enc, WireError};
+use crate::wire::WireError;
 
-/// A disposition call forwarded to the session manager.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DispChange {
-    /// `dm_set_disp` by the session in the header, living on `node`.
-    SetDisp {
-        /// The session's node.
-        node: NodeId,
-        /// File-system or global handle.
-        handle: DmHandle,
-        /// The events.
-        set: EventSet,
-    },
-    /// `dm_set_eventlist` on a file-system handle.
-    SetEventlist {
-        /// File-system handle.
-        handle: DmHandle,
-        /// The events.
-        set: EventSet,
-    },
-    /// `dm_set_return_on_destroy`.
-    ReturnOnDestroy {
-        /// File-system handle.
-        handle: DmHandle,
-        /// The attribute.
-        name: DmAttrName,
-        /// Set or clear.
-        enable: bool,
-    },
-}
+pub use crate::proto::DispChange;
 
 /// Where one event type goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -336,30 +309,25 @@ impl DispositionTable {
         self.fs.keys().copied()
     }
 
-    /// Appends the table to a wire payload.
-    pub fn encode(&self, e: &mut Enc) {
-        e.u64(self.version);
-        encode_fsdisp(e, &self.global);
-        e.u32(self.fs.len() as u32);
-        for (fsid, d) in &self.fs {
-            e.u64(fsid.0);
-            encode_fsdisp(e, d);
+    /// The table as the `DispSpec` message carries it.
+    pub fn to_spec(&self) -> DispSpec {
+        DispSpec {
+            version: self.version,
+            global: fsdisp_to_wire(&self.global),
+            fs: self.fs.iter().map(|(f, d)| (*f, fsdisp_to_wire(d))).collect(),
         }
     }
 
-    /// Reads a table from a wire payload.
-    pub fn decode(d: &mut Dec<'_>) -> Result<DispositionTable, WireError> {
-        let version = d.u64("disp version")?;
-        let global = decode_fsdisp(d)?;
-        let n = d.count(8 + 4 + 8 + 1, "disp fs count")?;
+    /// The table a `DispSpec` message carries; refuses one that names an
+    /// event type twice or that is no event type, or a file system twice.
+    pub fn from_spec(s: &DispSpec) -> Result<DispositionTable, WireError> {
         let mut fs = BTreeMap::new();
-        for _ in 0..n {
-            let fsid = FsId(d.u64("fsid")?);
-            if fs.insert(fsid, decode_fsdisp(d)?).is_some() {
+        for (fsid, w) in &s.fs {
+            if fs.insert(*fsid, fsdisp_from_wire(w)?).is_some() {
                 return Err(WireError::Invalid("duplicate fsid in dispositions"));
             }
         }
-        Ok(DispositionTable { version, global, fs })
+        Ok(DispositionTable { version: s.version, global: fsdisp_from_wire(&s.global)?, fs })
     }
 }
 
@@ -391,48 +359,30 @@ pub fn encode_dispinfo(list: &[(DmHandle, EventSet)], buflen: usize) -> DmResult
     Ok(out)
 }
 
-fn encode_fsdisp(e: &mut Enc, d: &FsDisp) {
-    e.u64(d.eventlist.0);
-    let n = d.events.iter().flatten().count();
-    e.u32(n as u32);
-    for (i, ent) in d.events.iter().enumerate() {
-        if let Some(ent) = ent {
-            e.u8(i as u8);
-            e.u32(ent.node.0);
-            e.i32(ent.sid.0);
-        }
-    }
-    match d.return_on_destroy {
-        Some((sid, name)) => {
-            e.u8(1);
-            e.i32(sid.0);
-            e.raw(&name.an_chars);
-        }
-        None => e.u8(0),
+fn fsdisp_to_wire(d: &FsDisp) -> WireFsDisp {
+    WireFsDisp {
+        eventlist: d.eventlist,
+        routes: d
+            .events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.map(|e| WireRoute { event: i as u8, node: e.node, sid: e.sid }))
+            .collect(),
+        return_on_destroy: d.return_on_destroy,
     }
 }
 
-fn decode_fsdisp(d: &mut Dec<'_>) -> Result<FsDisp, WireError> {
-    let eventlist = EventSet(d.u64("eventlist")?);
-    if eventlist.0 & !EventSet::ALL.0 != 0 {
+fn fsdisp_from_wire(w: &WireFsDisp) -> Result<FsDisp, WireError> {
+    if w.eventlist.0 & !EventSet::ALL.0 != 0 {
         return Err(WireError::Invalid("eventlist"));
     }
-    let mut out = FsDisp { eventlist, ..FsDisp::default() };
-    let n = d.count(9, "disp count")?;
-    for _ in 0..n {
-        let t = d.u8("disp event")? as usize;
-        let node = NodeId(d.u32("disp node")?);
-        let sid = DmSessId(d.i32("disp sid")?);
-        let slot = out.events.get_mut(t).ok_or(WireError::Invalid("disp event type"))?;
-        if slot.replace(DispEntry { node, sid }).is_some() {
+    let mut out = FsDisp { eventlist: w.eventlist, return_on_destroy: w.return_on_destroy, ..FsDisp::default() };
+    for r in &w.routes {
+        let slot = out.events.get_mut(r.event as usize).ok_or(WireError::Invalid("disp event type"))?;
+        if slot.replace(DispEntry { node: r.node, sid: r.sid }).is_some() {
             return Err(WireError::Invalid("duplicate disposition"));
         }
     }
-    out.return_on_destroy = match d.u8("rod flag")? {
-        0 => None,
-        1 => Some((DmSessId(d.i32("rod sid")?), DmAttrName { an_chars: d.raw::<8>("rod name")? })),
-        _ => return Err(WireError::Invalid("rod flag")),
-    };
     Ok(out)
 }
 
@@ -623,10 +573,13 @@ mod tests {
         t.move_session(sid(1, 1), NodeId(4));
         assert_eq!(t.route(FsId(7), EventType::Read).unwrap().node, NodeId(4));
         assert!(t.is_newer_than(&old));
-        let mut e = Enc::new();
-        t.encode(&mut e);
-        let mut d = Dec::new(&e.buf);
-        assert_eq!(DispositionTable::decode(&mut d).unwrap(), t);
-        d.finish().unwrap();
+        assert_eq!(DispositionTable::from_spec(&t.to_spec()).unwrap(), t);
+        let mut dup = t.to_spec();
+        let r = dup.fs[0].1.routes[0];
+        dup.fs[0].1.routes.push(r);
+        assert!(DispositionTable::from_spec(&dup).is_err(), "an event type routed twice");
+        let mut bad = t.to_spec();
+        bad.fs[0].1.routes[0].event = 200;
+        assert!(DispositionTable::from_spec(&bad).is_err(), "no such event type");
     }
 }

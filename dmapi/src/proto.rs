@@ -15,7 +15,6 @@
 //! assert_eq!((back, used), (f, bytes.len()));
 //! ```
 
-use crate::disp::{DispChange, DispositionTable};
 use crate::event::{DmEvent, EventBody};
 use crate::types::{
     DmAttrName, DmHandle, DmResponse, DmSessId, DmToken, EventClass, EventSet, EventType, FsId, NodeId,
@@ -68,6 +67,9 @@ pub enum MsgType {
     Query = 16,
     /// The answer to a [`MsgType::Query`] (header `ref_seq` the query).
     QueryReply = 17,
+    /// The session manager's answer to a [`MsgType::DispChange`] (header
+    /// `ref_seq` the change's frame).
+    DispReply = 18,
 }
 
 impl MsgType {
@@ -91,9 +93,75 @@ impl MsgType {
             15 => Heartbeat,
             16 => Query,
             17 => QueryReply,
+            18 => DispReply,
             _ => return Err(WireError::UnknownType(v)),
         })
     }
+}
+
+/// A disposition call forwarded to the session manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispChange {
+    /// `dm_set_disp` by the session in the header, living on `node`.
+    SetDisp {
+        /// The session's node.
+        node: NodeId,
+        /// File-system or global handle.
+        handle: DmHandle,
+        /// The events.
+        set: EventSet,
+    },
+    /// `dm_set_eventlist` on a file-system handle.
+    SetEventlist {
+        /// File-system handle.
+        handle: DmHandle,
+        /// The events.
+        set: EventSet,
+    },
+    /// `dm_set_return_on_destroy`.
+    ReturnOnDestroy {
+        /// File-system handle.
+        handle: DmHandle,
+        /// The attribute.
+        name: DmAttrName,
+        /// Set or clear.
+        enable: bool,
+    },
+}
+
+/// Where one event type of a file system goes, in a [`DispSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireRoute {
+    /// The event type's `dm_eventtype_t` value.
+    pub event: u8,
+    /// The session's node.
+    pub node: NodeId,
+    /// The session.
+    pub sid: DmSessId,
+}
+
+/// One file system's (or the global) dispositions in a [`DispSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WireFsDisp {
+    /// The file system's event list.
+    pub eventlist: EventSet,
+    /// The disposed event types.
+    pub routes: Vec<WireRoute>,
+    /// `dm_set_return_on_destroy`: the session and the attribute.
+    pub return_on_destroy: Option<(DmSessId, DmAttrName)>,
+}
+
+/// The disposition table as the session manager sends it to each file
+/// system's manager and on to every mounting node: plain data, which the
+/// disposition engine (`crate::disp`) turns into its table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DispSpec {
+    /// The table's version (the receiver keeps the newest).
+    pub version: u64,
+    /// The global handle's dispositions.
+    pub global: WireFsDisp,
+    /// Each file system's.
+    pub fs: Vec<(FsId, WireFsDisp)>,
 }
 
 /// An event inside an [`Message::EventBatch`].
@@ -189,7 +257,7 @@ pub enum Message {
     /// See [`MsgType::DispChange`].
     DispChange(DispChange),
     /// See [`MsgType::DispSpec`].
-    DispSpec(DispositionTable),
+    DispSpec(DispSpec),
     /// See [`MsgType::Mount`].
     Mount {
         /// The file system.
@@ -216,6 +284,11 @@ pub enum Message {
         /// The answer: the `dm_eventmsg_t` buffer, or the tokens as little-endian i32.
         data: Vec<u8>,
     },
+    /// See [`MsgType::DispReply`].
+    DispReply {
+        /// 0, or why the session manager refused the change.
+        errno: i32,
+    },
 }
 
 impl Message {
@@ -239,6 +312,7 @@ impl Message {
             Message::Heartbeat { .. } => MsgType::Heartbeat,
             Message::Query(_) => MsgType::Query,
             Message::QueryReply { .. } => MsgType::QueryReply,
+            Message::DispReply { .. } => MsgType::DispReply,
         }
     }
 }
@@ -442,7 +516,16 @@ fn encode_payload(e: &mut Enc, msg: &Message) {
                 e.u8(*enable as u8);
             }
         },
-        Message::DispSpec(t) => t.encode(e),
+        Message::DispSpec(s) => {
+            e.u64(s.version);
+            enc_fsdisp(e, &s.global);
+            e.u32(s.fs.len() as u32);
+            for (fsid, w) in &s.fs {
+                e.u64(fsid.0);
+                enc_fsdisp(e, w);
+            }
+        }
+        Message::DispReply { errno } => e.i32(*errno),
         Message::Mount { fs, mounted } => {
             e.u64(fs.0);
             e.u8(*mounted as u8);
@@ -464,6 +547,43 @@ fn encode_payload(e: &mut Enc, msg: &Message) {
             e.bytes(data);
         }
     }
+}
+
+fn enc_fsdisp(e: &mut Enc, w: &WireFsDisp) {
+    e.u64(w.eventlist.0);
+    e.u32(w.routes.len() as u32);
+    for r in &w.routes {
+        e.u8(r.event);
+        e.u32(r.node.0);
+        e.i32(r.sid.0);
+    }
+    match w.return_on_destroy {
+        Some((sid, name)) => {
+            e.u8(1);
+            e.i32(sid.0);
+            e.raw(&name.an_chars);
+        }
+        None => e.u8(0),
+    }
+}
+
+fn dec_fsdisp(d: &mut Dec<'_>) -> Result<WireFsDisp, WireError> {
+    let eventlist = dec_set(d)?;
+    let n = d.count(9, "disp count")?;
+    let mut routes = Vec::with_capacity(n);
+    for _ in 0..n {
+        routes.push(WireRoute {
+            event: d.u8("disp event")?,
+            node: NodeId(d.u32("disp node")?),
+            sid: DmSessId(d.i32("disp sid")?),
+        });
+    }
+    let return_on_destroy = match d.u8("rod flag")? {
+        0 => None,
+        1 => Some((DmSessId(d.i32("rod sid")?), DmAttrName { an_chars: d.raw::<8>("rod name")? })),
+        _ => return Err(WireError::Invalid("rod flag")),
+    };
+    Ok(WireFsDisp { eventlist, routes, return_on_destroy })
 }
 
 fn decode_payload(t: MsgType, source: NodeId, d: &mut Dec<'_>) -> Result<Message, WireError> {
@@ -513,7 +633,17 @@ fn decode_payload(t: MsgType, source: NodeId, d: &mut Dec<'_>) -> Result<Message
             },
             _ => return Err(WireError::Invalid("disp op")),
         }),
-        MsgType::DispSpec => Message::DispSpec(DispositionTable::decode(d)?),
+        MsgType::DispSpec => {
+            let version = d.u64("disp version")?;
+            let global = dec_fsdisp(d)?;
+            let n = d.count(8 + 8 + 4 + 1, "disp fs count")?;
+            let mut fs = Vec::with_capacity(n);
+            for _ in 0..n {
+                fs.push((FsId(d.u64("fsid")?), dec_fsdisp(d)?));
+            }
+            Message::DispSpec(DispSpec { version, global, fs })
+        }
+        MsgType::DispReply => Message::DispReply { errno: d.i32("errno")? },
         MsgType::Mount => Message::Mount { fs: FsId(d.u64("fs")?), mounted: dec_bool(d, "mounted")? },
         MsgType::Heartbeat => Message::Heartbeat { now_ns: d.u64("now")? },
         MsgType::Query => Message::Query(match d.u8("query op")? {
@@ -572,6 +702,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Frame, usize), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disp::DispositionTable;
     use proptest::prelude::*;
 
     fn arb_handle() -> impl Strategy<Value = DmHandle> {
@@ -652,7 +783,7 @@ mod tests {
         prop_oneof![Just(DmResponse::Continue), Just(DmResponse::DontCare), (1..4096i32).prop_map(DmResponse::Abort),]
     }
 
-    fn arb_table() -> impl Strategy<Value = DispositionTable> {
+    fn arb_table() -> impl Strategy<Value = DispSpec> {
         proptest::collection::vec((1u64..5, 1u32..4, any::<u64>(), any::<bool>()), 0..6).prop_map(|ops| {
             let mut t = DispositionTable::default();
             for (fs, node, set, rod) in ops {
@@ -665,7 +796,7 @@ mod tests {
                 let _ = t.dm_set_eventlist(&h, EventSet(set & EventSet::ALL.0));
                 let _ = t.dm_set_return_on_destroy(sid, &h, DmAttrName::default(), rod);
             }
-            t
+            t.to_spec()
         })
     }
 
@@ -717,6 +848,7 @@ mod tests {
             any::<u64>().prop_map(|nelem| Message::Query(QueryOp::GetallTokens { nelem })),
             (any::<i32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
                 .prop_map(|(errno, needed, data)| Message::QueryReply { errno, needed, data }),
+            any::<i32>().prop_map(|errno| Message::DispReply { errno }),
         ]
     }
 

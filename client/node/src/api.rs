@@ -16,7 +16,7 @@ use dmapi::types::{
     DM_EV_WAIT, DM_NO_TOKEN,
 };
 use dmapi::{DmError, DmResult};
-use libdmapi::channel::{disp_seq_path, err_reply, Channel, Reply, Request, RightOp};
+use libdmapi::channel::{err_reply, Channel, Reply, Request, RightOp};
 use libdmapi::seqpacket::{SeqPacket, SeqPacketListener};
 use tracing::{debug, info, warn};
 
@@ -30,7 +30,6 @@ use tpfs::format::Region;
 pub fn serve(node: Arc<Node>, path: &Path) -> std::io::Result<()> {
     // A stale socket from a killed daemon would make bind fail.
     let _ = std::fs::remove_file(path);
-    node.publish_disp_seq(&disp_seq_path(path))?;
     let l = SeqPacketListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     info!(path = %path.display(), "local API listening");
@@ -325,10 +324,6 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             Request::FuseUnmount { path } => {
                 node.mounts().unmount(Path::new(&path)).map_err(|e| DmError::from_errno(e, "unmount refused"))?;
                 Reply::Ok
-            }
-            Request::DispView { fs } => {
-                let (seq, v) = node.disp_view(FsId(fs));
-                Reply::DispView { seq, disposed: v.disposed.0, fs_list: v.fs_list.0 }
             }
             Request::Mount { fs, mounted } => {
                 node.mount(FsId(fs), mounted);

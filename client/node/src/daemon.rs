@@ -36,7 +36,7 @@ use crate::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
 use crate::dm::files::DmFs;
 use crate::dm::session::DmSession;
 use crate::dm::source::EventSource;
-use crate::mounts::Mounts;
+use crate::mounts::{MountHost, Mounts};
 use crate::roles::fs_manager::FsManager;
 use crate::roles::membership::{Membership, PeerChange};
 use crate::roles::session_manager::SessionManager;
@@ -91,12 +91,6 @@ pub struct Node {
     /// Peers a heartbeat is connecting to in the background.
     connecting: Mutex<BTreeSet<NodeId>>,
     stop: AtomicBool,
-    /// Counts disposition-table installs, odd while one is under way, and
-    /// publishes the count in a file beside the API socket: a mount on this
-    /// machine reads it to know, without asking, that its cached
-    /// [`GenerationView`] still holds.
-    disp_seq: AtomicU64,
-    disp_seq_file: Mutex<Option<std::fs::File>>,
     /// The metadata services and FUSE mounts this node hosts.
     hosted: Mounts,
     /// The DMAPI file functions of each file system, on the node's own
@@ -187,8 +181,6 @@ impl Node {
                 send_failed: Mutex::new(BTreeSet::new()),
                 connecting: Mutex::new(BTreeSet::new()),
                 stop: AtomicBool::new(false),
-                disp_seq: AtomicU64::new(0),
-                disp_seq_file: Mutex::new(None),
                 hosted: Mounts::default(),
                 files: Mutex::new(HashMap::new()),
                 cfg,
@@ -320,42 +312,10 @@ impl Node {
         self.source.engine().dispositions().route(fs, t)
     }
 
-    /// Publishes the disposition install count at `path` from now on.
-    pub fn publish_disp_seq(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::os::unix::fs::{FileExt, PermissionsExt};
-        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        let mut slot = self.disp_seq_file.lock();
-        f.write_all_at(&self.disp_seq.load(Ordering::SeqCst).to_le_bytes(), 0)?;
-        *slot = Some(f);
-        Ok(())
-    }
-
-    fn bump_disp_seq(&self) {
-        use std::os::unix::fs::FileExt;
-        let slot = self.disp_seq_file.lock();
-        let n = self.disp_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(f) = slot.as_ref() {
-            if let Err(e) = f.write_all_at(&n.to_le_bytes(), 0) {
-                warn!(error = %e, "cannot publish the disposition count; mounts will ask every time");
-                let _ = f.write_all_at(&1u64.to_le_bytes(), 0);
-            }
-        }
-    }
-
     /// What a mount of `fs` needs to decide locally whether to generate an
-    /// event, and the install count it holds for (always even).
-    pub fn disp_view(&self, fs: FsId) -> (u64, GenerationView) {
-        loop {
-            let s1 = self.disp_seq.load(Ordering::SeqCst);
-            if s1.is_multiple_of(2) {
-                let v = self.source.engine().dispositions().generation_view(fs);
-                if self.disp_seq.load(Ordering::SeqCst) == s1 {
-                    return (s1, v);
-                }
-            }
-            std::thread::yield_now();
-        }
+    /// event (a table is installed whole, so the view is never torn).
+    pub fn disp_view(&self, fs: FsId) -> GenerationView {
+        self.source.engine().dispositions().generation_view(fs)
     }
 
     /// Mounts (or unmounts) `fs` here: its manager is told and answers with the
@@ -532,11 +492,11 @@ impl Node {
     }
 
     fn reply_rpc(&self, to: NodeId, ref_seq: u64, r: DmResult<()>) {
-        let response = match r {
-            Ok(()) => DmResponse::Continue,
-            Err(e) => DmResponse::Abort(e.errno().max(1)),
+        let errno = match r {
+            Ok(()) => 0,
+            Err(e) => e.errno().max(1),
         };
-        let mut f = Frame::new(self.me, self.next_seq(), Message::Response { response, data: Vec::new() });
+        let mut f = Frame::new(self.me, self.next_seq(), Message::DispReply { errno });
         f.ref_seq = ref_seq;
         let _ = self.send_frame(to, f);
     }
@@ -586,18 +546,15 @@ impl Node {
             }
             Message::EventBatch(evs) => self.deliver_batch(from, evs),
             Message::Response { response, .. } => {
-                let rpc = self.rpcs.lock().remove(&f.ref_seq);
-                match rpc {
-                    Some(tx) => {
-                        let r = match response {
-                            DmResponse::Abort(e) => Err(error_from_errno(e, "session manager refused", None)),
-                            _ => Ok(()),
-                        };
-                        let _ = tx.try_send(RpcReply::Done(r));
-                    }
-                    None => {
-                        src.on_response(from, f.ref_seq, response);
-                    }
+                src.on_response(from, f.ref_seq, response);
+            }
+            Message::DispReply { errno } => {
+                if let Some(tx) = self.rpcs.lock().remove(&f.ref_seq) {
+                    let r = match errno {
+                        0 => Ok(()),
+                        e => Err(error_from_errno(e, "session manager refused", None)),
+                    };
+                    let _ = tx.try_send(RpcReply::Done(r));
                 }
             }
             Message::Pending { delay_ms } => {
@@ -648,13 +605,18 @@ impl Node {
                     self.reply_rpc(from, f.seq, Err(DmError::Inval("not the session manager")));
                 }
             },
-            Message::DispSpec(t) => {
+            Message::DispSpec(spec) => {
+                let t = match DispositionTable::from_spec(&spec) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(%from, error = %e, "a disposition table that does not hold together; ignored");
+                        return;
+                    }
+                };
                 if let Some(fsm) = &self.fsm {
                     self.send_all(fsm.on_spec(&t));
                 }
-                self.bump_disp_seq();
                 src.install_dispositions(Arc::new(t));
-                self.bump_disp_seq();
             }
             Message::Mount { fs, mounted } => match &self.fsm {
                 Some(fsm) if fsm.manages(fs) => self.send_all(fsm.on_mount(from, fs, mounted)),
@@ -734,5 +696,29 @@ impl Node {
         self.source.shutdown();
         self.dm.engine().shutdown();
         self.transport.shutdown();
+    }
+}
+
+impl MountHost for Node {
+    fn cfg(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    fn view(&self, fs: FsId) -> GenerationView {
+        self.disp_view(fs)
+    }
+
+    fn generate(
+        &self,
+        fs: FsId,
+        ev: DmEvent,
+        file_events: EventSet,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> DmResult<DmResponse> {
+        self.generate_event(fs, ev, file_events, attrs)
+    }
+
+    fn announce(&self, fs: FsId, mounted: bool) {
+        self.mount(fs, mounted);
     }
 }

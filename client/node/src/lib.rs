@@ -11,7 +11,6 @@
 //! | [`mounts`] | hosted FUSE mounts (DM events straight into the source engine) and metadata services |
 //! | [`api`] | the daemon's end of the local DM channel (`libdmapi::channel`) |
 //! | [`peercred`] | the caller's credentials on the local channel (`SO_PEERCRED`) |
-//! | [`sink`] | a separate mount process's DM events, through the local channel |
 //!
 //! Where an event goes from node B to node A: `dm::source` (B's file system calls
 //! `generate`) → `dmapi::proto` frame over `dmapi::transport` → [`daemon`] on A
@@ -25,4 +24,3 @@ pub mod dm;
 pub mod mounts;
 pub mod peercred;
 pub mod roles;
-pub mod sink;

@@ -25,23 +25,43 @@ use tpfs::manager::{Manager, ManagerHandle};
 use tracing::{info, warn};
 
 use crate::config::{FsConfig, FuseMountConfig, NodeConfig};
-use crate::daemon::Node;
+
+/// What hosted mounts need of their node daemon (`crate::daemon::Node`
+/// implements it): its configuration, its dispositions, its source engine,
+/// and the file-system managers told of the mount.
+pub trait MountHost: Send + Sync + 'static {
+    /// The node's configuration.
+    fn cfg(&self) -> &NodeConfig;
+    /// The node's dispositions for `fs` as of now.
+    fn view(&self, fs: FsId) -> GenerationView;
+    /// Generates `ev` on `fs` and waits for the answer of a synchronous event.
+    fn generate(
+        &self,
+        fs: FsId,
+        ev: DmEvent,
+        file_events: EventSet,
+        attrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> DmResult<DmResponse>;
+    /// Tells the file system's manager that `fs` is mounted here, or no longer.
+    fn announce(&self, fs: FsId, mounted: bool);
+}
 
 /// How long a mount keeps trying to reach its file system's manager.
 pub const MOUNT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A mount's DM events into its own node daemon, in process.
 pub struct NodeSink {
-    node: Weak<Node>,
+    node: Weak<dyn MountHost>,
 }
 
 impl NodeSink {
     /// The link a mount of `fs` on `node` generates its events through.
-    pub fn link(node: &Arc<Node>, fs: FsId) -> DmLink {
-        DmLink { sink: Arc::new(NodeSink { node: Arc::downgrade(node) }), fs }
+    pub fn link<H: MountHost>(node: &Arc<H>, fs: FsId) -> DmLink {
+        let node: Weak<dyn MountHost> = Arc::downgrade(node) as Weak<dyn MountHost>;
+        DmLink { sink: Arc::new(NodeSink { node }), fs }
     }
 
-    fn node(&self) -> Result<Arc<Node>, String> {
+    fn node(&self) -> Result<Arc<dyn MountHost>, String> {
         self.node.upgrade().ok_or_else(|| "the node daemon is stopping".to_string())
     }
 }
@@ -49,7 +69,7 @@ impl NodeSink {
 impl EventSink for NodeSink {
     fn view(&self, fs: FsId) -> Option<GenerationView> {
         // The node's own table: always current, no count to check.
-        Some(self.node.upgrade()?.disp_view(fs).1)
+        Some(self.node.upgrade()?.view(fs))
     }
 
     fn generate(
@@ -59,11 +79,11 @@ impl EventSink for NodeSink {
         file_events: EventSet,
         attrs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<DmResponse, String> {
-        self.node()?.generate_event(fs, ev, file_events, attrs).map_err(|e| e.to_string())
+        self.node()?.generate(fs, ev, file_events, attrs).map_err(|e| e.to_string())
     }
 
     fn mounted(&self, fs: FsId, yes: bool) -> Result<(), String> {
-        self.node()?.mount(fs, yes);
+        self.node()?.announce(fs, yes);
         Ok(())
     }
 }
@@ -119,7 +139,7 @@ impl Mounts {
 
     /// Mounts `m` on behalf of `node`, retrying while the file system's
     /// manager is not reachable; returns once mounted or failed for good.
-    pub fn mount(&self, node: &Arc<Node>, m: &FuseMountConfig) -> DmResult<()> {
+    pub fn mount<H: MountHost>(&self, node: &Arc<H>, m: &FuseMountConfig) -> DmResult<()> {
         let fs = FsId(m.fs);
         {
             let mut h = self.hosted.lock();
@@ -213,8 +233,8 @@ fn serve(cfg: &NodeConfig, f: &FsConfig, addr: SocketAddr) -> std::io::Result<Ma
     m.serve(addr)
 }
 
-fn mount_with_patience(node: &Arc<Node>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {
-    let cfg = node.config();
+fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {
+    let cfg = node.cfg();
     let f = cfg
         .filesystem(FsId(m.fs))
         .ok_or_else(|| std::io::Error::other(format!("file system {} is not configured", m.fs)))?;

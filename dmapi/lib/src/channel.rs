@@ -17,7 +17,7 @@
 //! README's figures (`tidepool-dm-bench local`).
 
 use std::io::IoSlice;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bincode::Options;
 use dmapi::types::{DmHandle, DmSessId, DmStat, EventSet, NodeId};
@@ -146,6 +146,8 @@ pub enum Request {
         #[serde(default)]
         attrs: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// Tell the file system's manager that `fs` is mounted on the node (or no
+    /// longer), as a mount does: the test driver plays a file system with it.
     Mount {
         fs: u64,
         mounted: bool,
@@ -153,11 +155,6 @@ pub enum Request {
     Route {
         fs: u64,
         event: i32,
-    },
-    /// The [`dmapi::disp::GenerationView`] of a file system, for a mount to
-    /// decide locally which events to ask for.
-    DispView {
-        fs: u64,
     },
     Status,
     /// Mount file system `fs` (of the node's configuration) through FUSE at
@@ -393,11 +390,6 @@ pub enum Reply {
         blocked_ns: u64,
     },
     Route(Option<(u32, i32)>),
-    DispView {
-        seq: u64,
-        disposed: u64,
-        fs_list: u64,
-    },
     Status(NodeStatus),
     Count(u64),
     Range(u64, u64),
@@ -589,13 +581,6 @@ impl Channel {
 /// records are put together; the fuzz target drives it directly).
 pub fn decode<T: for<'a> Deserialize<'a>>(body: &[u8]) -> std::io::Result<T> {
     codec().deserialize(body).map_err(|e| bad(format!("undecodable message: {e}")))
-}
-
-/// Where the node behind API socket `socket` publishes its disposition
-/// install count (8 bytes, little-endian; odd while an install is under
-/// way): a mount reads it instead of asking before every operation.
-pub fn disp_seq_path(socket: &Path) -> PathBuf {
-    socket.with_extension("disp")
 }
 
 #[cfg(test)]

@@ -250,7 +250,8 @@ impl Dm {
         }
     }
 
-    /// Mounts or unmounts `fs` on the node.
+    /// Announces `fs` as mounted (or unmounted) on the node, as a mount does,
+    /// without mounting anything (a file system's stand-in, for tests).
     pub fn mount(&self, fs: FsId, mounted: bool) -> DmResult<()> {
         self.ok(Request::Mount { fs: fs.0, mounted })
     }
@@ -259,17 +260,6 @@ impl Dm {
     pub fn route(&self, fs: FsId, t: EventType) -> DmResult<Option<(NodeId, DmSessId)>> {
         match self.call(&Request::Route { fs: fs.0, event: t.raw() })? {
             Reply::Route(r) => Ok(r.map(|(n, s)| (NodeId(n), DmSessId(s)))),
-            r => Err(Self::unexpected(r)),
-        }
-    }
-
-    /// The generation view of `fs` on the node, and the disposition install
-    /// count it holds for (see [`disp_seq_path`]).
-    pub fn disp_view(&self, fs: FsId) -> DmResult<(u64, dmapi::disp::GenerationView)> {
-        match self.call(&Request::DispView { fs: fs.0 })? {
-            Reply::DispView { seq, disposed, fs_list } => {
-                Ok((seq, dmapi::disp::GenerationView { disposed: EventSet(disposed), fs_list: EventSet(fs_list) }))
-            }
             r => Err(Self::unexpected(r)),
         }
     }

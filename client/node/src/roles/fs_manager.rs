@@ -50,7 +50,7 @@ impl FsManager {
         st.table = Arc::new(table.clone());
         let nodes: BTreeSet<NodeId> = st.mounted.values().flatten().copied().filter(|n| *n != self.me).collect();
         info!(version = table.version(), nodes = nodes.len(), "dispositions distributed to mounting nodes");
-        let f = Frame::new(self.me, 0, Message::DispSpec(table.clone()));
+        let f = Frame::new(self.me, 0, Message::DispSpec(table.to_spec()));
         nodes.into_iter().map(|n| (n, f.clone())).collect()
     }
 
@@ -67,7 +67,7 @@ impl FsManager {
         }
         info!(%node, %fs, mounted, "mount recorded");
         if mounted && node != self.me && st.table.version() > 0 {
-            return vec![(node, Frame::new(self.me, 0, Message::DispSpec((*st.table).clone())))];
+            return vec![(node, Frame::new(self.me, 0, Message::DispSpec(st.table.to_spec())))];
         }
         Vec::new()
     }

@@ -54,7 +54,7 @@ impl SessionManager {
     }
 
     fn spec(&self, table: &DispositionTable) -> Sends {
-        let f = Frame::new(self.me, 0, Message::DispSpec(table.clone()));
+        let f = Frame::new(self.me, 0, Message::DispSpec(table.to_spec()));
         self.fs_managers.iter().map(|n| (*n, f.clone())).collect()
     }
 
@@ -115,7 +115,7 @@ impl SessionManager {
             })
             .collect();
         if self.fs_managers.contains(&node) && st.table.version() > 0 {
-            out.push((node, Frame::new(self.me, 0, Message::DispSpec(st.table.clone()))));
+            out.push((node, Frame::new(self.me, 0, Message::DispSpec(st.table.to_spec()))));
         }
         out
     }
