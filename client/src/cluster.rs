@@ -4,9 +4,9 @@
 //! none, and starts N node daemons (node 1 the session manager, node 2 the
 //! file system's manager, serving its metadata; every node mounting it),
 //! then returns once every mount is up. What it started is recorded in
-//! `DIR/cluster.json`, so `status` can report on it and `down` can stop
-//! exactly those processes (each checked to still be ours before it is
-//! signalled). `DIR/cluster.env` gives scripts the mounts and DM sockets.
+//! `DIR/cluster.json` (pids and start times), so `status` can report on it
+//! and `down` can stop exactly those processes (each checked to still be
+//! the same process before it is signalled). `DIR/cluster.env` gives scripts the mounts and DM sockets.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,8 +67,25 @@ struct State {
 #[derive(Debug, Serialize, Deserialize)]
 struct Proc {
     pid: u32,
-    /// A string its command line holds, to tell it from a recycled pid.
-    mark: String,
+    /// Its start time (`/proc/<pid>/stat` field 22, clock ticks since boot),
+    /// which tells it from a later process that got the same pid.
+    start: u64,
+}
+
+/// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name,
+/// which may itself hold spaces), and whether the process is a zombie.
+fn stat_of(pid: u32) -> Option<(u64, bool)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); field 22 is its 20th.
+    Some((f.get(19)?.parse().ok()?, f.first() == Some(&"Z")))
+}
+
+impl Proc {
+    fn of(pid: u32) -> Proc {
+        Proc { pid, start: stat_of(pid).map_or(0, |s| s.0) }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,15 +107,14 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// Whether `p` is still the process we started.
+/// Whether `p` is still the process we started, and running.
 fn ours(p: &Proc) -> bool {
-    std::fs::read(format!("/proc/{}/cmdline", p.pid))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&p.mark))
+    stat_of(p.pid).is_some_and(|(start, zombie)| start == p.start && !zombie)
 }
 
 fn signal(p: &Proc, sig: i32) {
     if ours(p) {
-        // SAFETY: kill(2) on a pid whose command line shows it is the process this tool started.
+        // SAFETY: kill(2) on a pid whose start time shows it is the process this tool started.
         unsafe { libc::kill(p.pid as i32, sig) };
     }
 }
@@ -188,7 +204,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     ];
     let sn_log = dir.join("storage-node.log");
     let mut sn = spawn(&sn_bin, &sn_args, &sn_log)?;
-    let storage = Proc { pid: sn.id(), mark: vol.display().to_string() };
+    let storage = Proc::of(sn.id());
     let mut st = State { storage, storage_addr: storage_addr.clone(), nqn: NQN.into(), nodes: Vec::new() };
     let r = wait_storage(&st.storage_addr, &mut sn, &sn_log).and_then(|_| start_nodes(&a, &dir, &tidepool, &mut st));
     // Whatever started is recorded, so that `down` can stop it even after a failure.
@@ -273,7 +289,7 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
         let child = spawn(tidepool, &args, &log)?;
         let pid = child.id();
         children.push(child);
-        st.nodes.push(NodeState { id, proc_: Proc { pid, mark: config.display().to_string() }, socket, mount, log });
+        st.nodes.push(NodeState { id, proc_: Proc::of(pid), socket, mount, log });
     }
     let end = Instant::now() + Duration::from_secs(60);
     for (node, child) in st.nodes.iter().zip(&mut children) {
