@@ -227,6 +227,10 @@ struct ListenArgs {
     /// Exit after this many events.
     #[arg(long)]
     count: Option<u64>,
+    /// Print no line per event (benchmarks: the answer is all that counts);
+    /// at exit (SIGTERM, or --count reached) print `ANSWERED n`.
+    #[arg(long)]
+    quiet: bool,
     /// Destroy events of --fs carry a copy of this DM attribute
     /// (`dm_set_return_on_destroy`).
     #[arg(long)]
@@ -397,6 +401,9 @@ fn find_own_session(dm: &Dm, me: NodeId, info: &[u8], wait: Duration) -> anyhow:
     }
 }
 
+/// Events a quiet listener handled, for its report at SIGTERM.
+static ANSWERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn listen(dm: &Dm, l: ListenArgs) -> anyhow::Result<()> {
     let me = NodeId(dm.status()?.node);
     let mut aborts = Vec::new();
@@ -417,6 +424,14 @@ fn listen(dm: &Dm, l: ListenArgs) -> anyhow::Result<()> {
     if let Some(name) = &l.return_on_destroy {
         dm.dm_set_return_on_destroy(sid, &DmHandle::fs(FsId(l.fs)), DmAttrName::new(name.as_bytes())?, true)?;
     }
+    if l.quiet {
+        // The count is all a quiet listener says; SIGTERM makes it say it.
+        std::thread::spawn(|| {
+            crate::wait_for_signal();
+            out(&format!("ANSWERED {}", ANSWERED.load(std::sync::atomic::Ordering::Relaxed)));
+            std::process::exit(0);
+        });
+    }
     out("READY");
     let mut seen = 0u64;
     let dm = Arc::new(dm);
@@ -427,7 +442,9 @@ fn listen(dm: &Dm, l: ListenArgs) -> anyhow::Result<()> {
             Err(e) => bail!("dm_get_events: {e}"),
         };
         for e in evs {
-            out(&describe(sid, &e));
+            if !l.quiet {
+                out(&describe(sid, &e));
+            }
             if e.token.0 > 0 && !l.hold {
                 let r = aborts
                     .iter()
@@ -438,10 +455,16 @@ fn listen(dm: &Dm, l: ListenArgs) -> anyhow::Result<()> {
                     DmResponse::Abort(n) => format!("abort:{n}"),
                     _ => "continue".into(),
                 };
-                out(&format!("RESPONDED token={} response={name}", e.token));
+                if !l.quiet {
+                    out(&format!("RESPONDED token={} response={name}", e.token));
+                }
             }
             seen += 1;
+            ANSWERED.store(seen, std::sync::atomic::Ordering::Relaxed);
             if l.count.is_some_and(|c| seen >= c) {
+                if l.quiet {
+                    out(&format!("ANSWERED {seen}"));
+                }
                 return Ok(());
             }
         }
