@@ -68,6 +68,24 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     let e = hsm.dm_path_to_handle(std::path::Path::new("/tmp")).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL, "a path on no Tidepool mount is refused: {e}");
     assert!(hsm.dm_get_fileattr(DmSessId(12345), &h, nt).is_err(), "a session that does not exist");
+    // The file functions reach any file's data: an unprivileged user may not
+    // call them, even naming a session that exists; root may.
+    let read_as = |nobody: bool| {
+        let mut cmd = std::process::Command::new(if nobody { "setpriv" } else { common::DRIVER });
+        if nobody {
+            cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--", common::DRIVER]);
+        }
+        let path = ma.path().join("cold");
+        cmd.arg("--socket").arg(c.socket(3)).args(["read-invis", "--sid", &sid.0.to_string(), "--path"]).arg(&path);
+        cmd.output().unwrap()
+    };
+    if test_support::have_tool("setpriv") {
+        let o = read_as(true);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("EPERM"), "as nobody: {o:?}");
+    }
+    let o = read_as(false);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "READ 4096", "as root: {o:?}");
     assert!(hsm.dm_punch_hole(sid, &h, nt, 0, 0).is_err(), "punching needs the exclusive right");
     hsm.dm_request_right(sid, &h, nt, DmRight::Excl).unwrap();
     assert_eq!(hsm.dm_query_right(sid, &h, nt).unwrap(), DmRight::Excl);

@@ -104,6 +104,37 @@ fn handle_of(b: &[u8]) -> DmResult<DmHandle> {
     DmHandle::from_bytes(b)
 }
 
+/// Calls that need root or the DM admin group.
+fn privileged(req: &Request) -> bool {
+    use Request::*;
+    matches!(
+        req,
+        Generate { .. }
+            | Mount { .. }
+            | FuseMount { .. }
+            | FuseUnmount { .. }
+            | HandleOf { .. }
+            | GetFileattr { .. }
+            | SetFileattr { .. }
+            | Bulk { .. }
+            | GetDirattrs { .. }
+            | ReadInvis { .. }
+            | WriteInvis { .. }
+            | SyncByHandle { .. }
+            | ProbeHole { .. }
+            | PunchHole { .. }
+            | GetAllocinfo { .. }
+            | SetRegion { .. }
+            | GetRegion { .. }
+            | SetDmattr { .. }
+            | GetDmattr { .. }
+            | RemoveDmattr { .. }
+            | GetallDmattr { .. }
+            | Right { .. }
+    ) || matches!(req, SetEventlist { handle, .. } | GetEventlist { handle, .. }
+            if DmHandle::from_bytes(handle).is_ok_and(|h| h.kind() != HandleKind::Fs))
+}
+
 /// What every file function starts with: the session and token checked,
 /// the handle parsed, and the file system's file functions.
 fn file_call(node: &Node, sid: i32, token: i32, handle: &[u8]) -> DmResult<(Arc<DmFs>, DmHandle)> {
@@ -114,15 +145,14 @@ fn file_call(node: &Node, sid: i32, token: i32, handle: &[u8]) -> DmResult<(Arc<
 
 fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
     let dm = &node.dm;
-    // Generating events and mounting stand in for the file system, which runs with
-    // the daemon's authority: only root or the DM admin group may ask for them.
-    if matches!(
-        req,
-        Request::Generate { .. } | Request::Mount { .. } | Request::FuseMount { .. } | Request::FuseUnmount { .. }
-    ) {
+    // Generating events and mounting stand in for the file system, and the file
+    // functions reach any file's data and attributes whatever its mode: all
+    // run with the daemon's authority, so only root or the DM admin group may
+    // ask for them (a session id is no secret: they are small numbers).
+    if privileged(&req) {
         let admin = node.config().dm_admin_gid.is_some_and(|g| caller.gids.contains(&g));
         if caller.uid != 0 && !admin {
-            return err_reply(DmError::Perm("generating events or mounting needs privilege"));
+            return err_reply(DmError::Perm("this call needs root or the node's dm_admin_gid"));
         }
     }
     let r: DmResult<Reply> = (|| {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use dmapi::event::{DmEvent, EventBody};
-use dmapi::types::{DmHandle, DmResponse, EventClass, EventType, FsId, NodeId};
+use dmapi::types::{DmHandle, DmResponse, DmSessId, EventClass, EventType, FsId, NodeId};
 use libdmapi::Dm;
 
 #[derive(Parser)]
@@ -70,6 +70,17 @@ enum Cmd {
         none: bool,
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+    },
+    /// dm_path_to_handle, then dm_read_invis of the first LEN bytes with no
+    /// token, as session SID: prints `READ n` (a DM application's data access,
+    /// for the privilege tests).
+    ReadInvis {
+        #[arg(long)]
+        sid: i32,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        len: u64,
     },
     /// Mount (or with --unmount, unmount) a file system on the node.
     Mount {
@@ -176,6 +187,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Mount { fs, unmount } => {
             dm.mount(FsId(fs), !unmount)?;
             println!("OK");
+        }
+        Cmd::ReadInvis { sid, path, len } => {
+            let h = dm.dm_path_to_handle(&path)?;
+            let data = dm.dm_read_invis(DmSessId(sid), &h, dmapi::types::DM_NO_TOKEN, 0, len)?;
+            println!("READ {}", data.len());
         }
         Cmd::Status => println!("{:?}", dm.status()?),
     }
