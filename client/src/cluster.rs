@@ -414,9 +414,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             wait_gone(&n.proc_, Duration::from_secs(5));
         }
         // A mount a killed daemon left behind.
-        if std::fs::metadata(&n.mount).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) {
-            let _ = Command::new("umount").arg("-l").arg(&n.mount).status();
-        }
+        node::mounts::detach_dead(&n.mount);
     }
     signal(&st.storage, libc::SIGTERM);
     if !wait_gone(&st.storage, Duration::from_secs(10)) {

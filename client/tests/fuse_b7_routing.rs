@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{field, fuse_mount_toml, listen_port, standard, Cluster, Volume};
+use common::{field, standard_with_mounts};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -17,13 +17,8 @@ fn data_events_to_one_node_namespace_events_to_another() {
     if !common::fuse_available() {
         return;
     }
-    let vol = Volume::new(32 << 20);
-    let mnt = tempfile::tempdir().unwrap();
-    let mut specs = standard("", false);
-    specs[3].extra = fuse_mount_toml(mnt.path());
-    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
-    c.adopt_mountpoint(mnt.path());
-    c.wait_mounted(4, mnt.path());
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[4]);
+    let mnt = &mnts[0];
     let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read,write,truncate"]);
     let mut audit = c.listen(5, &["--info", "audit", "--events", "create,remove,rename,postrename"]);
     for (ev, node) in [("read", "3"), ("write", "3"), ("create", "5"), ("rename", "5"), ("postrename", "5")] {

@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{field, fuse_mount_toml, listen_port, standard, Cluster, Volume};
+use common::{field, standard_with_mounts};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -23,13 +23,8 @@ fn file_operations_on_a_mount_raise_events_at_the_session_node() {
         return;
     }
     // 32 MiB, so that a 64 MiB write fills it.
-    let vol = Volume::new(32 << 20);
-    let mnt = tempfile::tempdir().unwrap();
-    let mut specs = standard("", false);
-    specs[3].extra = fuse_mount_toml(mnt.path());
-    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
-    c.adopt_mountpoint(mnt.path());
-    c.wait_mounted(4, mnt.path());
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[4]);
+    let mnt = &mnts[0];
     let mut hsm = c.listen(
         3,
         &[

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{fuse_mount_toml, listen_port, standard, Cluster, Volume};
+use common::standard_with_mounts;
 use dmapi::event::EventBody;
 use dmapi::types::{
     dm_region, DmHandle, DmRegion, DmResponse, DmRight, DmSessId, EventSet, EventType, ExtentType, FsId, DM_EV_WAIT,
@@ -27,16 +27,8 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     if !common::fuse_available() {
         return;
     }
-    let vol = Volume::new(32 << 20);
-    let (ma, mb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut specs = standard("", false);
-    specs[2].extra = fuse_mount_toml(ma.path());
-    specs[3].extra = fuse_mount_toml(mb.path());
-    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
-    c.adopt_mountpoint(ma.path());
-    c.adopt_mountpoint(mb.path());
-    c.wait_mounted(3, ma.path());
-    c.wait_mounted(4, mb.path());
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
+    let (ma, mb) = (&mnts[0], &mnts[1]);
     // The HSM's session on node 3 (A), for data events of fs 1.
     let api_a = libdmapi::Dm::connect(c.socket(3)).unwrap();
     let sid: DmSessId = api_a.dm_create_session(DmSessId(0), b"hsm").unwrap();

@@ -77,13 +77,10 @@ fn node_daemons_host_their_mounts_and_events_leave_from_the_fuse_thread() {
     assert_eq!(field(&r, "source_node"), "3", "A's own read: {r}");
 
     // `tidepool mount --node` asks node 5's daemon, which hosts the mount.
-    let o = Command::new(TIDEPOOL)
-        .args(["mount", "--node"])
-        .arg(c.socket(5))
-        .args(["--fs", "1"])
-        .arg(&mc)
-        .output()
-        .unwrap();
+    let mount_on_5 = |fs: &str| {
+        Command::new(TIDEPOOL).args(["mount", "--node"]).arg(c.socket(5)).args(["--fs", fs]).arg(&mc).output().unwrap()
+    };
+    let o = mount_on_5("1");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(ok(&mc, "cat f"), "hello\n");
     let st5 = libdmapi::Dm::connect(c.socket(5)).unwrap().status().unwrap();
@@ -95,13 +92,7 @@ fn node_daemons_host_their_mounts_and_events_leave_from_the_fuse_thread() {
     let st5 = libdmapi::Dm::connect(c.socket(5)).unwrap().status().unwrap();
     assert!(st5.fuse.is_empty() && st5.mounts.is_empty(), "{st5:?}");
     // A mount of a file system the node has no volume for is refused with the reason.
-    let o = Command::new(TIDEPOOL)
-        .args(["mount", "--node"])
-        .arg(c.socket(5))
-        .args(["--fs", "7"])
-        .arg(&mc)
-        .output()
-        .unwrap();
+    let o = mount_on_5("7");
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not configured"), "{o:?}");
 
     // SIGTERM: the daemon unmounts before it exits.

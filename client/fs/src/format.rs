@@ -230,12 +230,8 @@ pub struct Region {
     pub flags: u32,
 }
 
-/// `dm_region_t.rg_flags`, as in SGI's dmapi.h.
-pub mod region_flags {
-    pub const READ: u32 = 0x1;
-    pub const WRITE: u32 = 0x2;
-    pub const TRUNCATE: u32 = 0x4;
-}
+/// `dm_region_t.rg_flags`: the XDSM values, declared once in `dmapi`.
+pub use dmapi::types::dm_region as region_flags;
 
 impl Region {
     /// Does an access of `len` bytes at `off` (a truncate to `off` when

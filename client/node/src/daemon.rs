@@ -42,6 +42,7 @@ use crate::roles::membership::{Membership, PeerChange};
 use crate::roles::session_manager::SessionManager;
 use crate::roles::Sends;
 use libdmapi::channel::{error_from_errno, NodeStatus};
+use tpfs::fuse::EventSink;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -699,13 +700,11 @@ impl Node {
     }
 }
 
-impl MountHost for Node {
-    fn cfg(&self) -> &NodeConfig {
-        &self.cfg
-    }
-
-    fn view(&self, fs: FsId) -> GenerationView {
-        self.disp_view(fs)
+/// A hosted mount's events go straight into this node's source engine.
+impl EventSink for Node {
+    fn view(&self, fs: FsId) -> Option<GenerationView> {
+        // The node's own table: always current.
+        Some(self.disp_view(fs))
     }
 
     fn generate(
@@ -714,11 +713,18 @@ impl MountHost for Node {
         ev: DmEvent,
         file_events: EventSet,
         attrs: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> DmResult<DmResponse> {
-        self.generate_event(fs, ev, file_events, attrs)
+    ) -> Result<DmResponse, String> {
+        self.generate_event(fs, ev, file_events, attrs).map_err(|e| e.to_string())
     }
 
-    fn announce(&self, fs: FsId, mounted: bool) {
-        self.mount(fs, mounted);
+    fn mounted(&self, fs: FsId, yes: bool) -> Result<(), String> {
+        self.mount(fs, yes);
+        Ok(())
+    }
+}
+
+impl MountHost for Node {
+    fn cfg(&self) -> &NodeConfig {
+        &self.cfg
     }
 }

@@ -27,23 +27,12 @@ use tracing::{info, warn};
 use crate::config::{FsConfig, FuseMountConfig, NodeConfig};
 
 /// What hosted mounts need of their node daemon (`crate::daemon::Node`
-/// implements it): its configuration, its dispositions, its source engine,
-/// and the file-system managers told of the mount.
-pub trait MountHost: Send + Sync + 'static {
+/// implements it): the daemon is the mounts' [`EventSink`] (its
+/// dispositions, its source engine, the file-system managers told of a
+/// mount), and it has the configuration that names the volumes.
+pub trait MountHost: EventSink + 'static {
     /// The node's configuration.
     fn cfg(&self) -> &NodeConfig;
-    /// The node's dispositions for `fs` as of now.
-    fn view(&self, fs: FsId) -> GenerationView;
-    /// Generates `ev` on `fs` and waits for the answer of a synchronous event.
-    fn generate(
-        &self,
-        fs: FsId,
-        ev: DmEvent,
-        file_events: EventSet,
-        attrs: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> DmResult<DmResponse>;
-    /// Tells the file system's manager that `fs` is mounted here, or no longer.
-    fn announce(&self, fs: FsId, mounted: bool);
 }
 
 /// How long a mount keeps trying to reach its file system's manager.
@@ -66,10 +55,11 @@ impl NodeSink {
     }
 }
 
+/// The daemon's own answers, while it runs (a mount must not keep its
+/// daemon alive: the daemon holds the mount).
 impl EventSink for NodeSink {
     fn view(&self, fs: FsId) -> Option<GenerationView> {
-        // The node's own table: always current, no count to check.
-        Some(self.node.upgrade()?.view(fs))
+        self.node.upgrade()?.view(fs)
     }
 
     fn generate(
@@ -79,12 +69,11 @@ impl EventSink for NodeSink {
         file_events: EventSet,
         attrs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<DmResponse, String> {
-        self.node()?.generate(fs, ev, file_events, attrs).map_err(|e| e.to_string())
+        self.node()?.generate(fs, ev, file_events, attrs)
     }
 
     fn mounted(&self, fs: FsId, yes: bool) -> Result<(), String> {
-        self.node()?.announce(fs, yes);
-        Ok(())
+        self.node()?.mounted(fs, yes)
     }
 }
 
@@ -107,7 +96,8 @@ struct Hosted {
     path: PathBuf,
     /// `None` while it is being mounted or after it failed.
     mounted: Option<Mounted>,
-    state: String,
+    /// Why it failed; neither this nor `mounted`: being mounted.
+    failed: Option<String>,
     /// The mount's `st_dev`, which a DM application's path or descriptor
     /// on it has (`dm_path_to_handle`).
     dev: Option<u64>,
@@ -143,11 +133,11 @@ impl Mounts {
         let fs = FsId(m.fs);
         {
             let mut h = self.hosted.lock();
-            if h.iter().any(|x| x.path == m.path && (x.mounted.is_some() || x.state == "mounting")) {
+            if h.iter().any(|x| x.path == m.path && x.failed.is_none()) {
                 return Err(DmError::Busy("the mount point is mounted by this node already"));
             }
             h.retain(|x| x.path != m.path);
-            h.push(Hosted { fs, path: m.path.clone(), mounted: None, state: "mounting".into(), dev: None });
+            h.push(Hosted { fs, path: m.path.clone(), mounted: None, failed: None, dev: None });
         }
         let r = mount_with_patience(node, m);
         let mut h = self.hosted.lock();
@@ -159,12 +149,11 @@ impl Mounts {
                 info!(fs = m.fs, path = %m.path.display(), "mounted");
                 slot.mounted = Some(mounted);
                 slot.dev = Some(dev);
-                slot.state = "mounted".into();
                 Ok(())
             }
             Err(e) => {
                 warn!(fs = m.fs, path = %m.path.display(), error = %e, "mount failed");
-                slot.state = format!("failed: {e}");
+                slot.failed = Some(e.to_string());
                 Err(match e.raw_os_error() {
                     Some(errno) => DmError::from_errno(errno, "the mount failed"),
                     None => DmError::Io(e.to_string()),
@@ -181,7 +170,7 @@ impl Mounts {
         let h = {
             let mut hosted = self.hosted.lock();
             let Some(i) = hosted.iter().position(|x| x.path == path) else { return Err(libc::EINVAL) };
-            if hosted[i].mounted.is_none() && hosted[i].state == "mounting" {
+            if hosted[i].mounted.is_none() && hosted[i].failed.is_none() {
                 return Err(libc::EBUSY);
             }
             hosted.remove(i)
@@ -199,7 +188,15 @@ impl Mounts {
         self.hosted
             .lock()
             .iter()
-            .map(|h| FuseMountStatus { fs: h.fs.0, path: h.path.display().to_string(), state: h.state.clone() })
+            .map(|h| FuseMountStatus {
+                fs: h.fs.0,
+                path: h.path.display().to_string(),
+                state: match (&h.mounted, &h.failed) {
+                    (Some(_), _) => "mounted".into(),
+                    (None, Some(e)) => format!("failed: {e}"),
+                    (None, None) => "mounting".into(),
+                },
+            })
             .collect()
     }
 
@@ -241,7 +238,7 @@ fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std:
     if !f.mountable() {
         return Err(std::io::Error::other(format!("file system {} names no volume and metadata service", m.fs)));
     }
-    clear_stale(&m.path);
+    detach_dead(&m.path);
     let deadline = Instant::now() + MOUNT_PATIENCE;
     loop {
         let r = volume(cfg, f).and_then(|dev| {
@@ -278,8 +275,9 @@ fn retryable(e: &std::io::Error) -> bool {
 }
 
 /// A mount left behind by a daemon that was killed answers every access
-/// with ENOTCONN; detach it so the mount point can be mounted again.
-fn clear_stale(path: &Path) {
+/// with ENOTCONN; detach it so the mount point can be mounted again (or
+/// removed). Nothing happens to a live mount or a plain directory.
+pub fn detach_dead(path: &Path) {
     if std::fs::metadata(path).err().and_then(|e| e.raw_os_error()) != Some(libc::ENOTCONN) {
         return;
     }

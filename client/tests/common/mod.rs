@@ -90,6 +90,27 @@ impl Volume {
     }
 }
 
+/// The [`standard`] cluster with file system 1 on a fresh volume of `size`
+/// bytes, each node of `hosts` hosting a FUSE mount of it: those mounts'
+/// points (mounted, in the order of `hosts`), the volume and the cluster.
+/// Bound in this order, the cluster goes first at the end of a test, then
+/// the volume, then the mount points.
+pub fn standard_with_mounts(size: u64, hosts: &[u32]) -> (Vec<tempfile::TempDir>, Volume, Cluster) {
+    let vol = Volume::new(size);
+    let mnts: Vec<tempfile::TempDir> = hosts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut specs = standard("", false);
+    for (id, m) in hosts.iter().zip(&mnts) {
+        specs.iter_mut().find(|s| s.id == *id).expect("a node of the standard cluster").extra =
+            fuse_mount_toml(m.path());
+    }
+    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
+    for (id, m) in hosts.iter().zip(&mnts) {
+        c.adopt_mountpoint(m.path());
+        c.wait_mounted(*id, m.path());
+    }
+    (mnts, vol, c)
+}
+
 /// The `[[fuse_mounts]]` table of a node hosting a mount of fs 1 at `path`.
 pub fn fuse_mount_toml(path: &Path) -> String {
     format!("[[fuse_mounts]]\nfs = 1\npath = \"{}\"\n", path.display())
@@ -395,9 +416,7 @@ impl Drop for Cluster {
         }
         for m in &self.mountpoints {
             // A mount a killed node left behind (ENOTCONN) must not outlive the test.
-            if std::fs::metadata(m).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN) {
-                let _ = Command::new("umount").arg("-l").arg(m).output();
-            }
+            node::mounts::detach_dead(m);
             let _ = std::fs::remove_dir(m);
         }
         if !std::thread::panicking() {
