@@ -49,6 +49,25 @@ fn session_node_killed_then_reclaimed_loses_nothing() {
     }
 }
 
+/// A DM application killed while it waits in dm_get_events (its wait parked in
+/// the daemon, to be answered by the thread that queues the next event) takes no
+/// event with it: the wait is withdrawn when its socket closes, and the event
+/// generated afterwards goes to the application that reclaims the session.
+#[test]
+fn dm_application_killed_in_get_events_takes_no_event_with_it() {
+    let mut c = Cluster::start(&standard("", false));
+    let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read"]);
+    c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
+    hsm.kill();
+    assert!(c.wait_log(3, "wait withdrawn", T), "node 3 log:\n{}", c.log(3));
+    let op = c.driver_bg(4, &["generate", "--event", "read", "--ino", "77"]);
+    let mut again = c.listen(3, &["--info", "hsm", "--reclaim"]);
+    assert_eq!(again.sid, hsm.sid, "the same session id is reclaimed");
+    assert_eq!(field(&again.expect("EVENT", T), "ino"), "77");
+    let o = outcome(op);
+    assert_eq!(field(&o, "response"), "continue", "{o}");
+}
+
 /// The session node dies and nobody reclaims the session within the configured
 /// session-failure timeout: the blocked operation fails with EIO and the source
 /// node logs why.

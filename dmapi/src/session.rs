@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,7 +252,36 @@ struct State {
     destroyed: bool,
     orphaned: bool,
     interrupts: u64,
+    /// `dm_get_events` calls waiting here with no thread of theirs (see
+    /// [`SessionEngine::get_events_or_park`]), served first, oldest first.
+    parked: VecDeque<Parked>,
 }
+
+/// A `dm_get_events` caller that is not a thread of this process (a DM application
+/// behind the node's local channel). The thread that queues the next event takes
+/// the events off the queue and hands them over through this, so the application is
+/// woken by that thread's own send and no other thread in between. It gets the
+/// events (or the error the call ends with) and gives back the events it could not
+/// pass on (its application went away): they return to the head of the queue.
+pub type EventsWaiter = Box<dyn FnOnce(DmResult<Vec<DmEvent>>) -> Result<(), Vec<DmEvent>> + Send>;
+
+struct Parked {
+    id: u64,
+    maxmsgs: u32,
+    buflen: usize,
+    waiter: EventsWaiter,
+}
+
+/// What [`SessionEngine::get_events_or_park`] did.
+pub enum GetEvents {
+    /// Events were queued: here they are (the waiter was not kept).
+    Ready(Vec<DmEvent>),
+    /// None were: the waiter is parked under this id (see [`SessionEngine::unpark`]).
+    Parked(u64),
+}
+
+/// Parked waiters to call once the session lock is released, each with its result.
+type Handoffs = Vec<(EventsWaiter, DmResult<Vec<DmEvent>>)>;
 
 struct Session {
     sid: DmSessId,
@@ -270,7 +299,19 @@ pub struct SessionEngine {
     next_token: AtomicI32,
     shutdown: AtomicBool,
     local_waiters: Mutex<Vec<std::sync::Weak<LocalWaiter>>>,
+    next_park: AtomicU64,
     outbound: Arc<dyn SessionOutbound>,
+}
+
+/// The argument checks of `dm_get_events`.
+fn check_get_events(maxmsgs: u32, flags: u32) -> DmResult<()> {
+    if maxmsgs == 0 {
+        return Err(DmError::Inval("maxmsgs is 0"));
+    }
+    if flags & !DM_EV_WAIT != 0 {
+        return Err(DmError::Inval("unknown flags"));
+    }
+    Ok(())
 }
 
 impl SessionEngine {
@@ -285,6 +326,7 @@ impl SessionEngine {
             next_token: AtomicI32::new(1),
             shutdown: AtomicBool::new(false),
             local_waiters: Mutex::new(Vec::new()),
+            next_park: AtomicU64::new(1),
             outbound,
         }
     }
@@ -368,6 +410,7 @@ impl SessionEngine {
                 destroyed: false,
                 orphaned,
                 interrupts: 0,
+                parked: VecDeque::new(),
             }),
             cv: Condvar::new(),
         });
@@ -406,15 +449,19 @@ impl SessionEngine {
     /// queued synchronous events; queued asynchronous events are discarded.
     pub fn dm_destroy_session(&self, sid: DmSessId) -> DmResult<()> {
         let s = self.local(sid)?;
-        {
+        let parked = {
             let mut st = s.state.lock();
             if !st.outstanding.is_empty() || st.queue.iter().any(|e| e.sync) {
                 return Err(DmError::Busy("session has outstanding events"));
             }
             st.destroyed = true;
             st.queue.clear();
-        }
+            std::mem::take(&mut st.parked)
+        };
         s.cv.notify_all();
+        for p in parked {
+            let _ = (p.waiter)(Err(DmError::Inval("session destroyed")));
+        }
         self.sessions.write().remove(&sid);
         info!(%sid, "session destroyed");
         self.outbound.send(Outbound::SessionDestroyed { sid });
@@ -495,6 +542,7 @@ impl SessionEngine {
         let s = self.local(sid)?;
         let mut resend = Vec::new();
         let mut out = Vec::with_capacity(events.len());
+        let handoffs;
         {
             let mut st = s.state.lock();
             if st.destroyed {
@@ -523,12 +571,14 @@ impl SessionEngine {
                     }
                 }
             }
+            handoffs = self.hand_off(&mut st);
             // Waiters sleep only on an empty queue, so waking them on the transition
             // from empty is enough.
             if was_empty && !st.queue.is_empty() {
                 s.cv.notify_all();
             }
         }
+        self.finish_handoffs(&s, handoffs);
         for (to, ref_seq, response) in resend {
             self.outbound.send(Outbound::Response { to, sid, ref_seq, token: DmToken(0), response, data: Vec::new() });
         }
@@ -552,22 +602,12 @@ impl SessionEngine {
 
     /// `dm_get_events` returning typed events (the Rust DM application's path).
     pub fn get_events_typed(&self, sid: DmSessId, maxmsgs: u32, flags: u32, buflen: usize) -> DmResult<Vec<DmEvent>> {
-        if maxmsgs == 0 {
-            return Err(DmError::Inval("maxmsgs is 0"));
-        }
-        if flags & !DM_EV_WAIT != 0 {
-            return Err(DmError::Inval("unknown flags"));
-        }
+        check_get_events(maxmsgs, flags)?;
         let s = self.local(sid)?;
         let mut st = s.state.lock();
         let start_interrupts = st.interrupts;
         loop {
-            if self.shutdown.load(Ordering::Acquire) {
-                return Err(DmError::Intr("engine shutting down"));
-            }
-            if st.destroyed {
-                return Err(DmError::Inval("session destroyed"));
-            }
+            self.check_waitable(&st)?;
             if st.interrupts != start_interrupts {
                 return Err(DmError::Intr("dm_get_events interrupted"));
             }
@@ -579,6 +619,63 @@ impl SessionEngine {
             }
             s.cv.wait(&mut st);
         }
+        self.take(&mut st, maxmsgs, buflen)
+    }
+
+    /// `dm_get_events` for a caller that waits somewhere else (a DM application
+    /// behind the local channel, whose daemon thread goes back to reading its
+    /// socket): the events if some are queued, else, with `DM_EV_WAIT`, `waiter`
+    /// is parked and called by the thread that queues the next event, or with the
+    /// error the call ends with (`EINVAL` when the session is destroyed, `EINTR`
+    /// when interrupted or at shutdown). Errors as for [`dm_get_events`](Self::dm_get_events).
+    pub fn get_events_or_park(
+        &self,
+        sid: DmSessId,
+        maxmsgs: u32,
+        flags: u32,
+        buflen: usize,
+        waiter: EventsWaiter,
+    ) -> DmResult<GetEvents> {
+        check_get_events(maxmsgs, flags)?;
+        let s = self.local(sid)?;
+        let mut st = s.state.lock();
+        self.check_waitable(&st)?;
+        if !st.queue.is_empty() {
+            return self.take(&mut st, maxmsgs, buflen).map(GetEvents::Ready);
+        }
+        if flags & DM_EV_WAIT == 0 {
+            return Err(DmError::Again("no events queued"));
+        }
+        let id = self.next_park.fetch_add(1, Ordering::Relaxed);
+        st.parked.push_back(Parked { id, maxmsgs, buflen, waiter });
+        Ok(GetEvents::Parked(id))
+    }
+
+    /// Withdraws parked waiter `id` of `sid` (its caller went away or asked
+    /// something else). `false` if it is no longer parked: it was called, or is
+    /// being called, with a result.
+    pub fn unpark(&self, sid: DmSessId, id: u64) -> bool {
+        let Ok(s) = self.local(sid) else { return false };
+        let mut st = s.state.lock();
+        let before = st.parked.len();
+        st.parked.retain(|p| p.id != id);
+        st.parked.len() != before
+    }
+
+    fn check_waitable(&self, st: &State) -> DmResult<()> {
+        if self.shutdown.load(Ordering::Acquire) {
+            return Err(DmError::Intr("engine shutting down"));
+        }
+        if st.destroyed {
+            return Err(DmError::Inval("session destroyed"));
+        }
+        Ok(())
+    }
+
+    /// Takes up to `maxmsgs` queued events that fit `buflen` off the queue;
+    /// synchronous ones become outstanding with a fresh token. `E2BIG` (the first
+    /// event's length) if the first does not fit; it stays queued.
+    fn take(&self, st: &mut State, maxmsgs: u32, buflen: usize) -> DmResult<Vec<DmEvent>> {
         debug_assert!(st.queue.len() <= self.cfg.max_queued, "queue depth bound");
         let mut total = 0usize;
         let mut out = Vec::new();
@@ -610,11 +707,80 @@ impl SessionEngine {
         Ok(out)
     }
 
+    /// Serves parked waiters from the queue, oldest first, while both last; the
+    /// caller calls them with [`finish_handoffs`](Self::finish_handoffs) after
+    /// releasing the lock.
+    fn hand_off(&self, st: &mut State) -> Handoffs {
+        let mut out = Vec::new();
+        while !st.queue.is_empty() {
+            let Some(p) = st.parked.pop_front() else { break };
+            let r = self.take(st, p.maxmsgs, p.buflen);
+            out.push((p.waiter, r));
+        }
+        out
+    }
+
+    /// Calls the waiters [`hand_off`](Self::hand_off) chose; events one could not
+    /// pass on go back to the head of the queue (see [`requeue`](Self::requeue)).
+    fn finish_handoffs(&self, s: &Session, mut handoffs: Handoffs) {
+        while !handoffs.is_empty() {
+            let mut back = Vec::new();
+            for (w, r) in handoffs {
+                if let Err(evs) = w(r) {
+                    back.extend(evs);
+                }
+            }
+            if back.is_empty() {
+                return;
+            }
+            handoffs = self.give_back(s, back);
+        }
+    }
+
+    /// Events taken off `sid`'s queue that their reader never received (its DM
+    /// application went away) go back to the head of the queue, in order, for the
+    /// next reader; a synchronous one's token is retired (nobody holds it) and it
+    /// gets a fresh one when read again.
+    pub fn requeue(&self, sid: DmSessId, events: Vec<DmEvent>) {
+        if let Ok(s) = self.local(sid) {
+            let h = self.give_back(&s, events);
+            self.finish_handoffs(&s, h);
+        }
+    }
+
+    fn give_back(&self, s: &Session, events: Vec<DmEvent>) -> Handoffs {
+        let mut st = s.state.lock();
+        for mut ev in events.into_iter().rev() {
+            let entry = match st.outstanding.remove(&ev.token) {
+                Some(mut e) if ev.token.0 > 0 => {
+                    e.event.token = DmToken(0);
+                    e
+                }
+                _ => {
+                    ev.token = DmToken(0);
+                    Entry { event: ev, sync: false, origin: Origin::None }
+                }
+            };
+            st.queue.push_front(entry);
+        }
+        debug!(sid = %s.sid, "events a DM application did not receive were queued again");
+        let h = self.hand_off(&mut st);
+        s.cv.notify_all();
+        h
+    }
+
     /// Wakes every `dm_get_events` waiting on `sid` with `EINTR` (a signal, in C terms).
     pub fn interrupt(&self, sid: DmSessId) -> DmResult<()> {
         let s = self.local(sid)?;
-        s.state.lock().interrupts += 1;
+        let parked = {
+            let mut st = s.state.lock();
+            st.interrupts += 1;
+            std::mem::take(&mut st.parked)
+        };
         s.cv.notify_all();
+        for p in parked {
+            let _ = (p.waiter)(Err(DmError::Intr("dm_get_events interrupted")));
+        }
         Ok(())
     }
 
@@ -797,7 +963,7 @@ impl SessionEngine {
             lw.retain(|w| w.strong_count() > 0);
             lw.push(Arc::downgrade(w));
         }
-        {
+        let handoffs = {
             let mut st = s.state.lock();
             if st.destroyed {
                 return Err(DmError::Inval("invalid session id"));
@@ -810,8 +976,11 @@ impl SessionEngine {
                 sync: waiter.is_some(),
                 origin: waiter.as_ref().map_or(Origin::None, |w| Origin::Local(w.clone())),
             });
+            let h = self.hand_off(&mut st);
             s.cv.notify_all();
-        }
+            h
+        };
+        self.finish_handoffs(&s, handoffs);
         let Some(w) = waiter else {
             return Ok(());
         };
@@ -869,7 +1038,10 @@ impl SessionEngine {
                 }
             }
             st.windows.remove(&node);
+            let h = self.hand_off(&mut st);
             s.cv.notify_all();
+            drop(st);
+            self.finish_handoffs(&s, h);
         }
         if removed > 0 {
             warn!(%node, removed, "source node failed; its events were cancelled");
@@ -885,10 +1057,14 @@ impl SessionEngine {
     /// Wakes every blocked call with `EINTR`; later blocking calls fail at once.
     pub fn shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
-        for s in self.sessions.read().values() {
+        let sessions: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
+        for s in sessions {
             // Taking the lock orders the flag store before the waiter's re-check.
-            drop(s.state.lock());
+            let parked = std::mem::take(&mut s.state.lock().parked);
             s.cv.notify_all();
+            for p in parked {
+                let _ = (p.waiter)(Err(DmError::Intr("engine shutting down")));
+            }
         }
         for w in self.local_waiters.lock().drain(..) {
             if let Some(w) = w.upgrade() {
@@ -1123,6 +1299,107 @@ mod tests {
         let evs = t.join().unwrap().unwrap();
         assert_eq!(evs[0].source, NodeId(2));
         assert!(evs[0].token.0 > 0);
+    }
+
+    /// A parked waiter that records what it got and refuses (gives back) its
+    /// events when `refuse` is set.
+    type Got = Arc<StdMutex<Option<DmResult<Vec<DmEvent>>>>>;
+
+    fn recorder(refuse: bool) -> (EventsWaiter, Got) {
+        let got: Got = Arc::default();
+        let g = got.clone();
+        let w: EventsWaiter = Box::new(move |r| {
+            let back = match (&r, refuse) {
+                (Ok(evs), true) => Err(evs.clone()),
+                _ => Ok(()),
+            };
+            *g.lock().unwrap() = Some(r);
+            back
+        });
+        (w, got)
+    }
+
+    #[test]
+    fn parked_waiter_is_handed_events_by_the_delivering_thread() {
+        let (e, _) = engine();
+        let sid = new_session(&e);
+        // Nothing queued and no DM_EV_WAIT: EAGAIN, nothing parked.
+        let (w, got) = recorder(false);
+        assert_eq!(e.get_events_or_park(sid, 1, 0, 4096, w).err().map(|x| x.errno()), Some(libc::EAGAIN));
+        let (w, got2) = recorder(false);
+        let GetEvents::Parked(_) = e.get_events_or_park(sid, 1, DM_EV_WAIT, 4096, w).unwrap() else {
+            panic!("an empty queue parks the waiter");
+        };
+        assert!(got.lock().unwrap().is_none() && got2.lock().unwrap().is_none());
+        e.deliver(sid, 1, true, read_ev(2, 0)).unwrap();
+        let evs = got2.lock().unwrap().take().unwrap().unwrap();
+        assert_eq!((evs.len(), evs[0].source), (1, NodeId(2)));
+        assert!(evs[0].token.0 > 0);
+        assert_eq!(e.dm_getall_tokens(sid, 8).unwrap(), vec![evs[0].token], "outstanding once handed over");
+        assert_eq!(e.queued(sid).unwrap(), 0);
+        // Queued already: the events at once, the waiter not kept.
+        e.deliver(sid, 2, false, read_ev(2, 1)).unwrap();
+        let (w, got3) = recorder(false);
+        let GetEvents::Ready(evs) = e.get_events_or_park(sid, 4, DM_EV_WAIT, 4096, w).unwrap() else {
+            panic!("a queued event is returned at once");
+        };
+        assert_eq!(evs.len(), 1);
+        drop(e);
+        assert!(got3.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn events_a_parked_waiter_gives_back_are_queued_again_for_the_next() {
+        let (e, _) = engine();
+        let sid = new_session(&e);
+        let (w, got) = recorder(true);
+        e.get_events_or_park(sid, 4, DM_EV_WAIT, 4096, w).unwrap();
+        e.deliver(sid, 1, true, read_ev(2, 0)).unwrap();
+        let refused = got.lock().unwrap().take().unwrap().unwrap();
+        assert!(refused[0].token.0 > 0);
+        // Back at the head of the queue, its token retired, and a sync event still.
+        assert_eq!(e.queued(sid).unwrap(), 1);
+        assert!(e.dm_getall_tokens(sid, 8).unwrap().is_empty());
+        let again = e.get_events_typed(sid, 4, 0, 4096).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(again[0].token.0 > 0 && again[0].token != refused[0].token);
+        assert_eq!(again[0].sequence, refused[0].sequence);
+        e.dm_respond_event(sid, again[0].token, DmResponse::Continue, &[]).unwrap();
+    }
+
+    #[test]
+    fn parked_waiters_end_with_the_wait_and_can_be_withdrawn() {
+        let (e, _) = engine();
+        let sid = new_session(&e);
+        let (w, got) = recorder(false);
+        let GetEvents::Parked(id) = e.get_events_or_park(sid, 1, DM_EV_WAIT, 4096, w).unwrap() else {
+            panic!("parked")
+        };
+        assert!(e.unpark(sid, id));
+        assert!(!e.unpark(sid, id), "withdrawn once");
+        e.deliver(sid, 1, false, read_ev(2, 0)).unwrap();
+        assert!(got.lock().unwrap().is_none(), "a withdrawn waiter is never called");
+        assert_eq!(e.queued(sid).unwrap(), 1);
+        e.get_events_typed(sid, 1, 0, 4096).unwrap();
+        // Too small a buffer: E2BIG with the length, the event stays.
+        let (w, got) = recorder(false);
+        e.get_events_or_park(sid, 1, DM_EV_WAIT, 8, w).unwrap();
+        e.deliver(sid, 2, false, read_ev(2, 1)).unwrap();
+        let r = got.lock().unwrap().take().unwrap();
+        assert_eq!(r.unwrap_err().errno(), libc::E2BIG);
+        assert_eq!(e.queued(sid).unwrap(), 1);
+        e.get_events_typed(sid, 1, 0, 4096).unwrap();
+        for (end, errno) in [(0, libc::EINTR), (1, libc::EINVAL), (2, libc::EINTR)] {
+            let sid = new_session(&e);
+            let (w, got) = recorder(false);
+            e.get_events_or_park(sid, 1, DM_EV_WAIT, 4096, w).unwrap();
+            match end {
+                0 => e.interrupt(sid).unwrap(),
+                1 => e.dm_destroy_session(sid).unwrap(),
+                _ => e.shutdown(),
+            }
+            assert_eq!(got.lock().unwrap().take().unwrap().unwrap_err().errno(), errno);
+        }
     }
 
     #[test]

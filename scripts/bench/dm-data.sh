@@ -11,6 +11,10 @@
 #    event from the FUSE thread into node 2's source engine, over TCP to
 #    node 1 and back, answered CONTINUE before the read runs (a whole file
 #    managed, as an HSM's unmigrated-region check would be).
+# And the metadata side: creates per second through node 2's hosted mount
+# with no disposition, then while the same DM application holds an
+# asynchronous postcreate disposition (an event per create, never waited
+# for), beside the plain mount in the same rounds.
 # Node 1 is the session manager, the file system's DM manager and the
 # session node; node 2 mounts; the file system's metadata is served by a
 # `tidepool fs-manager` process. Prints IOPS, the ratios to the baseline,
@@ -60,22 +64,48 @@ iops() { # dir
 }
 # Warm the storage node's cache of the volume, so the first point is not the slowest.
 cat "$work/mnt-plain/data" >/dev/null
+NC=${TIDEPOOL_BENCH_CREATES:-3000}
+creates() { # dir: creates per second of NC empty files in a fresh directory
+    python3 - "$1/c$RANDOM$RANDOM" "$NC" <<'PY'
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+os.mkdir(d)
+t = time.perf_counter()
+for i in range(n):
+    os.close(os.open(os.path.join(d, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o644))
+print(int(n / (time.perf_counter() - t)))
+# Untimed: the volume has an inode per 64 KiB, and the rounds would use them up.
+for i in range(n):
+    os.unlink(os.path.join(d, "f%d" % i))
+os.rmdir(d)
+PY
+}
 # Interleaved rounds, medians: this machine's speed drifts between points.
 ROUNDS=${TIDEPOOL_BENCH_ROUNDS:-3}
-plain=(); idle=(); sync_=()
+plain=(); idle=(); sync_=(); cplain=(); cidle=(); cpost=()
 for _ in $(seq "$ROUNDS"); do
     plain+=("$(iops "$work/mnt-plain")")
     idle+=("$(iops "$work/mnt-dm")")
 done
+for _ in $(seq "$ROUNDS"); do
+    cplain+=("$(creates "$work/mnt-plain")")
+    cidle+=("$(creates "$work/mnt-dm")")
+done
 # --quiet: the DM application answers and prints nothing per event.
-$bin/tidepool dm --socket "$work/node1.sock" listen --quiet --info bench --events read >"$work/hsm.out" 2>"$work/hsm.err" &
+$bin/tidepool dm --socket "$work/node1.sock" listen --quiet --info bench --events read,postcreate >"$work/hsm.out" 2>"$work/hsm.err" &
 hsm=$!
 pids+=($hsm)
 for _ in $(seq 100); do grep READY "$work/hsm.out" >/dev/null 2>&1 && break; sleep 0.1; done
-$bin/tidepool-dm-testdriver --socket "$work/node2.sock" wait-route --event read --node 1 >/dev/null
+for ev in read postcreate; do
+    $bin/tidepool-dm-testdriver --socket "$work/node2.sock" wait-route --event $ev --node 1 >/dev/null
+done
 for _ in $(seq "$ROUNDS"); do
     sync_+=("$(iops "$work/mnt-dm")")
     plain+=("$(iops "$work/mnt-plain")")
+done
+for _ in $(seq "$ROUNDS"); do
+    cpost+=("$(creates "$work/mnt-dm")")
+    cplain+=("$(creates "$work/mnt-plain")")
 done
 
 ping=$($bin/tidepool-dm-bench ping-pong | sed -n 's/^PINGPONG p50_us=//p')
@@ -86,7 +116,7 @@ kill "$hsm"; wait "$hsm" 2>/dev/null || true
 events=$(sed -n 's/^ANSWERED //p' "$work/hsm.out")
 [ "${events:-0}" -gt 0 ] || { echo "the DM application answered no events" >&2; exit 1; }
 echo "fio 4 KiB randread, psync, 1 job, ${SECS}s per point, 64 MiB file; median IOPS of interleaved rounds [all rounds]; ratio to plain"
-python3 - "${plain[*]}" "${idle[*]}" "${sync_[*]}" "$events" "$ping" <<'EOF'
+python3 - "${plain[*]}" "${idle[*]}" "${sync_[*]}" "$events" "$ping" "${cplain[*]}" "${cidle[*]}" "${cpost[*]}" "$NC" <<'EOF'
 import statistics, sys
 p, i, s = [[int(x) for x in a.split()] for a in sys.argv[1:4]]
 n, ping = int(sys.argv[4]), float(sys.argv[5])
@@ -97,4 +127,11 @@ print("sync read event per read, node 1  %8d  %.2f  %s  (%d events answered)" % 
 added = 1e6 / ms - 1e6 / mi
 print("added per read by the sync event: 1/IOPS(sync) - 1/IOPS(DM link, no disposition) = %.1f us" % added)
 print("raw TCP ping-pong of the same sizes, p50 (same run): %.1f us; added / ping-pong = %.2fx" % (ping, added / ping))
+cp, ci, cq = [[int(x) for x in a.split()] for a in sys.argv[6:9]]
+mcp, mci, mcq = statistics.median(cp), statistics.median(ci), statistics.median(cq)
+print("creates/s, %s empty files per round, fresh directory; median [all rounds]; ratio to plain" % sys.argv[9])
+print("plain mount (no DM link)             %8d  1.00  %s" % (mcp, cp))
+print("DM link, no disposition              %8d  %.2f  %s" % (mci, mci / mcp, ci))
+print("async postcreate event per create    %8d  %.2f  %s" % (mcq, mcq / mcp, cq))
+print("the postcreate events cost %.1f%% of the hosted mount's create rate" % (100 * (1 - mcq / mci)))
 EOF

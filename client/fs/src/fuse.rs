@@ -220,18 +220,27 @@ impl TidepoolFs {
     }
 
     fn ns_event(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>) -> R<()> {
-        self.ns_event_rc(t, parent, name, other, 0)
+        self.ns_event_rc(t, parent, name, other, 0, None)
     }
 
-    /// `retcode` is the operation's outcome for post events (0 or an errno).
-    fn ns_event_rc(&self, t: EventType, parent: u64, name: &OsStr, other: Option<(u64, &[u8])>, retcode: i32) -> R<()> {
+    /// `retcode` is the operation's outcome for post events (0 or an errno);
+    /// `made`: the second object's handle when the caller has it already.
+    fn ns_event_rc(
+        &self,
+        t: EventType,
+        parent: u64,
+        name: &OsStr,
+        other: Option<(u64, &[u8])>,
+        retcode: i32,
+        made: Option<DmHandle>,
+    ) -> R<()> {
         if self.dm.is_none() {
             return Ok(());
         }
         self.dm_event(t, Some(parent), |s| EventBody::Namespace {
             mode: 0,
             handle1: s.handle(parent),
-            handle2: other.and_then(|(ino, _)| if ino == 0 { None } else { s.handle(ino) }),
+            handle2: made.or_else(|| other.and_then(|(ino, _)| if ino == 0 { None } else { s.handle(ino) })),
             name1: name.as_bytes().to_vec(),
             name2: other.map(|(_, n)| n.to_vec()).unwrap_or_default(),
             retcode,
@@ -241,7 +250,7 @@ impl TidepoolFs {
     /// The asynchronous post event of a namespace operation, success or not.
     fn post_event<T>(&self, t: EventType, parent: u64, name: &OsStr, r: &R<T>, other: Option<(u64, &[u8])>) {
         let rc = r.as_ref().err().copied().unwrap_or(0);
-        let _ = self.ns_event_rc(t, parent, name, other, rc);
+        let _ = self.ns_event_rc(t, parent, name, other, rc, None);
     }
 
     /// The asynchronous event of an object, `handle1` only (attribute, close).
@@ -435,8 +444,16 @@ impl TidepoolFs {
         if let Ok(i) = &r {
             self.note_name(parent, gen, name.as_bytes(), Some(i.ino.get()));
         }
-        let ino = r.as_ref().map_or(0, |i| i.ino.get());
-        self.post_event(post, parent, name, &r, Some((ino, symlink.unwrap_or(b""))));
+        if let Some(link) = &self.dm {
+            // The new object's handle from the manager's answer: looking it up
+            // would ask the manager for a token on every create.
+            let made = r.as_ref().ok().map(|i| DmHandle::file(link.fs, i.ino.get(), i.generation.get()));
+            let (ino, rc) = match &r {
+                Ok(i) => (i.ino.get(), 0),
+                Err(x) => (0, *x),
+            };
+            let _ = self.ns_event_rc(post, parent, name, Some((ino, symlink.unwrap_or(b""))), rc, made);
+        }
         r
     }
 

@@ -4,13 +4,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use dmapi::event::{encode_chain, DmEvent};
 use dmapi::proto::{decode_frame, Message};
-use dmapi::session::Caller;
+use dmapi::session::{Caller, EventsWaiter, GetEvents};
 use dmapi::types::{
     DmAttrName, DmHandle, DmMsgType, DmResponse, DmRight, DmSessId, DmToken, EventSet, EventType, FsId, HandleKind,
     DM_EV_WAIT, DM_NO_TOKEN,
@@ -18,12 +18,13 @@ use dmapi::types::{
 use dmapi::{DmError, DmResult};
 use libdmapi::channel::{err_reply, Channel, Reply, Request, RightOp};
 use libdmapi::seqpacket::{SeqPacket, SeqPacketListener};
+use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::config::FuseMountConfig;
 use crate::daemon::Node;
 use crate::dm::files::DmFs;
-use crate::peercred::{peer_caller, peer_hung_up};
+use crate::peercred::peer_caller;
 use tpfs::format::Region;
 
 /// Serves the local API of `node` on `path` until the process exits.
@@ -42,6 +43,15 @@ pub fn serve(node: Arc<Node>, path: &Path) -> std::io::Result<()> {
 }
 
 fn serve_conn(node: Arc<Node>, s: SeqPacket) {
+    // Replies leave through their own handle: a parked dm_get_events is answered
+    // by whichever thread queues the event, while this one reads the socket.
+    let tx = match s.try_clone() {
+        Ok(c) => Arc::new(Mutex::new(Channel::new(c))),
+        Err(e) => {
+            warn!(error = %e, "local API connection not served");
+            return;
+        }
+    };
     let mut ch = Channel::new(s);
     let (caller, pid) = match peer_caller(ch.socket()) {
         Ok(c) => c,
@@ -51,6 +61,7 @@ fn serve_conn(node: Arc<Node>, s: SeqPacket) {
         }
     };
     debug!(pid, uid = caller.uid, "local API client connected");
+    let mut parked: Option<Park> = None;
     loop {
         let req: Request = match ch.recv() {
             Ok(r) => r,
@@ -58,46 +69,112 @@ fn serve_conn(node: Arc<Node>, s: SeqPacket) {
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
                     warn!(pid, error = %e, "bad local API message; connection closed");
                 }
+                if let Some(p) = parked.take() {
+                    if p.withdraw(&node) {
+                        info!(sid = %p.sid, "DM application went away while waiting for events; wait withdrawn");
+                    }
+                }
                 return;
             }
         };
-        let watch = match &req {
-            Request::GetEvents { sid, flags, .. } if flags & DM_EV_WAIT != 0 => {
-                watch_hangup(ch.socket(), &node, DmSessId(*sid))
+        // A client asks again only once answered; one that did not wait for its
+        // dm_get_events (its own bug) gets EINTR for it before the new answer.
+        if let Some(p) = parked.take() {
+            if p.withdraw(&node) && tx.lock().send(&err_reply(DmError::Intr("dm_get_events abandoned"))).is_err() {
+                return;
             }
-            _ => None,
-        };
-        let reply = dispatch(&node, &caller, req);
-        if let Some(done) = watch {
-            done.store(true, Ordering::Release);
         }
-        if ch.send(&reply).is_err() {
+        let reply = match req {
+            Request::GetEvents { sid, maxmsgs, flags, buflen } if flags & DM_EV_WAIT != 0 => {
+                match park(&node, &tx, DmSessId(sid), maxmsgs, flags, buflen as usize) {
+                    Ok(Some(p)) => {
+                        parked = Some(p);
+                        continue;
+                    }
+                    Ok(None) => continue,
+                    Err(e) => err_reply(e),
+                }
+            }
+            req => dispatch(&node, &caller, req),
+        };
+        if tx.lock().send(&reply).is_err() {
             return;
         }
     }
 }
 
-/// While a `dm_get_events` waits for `sid`, watches the client's socket: if the
-/// client goes away (a killed DM application), the wait is interrupted, so that no
-/// event is taken off the queue for a reader that no longer exists. Returns the
-/// flag that tells the watcher the call ended normally.
-fn watch_hangup(s: &SeqPacket, node: &Arc<Node>, sid: DmSessId) -> Option<Arc<AtomicBool>> {
-    let c = s.try_clone().ok()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let (d, n) = (done.clone(), node.clone());
-    thread::Builder::new()
-        .name("dm-api-watch".into())
-        .spawn(move || {
-            while !d.load(Ordering::Acquire) {
-                if peer_hung_up(&c, 100) {
-                    info!(%sid, "DM application went away while waiting for events; wait interrupted");
-                    let _ = n.dm.engine().interrupt(sid);
-                    return;
-                }
+/// A `dm_get_events` of this connection parked in the session engine.
+struct Park {
+    sid: DmSessId,
+    id: u64,
+    /// Set once the engine called the waiter and its reply was sent.
+    answered: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Park {
+    /// Withdraws the wait; `true` if it was still parked. If the engine had
+    /// already taken it, waits until its reply is out, so replies keep their order.
+    fn withdraw(&self, node: &Node) -> bool {
+        if node.dm.engine().unpark(self.sid, self.id) {
+            return true;
+        }
+        let (m, cv) = &*self.answered;
+        let mut done = m.lock();
+        while !*done {
+            cv.wait(&mut done);
+        }
+        false
+    }
+}
+
+/// A waiting `dm_get_events`: answered now if events are queued (`Ok(None)`, the
+/// reply sent), else parked, to be answered on the thread that queues the next
+/// event: the DM application is woken by that thread's send, directly.
+fn park(
+    node: &Node,
+    tx: &Arc<Mutex<Channel>>,
+    sid: DmSessId,
+    maxmsgs: u32,
+    flags: u32,
+    buflen: usize,
+) -> DmResult<Option<Park>> {
+    let answered = Arc::new((Mutex::new(false), Condvar::new()));
+    let (t, a) = (tx.clone(), answered.clone());
+    let waiter: EventsWaiter = Box::new(move |r| {
+        let sent = send_events(&t, r, buflen);
+        let (m, cv) = &*a;
+        *m.lock() = true;
+        cv.notify_all();
+        sent
+    });
+    match node.dm.engine().get_events_or_park(sid, maxmsgs, flags, buflen, waiter)? {
+        GetEvents::Parked(id) => Ok(Some(Park { sid, id, answered })),
+        GetEvents::Ready(evs) => match send_events(tx, Ok(evs), buflen) {
+            Ok(()) => Ok(None),
+            Err(evs) => {
+                // The client is gone; a later reader gets them.
+                node.dm.engine().requeue(sid, evs);
+                Ok(None)
             }
-        })
-        .ok()?;
-    Some(done)
+        },
+    }
+}
+
+/// Sends `dm_get_events`' reply: the chained `dm_eventmsg_t` buffer, or the error.
+/// Gives the events back if they could not be sent.
+fn send_events(tx: &Mutex<Channel>, r: DmResult<Vec<DmEvent>>, buflen: usize) -> Result<(), Vec<DmEvent>> {
+    let reply = match &r {
+        Ok(evs) => match encode_chain(evs.iter(), evs.len(), buflen) {
+            Ok((buf, _)) => Reply::Bytes(buf),
+            Err(e) => err_reply(e),
+        },
+        Err(e) => err_reply(e.clone()),
+    };
+    match (tx.lock().send(&reply), r) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Ok(evs)) => Err(evs),
+        (Err(_), Err(_)) => Ok(()),
+    }
 }
 
 fn handle_of(b: &[u8]) -> DmResult<DmHandle> {

@@ -30,7 +30,7 @@ use dmapi::transport::{Transport, TransportError};
 use dmapi::types::{DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId};
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
-use tracing::{debug, error, info, info_span, warn};
+use tracing::{debug, debug_span, error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
 use crate::dm::files::DmFs;
@@ -532,7 +532,7 @@ impl Node {
         let src = self.source.engine();
         match f.msg {
             Message::Event { sync, event, .. } => {
-                let _s = info_span!("event", sid = %f.sid, %from, seq = f.seq).entered();
+                let _s = debug_span!("event", sid = %f.sid, %from, seq = f.seq).entered();
                 match engine.deliver(f.sid, f.seq, sync, event) {
                     Ok(_) if !sync => self.ack(from, f.seq),
                     Ok(_) => {}

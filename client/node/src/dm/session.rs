@@ -25,7 +25,7 @@ use dmapi::session::{Caller, SessionEngine};
 use dmapi::source::SourceEngine;
 use dmapi::types::{DmAttrName, DmHandle, DmMsgType, DmResponse, DmSessId, DmToken, EventSet, NodeId};
 use dmapi::{DmError, DmResult};
-use tracing::info_span;
+use tracing::{debug_span, info_span};
 
 /// Sends a disposition call of a session to the session manager and waits for it
 /// to be applied.
@@ -95,7 +95,7 @@ impl DmSession {
 
     /// `dm_get_events`: the chained `dm_eventmsg_t` buffer.
     pub fn dm_get_events(&self, sid: DmSessId, maxmsgs: u32, flags: u32, buflen: usize) -> DmResult<Vec<u8>> {
-        let _s = info_span!("session", %sid).entered();
+        let _s = debug_span!("session", %sid).entered();
         self.engine.dm_get_events(sid, maxmsgs, flags, buflen)
     }
 
@@ -106,19 +106,19 @@ impl DmSession {
 
     /// `dm_respond_event`.
     pub fn dm_respond_event(&self, sid: DmSessId, token: DmToken, response: DmResponse, data: &[u8]) -> DmResult<()> {
-        let _s = info_span!("event", %sid, %token).entered();
+        let _s = debug_span!("event", %sid, %token).entered();
         self.engine.dm_respond_event(sid, token, response, data)
     }
 
     /// `dm_pending`.
     pub fn dm_pending(&self, sid: DmSessId, token: DmToken, delay: Duration) -> DmResult<()> {
-        let _s = info_span!("event", %sid, %token).entered();
+        let _s = debug_span!("event", %sid, %token).entered();
         self.engine.dm_pending(sid, token, delay)
     }
 
     /// `dm_move_event`.
     pub fn dm_move_event(&self, srcsid: DmSessId, token: DmToken, targetsid: DmSessId) -> DmResult<DmToken> {
-        let _s = info_span!("event", sid = %srcsid, %token).entered();
+        let _s = debug_span!("event", sid = %srcsid, %token).entered();
         self.engine.dm_move_event(srcsid, token, targetsid)
     }
 
