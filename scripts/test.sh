@@ -32,7 +32,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 echo "== build binaries the integration and hardware tests drive"
-cargo build --workspace --bins --locked "${features[@]}"
+cargo build --workspace --bins --lib --locked "${features[@]}"
 
 # count LOG WORD: the sum of every "<n> WORD" in LOG's result lines.
 count() { grep -oE "[0-9]+ $2" "$1" | awk '{s += $1} END {print s + 0}'; }

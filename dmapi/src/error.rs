@@ -62,6 +62,9 @@ pub enum DmError {
     /// EIO: the session failed and was not reclaimed in time, or the transport failed.
     #[error("EIO: {0}")]
     Io(String),
+    /// EFAULT: a pointer the caller passed is not usable (the C ABI).
+    #[error("EFAULT: {0}")]
+    Fault(&'static str),
     /// ENOTSUP: the call or event type is not supported here.
     #[error("ENOTSUP: {0}")]
     NotSup(&'static str),
@@ -88,6 +91,7 @@ impl DmError {
             DmError::Exist(_) => libc::EEXIST,
             DmError::Io(_) => libc::EIO,
             DmError::NotSup(_) => libc::ENOTSUP,
+            DmError::Fault(_) => libc::EFAULT,
             DmError::Aborted(e) => *e,
         }
     }
@@ -112,6 +116,7 @@ impl DmError {
             libc::ENOMEM => DmError::NoMem("resource limit"),
             libc::EEXIST => DmError::Exist("exists"),
             libc::ENOTSUP => DmError::NotSup("not supported"),
+            libc::EFAULT => DmError::Fault("bad address"),
             libc::EIO => DmError::Io(detail.to_string()),
             libc::E2BIG => DmError::TooBig { needed: detail.parse().unwrap_or(0) },
             e => DmError::Aborted(e),
@@ -144,6 +149,7 @@ mod tests {
             (DmError::Exist("x"), libc::EEXIST),
             (DmError::Io("x".into()), libc::EIO),
             (DmError::NotSup("x"), libc::ENOTSUP),
+            (DmError::Fault("x"), libc::EFAULT),
             (DmError::Aborted(libc::EDQUOT), libc::EDQUOT),
         ];
         for (e, n) in cases {

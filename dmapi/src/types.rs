@@ -116,23 +116,24 @@ pub const DM_EV_WAIT: u32 = 0x1;
 pub const DM_RR_WAIT: u32 = 0x1;
 
 /// `DM_AT_*`: which fields `dm_get_fileattr`, `dm_set_fileattr`,
-/// `dm_get_dirattrs` and `dm_get_bulkattr` deal with (XDSM / SGI values).
+/// `dm_get_dirattrs` and `dm_get_bulkattr` deal with (SGI's values, which C
+/// programs compiled against `dmapi.h` pass).
 #[allow(missing_docs)]
 pub mod dm_at {
-    pub const ATIME: u32 = 0x0001;
-    pub const CFLAG: u32 = 0x0002;
-    pub const CTIME: u32 = 0x0004;
-    pub const DTIME: u32 = 0x0008;
-    pub const EMASK: u32 = 0x0010;
-    pub const GID: u32 = 0x0020;
-    pub const HANDLE: u32 = 0x0040;
-    pub const MODE: u32 = 0x0080;
-    pub const MTIME: u32 = 0x0100;
-    pub const PATTR: u32 = 0x0200;
+    pub const MODE: u32 = 0x0001;
+    pub const UID: u32 = 0x0002;
+    pub const GID: u32 = 0x0004;
+    pub const ATIME: u32 = 0x0008;
+    pub const MTIME: u32 = 0x0010;
+    pub const CTIME: u32 = 0x0020;
+    pub const SIZE: u32 = 0x0040;
+    pub const DTIME: u32 = 0x0080;
+    pub const HANDLE: u32 = 0x0100;
+    pub const EMASK: u32 = 0x0200;
     pub const PMANR: u32 = 0x0400;
-    pub const SIZE: u32 = 0x0800;
+    pub const PATTR: u32 = 0x0800;
     pub const STAT: u32 = 0x1000;
-    pub const UID: u32 = 0x2000;
+    pub const CFLAG: u32 = 0x2000;
     /// Every mask bit XDSM defines.
     pub const ALL: u32 = 0x3fff;
 }

@@ -297,7 +297,13 @@ impl Dm {
     /// `dm_fd_to_handle`.
     pub fn dm_fd_to_handle(&self, file: &std::fs::File) -> DmResult<DmHandle> {
         let md = file.metadata().map_err(|_| DmError::BadF("bad file descriptor"))?;
-        self.handle_reply(Request::HandleOf { dev: md.dev(), ino: md.ino(), fs: false })
+        self.handle_of(md.dev(), md.ino(), false)
+    }
+
+    /// The handle of the object with `st_dev` `dev` and `st_ino` `ino` (as
+    /// this process's stat saw it), or of its file system with `fs`.
+    pub fn handle_of(&self, dev: u64, ino: u64, fs: bool) -> DmResult<DmHandle> {
+        self.handle_reply(Request::HandleOf { dev, ino, fs })
     }
 
     /// `dm_get_fileattr`.
