@@ -180,3 +180,124 @@ fn dm_init_service_without_a_daemon_fails_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no Tidepool node daemon at") && stderr.contains("TIDEPOOL_DM_SOCKET"), "{stderr}");
 }
+
+/// `tests/c/dm_calls.c`: the file functions, handles, bulk scans,
+/// configuration and dispositions from C, each checked against the mount
+/// and the Rust side.
+#[test]
+fn c_program_file_functions_handles_scans_and_config() {
+    if !can_run() {
+        return;
+    }
+    let (_prefix, exe) = build("dm_calls.c", "dm_calls");
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3]);
+    let dir = mnts[0].path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let f = dir.join("f");
+    std::fs::write(&f, vec![9u8; 20_000]).unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let ino = std::fs::metadata(&f).unwrap().ino();
+    let mut prog = Command::new(&exe)
+        .arg(&dir)
+        .arg("20000")
+        .env("TIDEPOOL_DM_SOCKET", c.socket(3))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the program holds its object reference; then the file loses its name.
+    let mut stdout = BufReader::new(prog.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut l = String::new();
+        assert!(stdout.read_line(&mut l).unwrap() > 0, "the C program ended early:\n{text}");
+        text += &l;
+        assert!(!l.starts_with("FAILED"), "{text}");
+        if l.starts_with("HELD") {
+            break;
+        }
+    }
+    c.driver(3, &["wait-route", "--event", "destroy", "--node", "3"]);
+    std::fs::remove_file(&f).unwrap();
+    {
+        use std::io::Write;
+        prog.stdin.take().unwrap().write_all(b"unlinked\n").unwrap();
+    }
+    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    let out = prog.wait_with_output().unwrap();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| -> String {
+        text.lines().find(|l| l.starts_with(k)).unwrap_or_else(|| panic!("no {k} line in:\n{text}")).to_string()
+    };
+    let (e2big, einval) = (libc::E2BIG.to_string(), libc::EINVAL.to_string());
+
+    let l = line("HANDLE");
+    for (k, v) in [("fsid", "1"), ("same", "1"), ("fs_same", "1"), ("hash_same", "1"), ("valid", "1")] {
+        assert_eq!(field(&l, k), v, "{k}: {l}");
+    }
+    assert_eq!(
+        (field(&l, "ino"), field(&l, "global_valid"), field(&l, "junk_valid")),
+        (ino.to_string(), "1".into(), "0".into())
+    );
+    let l = line("STAT");
+    assert_eq!(
+        (field(&l, "ino"), field(&l, "size"), field(&l, "mode")),
+        (ino.to_string(), "20000".into(), "644".into()),
+        "{l}"
+    );
+    let l = line("DMATTR");
+    assert_eq!(
+        (field(&l, "value"), field(&l, "short"), field(&l, "need")),
+        ("obj-1".into(), e2big.clone(), "5".into()),
+        "{l}"
+    );
+    assert_eq!(field(&line("ATTRS"), "n"), "2");
+    assert!(text.contains("ATTR name=hsm value=obj-1") && text.contains("ATTR name=tier value=s3"), "{text}");
+    let l = line("REGIONS ");
+    assert_eq!(l, "REGIONS n=2 exact=1 r0=0/4096/1 r1=8192/0/2");
+    let l = line("REGIONS_SHORT");
+    assert_eq!((field(&l, "errno"), field(&l, "n")), (e2big.clone(), "2".into()), "{l}");
+    let l = line("HOLE");
+    assert_eq!(field(&l, "probe"), "4096/4096", "{l}");
+    assert!(l.contains(" 2:4096+4096"), "the punched block is a hole (DM_EXTENT_HOLE): {l}");
+    let l = line("AFTER_RESPOND");
+    assert_eq!((field(&l, "query_errno"), field(&l, "notoken_request_errno")), (einval.clone(), einval.clone()), "{l}");
+    let l = line("BULK");
+    assert!(field(&l, "files").parse::<u32>().unwrap() >= 3, "root, d and f at least: {l}");
+    assert_eq!(
+        (field(&l, "with_attr"), field(&l, "short_errno"), field(&l, "need_ok")),
+        ("1".into(), e2big.clone(), "1".into()),
+        "{l}"
+    );
+    let l = line("CONFIG");
+    let (max_attr, total, regions) = tpfs::format::DmInfo::limits(4096);
+    let events = ((1u64 << dmapi::types::EventType::ALL.len()) - 1) & !(1 << dmapi::types::EventType::Debut as u32);
+    for (k, v) in [
+        ("max_attr", max_attr.to_string()),
+        ("total_attr", total.to_string()),
+        ("regions", regions.to_string()),
+        ("handle", dmapi::types::DM_MAX_HANDLE_SIZE.to_string()),
+        ("msg", dmapi::types::DM_MAX_MESSAGE_DATA.to_string()),
+        ("obj_ref", "1".into()),
+        ("punch", "1".into()),
+        ("events", format!("{events:x}")),
+        ("n", dmapi::types::EventType::ALL.len().to_string()),
+        ("bad", einval.clone()),
+    ] {
+        assert_eq!(field(&l, k), v, "{k}: {l}");
+    }
+    let l = line("SESSIONS");
+    assert_eq!(
+        (field(&l, "found"), field(&l, "disp"), field(&l, "short_errno")),
+        ("1".into(), "1".into(), e2big),
+        "{l}"
+    );
+    let l = line("HELD");
+    assert_eq!(l, format!("HELD query=1 again={} notoken={}", libc::EBUSY, libc::EINVAL));
+    let l = line("UNLINKED");
+    assert_eq!(l, format!("UNLINKED read=4 query=0 rele_again={}", libc::EACCES), "readable while referenced");
+    assert_eq!(line("DESTROY"), format!("DESTROY ino={ino}"), "the reference's release destroyed the file");
+    assert!(text.contains("DONE"));
+    drop(c);
+}

@@ -78,19 +78,28 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     }
     let o = read_as(false);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "READ 4096", "as root: {o:?}");
-    assert!(hsm.dm_punch_hole(sid, &h, nt, 0, 0).is_err(), "punching needs the exclusive right");
-    hsm.dm_request_right(sid, &h, nt, DmRight::Excl).unwrap();
-    assert_eq!(hsm.dm_query_right(sid, &h, nt).unwrap(), DmRight::Excl);
-    let copy = hsm.dm_read_invis(sid, &h, nt, 0, data.len() as u64).unwrap();
+    // Rights are held by a token: the HSM's own work gets one from a user
+    // event (XDSM), and answering that event gives its rights back.
+    assert_eq!(hsm.dm_request_right(sid, &h, nt, DmRight::Excl).unwrap_err().errno(), libc::EINVAL);
+    let ut = hsm.dm_create_userevent(sid, b"migrate").unwrap();
+    assert_eq!(hsm.dm_punch_hole(sid, &h, ut, 0, 0).unwrap_err().errno(), libc::EACCES, "punching needs the right");
+    hsm.dm_request_right(sid, &h, ut, DmRight::Excl).unwrap();
+    assert_eq!(hsm.dm_query_right(sid, &h, ut).unwrap(), DmRight::Excl);
+    let copy = hsm.dm_read_invis(sid, &h, ut, 0, data.len() as u64).unwrap();
     assert_eq!(copy, data, "invisible read");
     let tier = tempfile::tempdir().unwrap();
     std::fs::write(tier.path().join("obj-1"), &copy).unwrap();
-    hsm.dm_set_dmattr(sid, &h, nt, b"hsm", b"obj-1").unwrap();
-    assert_eq!(hsm.dm_probe_hole(sid, &h, nt, 100, 10_000).unwrap(), (4096, 4096), "whole blocks only");
-    hsm.dm_punch_hole(sid, &h, nt, 0, 0).unwrap();
+    hsm.dm_set_dmattr(sid, &h, ut, b"hsm", b"obj-1").unwrap();
+    assert_eq!(hsm.dm_probe_hole(sid, &h, ut, 100, 10_000).unwrap(), (4096, 4096), "whole blocks only");
+    hsm.dm_punch_hole(sid, &h, ut, 0, 0).unwrap();
     let rw = dm_region::READ | dm_region::WRITE | dm_region::TRUNCATE;
-    assert!(hsm.dm_set_region(sid, &h, nt, &[DmRegion { offset: 0, size: 0, flags: rw }]).unwrap());
-    hsm.dm_release_right(sid, &h, nt).unwrap();
+    assert!(hsm.dm_set_region(sid, &h, ut, &[DmRegion { offset: 0, size: 0, flags: rw }]).unwrap());
+    hsm.dm_respond_event(sid, ut, DmResponse::Continue, &[]).unwrap();
+    assert_eq!(
+        hsm.dm_request_right(sid, &h, ut, DmRight::Shared).unwrap_err().errno(),
+        libc::EINVAL,
+        "an answered token is no longer outstanding: it holds nothing"
+    );
     assert_eq!(
         hsm.dm_get_allocinfo(sid, &h, nt).unwrap(),
         vec![(0, 303_104, ExtentType::Hole)],

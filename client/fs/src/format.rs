@@ -311,6 +311,20 @@ impl DmInfo {
         Some(b)
     }
 
+    /// Bytes of a DM block outside its entries: magic, flags, the three
+    /// counts and the seal.
+    const OVERHEAD: usize = 4 + 1 + 2 + 2 + 2 + 4;
+    /// One region's bytes, and one DM attribute's besides its value.
+    const REGION_LEN: usize = 20;
+    const ATTR_HEAD: usize = DM_ATTR_NAME_SIZE + 2;
+
+    /// (largest DM attribute value, bytes for all DM attributes with their
+    /// names, most regions) a block of `bs` bytes holds, each alone in it.
+    pub fn limits(bs: usize) -> (usize, usize, usize) {
+        let room = bs.saturating_sub(Self::OVERHEAD);
+        (room.saturating_sub(Self::ATTR_HEAD).min(u16::MAX as usize), room, room / Self::REGION_LEN)
+    }
+
     pub fn decode(b: &[u8]) -> Option<DmInfo> {
         if b.len() < 16 || !sealed_ok(b) || b[..4] != DM_MAGIC {
             return None;
@@ -359,6 +373,28 @@ impl DmInfo {
 mod dm_tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The limits dm_get_config reports are exactly what a block holds.
+    #[test]
+    fn limits_are_what_one_block_holds() {
+        for bs in [4096usize, 8192] {
+            let (value, total, regions) = DmInfo::limits(bs);
+            let attr = |n: usize| DmInfo { attrs: vec![(b"hsm".to_vec(), vec![1u8; n])], ..DmInfo::default() };
+            assert!(attr(value).encode(bs).is_some(), "the largest value fits");
+            assert!(attr(value + 1).encode(bs).is_none() || value == u16::MAX as usize);
+            let two = DmInfo {
+                attrs: vec![(b"a".to_vec(), vec![0; total / 2 - 10]), (b"b".to_vec(), vec![0; total - total / 2 - 10])],
+                ..DmInfo::default()
+            };
+            assert!(two.encode(bs).is_some(), "attributes may use the total between them");
+            let reg = |n: usize| DmInfo {
+                regions: Some(vec![Region { offset: 0, size: 1, flags: 1 }; n]),
+                ..DmInfo::default()
+            };
+            assert!(reg(regions).encode(bs).is_some());
+            assert!(reg(regions + 1).encode(bs).is_none());
+        }
+    }
 
     proptest! {
         /// A sealed block with any contents decodes or is refused, never a

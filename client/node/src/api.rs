@@ -16,14 +16,14 @@ use dmapi::types::{
     DM_EV_WAIT, DM_NO_TOKEN,
 };
 use dmapi::{DmError, DmResult};
-use libdmapi::channel::{err_reply, Channel, Reply, Request, RightOp};
+use libdmapi::channel::{err_reply, Channel, ObjRefOp, Reply, Request, RightOp};
 use libdmapi::seqpacket::{SeqPacket, SeqPacketListener};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::config::FuseMountConfig;
 use crate::daemon::Node;
-use crate::dm::files::DmFs;
+use crate::dm::files::{DmFs, Holder};
 use crate::peercred::peer_caller;
 use tpfs::format::Region;
 
@@ -208,6 +208,7 @@ fn privileged(req: &Request) -> bool {
             | RemoveDmattr { .. }
             | GetallDmattr { .. }
             | Right { .. }
+            | ObjRef { .. }
     ) || matches!(req, SetEventlist { handle, .. } | GetEventlist { handle, .. }
             if DmHandle::from_bytes(handle).is_ok_and(|h| h.kind() != HandleKind::Fs))
 }
@@ -251,6 +252,8 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             Request::RespondEvent { sid, token, response, reterror, data } => {
                 let r = DmResponse::from_raw(response, reterror)?;
                 dm.dm_respond_event(DmSessId(sid), DmToken(token), r, &data)?;
+                // XDSM: answering an event gives back the rights its token held.
+                node.release_rights(Holder::new(DmSessId(sid), DmToken(token)));
                 Reply::Ok
             }
             Request::Pending { sid, token, delay_ms } => {
@@ -258,7 +261,9 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                 Reply::Ok
             }
             Request::MoveEvent { sid, token, target } => {
-                Reply::Token(dm.dm_move_event(DmSessId(sid), DmToken(token), DmSessId(target))?.0)
+                let t = dm.dm_move_event(DmSessId(sid), DmToken(token), DmSessId(target))?;
+                node.move_rights(Holder::new(DmSessId(sid), DmToken(token)), DmSessId(target));
+                Reply::Token(t.0)
             }
             Request::FindEventmsg { sid, token, buflen } => {
                 Reply::Bytes(dm.dm_find_eventmsg(DmSessId(sid), DmToken(token), buflen as usize)?)
@@ -356,7 +361,7 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::WriteInvis { sid, token, handle, off, data, sync } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
-                Reply::Count(f.write_invis(&h, off, &data, sync)? as u64)
+                Reply::Count(f.write_invis(Holder::new(DmSessId(sid), DmToken(token)), &h, off, &data, sync)? as u64)
             }
             Request::SyncByHandle { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
@@ -370,7 +375,7 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::PunchHole { sid, token, handle, off, len } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
-                f.punch_hole(&h, off, len)?;
+                f.punch_hole(Holder::new(DmSessId(sid), DmToken(token)), &h, off, len)?;
                 Reply::Ok
             }
             Request::GetAllocinfo { sid, token, handle } => {
@@ -407,6 +412,7 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::Right { sid, token, handle, op } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                let who = Holder::new(DmSessId(sid), DmToken(token));
                 match op {
                     RightOp::Request { right } => {
                         let r = match right {
@@ -415,18 +421,39 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                             2 => DmRight::Excl,
                             _ => return Err(DmError::Inval("not a dm_right_t")),
                         };
-                        f.request_right(&h, r)?;
+                        f.request_right(who, &h, r)?;
                         Reply::Ok
                     }
-                    RightOp::Release => f.release_right(&h).map(|_| Reply::Ok)?,
-                    RightOp::Upgrade => f.upgrade_right(&h).map(|_| Reply::Ok)?,
-                    RightOp::Downgrade => f.downgrade_right(&h).map(|_| Reply::Ok)?,
-                    RightOp::Query => Reply::Count(match f.query_right(&h)? {
+                    RightOp::Release => f.release_right(who, &h).map(|_| Reply::Ok)?,
+                    RightOp::Upgrade => f.upgrade_right(who, &h).map(|_| Reply::Ok)?,
+                    RightOp::Downgrade => f.downgrade_right(who, &h).map(|_| Reply::Ok)?,
+                    RightOp::Query => Reply::Count(match f.query_right(who, &h)? {
                         DmRight::Null => 0,
                         DmRight::Shared => 1,
                         DmRight::Excl => 2,
                     }),
                 }
+            }
+            Request::ObjRef { sid, token, handle, op } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                let who = Holder::new(DmSessId(sid), DmToken(token));
+                match op {
+                    ObjRefOp::Hold => f.obj_ref_hold(who, &h).map(|_| Reply::Ok)?,
+                    ObjRefOp::Rele => {
+                        if let Some(d) = f.obj_ref_rele(who, &h)? {
+                            node.destroyed(h.fsid(), d);
+                        }
+                        Reply::Ok
+                    }
+                    ObjRefOp::Query => Reply::Flag(f.obj_ref_query(who, &h)?),
+                }
+            }
+            Request::FsLimits { handle } => {
+                let h = handle_of(&handle)?;
+                if h.kind() == HandleKind::Global {
+                    return Err(DmError::BadF("the global handle names no file system"));
+                }
+                Reply::Limits(node.files(h.fsid())?.limits())
             }
             Request::FuseUnmount { path } => {
                 node.mounts().unmount(Path::new(&path)).map_err(|e| DmError::from_errno(e, "unmount refused"))?;

@@ -27,13 +27,13 @@ use dmapi::source::SourceConfig;
 use dmapi::transport::auto::NodeTransport;
 use dmapi::transport::tcp::TcpConfig;
 use dmapi::transport::{Transport, TransportError};
-use dmapi::types::{DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId};
+use dmapi::types::{DmAttrName, DmHandle, DmResponse, DmSessId, DmToken, EventSet, EventType, FsId, NodeId};
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 use tracing::{debug, debug_span, error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
-use crate::dm::files::DmFs;
+use crate::dm::files::{DmFs, Holder};
 use crate::dm::session::DmSession;
 use crate::dm::source::EventSource;
 use crate::mounts::{MountHost, Mounts};
@@ -343,6 +343,40 @@ impl Node {
     /// The DMAPI file functions of `fs`, connected to its volume and its
     /// manager's metadata service at the first call (`EINVAL` for a file
     /// system without them in the configuration).
+    /// An answered event's token gives back every right and object reference
+    /// it held (XDSM); a file that was alive only through a reference is
+    /// destroyed, with its destroy event.
+    pub fn release_rights(&self, who: Holder) {
+        let files: Vec<(FsId, Arc<DmFs>)> = self.files.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (fs, f) in files {
+            for d in f.release_token(who).1 {
+                self.destroyed(fs, d);
+            }
+        }
+    }
+
+    /// The destroy event of a file the DM API's last reference kept (the
+    /// mounts raise their own).
+    pub fn destroyed(&self, fs: FsId, d: tpfs::rpc::Destroyed) {
+        let handle = DmHandle::file(fs, d.ino, d.generation);
+        let body = EventBody::Destroy { handle, attrname: DmAttrName::default(), attrcopy: Vec::new() };
+        match DmEvent::new(EventType::Destroy, NodeId(0), body) {
+            Ok(ev) => {
+                if let Err(e) = self.generate_event(fs, ev, EventSet::EMPTY, d.attrs) {
+                    warn!(%fs, ino = d.ino, error = %e, "destroy event not generated");
+                }
+            }
+            Err(e) => warn!(error = %e, "destroy event not built"),
+        }
+    }
+
+    /// A moved event's rights go with it to its new session.
+    pub fn move_rights(&self, who: Holder, to: DmSessId) {
+        for f in self.files.lock().values() {
+            f.move_token(who, to);
+        }
+    }
+
     pub fn files(&self, fs: FsId) -> DmResult<Arc<DmFs>> {
         let mut files = self.files.lock();
         if let Some(f) = files.get(&fs) {

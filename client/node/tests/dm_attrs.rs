@@ -3,8 +3,8 @@
 //! `dm_get_dirattrs` and `dm_get_bulkattr` paged with cookies, checked
 //! against what `stat` on the FUSE mount shows; bad arguments get errors.
 
-use dmapi::types::{dm_at, DmRight, DmStat, FsId};
-use node::dm::files::DmFs;
+use dmapi::types::{dm_at, DmRight, DmSessId, DmStat, DmToken, FsId, DM_NO_TOKEN};
+use node::dm::files::{DmFs, Holder};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
@@ -44,6 +44,7 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     std::os::unix::fs::symlink("a", d.join("s")).unwrap();
 
     let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
+    let who = Holder::new(DmSessId(1 << 20 | 1), DmToken(5));
     let fsh = dm.path_to_fshandle(mnt.path()).unwrap();
     let (ha, hb, hd) = (
         dm.path_to_handle(&d.join("a")).unwrap(),
@@ -107,10 +108,10 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     let back = std::fs::read(d.join("b")).unwrap();
     assert_eq!((&back[..10], back[10..].iter().all(|&x| x == 0)), (&[2u8; 10][..], true));
     // Under its own exclusive right (a recall restoring attributes).
-    dm.request_right(&ha, DmRight::Excl).unwrap();
+    dm.request_right(who, &ha, DmRight::Excl).unwrap();
     dm.set_fileattr(&ha, dm_at::UID | dm_at::ATIME, &DmStat { uid: 4242, atime: 7, ..want.clone() }).unwrap();
     assert_eq!(dm.get_fileattr(&ha).unwrap().uid, 4242);
-    dm.release_right(&ha).unwrap();
+    dm.release_right(who, &ha).unwrap();
     let md = std::fs::metadata(d.join("a")).unwrap();
     assert_eq!((md.uid(), md.atime()), (4242, 7), "the mount sees it after the right is released");
 
@@ -167,6 +168,8 @@ fn handles_regions_dmattrs_rights_and_sync() {
     std::fs::write(&f, vec![7u8; 10_000]).unwrap();
     let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap();
     let h = dm.path_to_handle(&f).unwrap();
+    let (who, other) = (Holder::new(DmSessId(1 << 20 | 1), DmToken(5)), Holder::new(DmSessId(1 << 20 | 1), DmToken(6)));
+    let no_token = Holder::new(DmSessId(1 << 20 | 1), DM_NO_TOKEN);
 
     // dm_fd_to_handle: the same handle as the path's.
     assert_eq!(dm.fd_to_handle(&std::fs::File::open(&f).unwrap()).unwrap(), h);
@@ -191,24 +194,36 @@ fn handles_regions_dmattrs_rights_and_sync() {
     dm.remove_dmattr(&h, b"tier").unwrap();
     assert_eq!(dm.getall_dmattr(&h).unwrap(), vec![(b"hsm".to_vec(), b"obj-2".to_vec())]);
 
+    // Rights are a token's (an event's or a user event's): DM_NO_TOKEN holds
+    // none, another token's right is not this one's, and a token's rights go
+    // together when its event is answered.
+    assert_eq!(dm.request_right(no_token, &h, DmRight::Shared).unwrap_err().errno(), libc::EINVAL);
+    dm.request_right(other, &h, DmRight::Excl).unwrap();
+    assert_eq!(dm.write_invis(who, &h, 0, b"x", false).unwrap_err().errno(), libc::EACCES);
+    assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Null);
+    assert_eq!(dm.release_token(other).0, 1);
+    assert_eq!(dm.query_right(other, &h).unwrap(), DmRight::Null);
+    // With DM_NO_TOKEN a call takes the right it needs for its own duration.
+    assert_eq!(dm.write_invis(no_token, &h, 0, &[7u8], false).unwrap(), 1);
+
     // Rights: upgrade needs shared, downgrade needs exclusive.
-    assert_eq!(dm.upgrade_right(&h).unwrap_err().errno(), libc::EINVAL);
-    dm.request_right(&h, DmRight::Shared).unwrap();
-    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Shared);
-    assert_eq!(dm.downgrade_right(&h).unwrap_err().errno(), libc::EINVAL);
-    dm.upgrade_right(&h).unwrap();
-    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Excl);
-    dm.downgrade_right(&h).unwrap();
-    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Shared);
-    dm.release_right(&h).unwrap();
-    assert_eq!(dm.query_right(&h).unwrap(), DmRight::Null);
-    assert_eq!(dm.release_right(&h).unwrap_err().errno(), libc::EACCES);
+    assert_eq!(dm.upgrade_right(who, &h).unwrap_err().errno(), libc::EINVAL);
+    dm.request_right(who, &h, DmRight::Shared).unwrap();
+    assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Shared);
+    assert_eq!(dm.downgrade_right(who, &h).unwrap_err().errno(), libc::EINVAL);
+    dm.upgrade_right(who, &h).unwrap();
+    assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Excl);
+    dm.downgrade_right(who, &h).unwrap();
+    assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Shared);
+    dm.release_right(who, &h).unwrap();
+    assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Null);
+    assert_eq!(dm.release_right(who, &h).unwrap_err().errno(), libc::EACCES);
 
     // dm_sync_by_handle: a write past the end under the DM application's
     // token is durable on the device and its size is the manager's (the
     // bulk scan reads the manager's copies, taking no token back).
-    dm.request_right(&h, DmRight::Excl).unwrap();
-    assert_eq!(dm.write_invis(&h, 10_000, b"tail", false).unwrap(), 4);
+    dm.request_right(who, &h, DmRight::Excl).unwrap();
+    assert_eq!(dm.write_invis(who, &h, 10_000, b"tail", false).unwrap(), 4);
     let fsh = dm.path_to_fshandle(mnt.path()).unwrap();
     let manager_size = |dm: &DmFs| {
         let (page, _) = dm.get_bulkattr(&fsh, 0, 64).unwrap();
@@ -219,7 +234,7 @@ fn handles_regions_dmattrs_rights_and_sync() {
     dm.sync_by_handle(&h).unwrap();
     assert!(counting.flushes.load(std::sync::atomic::Ordering::Relaxed) > before, "the device was flushed");
     assert_eq!(manager_size(&dm), Some(10_004), "synced: the manager has the size");
-    dm.release_right(&h).unwrap();
+    dm.release_right(who, &h).unwrap();
     let back = std::fs::read(&f).unwrap();
     assert_eq!((back.len(), &back[10_000..]), (10_004, &b"tail"[..]));
     drop(dm);

@@ -287,6 +287,26 @@ pub enum Request {
         handle: Vec<u8>,
         op: RightOp,
     },
+    /// The DM limits of the file system `handle` is on (`dm_get_config`).
+    FsLimits {
+        handle: Vec<u8>,
+    },
+    /// `dm_obj_ref_hold`, `dm_obj_ref_rele`, `dm_obj_ref_query`.
+    ObjRef {
+        sid: i32,
+        token: i32,
+        handle: Vec<u8>,
+        op: ObjRefOp,
+    },
+}
+
+/// Which object-reference call a [`Request::ObjRef`] is.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub enum ObjRefOp {
+    Hold,
+    Rele,
+    /// Answered with [`Reply::Flag`].
+    Query,
 }
 
 /// Which right call a [`Request::Right`] is.
@@ -411,6 +431,19 @@ pub enum Reply {
         msg: String,
         session_node: Option<u32>,
     },
+    Limits(FsLimits),
+}
+
+/// What a file system's on-disk format allows a DM application (a file's
+/// regions, DM attributes and extended attributes share one block).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct FsLimits {
+    /// The largest value one DM attribute can have (`DM_CONFIG_MAX_ATTRIBUTE_SIZE`).
+    pub max_attribute_size: u64,
+    /// Bytes for all of a file's DM attributes (`DM_CONFIG_TOTAL_ATTRIBUTE_SPACE`).
+    pub total_attribute_space: u64,
+    /// Most managed regions a file can have (`DM_CONFIG_MAX_MANAGED_REGIONS`).
+    pub max_managed_regions: u64,
 }
 
 /// A snapshot of the node for tools and tests.

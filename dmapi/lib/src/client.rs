@@ -23,7 +23,7 @@ use dmapi::types::{
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 
-use crate::channel::{error_from_errno, Channel, NodeStatus, Reply, Request, RightOp};
+use crate::channel::{error_from_errno, Channel, NodeStatus, ObjRefOp, Reply, Request, RightOp};
 
 /// A DM application's handle on its node: each method forwards one XDSM call to
 /// the node daemon over the local API. One call at a time per handle (a blocking
@@ -524,6 +524,37 @@ impl Dm {
             Reply::Count(0) => Ok(DmRight::Null),
             Reply::Count(1) => Ok(DmRight::Shared),
             Reply::Count(2) => Ok(DmRight::Excl),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    fn obj_ref(&self, sid: DmSessId, token: DmToken, h: &DmHandle, op: ObjRefOp) -> DmResult<Reply> {
+        self.call(&Request::ObjRef { sid: sid.0, token: token.0, handle: hb(h), op })
+    }
+
+    /// `dm_obj_ref_hold`: the object is not destroyed (even with no name left)
+    /// while the token holds the reference; answering the event releases it.
+    pub fn dm_obj_ref_hold(&self, sid: DmSessId, token: DmToken, h: &DmHandle) -> DmResult<()> {
+        expect_ok(self.obj_ref(sid, token, h, ObjRefOp::Hold)?)
+    }
+
+    /// `dm_obj_ref_rele`.
+    pub fn dm_obj_ref_rele(&self, sid: DmSessId, token: DmToken, h: &DmHandle) -> DmResult<()> {
+        expect_ok(self.obj_ref(sid, token, h, ObjRefOp::Rele)?)
+    }
+
+    /// `dm_obj_ref_query`: whether the token holds a reference on the object.
+    pub fn dm_obj_ref_query(&self, sid: DmSessId, token: DmToken, h: &DmHandle) -> DmResult<bool> {
+        match self.obj_ref(sid, token, h, ObjRefOp::Query)? {
+            Reply::Flag(b) => Ok(b),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// The DM limits of the file system `h` is on.
+    pub fn fs_limits(&self, h: &DmHandle) -> DmResult<crate::channel::FsLimits> {
+        match self.call(&Request::FsLimits { handle: hb(h) })? {
+            Reply::Limits(l) => Ok(l),
             r => Err(Self::unexpected(r)),
         }
     }

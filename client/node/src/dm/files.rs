@@ -11,7 +11,7 @@
 //! reads and writes generate no events and leave the times alone.
 
 use dmapi::error::{DmError, DmResult};
-use dmapi::types::{DmHandle, DmRight, DmStat, EventSet, FsId, HandleKind};
+use dmapi::types::{DmHandle, DmRight, DmSessId, DmStat, DmToken, EventSet, FsId, HandleKind, DM_NO_TOKEN};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use tpfs::blockdev::BlockDev;
 use tpfs::data::{map, DataPath};
 use tpfs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
 use tpfs::remote::MetaClient;
-use tpfs::rpc::{inode_from, Mode, Reply, Req, WireSetAttr};
+use tpfs::rpc::{inode_from, Destroyed, Mode, Reply, Req, WireSetAttr};
 
 pub use dmapi::types::ExtentType;
 
@@ -45,11 +45,38 @@ fn from_errno(e: i32) -> DmError {
 /// A file's attributes and, from `dm_get_bulkall`, one DM attribute.
 pub type ScanStat = (DmStat, Option<Vec<u8>>);
 
+/// Who holds a DM right: a session and one of its tokens (an event's, or a
+/// user event's from `dm_create_userevent`), as XDSM has it. `DM_NO_TOKEN`
+/// holds nothing: a call made with it takes the right it needs for its own
+/// duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub sid: DmSessId,
+    pub token: DmToken,
+}
+
+impl Holder {
+    pub fn new(sid: DmSessId, token: DmToken) -> Holder {
+        Holder { sid, token }
+    }
+
+    /// For the right calls themselves, which need a real token.
+    fn token_needed(self) -> DmResult<Holder> {
+        if self.token == DM_NO_TOKEN || self.token.0 <= 0 {
+            return Err(DmError::Inval("rights are held by a token; DM_NO_TOKEN holds none"));
+        }
+        Ok(self)
+    }
+}
+
 pub struct DmFs {
     data: DataPath,
     fs: FsId,
-    /// Rights this application holds, per inode.
-    rights: Mutex<HashMap<u64, DmRight>>,
+    /// Rights held, per (holder, inode); each pins the inode's token once.
+    rights: Mutex<HashMap<(Holder, u64), DmRight>>,
+    /// Object references held (`dm_obj_ref_hold`): each is an open of the
+    /// file at the manager, so the file outlives its last name.
+    refs: Mutex<std::collections::HashSet<(Holder, u64)>>,
 }
 
 impl DmFs {
@@ -57,7 +84,7 @@ impl DmFs {
     /// `dev` the node's connection to its volume.
     pub fn connect(manager: SocketAddr, dev: Arc<dyn BlockDev>, fs: FsId, name: &str) -> std::io::Result<DmFs> {
         let meta = MetaClient::connect(manager, name)?;
-        Ok(DmFs { data: DataPath::new(meta, dev), fs, rights: Mutex::new(HashMap::new()) })
+        Ok(DmFs { data: DataPath::new(meta, dev), fs, rights: Mutex::new(HashMap::new()), refs: Mutex::default() })
     }
 
     fn meta(&self) -> &MetaClient {
@@ -232,13 +259,15 @@ impl DmFs {
 
     /// `dm_write_invis`: no event, no modification time; `sync`
     /// (`DM_WRITE_SYNC`) makes data and size durable before returning.
-    pub fn write_invis(&self, h: &DmHandle, off: u64, data: &[u8], sync: bool) -> DmResult<usize> {
+    pub fn write_invis(&self, who: Holder, h: &DmHandle, off: u64, data: &[u8], sync: bool) -> DmResult<usize> {
         let ino = self.ino(h)?;
-        self.data.write(ino, off, data, false).map_err(from_errno)?;
-        if sync {
-            self.sync_by_handle(h)?;
-        }
-        Ok(data.len())
+        self.with_right(who, ino, DmRight::Excl, || {
+            self.data.write(ino, off, data, false).map_err(from_errno)?;
+            if sync {
+                self.sync_by_handle(h)?;
+            }
+            Ok(data.len())
+        })
     }
 
     /// `dm_sync_by_handle`.
@@ -270,16 +299,17 @@ impl DmFs {
     }
 
     /// `dm_punch_hole`: frees the whole blocks in the range; the size stays.
-    pub fn punch_hole(&self, h: &DmHandle, off: u64, len: u64) -> DmResult<()> {
+    pub fn punch_hole(&self, who: Holder, h: &DmHandle, off: u64, len: u64) -> DmResult<()> {
         let ino = self.ino(h)?;
-        self.need_right(ino, DmRight::Excl)?;
-        // Data this node still has to give back goes first.
-        let slot = self.meta().slot(ino);
-        self.meta().flush(ino, &slot).map_err(from_errno)?;
-        match self.meta().ask(Req::Punch { ino, off, len }).map_err(from_errno)? {
-            Reply::Granted { .. } => Ok(()),
-            _ => Err(DmError::Io("unexpected reply".into())),
-        }
+        self.with_right(who, ino, DmRight::Excl, || {
+            // Data this node still has to give back goes first.
+            let slot = self.meta().slot(ino);
+            self.meta().flush(ino, &slot).map_err(from_errno)?;
+            match self.meta().ask(Req::Punch { ino, off, len }).map_err(from_errno)? {
+                Reply::Granted { .. } => Ok(()),
+                _ => Err(DmError::Io("unexpected reply".into())),
+            }
+        })
     }
 
     /// `dm_get_allocinfo`: resident extents and holes up to the end of the file.
@@ -403,19 +433,39 @@ impl DmFs {
         Ok(EventSet(self.inode(ino)?.dm_events.get()))
     }
 
+    /// `dm_get_config`'s file-system limits: what the DM block holds.
+    pub fn limits(&self) -> libdmapi::channel::FsLimits {
+        let (max_attribute_size, total_attribute_space, max_managed_regions) = DmInfo::limits(self.data.bs as usize);
+        libdmapi::channel::FsLimits {
+            max_attribute_size: max_attribute_size as u64,
+            total_attribute_space: total_attribute_space as u64,
+            max_managed_regions: max_managed_regions as u64,
+        }
+    }
+
     // ---- rights -------------------------------------------------------------
 
-    fn need_right(&self, ino: u64, want: DmRight) -> DmResult<()> {
-        let have = self.rights.lock().get(&ino).copied().unwrap_or(DmRight::Null);
-        if have < want {
-            return Err(DmError::Acces("the call needs a DM right this application does not hold"));
+    /// Runs `f` with at least `want` on `ino`: held by `who`'s token (else
+    /// `EACCES`), or, for `DM_NO_TOKEN`, taken for the call and given back.
+    fn with_right<T>(&self, who: Holder, ino: u64, want: DmRight, f: impl FnOnce() -> DmResult<T>) -> DmResult<T> {
+        if who.token == DM_NO_TOKEN {
+            let mode = if want == DmRight::Excl { Mode::Write } else { Mode::Read };
+            self.meta().pin(ino, mode).map_err(from_errno)?;
+            let r = f();
+            self.meta().unpin(ino);
+            return r;
         }
-        Ok(())
+        let have = self.rights.lock().get(&(who, ino)).copied().unwrap_or(DmRight::Null);
+        if have < want {
+            return Err(DmError::Acces("the call needs a DM right its token does not hold"));
+        }
+        f()
     }
 
     /// `dm_request_right`: blocks until every conflicting token in the
-    /// cluster is given back, then holds it.
-    pub fn request_right(&self, h: &DmHandle, right: DmRight) -> DmResult<()> {
+    /// cluster is given back, then `who` holds it.
+    pub fn request_right(&self, who: Holder, h: &DmHandle, right: DmRight) -> DmResult<()> {
+        let who = who.token_needed()?;
         let ino = self.ino(h)?;
         let mode = match right {
             DmRight::Null => return Ok(()),
@@ -423,7 +473,7 @@ impl DmFs {
             DmRight::Excl => Mode::Write,
         };
         let mut r = self.rights.lock();
-        let have = r.get(&ino).copied().unwrap_or(DmRight::Null);
+        let have = r.get(&(who, ino)).copied().unwrap_or(DmRight::Null);
         if have >= right {
             return Ok(());
         }
@@ -431,35 +481,38 @@ impl DmFs {
         if have != DmRight::Null {
             self.meta().unpin(ino);
         }
-        r.insert(ino, right);
+        r.insert((who, ino), right);
         Ok(())
     }
 
     /// `dm_upgrade_right`: shared to exclusive.
-    pub fn upgrade_right(&self, h: &DmHandle) -> DmResult<()> {
+    pub fn upgrade_right(&self, who: Holder, h: &DmHandle) -> DmResult<()> {
+        let who = who.token_needed()?;
         let ino = self.ino(h)?;
-        if self.rights.lock().get(&ino) != Some(&DmRight::Shared) {
+        if self.rights.lock().get(&(who, ino)) != Some(&DmRight::Shared) {
             return Err(DmError::Inval("upgrade needs a shared right"));
         }
-        self.request_right(h, DmRight::Excl)
+        self.request_right(who, h, DmRight::Excl)
     }
 
     /// `dm_downgrade_right`: exclusive to shared (the token stays exclusive
     /// until another node asks; what the right allows is what changes).
-    pub fn downgrade_right(&self, h: &DmHandle) -> DmResult<()> {
+    pub fn downgrade_right(&self, who: Holder, h: &DmHandle) -> DmResult<()> {
+        let who = who.token_needed()?;
         let ino = self.ino(h)?;
         let mut r = self.rights.lock();
-        if r.get(&ino) != Some(&DmRight::Excl) {
+        if r.get(&(who, ino)) != Some(&DmRight::Excl) {
             return Err(DmError::Inval("downgrade needs an exclusive right"));
         }
-        r.insert(ino, DmRight::Shared);
+        r.insert((who, ino), DmRight::Shared);
         Ok(())
     }
 
     /// `dm_release_right`.
-    pub fn release_right(&self, h: &DmHandle) -> DmResult<()> {
+    pub fn release_right(&self, who: Holder, h: &DmHandle) -> DmResult<()> {
+        let who = who.token_needed()?;
         let ino = h.ino()?;
-        match self.rights.lock().remove(&ino) {
+        match self.rights.lock().remove(&(who, ino)) {
             Some(_) => {
                 self.meta().unpin(ino);
                 Ok(())
@@ -469,15 +522,108 @@ impl DmFs {
     }
 
     /// `dm_query_right`.
-    pub fn query_right(&self, h: &DmHandle) -> DmResult<DmRight> {
+    pub fn query_right(&self, who: Holder, h: &DmHandle) -> DmResult<DmRight> {
+        let who = who.token_needed()?;
         let ino = h.ino()?;
-        Ok(self.rights.lock().get(&ino).copied().unwrap_or(DmRight::Null))
+        Ok(self.rights.lock().get(&(who, ino)).copied().unwrap_or(DmRight::Null))
+    }
+
+    /// Every right and object reference `who` holds goes (its event was
+    /// answered, or its session lost it): how many rights, and the files
+    /// that the references' release destroyed (their destroy events are the
+    /// caller's to raise).
+    pub fn release_token(&self, who: Holder) -> (usize, Vec<Destroyed>) {
+        let gone: Vec<u64> = {
+            let mut r = self.rights.lock();
+            let keys: Vec<(Holder, u64)> = r.keys().filter(|(h, _)| *h == who).copied().collect();
+            keys.into_iter().filter_map(|k| r.remove(&k).map(|_| k.1)).collect()
+        };
+        for ino in &gone {
+            self.meta().unpin(*ino);
+        }
+        let refs: Vec<u64> = {
+            let mut r = self.refs.lock();
+            let keys: Vec<(Holder, u64)> = r.iter().filter(|(h, _)| *h == who).copied().collect();
+            keys.into_iter().filter(|k| r.remove(k)).map(|k| k.1).collect()
+        };
+        let destroyed = refs.into_iter().filter_map(|ino| self.close(ino).ok().flatten()).collect();
+        (gone.len(), destroyed)
+    }
+
+    // ---- object references --------------------------------------------------
+
+    /// `dm_obj_ref_hold`: `EBUSY` if the token holds one on the object already.
+    pub fn obj_ref_hold(&self, who: Holder, h: &DmHandle) -> DmResult<()> {
+        let who = who.token_needed()?;
+        let ino = self.ino(h)?;
+        let mut r = self.refs.lock();
+        if r.contains(&(who, ino)) {
+            return Err(DmError::Busy("the token holds a reference on the object already"));
+        }
+        // Counted here first, as the mount counts its opens, so that a
+        // manager restarting meanwhile hears of it again.
+        let slot = self.meta().slot(ino);
+        slot.st.lock().opens += 1;
+        if let Err(e) = self.meta().ask(Req::Open { ino }) {
+            slot.st.lock().opens -= 1;
+            return Err(from_errno(e));
+        }
+        r.insert((who, ino));
+        Ok(())
+    }
+
+    /// `dm_obj_ref_rele`: `EACCES` without a reference. The file is destroyed
+    /// if this was its last use and it has no name left (returned).
+    pub fn obj_ref_rele(&self, who: Holder, h: &DmHandle) -> DmResult<Option<Destroyed>> {
+        let who = who.token_needed()?;
+        let ino = h.ino()?;
+        if !self.refs.lock().remove(&(who, ino)) {
+            return Err(DmError::Acces("the token holds no reference on the object"));
+        }
+        self.close(ino)
+    }
+
+    /// `dm_obj_ref_query`.
+    pub fn obj_ref_query(&self, who: Holder, h: &DmHandle) -> DmResult<bool> {
+        let who = who.token_needed()?;
+        Ok(self.refs.lock().contains(&(who, h.ino()?)))
+    }
+
+    fn close(&self, ino: u64) -> DmResult<Option<Destroyed>> {
+        let slot = self.meta().slot(ino);
+        {
+            let mut st = slot.st.lock();
+            st.opens = st.opens.saturating_sub(1);
+        }
+        match self.meta().ask(Req::Release { ino }).map_err(from_errno)? {
+            Reply::Released { destroyed } | Reply::Changed { destroyed, .. } => Ok(destroyed),
+            _ => Ok(None),
+        }
+    }
+
+    /// `who`'s event moved to session `to` (`dm_move_event`): its rights and
+    /// references go with it.
+    pub fn move_token(&self, who: Holder, to: DmSessId) {
+        let moved = Holder { sid: to, token: who.token };
+        let mut r = self.rights.lock();
+        let keys: Vec<(Holder, u64)> = r.keys().filter(|(h, _)| *h == who).copied().collect();
+        for k in keys {
+            if let Some(v) = r.remove(&k) {
+                r.insert((moved, k.1), v);
+            }
+        }
+        let mut refs = self.refs.lock();
+        let keys: Vec<(Holder, u64)> = refs.iter().filter(|(h, _)| *h == who).copied().collect();
+        for k in keys {
+            refs.remove(&k);
+            refs.insert((moved, k.1));
+        }
     }
 }
 
 impl Drop for DmFs {
     fn drop(&mut self) {
-        for (ino, _) in self.rights.lock().drain() {
+        for ((_, ino), _) in self.rights.lock().drain() {
             self.data.meta.unpin(ino);
         }
         let _ = self.data.meta.flush_all();

@@ -56,6 +56,14 @@ pub struct Stat {
     pub xfs_dmstate: u16,
 }
 
+/// `dm_xstat_t`: a `dm_stat_t` and one DM attribute's value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct XStat {
+    pub stat: Stat,
+    pub dx_attrdata: VarData,
+}
+
 /// `dm_fileattr_t`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -182,6 +190,7 @@ pub const LAYOUT: &[StructLayout] = &[
             ("fa_size", offset_of!(FileAttr, fa_size)),
         ],
     ),
+    ("dm_xstat_t", size_of::<XStat>(), &[("dx_attrdata", offset_of!(XStat, dx_attrdata))]),
     ("dm_region_t", size_of::<Region>(), &[("rg_size", 8), ("rg_flags", 16)]),
     ("dm_extent_t", size_of::<Extent>(), &[("ex_offset", 8), ("ex_length", 16)]),
     ("dm_dispinfo_t", size_of::<DispInfo>(), &[("di_fshandle", 8), ("di_eventset", 16)]),
@@ -199,6 +208,7 @@ const _: () = assert!(offset_of!(Stat, dt_dev) == 56);
 const _: () = assert!(offset_of!(Stat, dt_size) == 104);
 const _: () = assert!(offset_of!(Stat, dt_blocks) == 144);
 const _: () = assert!(offset_of!(Stat, xfs_igen) == 164);
+const _: () = assert!(size_of::<XStat>() == 192);
 const _: () = assert!(size_of::<FileAttr>() == 64);
 const _: () = assert!(offset_of!(FileAttr, fa_atime) == 16);
 const _: () = assert!(offset_of!(FileAttr, fa_size) == 56);

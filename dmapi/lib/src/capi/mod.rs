@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use dmapi::types::{
     dm_at, DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventSet,
-    EventType, ExtentType, FsId, HandleKind, DM_ATTR_NAME_SIZE, DM_MAX_HANDLE_SIZE, DM_RR_WAIT, DM_SESSION_INFO_LEN,
+    EventType, ExtentType, FsId, HandleKind, DM_ATTR_NAME_SIZE, DM_MAX_ATTR_ON_DESTROY, DM_MAX_HANDLE_SIZE,
+    DM_MAX_MESSAGE_DATA, DM_RR_WAIT, DM_SESSION_INFO_LEN,
 };
 use dmapi::{DmError, DmResult};
 use zerocopy::IntoBytes;
@@ -82,8 +83,16 @@ fn events_to_set(set: u64, maxevent: c_uint) -> DmResult<EventSet> {
     if maxevent as usize > EventType::ALL.len() {
         return Err(DmError::Inval("maxevent beyond DM_EVENT_MAX"));
     }
-    let mask = if maxevent >= 64 { u64::MAX } else { (1u64 << maxevent) - 1 };
-    Ok(EventSet(set & mask))
+    Ok(EventSet(set & below(maxevent)))
+}
+
+/// The event numbers below `n`, as a set.
+fn below(n: c_uint) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
 }
 
 fn attr_name(n: &[u8; DM_ATTR_NAME_SIZE]) -> DmResult<Vec<u8>> {
@@ -335,6 +344,19 @@ fn put_bytes(src: &[u8], buflen: usize, buf: Buf, rlen: Out<usize>) -> DmResult<
     buf.write(src)
 }
 
+/// An event buffer the daemon built for `buflen` to the caller; its E2BIG
+/// (the first message's length) to `*rlenp` too.
+fn chain_out(r: DmResult<Vec<u8>>, buflen: usize, bufp: *mut c_void, rlen: Out<usize>) -> DmResult<()> {
+    match r {
+        Ok(b) => put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen),
+        Err(DmError::TooBig { needed }) => {
+            rlen.set(needed)?;
+            Err(DmError::TooBig { needed })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Copies `items` into the caller's array of `nelem`, `*nelemp` = how many there
 /// are; `E2BIG` if they do not fit.
 fn put_array<T: IntoBytes + zerocopy::Immutable>(items: &[T], nelem: c_uint, buf: Buf, n: Out<c_uint>) -> DmResult<()> {
@@ -410,15 +432,8 @@ pub extern "C" fn dm_get_events(
 ) -> c_int {
     ffi::call(-1, || {
         let rlen = Out::new(rlenp)?;
-        match with_dm(|dm| dm.dm_get_events(session(sid), maxmsgs, flags, buflen)) {
-            Ok(b) => put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen)?,
-            Err(DmError::TooBig { needed }) => {
-                rlen.set(needed)?;
-                return Err(DmError::TooBig { needed });
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(0)
+        let r = with_dm(|dm| dm.dm_get_events(session(sid), maxmsgs, flags, buflen));
+        chain_out(r, buflen, bufp, rlen).map(|_| 0)
     })
 }
 
@@ -460,15 +475,8 @@ pub extern "C" fn dm_move_event(srcsid: Sid, token: Tok, targetsid: Sid, rtokenp
 pub extern "C" fn dm_find_eventmsg(sid: Sid, token: Tok, buflen: usize, bufp: *mut c_void, rlenp: *mut usize) -> c_int {
     ffi::call(-1, || {
         let rlen = Out::new(rlenp)?;
-        match with_dm(|dm| dm.dm_find_eventmsg(session(sid), self::token(token), buflen)) {
-            Ok(b) => put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen)?,
-            Err(DmError::TooBig { needed }) => {
-                rlen.set(needed)?;
-                return Err(DmError::TooBig { needed });
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(0)
+        let r = with_dm(|dm| dm.dm_find_eventmsg(session(sid), self::token(token), buflen));
+        chain_out(r, buflen, bufp, rlen).map(|_| 0)
     })
 }
 
@@ -502,6 +510,22 @@ pub extern "C" fn dm_send_msg(targetsid: Sid, msgtype: c_int, buflen: usize, buf
     })
 }
 
+/// `dm_set_disp` and `dm_set_eventlist`: an event set for a handle.
+fn set_events(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    eventsetp: *mut u64,
+    maxevent: c_uint,
+    f: fn(&Dm, DmSessId, &DmHandle, EventSet) -> DmResult<()>,
+) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        let set = events_to_set(ffi::value_in(eventsetp)?, maxevent)?;
+        with_dm(|dm| f(dm, session(sid), &h, set)).map(|_| 0)
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn dm_set_disp(
     sid: Sid,
@@ -511,12 +535,8 @@ pub extern "C" fn dm_set_disp(
     eventsetp: *mut u64,
     maxevent: c_uint,
 ) -> c_int {
-    ffi::call(-1, || {
-        let h = ffi::handle_in(hanp, hlen)?;
-        let set = events_to_set(ffi::value_in(eventsetp)?, maxevent)?;
-        let _ = token;
-        with_dm(|dm| dm.dm_set_disp(session(sid), &h, set)).map(|_| 0)
-    })
+    let _ = token;
+    set_events(sid, hanp, hlen, eventsetp, maxevent, Dm::dm_set_disp)
 }
 
 #[no_mangle]
@@ -537,12 +557,8 @@ pub extern "C" fn dm_set_eventlist(
     eventsetp: *mut u64,
     maxevent: c_uint,
 ) -> c_int {
-    ffi::call(-1, || {
-        let h = ffi::handle_in(hanp, hlen)?;
-        let set = events_to_set(ffi::value_in(eventsetp)?, maxevent)?;
-        let _ = token;
-        with_dm(|dm| dm.dm_set_eventlist(session(sid), &h, set)).map(|_| 0)
-    })
+    let _ = token;
+    set_events(sid, hanp, hlen, eventsetp, maxevent, Dm::dm_set_eventlist)
 }
 
 #[no_mangle]
@@ -561,7 +577,7 @@ pub extern "C" fn dm_get_eventlist(
         let _ = token;
         let set = with_dm(|dm| dm.dm_get_eventlist(session(sid), &h))?;
         // nelem bounds the event numbers reported, as SGI's library does.
-        let mask = if nelem >= 64 { u64::MAX } else { (1u64 << nelem) - 1 };
+        let mask = below(nelem);
         set_out.set(set.0 & mask)?;
         n_out.set(nelem.min(EventType::ALL.len() as c_uint))?;
         Ok(0)
@@ -721,6 +737,20 @@ pub extern "C" fn dm_make_fshandle(fsidp: *mut u64, hanpp: *mut *mut c_void, hle
 }
 
 // ---- file functions ----
+
+/// A call on `(hanp, hlen)` under `token` with nothing to return.
+fn handle_call(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    token: Tok,
+    f: fn(&Dm, DmSessId, &DmHandle, DmToken) -> DmResult<()>,
+) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        with_dm(|dm| f(dm, session(sid), &h, self::token(token))).map(|_| 0)
+    })
+}
 
 #[no_mangle]
 pub extern "C" fn dm_get_fileattr(
@@ -883,10 +913,7 @@ pub extern "C" fn dm_write_invis(
 
 #[no_mangle]
 pub extern "C" fn dm_sync_by_handle(sid: Sid, hanp: *mut c_void, hlen: usize, token: Tok) -> c_int {
-    ffi::call(-1, || {
-        let h = ffi::handle_in(hanp, hlen)?;
-        with_dm(|dm| dm.dm_sync_by_handle(session(sid), &h, self::token(token))).map(|_| 0)
-    })
+    handle_call(sid, hanp, hlen, token, Dm::dm_sync_by_handle)
 }
 
 #[no_mangle]
@@ -1092,26 +1119,17 @@ pub extern "C" fn dm_request_right(
 
 #[no_mangle]
 pub extern "C" fn dm_release_right(sid: Sid, hanp: *mut c_void, hlen: usize, token: Tok) -> c_int {
-    ffi::call(-1, || {
-        let h = ffi::handle_in(hanp, hlen)?;
-        with_dm(|dm| dm.dm_release_right(session(sid), &h, self::token(token))).map(|_| 0)
-    })
+    handle_call(sid, hanp, hlen, token, Dm::dm_release_right)
 }
 
 #[no_mangle]
 pub extern "C" fn dm_upgrade_right(sid: Sid, hanp: *mut c_void, hlen: usize, token: Tok) -> c_int {
-    ffi::call(-1, || {
-        let h = ffi::handle_in(hanp, hlen)?;
-        with_dm(|dm| dm.dm_upgrade_right(session(sid), &h, self::token(token))).map(|_| 0)
-    })
+    handle_call(sid, hanp, hlen, token, Dm::dm_upgrade_right)
 }
 
 #[no_mangle]
 pub extern "C" fn dm_downgrade_right(sid: Sid, hanp: *mut c_void, hlen: usize, token: Tok) -> c_int {
-    ffi::call(-1, || {
-        let h = ffi::handle_in(hanp, hlen)?;
-        with_dm(|dm| dm.dm_downgrade_right(session(sid), &h, self::token(token))).map(|_| 0)
-    })
+    handle_call(sid, hanp, hlen, token, Dm::dm_downgrade_right)
 }
 
 #[no_mangle]
@@ -1122,5 +1140,144 @@ pub extern "C" fn dm_query_right(sid: Sid, hanp: *mut c_void, hlen: usize, token
         let r = with_dm(|dm| dm.dm_query_right(session(sid), &h, self::token(token)))?;
         out.set(right_value(r))?;
         Ok(0)
+    })
+}
+
+// ---- configuration ----
+
+/// `dm_get_config`: what this implementation really does; the limits of a
+/// file's DM block come from its file system (its block size).
+fn config_value(h: &DmHandle, flag: c_int) -> DmResult<u64> {
+    let limits = || {
+        if h.kind() == HandleKind::Global {
+            return Err(DmError::BadF("the global handle names no file system"));
+        }
+        with_dm(|dm| dm.fs_limits(h))
+    };
+    Ok(match flag {
+        // DM_CONFIG_BULKALL, _DTIME_OVERLOAD (dt_dtime is the ctime), _LEGACY,
+        // _LOCK_UPGRADE, _PENDING, _PERS_ATTRIBUTES, _PERS_EVENTS,
+        // _PERS_MANAGED_REGIONS, _PUNCH_HOLE, _WILL_RETRY (a nospace
+        // event's CONTINUE retries the write)
+        1 | 3 | 4 | 5 | 12 | 13 | 14 | 16 | 17 | 19 => 1,
+        // DM_CONFIG_OBJ_REF
+        11 => 1,
+        // DM_CONFIG_CREATE_BY_HANDLE, _PERS_INHERIT_ATTRIBS: not yet
+        2 | 15 => 0,
+        6 => DM_MAX_ATTR_ON_DESTROY as u64,
+        7 => limits()?.max_attribute_size,
+        8 => DM_MAX_HANDLE_SIZE as u64,
+        9 => limits()?.max_managed_regions,
+        10 => DM_MAX_MESSAGE_DATA as u64,
+        18 => limits()?.total_attribute_space,
+        _ => return Err(DmError::Inval("unknown dm_config_t")),
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn dm_get_config(hanp: *mut c_void, hlen: usize, flagname: c_int, retvalp: *mut u64) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        let out = Out::new(retvalp)?;
+        out.set(config_value(&h, flagname)?)?;
+        Ok(0)
+    })
+}
+
+/// The events Tidepool generates: every XDSM event but debut.
+fn config_events() -> EventSet {
+    EventType::ALL.iter().copied().filter(|t| *t != EventType::Debut).collect()
+}
+
+#[no_mangle]
+pub extern "C" fn dm_get_config_events(
+    hanp: *mut c_void,
+    hlen: usize,
+    nelem: c_uint,
+    eventsetp: *mut u64,
+    nelemp: *mut c_uint,
+) -> c_int {
+    ffi::call(-1, || {
+        ffi::handle_in(hanp, hlen)?;
+        let (set_out, n_out) = (Out::new(eventsetp)?, Out::new(nelemp)?);
+        let mask = below(nelem);
+        set_out.set(config_events().0 & mask)?;
+        n_out.set(nelem.min(EventType::ALL.len() as c_uint))?;
+        Ok(0)
+    })
+}
+
+/// `dm_xstat_t` records: a `dm_stat_t`, then the handle and the DM attribute's value.
+fn encode_xstats(stats: &[(DmStat, Option<Vec<u8>>)]) -> Vec<u8> {
+    let mut c = Chain::new();
+    for (st, attr) in stats {
+        let rec = layout::XStat { stat: stat_record(st), dx_attrdata: VarData::default() };
+        let h = st.handle.map(|h| h.as_bytes().to_vec()).unwrap_or_default();
+        let value = attr.clone().unwrap_or_default();
+        c.push(rec.as_bytes(), &[&h, &value], |head, offs| {
+            let mut r = rec;
+            r.stat.dt_handle = vardata(offs[0]);
+            // No such attribute on the file: an empty value.
+            r.dx_attrdata = if attr.is_some() { vardata(offs[1]) } else { VarData::default() };
+            head.copy_from_slice(r.as_bytes());
+        });
+    }
+    c.buf
+}
+
+#[no_mangle]
+pub extern "C" fn dm_get_bulkall(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    token: Tok,
+    mask: c_uint,
+    attrnamep: *mut DmAttrName,
+    locp: *mut i64,
+    buflen: usize,
+    bufp: *mut c_void,
+    rlenp: *mut usize,
+) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        let name = attr_name(&ffi::value_in(attrnamep)?.an_chars)?;
+        let _ = (token, mask);
+        let cookie = ffi::value_in(locp)? as u64;
+        let (loc, rlen) = (Out::new(locp)?, Out::new(rlenp)?);
+        // The largest record: the handle and the largest value a file can carry.
+        let most = with_dm(|dm| dm.fs_limits(&h))?.max_attribute_size as usize;
+        let per = Chain::record_len(std::mem::size_of::<layout::XStat>(), &[DM_MAX_HANDLE_SIZE, most]);
+        let max = (buflen / per) as u32;
+        if max == 0 {
+            rlen.set(per)?;
+            return Err(DmError::TooBig { needed: per });
+        }
+        let (stats, next) = with_dm(|dm| dm.dm_get_bulkall(session(sid), &h, &name, cookie, max))?;
+        let b = encode_xstats(&stats);
+        put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen)?;
+        loc.set(next as i64)?;
+        Ok((next != 0) as c_int)
+    })
+}
+
+// ---- object references ----
+
+#[no_mangle]
+pub extern "C" fn dm_obj_ref_hold(sid: Sid, token: Tok, hanp: *mut c_void, hlen: usize) -> c_int {
+    handle_call(sid, hanp, hlen, token, |dm, s, h, t| dm.dm_obj_ref_hold(s, t, h))
+}
+
+#[no_mangle]
+pub extern "C" fn dm_obj_ref_rele(sid: Sid, token: Tok, hanp: *mut c_void, hlen: usize) -> c_int {
+    handle_call(sid, hanp, hlen, token, |dm, s, h, t| dm.dm_obj_ref_rele(s, t, h))
+}
+
+/// `DM_TRUE` if the token holds a reference on the object, `DM_FALSE` if
+/// not, -1 on error.
+#[no_mangle]
+pub extern "C" fn dm_obj_ref_query(sid: Sid, token: Tok, hanp: *mut c_void, hlen: usize) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        with_dm(|dm| dm.dm_obj_ref_query(session(sid), self::token(token), &h)).map(c_int::from)
     })
 }
