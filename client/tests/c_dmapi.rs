@@ -232,6 +232,7 @@ fn c_program_file_functions_handles_scans_and_config() {
     };
     let (e2big, einval) = (libc::E2BIG.to_string(), libc::EINVAL.to_string());
 
+    assert_eq!(line("FORK"), "FORK child=0 parent_bad=0", "a forked child's calls do not mix with its parent's");
     let l = line("HANDLE");
     for (k, v) in [("fsid", "1"), ("same", "1"), ("fs_same", "1"), ("hash_same", "1"), ("valid", "1")] {
         assert_eq!(field(&l, k), v, "{k}: {l}");

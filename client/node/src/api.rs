@@ -118,10 +118,13 @@ impl Park {
         if node.dm.engine().unpark(self.sid, self.id) {
             return true;
         }
+        // Bounded: a waiter dropped uncalled (it should not be) must not
+        // hang this connection for ever.
         let (m, cv) = &*self.answered;
         let mut done = m.lock();
-        while !*done {
-            cv.wait(&mut done);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !*done && Instant::now() < until {
+            cv.wait_until(&mut done, until);
         }
         false
     }

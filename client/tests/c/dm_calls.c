@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MUST(call) do { if ((call) != 0) { printf("FAILED %s errno=%d (%s)\n", #call, errno, strerror(errno)); exit(1); } } while (0)
@@ -38,6 +39,31 @@ int main(int argc, char **argv)
 		DMEV_SET(DM_EVENT_DESTROY, set);
 		MUST(dm_set_disp(sid, fsh, fshlen, DM_NO_TOKEN, &set, DM_EVENT_MAX));
 		MUST(dm_set_eventlist(sid, fsh, fshlen, DM_NO_TOKEN, &set, DM_EVENT_MAX));
+	}
+
+	/* A forked child gets a connection of its own: its calls and the
+	   parent's do not mix. */
+	{
+		pid_t kid;
+		int status, bad = 0;
+		char info[64];
+		dm_sessid_t sids[64];
+		unsigned int n;
+
+		/* Both sides call at once, different calls: on one shared socket
+		   answers would cross. */
+		MUST(dm_query_session(sid, sizeof info, info, &rlen));
+		kid = fork();
+		if (kid == 0) {
+			for (int i = 0; i < 500; i++)
+				if (dm_query_session(sid, sizeof info, info, &rlen) != 0 || strcmp(info, "c-calls"))
+					_exit(1);
+			_exit(0);
+		}
+		for (int i = 0; i < 500; i++)
+			bad += dm_getall_sessions(64, sids, &n) != 0;
+		waitpid(kid, &status, 0);
+		printf("FORK child=%d parent_bad=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1, bad);
 	}
 
 	/* Handles: the pieces, made again, compared, hashed. */

@@ -39,7 +39,9 @@ const DM_WRITE_SYNC: c_int = 0x1;
 pub const VERSION: &std::ffi::CStr = c"SGI DMAPI (XDSM) API, Release 1.0. Tidepool libdmapi.";
 
 thread_local! {
-    static CONN: RefCell<Option<Dm>> = const { RefCell::new(None) };
+    /// This thread's connection, and the process it was opened in: a forked
+    /// child must not share its parent's (their calls and answers would mix).
+    static CONN: RefCell<Option<(u32, Dm)>> = const { RefCell::new(None) };
 }
 
 /// The node daemon's DM socket: `$TIDEPOOL_DM_SOCKET`, else the node
@@ -52,13 +54,14 @@ pub fn socket_path() -> DmResult<PathBuf> {
 fn with_dm<T>(f: impl FnOnce(&Dm) -> DmResult<T>) -> DmResult<T> {
     CONN.with(|c| {
         let mut c = c.borrow_mut();
-        if c.is_none() {
+        let me = std::process::id();
+        if c.as_ref().is_none_or(|(pid, _)| *pid != me) {
             let path = socket_path()?;
             let dm = Dm::connect(&path).map_err(|e| no_daemon(&path, &e))?;
-            *c = Some(dm);
+            *c = Some((me, dm));
         }
         match c.as_ref() {
-            Some(dm) => f(dm),
+            Some((_, dm)) => f(dm),
             None => Err(DmError::Io("no connection".into())),
         }
     })
