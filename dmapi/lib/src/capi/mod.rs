@@ -17,7 +17,7 @@ mod ffi;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use dmapi::types::{
@@ -44,19 +44,13 @@ thread_local! {
     static CONN: RefCell<Option<(u32, Dm)>> = const { RefCell::new(None) };
 }
 
-/// The node daemon's DM socket: `$TIDEPOOL_DM_SOCKET`, else the node
-/// configuration's (`$TIDEPOOL_NODE_CONFIG`, else `/etc/tidepool/node.toml`).
-pub fn socket_path() -> DmResult<PathBuf> {
-    crate::default_socket()
-}
-
 /// Runs `f` with this thread's connection, opening it first if needed.
 fn with_dm<T>(f: impl FnOnce(&Dm) -> DmResult<T>) -> DmResult<T> {
     CONN.with(|c| {
         let mut c = c.borrow_mut();
         let me = std::process::id();
         if c.as_ref().is_none_or(|(pid, _)| *pid != me) {
-            let path = socket_path()?;
+            let path = crate::default_socket()?;
             let dm = Dm::connect(&path).map_err(|e| no_daemon(&path, &e))?;
             *c = Some((me, dm));
         }
@@ -205,10 +199,6 @@ fn stat_record_max(with_name: bool) -> usize {
     Chain::record_len(std::mem::size_of::<Stat>(), tails)
 }
 
-fn extent_type(t: ExtentType) -> u32 {
-    t as u32
-}
-
 // ---- sessions and events ----
 
 fn init_service() -> DmResult<()> {
@@ -331,11 +321,23 @@ fn region_c(r: &DmRegion) -> Region {
 }
 
 fn extent_c(off: u64, len: u64, t: ExtentType) -> Extent {
-    Extent { ex_type: extent_type(t), ex_pad1: 0, ex_offset: off as i64, ex_length: len }
+    Extent { ex_type: t as u32, ex_pad1: 0, ex_offset: off as i64, ex_length: len }
 }
 
-fn fs_of(h: &DmHandle) -> DmHandle {
-    DmHandle::fs(h.fsid())
+/// The file system a handle is on (the global handle is on none).
+fn fs_id(h: &DmHandle) -> DmResult<FsId> {
+    if h.kind() == HandleKind::Global {
+        return Err(DmError::BadF("the global handle has no file system"));
+    }
+    Ok(h.fsid())
+}
+
+/// An event set cut to the event numbers below `nelem` into `*eventsetp`,
+/// and into `*nelemp` how many event numbers it speaks of (SGI's library).
+fn put_eventset(set: EventSet, nelem: c_uint, eventsetp: *mut u64, nelemp: *mut c_uint) -> DmResult<()> {
+    let (set_out, n_out) = (Out::new(eventsetp)?, Out::new(nelemp)?);
+    set_out.set(set.0 & below(nelem))?;
+    n_out.set(nelem.min(EventType::ALL.len() as c_uint))
 }
 
 /// Output helpers the shims share.
@@ -576,14 +578,12 @@ pub extern "C" fn dm_get_eventlist(
 ) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
-        let (set_out, n_out) = (Out::new(eventsetp)?, Out::new(nelemp)?);
+        // Checked before the call changes anything.
+        Out::new(eventsetp)?;
+        Out::new(nelemp)?;
         let _ = token;
         let set = with_dm(|dm| dm.dm_get_eventlist(session(sid), &h))?;
-        // nelem bounds the event numbers reported, as SGI's library does.
-        let mask = below(nelem);
-        set_out.set(set.0 & mask)?;
-        n_out.set(nelem.min(EventType::ALL.len() as c_uint))?;
-        Ok(0)
+        put_eventset(set, nelem, eventsetp, nelemp).map(|_| 0)
     })
 }
 
@@ -678,10 +678,7 @@ pub extern "C" fn dm_handle_to_fshandle(
 ) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
-        if h.kind() == HandleKind::Global {
-            return Err(DmError::BadF("the global handle has no file system"));
-        }
-        ffi::handle_out(&fs_of(&h), fshanpp, fshlenp)?;
+        ffi::handle_out(&DmHandle::fs(fs_id(&h)?), fshanpp, fshlenp)?;
         Ok(0)
     })
 }
@@ -690,10 +687,7 @@ pub extern "C" fn dm_handle_to_fshandle(
 pub extern "C" fn dm_handle_to_fsid(hanp: *mut c_void, hlen: usize, fsidp: *mut u64) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
-        if h.kind() == HandleKind::Global {
-            return Err(DmError::BadF("the global handle has no file system"));
-        }
-        Out::new(fsidp)?.set(h.fsid().0)?;
+        Out::new(fsidp)?.set(fs_id(&h)?.0)?;
         Ok(0)
     })
 }
@@ -806,29 +800,42 @@ pub extern "C" fn dm_init_attrloc(sid: Sid, hanp: *mut c_void, hlen: usize, toke
     })
 }
 
-/// The bulk scans: records of at most `buflen` bytes from `*locp`; 1 when more
-/// remain, 0 at the end.
+/// The bulk scans: as many records (each at most `per` bytes) as `buflen`
+/// surely holds, from the cookie in `*locp`; `fetch(cookie, max)` gets them,
+/// encoded, with the next cookie. 1 when more remain, 0 at the end.
 fn scan(
-    with_name: bool,
+    per: usize,
     locp: *mut i64,
     buflen: usize,
     bufp: *mut c_void,
     rlenp: *mut usize,
-    f: impl FnOnce(u64, u32) -> DmResult<(Vec<DmStat>, u64)>,
+    fetch: impl FnOnce(u64, u32) -> DmResult<(Vec<u8>, u64)>,
 ) -> DmResult<c_int> {
     let cookie = ffi::value_in(locp)? as u64;
     let (loc, rlen) = (Out::new(locp)?, Out::new(rlenp)?);
-    let per = stat_record_max(with_name);
     let max = (buflen / per) as u32;
     if max == 0 {
         rlen.set(per)?;
         return Err(DmError::TooBig { needed: per });
     }
-    let (stats, next) = f(cookie, max)?;
-    let b = encode_stats(&stats, with_name);
+    let (b, next) = fetch(cookie, max)?;
     put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen)?;
     loc.set(next as i64)?;
     Ok((next != 0) as c_int)
+}
+
+/// [`scan`] of `dm_stat_t` records.
+fn scan_stats(
+    with_name: bool,
+    locp: *mut i64,
+    buflen: usize,
+    bufp: *mut c_void,
+    rlenp: *mut usize,
+    fetch: impl FnOnce(u64, u32) -> DmResult<(Vec<DmStat>, u64)>,
+) -> DmResult<c_int> {
+    scan(stat_record_max(with_name), locp, buflen, bufp, rlenp, |c, m| {
+        fetch(c, m).map(|(stats, next)| (encode_stats(&stats, with_name), next))
+    })
 }
 
 #[no_mangle]
@@ -846,7 +853,7 @@ pub extern "C" fn dm_get_bulkattr(
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         let _ = (token, mask);
-        scan(false, locp, buflen, bufp, rlenp, |c, m| with_dm(|dm| dm.dm_get_bulkattr(session(sid), &h, c, m)))
+        scan_stats(false, locp, buflen, bufp, rlenp, |c, m| with_dm(|dm| dm.dm_get_bulkattr(session(sid), &h, c, m)))
     })
 }
 
@@ -865,7 +872,7 @@ pub extern "C" fn dm_get_dirattrs(
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         let _ = mask;
-        scan(true, locp, buflen, bufp, rlenp, |c, m| {
+        scan_stats(true, locp, buflen, bufp, rlenp, |c, m| {
             with_dm(|dm| dm.dm_get_dirattrs(session(sid), &h, self::token(token), c, m))
         })
     })
@@ -1151,12 +1158,8 @@ pub extern "C" fn dm_query_right(sid: Sid, hanp: *mut c_void, hlen: usize, token
 /// `dm_get_config`: what this implementation really does; the limits of a
 /// file's DM block come from its file system (its block size).
 fn config_value(h: &DmHandle, flag: c_int) -> DmResult<u64> {
-    let limits = || {
-        if h.kind() == HandleKind::Global {
-            return Err(DmError::BadF("the global handle names no file system"));
-        }
-        with_dm(|dm| dm.fs_limits(h))
-    };
+    // The daemon refuses the global handle (EBADF).
+    let limits = || with_dm(|dm| dm.fs_limits(h));
     Ok(match flag {
         // DM_CONFIG_BULKALL, _DTIME_OVERLOAD (dt_dtime is the ctime), _LEGACY,
         // _LOCK_UPGRADE, _PENDING, _PERS_ATTRIBUTES, _PERS_EVENTS,
@@ -1202,11 +1205,7 @@ pub extern "C" fn dm_get_config_events(
 ) -> c_int {
     ffi::call(-1, || {
         ffi::handle_in(hanp, hlen)?;
-        let (set_out, n_out) = (Out::new(eventsetp)?, Out::new(nelemp)?);
-        let mask = below(nelem);
-        set_out.set(config_events().0 & mask)?;
-        n_out.set(nelem.min(EventType::ALL.len() as c_uint))?;
-        Ok(0)
+        put_eventset(config_events(), nelem, eventsetp, nelemp).map(|_| 0)
     })
 }
 
@@ -1245,21 +1244,13 @@ pub extern "C" fn dm_get_bulkall(
         let h = ffi::handle_in(hanp, hlen)?;
         let name = attr_name(&ffi::value_in(attrnamep)?.an_chars)?;
         let _ = (token, mask);
-        let cookie = ffi::value_in(locp)? as u64;
-        let (loc, rlen) = (Out::new(locp)?, Out::new(rlenp)?);
         // The largest record: the handle and the largest value a file can carry.
         let most = with_dm(|dm| dm.fs_limits(&h))?.max_attribute_size as usize;
         let per = Chain::record_len(std::mem::size_of::<layout::XStat>(), &[DM_MAX_HANDLE_SIZE, most]);
-        let max = (buflen / per) as u32;
-        if max == 0 {
-            rlen.set(per)?;
-            return Err(DmError::TooBig { needed: per });
-        }
-        let (stats, next) = with_dm(|dm| dm.dm_get_bulkall(session(sid), &h, &name, cookie, max))?;
-        let b = encode_xstats(&stats);
-        put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen)?;
-        loc.set(next as i64)?;
-        Ok((next != 0) as c_int)
+        scan(per, locp, buflen, bufp, rlenp, |c, m| {
+            let (stats, next) = with_dm(|dm| dm.dm_get_bulkall(session(sid), &h, &name, c, m))?;
+            Ok((encode_xstats(&stats), next))
+        })
     })
 }
 
