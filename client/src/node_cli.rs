@@ -378,10 +378,10 @@ pub fn dm(a: DmArgs) -> anyhow::Result<()> {
 
 fn set_disp(dm: &Dm, sid: DmSessId, fs: FsId, set: EventSet, eventlist: bool) -> anyhow::Result<()> {
     let h = DmHandle::fs(fs);
-    dm.dm_set_disp(sid, &h, set)?;
+    dm.dm_set_disp(sid, &h, dmapi::types::DM_NO_TOKEN, set)?;
     if eventlist {
-        let cur = dm.dm_get_eventlist(sid, &h).unwrap_or(EventSet::EMPTY);
-        dm.dm_set_eventlist(sid, &h, EventSet(cur.0 | set.0))?;
+        let cur = dm.dm_get_eventlist(sid, &h, dmapi::types::DM_NO_TOKEN).unwrap_or(EventSet::EMPTY);
+        dm.dm_set_eventlist(sid, &h, dmapi::types::DM_NO_TOKEN, EventSet(cur.0 | set.0))?;
     }
     Ok(())
 }
@@ -422,7 +422,13 @@ fn listen(dm: &Dm, l: ListenArgs) -> anyhow::Result<()> {
         set_disp(dm, sid, FsId(l.fs), parse_events(ev)?, true)?;
     }
     if let Some(name) = &l.return_on_destroy {
-        dm.dm_set_return_on_destroy(sid, &DmHandle::fs(FsId(l.fs)), DmAttrName::new(name.as_bytes())?, true)?;
+        dm.dm_set_return_on_destroy(
+            sid,
+            &DmHandle::fs(FsId(l.fs)),
+            dmapi::types::DM_NO_TOKEN,
+            DmAttrName::new(name.as_bytes())?,
+            true,
+        )?;
     }
     if l.quiet {
         // The count is all a quiet listener says; SIGTERM makes it say it.

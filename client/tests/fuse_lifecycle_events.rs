@@ -70,12 +70,12 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     use EventType::*;
     let disp: EventSet =
         [Mount, Preunmount, Unmount, Attribute, Close, Destroy, Remove, Read, Link, Postlink].into_iter().collect();
-    api.dm_set_disp(sid, &fs, disp).unwrap();
+    api.dm_set_disp(sid, &fs, DM_NO_TOKEN, disp).unwrap();
     // Read is disposed but not in the file system's event list: only files
     // whose own event list has it raise it.
     let fs_list: EventSet = disp.iter().filter(|t| *t != Read).collect();
-    api.dm_set_eventlist(sid, &fs, fs_list).unwrap();
-    api.dm_set_return_on_destroy(sid, &fs, DmAttrName::new(b"hsm").unwrap(), true).unwrap();
+    api.dm_set_eventlist(sid, &fs, DM_NO_TOKEN, fs_list).unwrap();
+    api.dm_set_return_on_destroy(sid, &fs, DM_NO_TOKEN, DmAttrName::new(b"hsm").unwrap(), true).unwrap();
     for ev in ["mount", "destroy", "close"] {
         c.driver(4, &["wait-route", "--event", ev, "--node", "3"]);
     }
@@ -158,8 +158,9 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     // that symlinks raise nothing, sees the change and raises them.
     std::os::unix::fs::symlink("f", mnt.path().join("before")).unwrap();
     let with_symlink = EventSet(disp.0 | EventSet::from_iter([Symlink, Postsymlink]).0);
-    api.dm_set_disp(sid, &fs, with_symlink).unwrap();
-    api.dm_set_eventlist(sid, &fs, EventSet(fs_list.0 | with_symlink.0 & !EventSet::from_iter([Read]).0)).unwrap();
+    api.dm_set_disp(sid, &fs, DM_NO_TOKEN, with_symlink).unwrap();
+    api.dm_set_eventlist(sid, &fs, DM_NO_TOKEN, EventSet(fs_list.0 | with_symlink.0 & !EventSet::from_iter([Read]).0))
+        .unwrap();
     c.driver(4, &["wait-route", "--event", "symlink", "--node", "3"]);
     std::os::unix::fs::symlink("f", mnt.path().join("after")).unwrap();
     let sl = evs.wait("symlink", |e| e.ev_type == Symlink);
@@ -173,8 +174,8 @@ fn a_files_and_a_mounts_life_raise_their_events() {
     // file functions go through B's channel (the path is on B's mount), with
     // the session on A.
     let h = api_b.dm_path_to_handle(&f).unwrap();
-    api_b.dm_set_eventlist(sid, &h, [Read].into_iter().collect()).unwrap();
-    assert_eq!(api_b.dm_get_eventlist(sid, &h).unwrap(), [Read].into_iter().collect());
+    api_b.dm_set_eventlist(sid, &h, DM_NO_TOKEN, [Read].into_iter().collect()).unwrap();
+    assert_eq!(api_b.dm_get_eventlist(sid, &h, DM_NO_TOKEN).unwrap(), [Read].into_iter().collect());
     api_b.dm_set_dmattr(sid, &h, DM_NO_TOKEN, b"hsm", b"obj-7").unwrap();
     assert_eq!(std::fs::read(&g).unwrap(), b"other");
     assert_eq!(std::fs::read(&f).unwrap(), b"precious bytes");

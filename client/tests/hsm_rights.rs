@@ -16,7 +16,7 @@ use common::standard_with_mounts;
 use dmapi::event::EventBody;
 use dmapi::types::{
     dm_region, DmHandle, DmRegion, DmResponse, DmRight, DmSessId, EventSet, EventType, ExtentType, FsId, DM_EV_WAIT,
-    DM_NO_TOKEN,
+    DM_NO_TOKEN, DM_RR_WAIT,
 };
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
@@ -33,8 +33,8 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     let api_a = libdmapi::Dm::connect(c.socket(3)).unwrap();
     let sid: DmSessId = api_a.dm_create_session(DmSessId(0), b"hsm").unwrap();
     let set: EventSet = [EventType::Read, EventType::Write, EventType::Truncate].into_iter().collect();
-    api_a.dm_set_disp(sid, &DmHandle::fs(FsId(1)), set).unwrap();
-    api_a.dm_set_eventlist(sid, &DmHandle::fs(FsId(1)), set).unwrap();
+    api_a.dm_set_disp(sid, &DmHandle::fs(FsId(1)), DM_NO_TOKEN, set).unwrap();
+    api_a.dm_set_eventlist(sid, &DmHandle::fs(FsId(1)), DM_NO_TOKEN, set).unwrap();
     c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
 
     let hsm = &api_a;
@@ -80,10 +80,10 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "READ 4096", "as root: {o:?}");
     // Rights are held by a token: the HSM's own work gets one from a user
     // event (XDSM), and answering that event gives its rights back.
-    assert_eq!(hsm.dm_request_right(sid, &h, nt, DmRight::Excl).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(hsm.dm_request_right(sid, &h, nt, DM_RR_WAIT, DmRight::Excl).unwrap_err().errno(), libc::EINVAL);
     let ut = hsm.dm_create_userevent(sid, b"migrate").unwrap();
     assert_eq!(hsm.dm_punch_hole(sid, &h, ut, 0, 0).unwrap_err().errno(), libc::EACCES, "punching needs the right");
-    hsm.dm_request_right(sid, &h, ut, DmRight::Excl).unwrap();
+    hsm.dm_request_right(sid, &h, ut, DM_RR_WAIT, DmRight::Excl).unwrap();
     assert_eq!(hsm.dm_query_right(sid, &h, ut).unwrap(), DmRight::Excl);
     let copy = hsm.dm_read_invis(sid, &h, ut, 0, data.len() as u64).unwrap();
     assert_eq!(copy, data, "invisible read");
@@ -96,7 +96,7 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     assert!(hsm.dm_set_region(sid, &h, ut, &[DmRegion { offset: 0, size: 0, flags: rw }]).unwrap());
     hsm.dm_respond_event(sid, ut, DmResponse::Continue, &[]).unwrap();
     assert_eq!(
-        hsm.dm_request_right(sid, &h, ut, DmRight::Shared).unwrap_err().errno(),
+        hsm.dm_request_right(sid, &h, ut, DM_RR_WAIT, DmRight::Shared).unwrap_err().errno(),
         libc::EINVAL,
         "an answered token is no longer outstanding: it holds nothing"
     );
@@ -125,8 +125,11 @@ fn hsm_migrates_and_recalls_under_an_exclusive_right() {
     // Recall under an exclusive right, with the event's token: any access to
     // the file from B waits.
     let tok = ev.token;
-    assert!(hsm.dm_request_right(sid, &h, dmapi::types::DmToken(777), DmRight::Excl).is_err(), "no such token");
-    hsm.dm_request_right(sid, &h, tok, DmRight::Excl).unwrap();
+    assert!(
+        hsm.dm_request_right(sid, &h, dmapi::types::DmToken(777), DM_RR_WAIT, DmRight::Excl).is_err(),
+        "no such token"
+    );
+    hsm.dm_request_right(sid, &h, tok, DM_RR_WAIT, DmRight::Excl).unwrap();
     let (stx, srx) = mpsc::channel();
     let f3 = f.clone();
     std::thread::spawn(move || stx.send(std::fs::metadata(&f3).map(|m| m.len()).ok()).unwrap());

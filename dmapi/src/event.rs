@@ -201,9 +201,32 @@ impl DmEvent {
 
     /// Unpadded length of the class structure plus its variable data (`ev_data.vd_length`).
     fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Appends this message to `out` with `_link` 0; [`encode_chain`] links several.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let body_len = self.body_len();
+        out.resize(start + self.encoded_len(), 0);
+        let m = &mut out[start..];
+        put_i32(m, 0, 0);
+        put_i32(m, 4, self.ev_type.raw());
+        put_i32(m, 8, self.token.0);
+        put_u32(m, 12, self.sequence);
+        put_i32(m, 16, EVENTMSG_HDR_LEN as i32);
+        put_u32(m, 20, body_len as u32);
+        put_u32(m, EV_NODEID_OFFSET, self.source.0);
+        self.body.write(&mut m[EVENTMSG_HDR_LEN..]);
+    }
+}
+
+impl EventBody {
+    /// Unpadded length of the class structure plus its variable data.
+    fn len(&self) -> usize {
         let h = |h: &Option<DmHandle>| h.map_or(0, |h| align8(h.len()));
         let n = |n: &Vec<u8>| if n.is_empty() { 0 } else { align8(n.len() + 1) };
-        match &self.body {
+        match self {
             EventBody::Data { handle, .. } => DATA_EVENT_LEN + handle.len(),
             EventBody::Namespace { handle1, handle2, name1, name2, .. } => {
                 NAMESP_EVENT_LEN + h(handle1) + h(handle2) + n(name1) + n(name2)
@@ -222,22 +245,12 @@ impl DmEvent {
         }
     }
 
-    /// Appends this message to `out` with `_link` 0; [`encode_chain`] links several.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        let body_len = self.body_len();
-        out.resize(start + self.encoded_len(), 0);
-        let m = &mut out[start..];
-        put_i32(m, 0, 0);
-        put_i32(m, 4, self.ev_type.raw());
-        put_i32(m, 8, self.token.0);
-        put_u32(m, 12, self.sequence);
-        put_i32(m, 16, EVENTMSG_HDR_LEN as i32);
-        put_u32(m, 20, body_len as u32);
-        put_u32(m, EV_NODEID_OFFSET, self.source.0);
-        let b = &mut m[EVENTMSG_HDR_LEN..];
+    /// Writes the class structure and its variable data at the start of
+    /// `b` (at least [`len`](Self::len) bytes, zeroed), the `dm_vardata_t`
+    /// offsets relative to the structure, as XDSM has them.
+    fn write(&self, b: &mut [u8]) {
         let mut w = VarWriter::new(b);
-        match &self.body {
+        match self {
             EventBody::Data { handle, offset, length } => {
                 w.pos = DATA_EVENT_LEN;
                 w.vardata(0, handle.as_bytes(), false);
@@ -278,6 +291,14 @@ impl DmEvent {
                 w.buf[..data.len()].copy_from_slice(data);
             }
         }
+    }
+
+    /// The class structure with its variable data, alone: what
+    /// `dm_get_mountinfo` returns for a mount body (`dm_mount_event_t`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = vec![0u8; self.len()];
+        self.write(&mut b);
+        b
     }
 }
 
@@ -373,7 +394,17 @@ fn parse_one(m: &[u8]) -> Result<DmEvent, Malformed> {
     let sequence = get_u32(m, 12)?;
     let (off, len) = (get_i32(m, 16)?, get_u32(m, 20)?);
     let source = NodeId(get_u32(m, EV_NODEID_OFFSET)?);
-    let b = slice(m, off, len)?;
+    let body = parse_body_of(ev_type.class(), slice(m, off, len)?)?;
+    Ok(DmEvent { ev_type, source, token, sequence, body })
+}
+
+/// Parses a class structure with its variable data, such as the
+/// `dm_mount_event_t` that `dm_get_mountinfo` returns. Malformed is `EINVAL`.
+pub fn parse_body(class: EventClass, b: &[u8]) -> DmResult<EventBody> {
+    parse_body_of(class, b).map_err(|_| DmError::Inval("malformed event structure"))
+}
+
+fn parse_body_of(class: EventClass, b: &[u8]) -> Result<EventBody, Malformed> {
     let handle = |field: usize| -> Result<Option<DmHandle>, Malformed> {
         let (o, l) = (get_i32(b, field)?, get_u32(b, field + 4)?);
         if l == 0 {
@@ -392,7 +423,7 @@ fn parse_one(m: &[u8]) -> Result<DmEvent, Malformed> {
             _ => Err(Malformed),
         }
     };
-    let body = match ev_type.class() {
+    Ok(match class {
         EventClass::Data => {
             EventBody::Data { handle: handle(0)?.ok_or(Malformed)?, offset: get_i64(b, 8)?, length: get_u64(b, 16)? }
         }
@@ -424,8 +455,7 @@ fn parse_one(m: &[u8]) -> Result<DmEvent, Malformed> {
         }
         EventClass::Cancel => EventBody::Cancel { sequence: get_u32(b, 0)?, token: DmToken(get_i32(b, 4)?) },
         EventClass::User => EventBody::User { data: b.to_vec() },
-    };
-    Ok(DmEvent { ev_type, source, token, sequence, body })
+    })
 }
 
 fn slice(b: &[u8], off: i32, len: u32) -> Result<&[u8], Malformed> {

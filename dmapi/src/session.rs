@@ -32,7 +32,7 @@
 //! assert!(sent.lock().unwrap().iter().any(|o| matches!(o, Outbound::Response { to: NodeId(2), .. })));
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -295,6 +295,10 @@ pub struct SessionEngine {
     cfg: SessionConfig,
     sessions: RwLock<HashMap<DmSessId, Arc<Session>>>,
     remote: RwLock<HashMap<DmSessId, (NodeId, Vec<u8>)>>,
+    /// Sessions destroyed here whose destruction the session manager has not
+    /// echoed yet: its echo of their creation, arriving late, must not bring
+    /// them back as sessions of a restart.
+    destroyed_here: Mutex<HashSet<DmSessId>>,
     next_sid: AtomicU32,
     next_token: AtomicI32,
     shutdown: AtomicBool,
@@ -322,6 +326,7 @@ impl SessionEngine {
             cfg,
             sessions: RwLock::new(HashMap::new()),
             remote: RwLock::new(HashMap::new()),
+            destroyed_here: Mutex::new(HashSet::new()),
             next_sid: AtomicU32::new(1),
             next_token: AtomicI32::new(1),
             shutdown: AtomicBool::new(false),
@@ -433,6 +438,9 @@ impl SessionEngine {
         if self.sessions.read().contains_key(&sid) {
             return Err(DmError::Exist("session already present"));
         }
+        if self.destroyed_here.lock().contains(&sid) {
+            return Err(DmError::Inval("the session was destroyed here"));
+        }
         self.insert_session(sid, info, true);
         info!(%sid, "session restored, awaiting reclaim");
         Ok(())
@@ -462,6 +470,7 @@ impl SessionEngine {
         for p in parked {
             let _ = (p.waiter)(Err(DmError::Inval("session destroyed")));
         }
+        self.destroyed_here.lock().insert(sid);
         self.sessions.write().remove(&sid);
         info!(%sid, "session destroyed");
         self.outbound.send(Outbound::SessionDestroyed { sid });
@@ -518,9 +527,11 @@ impl SessionEngine {
         self.remote.write().insert(sid, (node, info.to_vec()));
     }
 
-    /// Forgets a session of another node (it was destroyed).
+    /// Forgets a destroyed session: another node's, or the session manager's
+    /// echo of the destruction of one of this node's.
     pub fn forget_remote_session(&self, sid: DmSessId) {
         self.remote.write().remove(&sid);
+        self.destroyed_here.lock().remove(&sid);
     }
 
     // ---- events in ----
@@ -866,7 +877,7 @@ impl SessionEngine {
     pub fn dm_move_event(&self, srcsid: DmSessId, token: DmToken, targetsid: DmSessId) -> DmResult<DmToken> {
         let src = self.local(srcsid)?;
         let dst = self.local(targetsid)?;
-        if token.0 <= 0 {
+        if !self.token_was_issued(token) {
             return Err(DmError::Inval("invalid token"));
         }
         if srcsid == targetsid {
@@ -1198,6 +1209,17 @@ mod tests {
             .unwrap()
             .iter()
             .any(|o| matches!(o, Outbound::SessionReclaimed { sid: s, .. } if *s == sid)));
+    }
+
+    #[test]
+    fn a_late_creation_echo_does_not_bring_back_a_destroyed_session() {
+        let (e, _) = engine();
+        let sid = new_session(&e);
+        e.dm_destroy_session(sid).unwrap();
+        assert_eq!(e.restore_session(sid, b"hsm").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(e.dm_query_session(sid).unwrap_err().errno(), libc::EINVAL);
+        e.forget_remote_session(sid);
+        assert!(e.destroyed_here.lock().is_empty(), "forgotten with the echo of its destruction");
     }
 
     #[test]

@@ -259,6 +259,12 @@ pub struct DmInfo {
     /// zeroes here, which reads as none.
     #[serde(default)]
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// On the root directory only: the file system's inheritable DM
+    /// attributes (`dm_set_inherit`), as (name, file type `S_IFMT` bits).
+    /// A new object of that type in a directory gets the directory's value
+    /// of the attribute. Older blocks end before it: none.
+    #[serde(default)]
+    pub inherit: Vec<(Vec<u8>, u32)>,
 }
 
 /// XDSM `DM_ATTR_NAME_SIZE`.
@@ -267,7 +273,7 @@ const DM_MAGIC: [u8; 4] = *b"TPDM";
 
 impl DmInfo {
     pub fn is_empty(&self) -> bool {
-        self.regions.is_none() && self.attrs.is_empty() && self.xattrs.is_empty()
+        self.regions.is_none() && self.attrs.is_empty() && self.xattrs.is_empty() && self.inherit.is_empty()
     }
 
     /// The block image; `None` when it does not fit one block.
@@ -303,6 +309,16 @@ impl DmInfo {
             b.extend_from_slice(n);
             b.extend_from_slice(v);
         }
+        b.extend_from_slice(&(self.inherit.len() as u16).to_le_bytes());
+        for (n, mode) in &self.inherit {
+            if n.is_empty() || n.len() > DM_ATTR_NAME_SIZE {
+                return None;
+            }
+            let mut name = [0u8; DM_ATTR_NAME_SIZE];
+            name[..n.len()].copy_from_slice(n);
+            b.extend_from_slice(&name);
+            b.extend_from_slice(&mode.to_le_bytes());
+        }
         if b.len() + 4 > bs {
             return None;
         }
@@ -311,9 +327,9 @@ impl DmInfo {
         Some(b)
     }
 
-    /// Bytes of a DM block outside its entries: magic, flags, the three
+    /// Bytes of a DM block outside its entries: magic, flags, the four
     /// counts and the seal.
-    const OVERHEAD: usize = 4 + 1 + 2 + 2 + 2 + 4;
+    const OVERHEAD: usize = 4 + 1 + 2 + 2 + 2 + 2 + 4;
     /// One region's bytes, and one DM attribute's besides its value.
     const REGION_LEN: usize = 20;
     const ATTR_HEAD: usize = DM_ATTR_NAME_SIZE + 2;
@@ -365,7 +381,18 @@ impl DmInfo {
             let name = take(nl)?.to_vec();
             xattrs.push((name, take(vl)?.to_vec()));
         }
-        Some(DmInfo { regions: has_regions.then_some(regions), attrs, xattrs })
+        let ni = take(2).map_or(0, |x| u16::from_le_bytes([x[0], x[1]]) as usize);
+        let mut inherit = Vec::with_capacity(ni.min(256));
+        for _ in 0..ni {
+            let name = take(DM_ATTR_NAME_SIZE)?;
+            let len = name.iter().position(|&c| c == 0).unwrap_or(DM_ATTR_NAME_SIZE);
+            if len == 0 {
+                return None;
+            }
+            let mode = u32::from_le_bytes(take(4)?.try_into().ok()?);
+            inherit.push((name[..len].to_vec(), mode));
+        }
+        Some(DmInfo { regions: has_regions.then_some(regions), attrs, xattrs, inherit })
     }
 }
 
@@ -419,6 +446,7 @@ mod dm_tests {
             regions: Some(vec![Region { offset: 0, size: 0, flags: region_flags::READ | region_flags::WRITE }]),
             attrs: vec![(b"hsm".to_vec(), b"tier=/x/y".to_vec()), (b"8bytes!!".to_vec(), vec![])],
             xattrs: vec![(b"user.origin".to_vec(), b"tape 7".to_vec()), (b"security.selinux".to_vec(), vec![0; 3])],
+            inherit: vec![(b"hsm".to_vec(), libc::S_IFREG), (b"dirs".to_vec(), libc::S_IFDIR)],
         };
         let b = d.encode(4096).unwrap();
         assert_eq!(DmInfo::decode(&b).unwrap(), d);

@@ -360,6 +360,21 @@ impl TidepoolFs {
     /// `name` in `parent`, from this node's name cache when it holds a
     /// token on the directory.
     fn lookup_ino(&self, parent: u64, name: &[u8]) -> R<u64> {
+        // Only the kernel's handle decoding asks these (FUSE_EXPORT_SUPPORT).
+        match name {
+            b"." => {
+                let i = self.getattr_ino(parent)?;
+                return if i.mode.get() == 0 { Err(libc::ESTALE) } else { Ok(i.ino.get()) };
+            }
+            b".." => {
+                return match self.meta.ask(Req::Parent { dir: parent }) {
+                    Ok(Reply::Entry { ino }) => Ok(ino),
+                    Ok(_) => Err(libc::EIO),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => {}
+        }
         let (slot, _) = self.meta.ensure(parent, Mode::Read)?;
         let gen = {
             let st = slot.st.lock();
@@ -436,6 +451,7 @@ impl TidepoolFs {
             symlink: symlink.map(|s| s.to_vec()),
             open,
             rdev,
+            at: None,
         }) {
             Ok(Reply::Changed { inode: Some(b), .. }) => rpc::inode_from(&b).map_err(|_| libc::EIO),
             Ok(_) => Err(libc::EIO),
@@ -519,6 +535,10 @@ impl Filesystem for TidepoolFs {
         // Record locks and flock come here, to be cluster-wide, instead of
         // being kept by this node's kernel alone.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        // open_by_handle_at(2) on the mount (libdmapi's dm_open_by_handle):
+        // the kernel looks an inode it has forgotten up as "." in itself,
+        // and a directory's parent as "..".
+        let _ = config.add_capabilities(InitFlags::FUSE_EXPORT_SUPPORT);
         Ok(())
     }
 
@@ -1137,6 +1157,20 @@ impl Drop for Mounted {
 }
 
 /// Mounts the file system on `dev` at `mountpoint` in background threads.
+/// A mount's `dm_mount_event_t`, for its mount event and `dm_get_mountinfo`:
+/// the mount point is the file system's root directory (a FUSE mount covers
+/// the directory it is mounted on), the media the mount's name.
+pub fn mount_body(fs: FsId, root: DmHandle, mountpoint: &Path, media: &[u8]) -> EventBody {
+    EventBody::Mount {
+        mode: 0,
+        fs_handle: DmHandle::fs(fs),
+        mountpoint_handle: Some(root),
+        mountpoint_path: mountpoint.as_os_str().as_bytes().to_vec(),
+        media: media.to_vec(),
+        root_handle: Some(root),
+    }
+}
+
 pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std::io::Result<Mounted> {
     let (addr, manager) = match opts.manager {
         Some(a) => (a, None),
@@ -1155,14 +1189,7 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
         link.sink.mounted(link.fs, true).map_err(std::io::Error::other)?;
         let root = meta.ensure(ROOT_INO, Mode::Read).map_err(std::io::Error::from_raw_os_error)?.1;
         let root = DmHandle::file(link.fs, ROOT_INO, root.generation.get());
-        let body = EventBody::Mount {
-            mode: 0,
-            fs_handle: DmHandle::fs(link.fs),
-            mountpoint_handle: Some(root),
-            mountpoint_path: mountpoint.as_os_str().as_bytes().to_vec(),
-            media: name.as_bytes().to_vec(),
-            root_handle: Some(root),
-        };
+        let body = mount_body(link.fs, root, mountpoint, name.as_bytes());
         // Synchronous: the mount happens only if the DM application lets it
         // (and, with a DM link asked for, only if the node can be asked).
         match fs_event(link, EventType::Mount, body) {

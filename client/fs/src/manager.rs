@@ -478,6 +478,31 @@ impl Manager {
                 Ok(e) => Reply::Entry { ino: e.ino },
                 Err(e) => err(e),
             },
+            Req::Downgrade { ino, dirty } => {
+                if let Some((size, mtime)) = dirty {
+                    if let Err(e) = self.meta.lock().apply_dirty(ino, size, mtime) {
+                        tracing::warn!(ino, error = %e, "size given back with a downgrade not recorded");
+                    }
+                }
+                let mut t = self.table.lock();
+                if let Some(h) = t.inodes.get_mut(&ino).and_then(|tok| tok.holders.get_mut(&peer.id)) {
+                    if *h == Mode::Write {
+                        *h = Mode::Read;
+                    }
+                }
+                drop(t);
+                // A reader waiting in revoke_conflicts sees no conflict now.
+                self.cv.notify_all();
+                Reply::Done
+            }
+            Req::Parent { dir } => match self.meta.lock().parent_of(dir) {
+                Ok((p, _)) => Reply::Entry { ino: p },
+                Err(e) => err(e),
+            },
+            Req::PathOf { dir, target } => match self.meta.lock().path_of(dir, target) {
+                Ok(p) => Reply::Path(p),
+                Err(e) => err(e),
+            },
             Req::ReadDir { dir } => match self.meta.lock().readdir(dir) {
                 Ok(v) => Reply::Dir(v),
                 Err(e) => err(e),
@@ -563,9 +588,14 @@ impl Manager {
     fn slow(&self, peer: &Arc<Peer>, rid: u64, req: Req) {
         match req {
             Req::Acquire { ino, mode } => self.acquire(peer, rid, ino, mode),
-            Req::Create { parent, name, mode, uid, gid, symlink, open, rdev } => {
+            Req::Create { parent, name, mode, uid, gid, symlink, open, rdev, at } => {
                 self.op(peer, rid, &[(parent, true)], |m, p| {
-                    let r = m.create_node(parent, &name, mode, Cred { uid, gid }, rdev).and_then(|i| {
+                    let cred = Cred { uid, gid };
+                    let made = match at {
+                        Some(at) => m.create_at(parent, &name, mode, cred, at),
+                        None => m.create_node(parent, &name, mode, cred, rdev),
+                    };
+                    let r = made.and_then(|i| {
                         if let Some(t) = &symlink {
                             self.write_symlink(m, i.ino.get(), t)
                         } else {
@@ -574,7 +604,7 @@ impl Manager {
                     });
                     // A new file comes with an exclusive token: its creator
                     // usually writes it next.
-                    let grant = symlink.is_none().then_some(Mode::Write);
+                    let grant = (symlink.is_none() && at.is_none()).then_some(Mode::Write);
                     let r = r.and_then(|i| {
                         if open {
                             self.open_use(m, p.id, i.ino.get())?;
@@ -608,7 +638,7 @@ impl Manager {
                     Err(e) => (None, err(e)),
                 })
             }
-            Req::DmSet { ino, info } => self.dm_op(peer, rid, ino, |m| m.set_dm_info(ino, info)),
+            Req::DmChange { ino, change } => self.dm_op(peer, rid, ino, |m| m.dm_change(ino, &change)),
             Req::SetEventList { ino, mask } => self.dm_op(peer, rid, ino, |m| m.set_eventlist(ino, mask)),
             Req::Punch { ino, off, len } => self.dm_op(peer, rid, ino, |m| m.punch(ino, off, len)),
             Req::DmSetAttr { ino, set } => self.dm_op(peer, rid, ino, |m| m.setattr(ino, &setattr_of(set))),

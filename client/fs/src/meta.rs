@@ -69,6 +69,20 @@ struct Dir {
     blocks: Vec<DirBlock>,
 }
 
+/// One change to a file's DM block ([`MetaStore::dm_change`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DmChange {
+    /// `dm_set_dmattr`.
+    SetAttr { name: Vec<u8>, value: Vec<u8> },
+    /// `dm_remove_dmattr`: `NoAttr` if the file has none of that name.
+    RemoveAttr { name: Vec<u8> },
+    /// `dm_set_region`: these regions replace the file's.
+    Regions(Vec<crate::format::Region>),
+    /// On the root: `dm_set_inherit` (`Some(file type)`) or
+    /// `dm_clear_inherit` (`None`; `NoAttr` if not inheritable).
+    Inherit { name: Vec<u8>, mode: Option<u32> },
+}
+
 /// One directory block: where it is, its bytes in use and its names, so
 /// rewriting it after a change touches only its own entries.
 struct DirBlock {
@@ -683,12 +697,28 @@ impl MetaStore {
         Ok(())
     }
 
-    fn new_inode(&mut self, mode: u32, cred: Cred, nlink: u32) -> MResult<Inode> {
-        let ino = self.alloc_ino()?;
+    /// A new inode; `at`: this inode number and generation (a DM
+    /// application recreating an object with the handle it had).
+    fn new_inode(&mut self, mode: u32, cred: Cred, nlink: u32, at: Option<(u64, u32)>) -> MResult<Inode> {
+        let ino = match at {
+            None => self.alloc_ino()?,
+            Some((ino, _)) => {
+                if self.inodes.contains_key(&ino) {
+                    return Err(MetaError::Exists);
+                }
+                let k = self
+                    .free_inos
+                    .iter()
+                    .position(|&x| x == ino)
+                    .ok_or_else(|| MetaError::Invalid(format!("no inode {ino} on this volume")))?;
+                self.free_inos.swap_remove(k);
+                ino
+            }
+        };
         let t = now_ns();
         let mut i = Inode::new_zeroed();
         i.ino = ino.into();
-        i.generation = ((t as u32) | 1).into();
+        i.generation = at.map_or((t as u32) | 1, |(_, g)| g).into();
         i.mode = mode.into();
         i.uid = cred.uid.into();
         i.gid = cred.gid.into();
@@ -774,6 +804,25 @@ impl MetaStore {
     /// [`create`](Self::create) with a device number (`mknod` of a
     /// character or block special file).
     pub fn create_node(&mut self, parent: u64, name: &[u8], mode: u32, cred: Cred, rdev: u32) -> MResult<Inode> {
+        self.make(parent, name, mode, cred, rdev, None)
+    }
+
+    /// [`create`](Self::create) with inode number and generation `at`
+    /// (`dm_create_by_handle`, `dm_mkdir_by_handle`, `dm_symlink_by_handle`):
+    /// `Exists` if that inode is in use.
+    pub fn create_at(&mut self, parent: u64, name: &[u8], mode: u32, cred: Cred, at: (u64, u32)) -> MResult<Inode> {
+        self.make(parent, name, mode, cred, 0, Some(at))
+    }
+
+    fn make(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        cred: Cred,
+        rdev: u32,
+        at: Option<(u64, u32)>,
+    ) -> MResult<Inode> {
         name_ok(name)?;
         self.run(|m| {
             let pmode = m.getattr(parent)?.mode.get();
@@ -793,7 +842,7 @@ impl MetaStore {
                     mode |= libc::S_ISGID;
                 }
             }
-            let mut i = m.new_inode(mode, cred, if kind == Kind::Dir { 2 } else { 1 })?;
+            let mut i = m.new_inode(mode, cred, if kind == Kind::Dir { 2 } else { 1 }, at)?;
             i.rdev = rdev.into();
             m.put_inode(i)?;
             if kind == Kind::Dir {
@@ -803,9 +852,69 @@ impl MetaStore {
                 m.put_inode(p)?;
             }
             m.dir_add(parent, name, i.ino.get(), kind)?;
+            m.inherit_dm(parent, i.ino.get(), mode)?;
             m.touch(parent, true, true)?;
             Ok(m.inodes[&i.ino.get()])
         })
+    }
+
+    /// The file system's inheritable DM attributes (`dm_set_inherit`, kept
+    /// on the root) that name a new object's type: each the parent
+    /// directory has goes to the new object with the directory's value.
+    fn inherit_dm(&mut self, parent: u64, ino: u64, mode: u32) -> MResult<()> {
+        let Some(root) = self.dm.get(&ROOT_INO).filter(|r| !r.inherit.is_empty()) else { return Ok(()) };
+        let Some(pattrs) = self.dm.get(&parent).map(|d| &d.attrs) else { return Ok(()) };
+        let attrs: Vec<(Vec<u8>, Vec<u8>)> = root
+            .inherit
+            .iter()
+            .filter(|(_, t)| *t == mode & libc::S_IFMT)
+            .filter_map(|(n, _)| pattrs.iter().find(|(pn, _)| pn == n).cloned())
+            .collect();
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        self.put_dm_info(ino, DmInfo { attrs, ..DmInfo::default() }).map(|_| ())
+    }
+
+    /// The parent of directory `dir` and `dir`'s name in it. Directories
+    /// keep no parent pointer: this searches the directories in memory,
+    /// which `dm_handle_to_path` and the FUSE export lookup can afford.
+    pub fn parent_of(&self, dir: u64) -> MResult<(u64, Vec<u8>)> {
+        if !self.dirs.contains_key(&dir) {
+            return Err(MetaError::NotDir);
+        }
+        if dir == ROOT_INO {
+            return Ok((ROOT_INO, Vec::new()));
+        }
+        self.dirs
+            .iter()
+            .find_map(|(p, d)| {
+                d.entries.iter().find(|(_, e)| e.ino == dir && e.kind == Kind::Dir).map(|(n, _)| (*p, n.clone()))
+            })
+            .ok_or(MetaError::NotFound)
+    }
+
+    /// The path from the root of `target`, an entry of directory `dir` or
+    /// `dir` itself (`dm_handle_to_path`): names joined by `/`, empty for
+    /// the root. Of several names of a file in `dir`, the first in order.
+    pub fn path_of(&self, dir: u64, target: u64) -> MResult<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        if target != dir {
+            let d = self.dirs.get(&dir).ok_or(MetaError::NotDir)?;
+            let name = d.entries.iter().filter(|(_, e)| e.ino == target).map(|(n, _)| n).min();
+            parts.push(name.ok_or(MetaError::NotFound)?.clone());
+        }
+        let mut cur = dir;
+        while cur != ROOT_INO {
+            let (p, name) = self.parent_of(cur)?;
+            parts.push(name);
+            cur = p;
+            if parts.len() > self.dirs.len() + 1 {
+                return Err(MetaError::Invalid("a directory loop".into()));
+            }
+        }
+        parts.reverse();
+        Ok(parts.join(&b'/'))
     }
 
     /// Removes a non-directory entry; frees the inode at its last link.
@@ -1270,27 +1379,65 @@ impl MetaStore {
     /// Replaces a file's DM attributes and regions: one transaction, with
     /// the block allocated on first use and freed when nothing is left.
     pub fn set_dm_info(&mut self, ino: u64, info: DmInfo) -> MResult<Inode> {
-        self.run(|m| {
-            let mut i = m.getattr(ino)?;
-            if info.is_empty() {
-                if i.dm_block.get() != 0 {
-                    m.set_bit(i.dm_block.get(), false)?;
-                    i.dm_block = 0.into();
-                }
-                m.dm.remove(&ino);
-            } else {
-                let img = info.encode(m.bs).ok_or(MetaError::NoRoom)?;
-                if i.dm_block.get() == 0 {
-                    let (b, _) = m.alloc_run(1)?;
-                    i.dm_block = b.into();
-                }
-                *m.block_image(i.dm_block.get())? = img;
-                m.dm.insert(ino, info);
+        self.run(|m| m.put_dm_info(ino, info))
+    }
+
+    fn put_dm_info(&mut self, ino: u64, info: DmInfo) -> MResult<Inode> {
+        let mut i = self.getattr(ino)?;
+        if info.is_empty() {
+            if i.dm_block.get() != 0 {
+                self.set_bit(i.dm_block.get(), false)?;
+                i.dm_block = 0.into();
             }
-            i.ctime_ns = now_ns().into();
-            m.put_inode(i)?;
-            Ok(i)
-        })
+            self.dm.remove(&ino);
+        } else {
+            let img = info.encode(self.bs).ok_or(MetaError::NoRoom)?;
+            if i.dm_block.get() == 0 {
+                let (b, _) = self.alloc_run(1)?;
+                i.dm_block = b.into();
+            }
+            *self.block_image(i.dm_block.get())? = img;
+            self.dm.insert(ino, info);
+        }
+        i.ctime_ns = now_ns().into();
+        self.put_inode(i)?;
+        Ok(i)
+    }
+
+    /// One change to a file's DM block, made on the manager's own copy:
+    /// DM applications on two nodes changing the same file lose neither
+    /// change (each once sent back the whole block it had read).
+    pub fn dm_change(&mut self, ino: u64, change: &DmChange) -> MResult<Inode> {
+        let mut info = self.dm_info(ino);
+        match change {
+            DmChange::SetAttr { name, value } => match info.attrs.iter_mut().find(|(n, _)| n == name) {
+                Some(a) => a.1.clone_from(value),
+                None => info.attrs.push((name.clone(), value.clone())),
+            },
+            DmChange::RemoveAttr { name } => {
+                let before = info.attrs.len();
+                info.attrs.retain(|(n, _)| n != name);
+                if info.attrs.len() == before {
+                    return Err(MetaError::NoAttr);
+                }
+            }
+            DmChange::Regions(r) => info.regions = Some(r.clone()),
+            DmChange::Inherit { name, mode } => {
+                if ino != ROOT_INO {
+                    return Err(MetaError::Invalid("inheritance is kept on the root".into()));
+                }
+                let pos = info.inherit.iter().position(|(n, _)| n == name);
+                match (mode, pos) {
+                    (Some(t), Some(k)) => info.inherit[k].1 = *t,
+                    (Some(t), None) => info.inherit.push((name.clone(), *t)),
+                    (None, Some(k)) => {
+                        info.inherit.remove(k);
+                    }
+                    (None, None) => return Err(MetaError::NoAttr),
+                }
+            }
+        }
+        self.set_dm_info(ino, info)
     }
 
     /// Sets (`Some`) or removes (`None`) an extended attribute, with
@@ -1420,6 +1567,87 @@ mod tests {
 
     fn errno<T: std::fmt::Debug>(r: MResult<T>) -> i32 {
         r.unwrap_err().errno()
+    }
+
+    /// Changes to one file's DM block from two writers both stay (each is
+    /// applied to the store's copy), and survive a reload.
+    #[test]
+    fn dm_changes_apply_to_the_current_block() {
+        let (dev, mut m) = fresh(64 << 20);
+        let f = m.create(ROOT, b"f", FILE, ME).unwrap().ino.get();
+        let set = |n: &[u8], v: &[u8]| DmChange::SetAttr { name: n.to_vec(), value: v.to_vec() };
+        m.dm_change(f, &set(b"a", b"1")).unwrap();
+        m.set_xattr(f, b"user.x", Some(b"kept"), 0).unwrap();
+        m.dm_change(f, &set(b"b", b"2")).unwrap();
+        m.dm_change(f, &DmChange::Regions(vec![crate::format::Region { offset: 0, size: 0, flags: 1 }])).unwrap();
+        m.dm_change(f, &set(b"a", b"3")).unwrap();
+        assert_eq!(errno(m.dm_change(f, &DmChange::RemoveAttr { name: b"zz".to_vec() })), libc::ENODATA);
+        let big = set(b"c", &vec![0u8; 5000]);
+        assert_eq!(errno(m.dm_change(f, &big)), libc::E2BIG, "more than a block holds");
+        let m = MetaStore::open(dev).unwrap();
+        let d = m.dm_info(f);
+        assert_eq!(d.attrs, vec![(b"a".to_vec(), b"3".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+        assert_eq!(d.xattrs, vec![(b"user.x".to_vec(), b"kept".to_vec())], "a DM change keeps the xattrs");
+        assert_eq!(d.regions.map(|r| r.len()), Some(1));
+    }
+
+    /// `dm_create_by_handle`: a free inode number is taken with the
+    /// generation given; one in use or off the volume is refused.
+    #[test]
+    fn objects_are_made_again_with_their_handles() {
+        let (dev, mut m) = fresh(64 << 20);
+        let old = m.create(ROOT, b"victim", FILE, ME).unwrap();
+        let (ino, gen) = (old.ino.get(), old.generation.get());
+        m.unlink(ROOT, b"victim").unwrap();
+        let again = m.create_at(ROOT, b"reborn", FILE, ME, (ino, gen)).unwrap();
+        assert_eq!((again.ino.get(), again.generation.get()), (ino, gen));
+        assert_eq!(errno(m.create_at(ROOT, b"twice", FILE, ME, (ino, gen))), libc::EEXIST);
+        assert_eq!(errno(m.create_at(ROOT, b"far", FILE, ME, (u64::MAX / 2, 1))), libc::EINVAL);
+        // The next ordinary create does not get the number taken.
+        let next = m.create(ROOT, b"next", FILE, ME).unwrap();
+        assert_ne!(next.ino.get(), ino);
+        let m = MetaStore::open(dev).unwrap();
+        assert_eq!(m.lookup(ROOT, b"reborn").unwrap().ino, ino);
+        assert_eq!(m.getattr(ino).unwrap().generation.get(), gen);
+    }
+
+    #[test]
+    fn paths_and_parents_of_directories() {
+        let (_, mut m) = fresh(64 << 20);
+        let a = m.create(ROOT, b"a", DIR, ME).unwrap().ino.get();
+        let b = m.create(a, b"b", DIR, ME).unwrap().ino.get();
+        let f = m.create(b, b"f", FILE, ME).unwrap().ino.get();
+        assert_eq!(m.parent_of(b).unwrap(), (a, b"b".to_vec()));
+        assert_eq!(m.parent_of(ROOT).unwrap().0, ROOT);
+        assert_eq!(errno(m.parent_of(f)), libc::ENOTDIR);
+        assert_eq!(m.path_of(b, f).unwrap(), b"a/b/f");
+        assert_eq!(m.path_of(b, b).unwrap(), b"a/b");
+        assert_eq!(m.path_of(ROOT, ROOT).unwrap(), b"");
+        assert_eq!(errno(m.path_of(a, f)), libc::ENOENT, "f is not in a");
+        m.rename(a, b"b", ROOT, b"moved").unwrap();
+        assert_eq!(m.path_of(b, f).unwrap(), b"moved/f");
+    }
+
+    /// `dm_set_inherit`: a new object of the named type gets its parent's
+    /// attribute; other types and directories without it get nothing.
+    #[test]
+    fn inheritable_dm_attributes() {
+        let (_, mut m) = fresh(64 << 20);
+        let d = m.create(ROOT, b"d", DIR, ME).unwrap().ino.get();
+        let inherit = |t: Option<u32>| DmChange::Inherit { name: b"hsm".to_vec(), mode: t };
+        m.dm_change(d, &DmChange::SetAttr { name: b"hsm".to_vec(), value: b"tier".to_vec() }).unwrap();
+        assert_eq!(errno(m.dm_change(d, &inherit(Some(libc::S_IFREG)))), libc::EINVAL, "kept on the root only");
+        m.dm_change(ROOT, &inherit(Some(libc::S_IFREG))).unwrap();
+        let f = m.create(d, b"f", FILE, ME).unwrap().ino.get();
+        let sub = m.create(d, b"sub", DIR, ME).unwrap().ino.get();
+        let top = m.create(ROOT, b"top", FILE, ME).unwrap().ino.get();
+        assert_eq!(m.dm_info(f).attrs, vec![(b"hsm".to_vec(), b"tier".to_vec())]);
+        assert!(m.dm_info(sub).attrs.is_empty(), "directories are not named");
+        assert!(m.dm_info(top).attrs.is_empty(), "the root has no such attribute");
+        m.dm_change(ROOT, &inherit(None)).unwrap();
+        assert_eq!(errno(m.dm_change(ROOT, &inherit(None))), libc::ENODATA);
+        let g = m.create(d, b"g", FILE, ME).unwrap().ino.get();
+        assert!(m.dm_info(g).attrs.is_empty());
     }
 
     #[test]

@@ -542,6 +542,35 @@ impl MetaClient {
         Err(libc::EAGAIN)
     }
 
+    /// Turns this node's exclusive token on `ino` into a shared one without
+    /// giving it up (`dm_downgrade_right`): I/O under it finishes and the
+    /// size and mtime set under it go back with the request, after which
+    /// other nodes may read.
+    pub fn downgrade(&self, ino: u64) -> Result<(), i32> {
+        let slot = self.slot(ino);
+        let _io = slot.io.write();
+        let dirty = {
+            let mut st = slot.st.lock();
+            if st.mode != Some(Mode::Write) {
+                return Ok(());
+            }
+            st.mode = Some(Mode::Read);
+            st.dirty.take()
+        };
+        match self.ask(Req::Downgrade { ino, dirty }) {
+            Ok(Reply::Done) => Ok(()),
+            r => {
+                // Still exclusive at the manager: keep it so here too.
+                let mut st = slot.st.lock();
+                st.mode = Some(Mode::Write);
+                if st.dirty.is_none() {
+                    st.dirty = dirty;
+                }
+                Err(r.err().unwrap_or(libc::EIO))
+            }
+        }
+    }
+
     pub fn unpin(&self, ino: u64) {
         let slot = self.slot(ino);
         let mut st = slot.st.lock();

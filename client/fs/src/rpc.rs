@@ -9,6 +9,7 @@
 
 use super::format::{DmInfo, Extent, Inode};
 use super::locks::{Lock, LockType};
+use super::meta::DmChange;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -110,6 +111,9 @@ pub enum Req {
         open: bool,
         /// Device number (`mknod` of a device special file), else 0.
         rdev: u32,
+        /// This inode number and generation (`dm_create_by_handle`): no
+        /// token comes with the new object.
+        at: Option<(u64, u32)>,
     },
     Unlink {
         parent: u64,
@@ -148,12 +152,29 @@ pub enum Req {
         mtime_ns: u64,
     },
     StatFs,
-    /// Replace a file's DM attributes and managed regions. This and the
-    /// next two keep the requester's token and answer with a refreshed
-    /// [`Reply::Granted`] (mode `None` when it holds none).
-    DmSet {
+    /// Change a file's DM attributes, managed regions or (on the root) the
+    /// inheritable attributes. This and the next two keep the requester's
+    /// token and answer with a refreshed [`Reply::Granted`] (mode `None`
+    /// when it holds none).
+    DmChange {
         ino: u64,
-        info: DmInfo,
+        change: DmChange,
+    },
+    /// The requester's exclusive token on `ino` becomes a shared one; the
+    /// size and mtime it set under it come with it ([`Reply::Done`]).
+    Downgrade {
+        ino: u64,
+        dirty: Option<(u64, u64)>,
+    },
+    /// The parent directory of directory `dir` ([`Reply::Entry`]).
+    Parent {
+        dir: u64,
+    },
+    /// The path of `target` (an entry of `dir`, or `dir`) from the root
+    /// ([`Reply::Path`]).
+    PathOf {
+        dir: u64,
+        target: u64,
     },
     SetEventList {
         ino: u64,
@@ -243,6 +264,10 @@ impl Req {
     /// Safe to send again after the manager restarted: asking twice has the
     /// effect of asking once.
     pub fn idempotent(&self) -> bool {
+        if let Req::DmChange { change, .. } = self {
+            // A second removal finds nothing to remove.
+            return !matches!(change, DmChange::RemoveAttr { .. } | DmChange::Inherit { mode: None, .. });
+        }
         matches!(
             self,
             Req::Hello { .. }
@@ -252,7 +277,9 @@ impl Req {
                 | Req::Allocate { .. }
                 | Req::Flush { .. }
                 | Req::StatFs
-                | Req::DmSet { .. }
+                | Req::Parent { .. }
+                | Req::Downgrade { .. }
+                | Req::PathOf { .. }
                 | Req::SetEventList { .. }
                 | Req::Punch { .. }
                 // A lost connection drops the node's opens, so counting again is right.
@@ -310,6 +337,8 @@ pub enum Reply {
         destroyed: Option<Destroyed>,
     },
     Attr(Vec<u8>),
+    /// A path from the root ([`Req::PathOf`]).
+    Path(Vec<u8>),
     Extents(Vec<u8>),
     StatFs {
         blocks: u64,

@@ -2,6 +2,7 @@
 //! per connection, each call checked against the caller's credentials
 //! (`SO_PEERCRED`) and dispatched to the node's DM session API and event source.
 
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use dmapi::proto::{decode_frame, Message};
 use dmapi::session::{Caller, EventsWaiter, GetEvents};
 use dmapi::types::{
     DmAttrName, DmHandle, DmMsgType, DmResponse, DmRight, DmSessId, DmToken, EventSet, EventType, FsId, HandleKind,
-    DM_EV_WAIT, DM_NO_TOKEN,
+    DM_EV_WAIT,
 };
 use dmapi::{DmError, DmResult};
 use libdmapi::channel::{err_reply, Channel, ObjRefOp, Reply, Request, RightOp};
@@ -198,6 +199,7 @@ fn privileged(req: &Request) -> bool {
             | SetFileattr { .. }
             | Bulk { .. }
             | GetDirattrs { .. }
+            | InitAttrloc { .. }
             | ReadInvis { .. }
             | WriteInvis { .. }
             | SyncByHandle { .. }
@@ -212,6 +214,13 @@ fn privileged(req: &Request) -> bool {
             | GetallDmattr { .. }
             | Right { .. }
             | ObjRef { .. }
+            | Inherit { .. }
+            | GetallInherit { .. }
+            | ByHandle { .. }
+            | HandleToPath { .. }
+            | GetMountinfo { .. }
+            | GetDioinfo { .. }
+            | MountPath { .. }
     ) || matches!(req, SetEventlist { handle, .. } | GetEventlist { handle, .. }
             if DmHandle::from_bytes(handle).is_ok_and(|h| h.kind() != HandleKind::Fs))
 }
@@ -222,6 +231,12 @@ fn file_call(node: &Node, sid: i32, token: i32, handle: &[u8]) -> DmResult<(Arc<
     node.check_token(DmSessId(sid), DmToken(token))?;
     let h = handle_of(handle)?;
     Ok((node.files(h.fsid())?, h))
+}
+
+/// Where `fs` is mounted on this node: `EINVAL` if it is not (XFS's
+/// libdm failed the same way when no mount table entry had the file system).
+fn mount_path(node: &Node, fs: FsId) -> DmResult<std::path::PathBuf> {
+    node.mounts().path_of_fs(fs).ok_or(DmError::Inval("the file system is not mounted on this node"))
 }
 
 fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
@@ -279,7 +294,8 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                 dm.dm_send_msg(DmSessId(sid), DmMsgType::from_raw(msgtype)?, &data)?;
                 Reply::Ok
             }
-            Request::SetDisp { sid, handle, set } => {
+            Request::SetDisp { sid, token, handle, set } => {
+                node.check_token(DmSessId(sid), DmToken(token))?;
                 dm.dm_set_disp(DmSessId(sid), &handle_of(&handle)?, EventSet(set))?;
                 Reply::Ok
             }
@@ -288,22 +304,29 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             ),
             // A file system's event list is a disposition (the session manager
             // keeps it); a file's is in its inode.
-            Request::SetEventlist { sid, handle, set } => {
+            Request::SetEventlist { sid, token, handle, set } => {
                 let h = handle_of(&handle)?;
                 match h.kind() {
-                    HandleKind::Fs => dm.dm_set_eventlist(DmSessId(sid), &h, EventSet(set))?,
-                    _ => file_call(node, sid, DM_NO_TOKEN.0, &handle)?.0.set_eventlist(&h, EventSet(set))?,
+                    HandleKind::Fs => {
+                        node.check_token(DmSessId(sid), DmToken(token))?;
+                        dm.dm_set_eventlist(DmSessId(sid), &h, EventSet(set))?
+                    }
+                    _ => file_call(node, sid, token, &handle)?.0.set_eventlist(&h, EventSet(set))?,
                 }
                 Reply::Ok
             }
-            Request::GetEventlist { sid, handle } => {
+            Request::GetEventlist { sid, token, handle } => {
                 let h = handle_of(&handle)?;
                 match h.kind() {
-                    HandleKind::Fs => Reply::Set(dm.dm_get_eventlist(DmSessId(sid), &h)?.0),
-                    _ => Reply::Set(file_call(node, sid, DM_NO_TOKEN.0, &handle)?.0.get_eventlist(&h)?.0),
+                    HandleKind::Fs => {
+                        node.check_token(DmSessId(sid), DmToken(token))?;
+                        Reply::Set(dm.dm_get_eventlist(DmSessId(sid), &h)?.0)
+                    }
+                    _ => Reply::Set(file_call(node, sid, token, &handle)?.0.get_eventlist(&h)?.0),
                 }
             }
-            Request::SetReturnOnDestroy { sid, handle, attr, enable } => {
+            Request::SetReturnOnDestroy { sid, token, handle, attr, enable } => {
+                node.check_token(DmSessId(sid), DmToken(token))?;
                 dm.dm_set_return_on_destroy(
                     DmSessId(sid),
                     &handle_of(&handle)?,
@@ -343,8 +366,8 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                 f.set_fileattr(&h, mask, &stat.to_stat()?)?;
                 Reply::Ok
             }
-            Request::Bulk { sid, handle, attr, cookie, max } => {
-                let (f, h) = file_call(node, sid, DM_NO_TOKEN.0, &handle)?;
+            Request::Bulk { sid, token, handle, attr, cookie, max } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
                 let (v, next) = if attr.is_empty() {
                     let (v, next) = f.get_bulkattr(&h, cookie, max)?;
                     (v.into_iter().map(|s| (s, None)).collect(), next)
@@ -352,6 +375,11 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                     f.get_bulkall(&h, &attr, cookie, max)?
                 };
                 Reply::Stats { stats: v.iter().map(|(s, a)| (s.into(), a.clone())).collect(), next }
+            }
+            Request::InitAttrloc { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                f.init_attrloc(&h)?;
+                Reply::Count(0)
             }
             Request::GetDirattrs { sid, token, handle, cookie, max } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
@@ -417,14 +445,14 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                 let (f, h) = file_call(node, sid, token, &handle)?;
                 let who = Holder::new(DmSessId(sid), DmToken(token));
                 match op {
-                    RightOp::Request { right } => {
+                    RightOp::Request { right, wait } => {
                         let r = match right {
                             0 => DmRight::Null,
                             1 => DmRight::Shared,
                             2 => DmRight::Excl,
                             _ => return Err(DmError::Inval("not a dm_right_t")),
                         };
-                        f.request_right(who, &h, r)?;
+                        f.request_right(who, &h, r, wait)?;
                         Reply::Ok
                     }
                     RightOp::Release => f.release_right(who, &h).map(|_| Reply::Ok)?,
@@ -451,6 +479,54 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                     ObjRefOp::Query => Reply::Flag(f.obj_ref_query(who, &h)?),
                 }
             }
+            Request::Inherit { sid, token, handle, name, mode } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                match mode {
+                    Some(m) => f.set_inherit(&h, &name, m)?,
+                    None => f.clear_inherit(&h, &name)?,
+                }
+                Reply::Ok
+            }
+            Request::GetallInherit { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Inherit(f.getall_inherit(&h)?)
+            }
+            Request::ByHandle { sid, token, dir, handle, name, what } => {
+                let (f, d) = file_call(node, sid, token, &dir)?;
+                f.create_by_handle(&d, &handle_of(&handle)?, &name, what)?;
+                Reply::Ok
+            }
+            Request::HandleToPath { dir, target } => {
+                let d = handle_of(&dir)?;
+                let t = handle_of(&target)?;
+                if t.fsid() != d.fsid() {
+                    return Err(DmError::Inval("the object is on another file system"));
+                }
+                let mount = mount_path(node, d.fsid())?;
+                let rel = node.files(d.fsid())?.path_of(&d, &t)?;
+                let mut p = mount.into_os_string().into_vec();
+                if !rel.is_empty() {
+                    p.push(b'/');
+                    p.extend_from_slice(&rel);
+                }
+                Reply::Bytes(p)
+            }
+            Request::GetMountinfo { sid, token, handle } => {
+                node.check_token(DmSessId(sid), DmToken(token))?;
+                let h = handle_of(&handle)?;
+                if h.kind() != HandleKind::Fs {
+                    return Err(DmError::Inval("dm_get_mountinfo takes a file system handle"));
+                }
+                let path = mount_path(node, h.fsid())?;
+                let root = node.files(h.fsid())?.handle_of(tpfs::format::ROOT_INO)?;
+                let media = format!("node-{}", node.config().node_id);
+                Reply::Bytes(tpfs::fuse::mount_body(h.fsid(), root, &path, media.as_bytes()).to_bytes())
+            }
+            Request::GetDioinfo { sid, token, handle } => {
+                let (f, h) = file_call(node, sid, token, &handle)?;
+                Reply::Dioinfo(f.dioinfo(&h)?)
+            }
+            Request::MountPath { fs } => Reply::Bytes(mount_path(node, FsId(fs))?.into_os_string().into_vec()),
             Request::FsLimits { handle } => {
                 let h = handle_of(&handle)?;
                 if h.kind() == HandleKind::Global {

@@ -205,6 +205,11 @@ impl Mounts {
         self.hosted.lock().iter().find(|h| h.mounted.is_some() && h.dev == Some(dev)).map(|h| h.fs)
     }
 
+    /// Where file system `fs` is mounted on this node (the first mount).
+    pub fn path_of_fs(&self, fs: FsId) -> Option<PathBuf> {
+        self.hosted.lock().iter().find(|h| h.mounted.is_some() && h.fs == fs).map(|h| h.path.clone())
+    }
+
     /// File systems whose metadata this node serves.
     pub fn served(&self) -> Vec<u64> {
         self.services.lock().iter().map(|(f, _)| f.0).collect()

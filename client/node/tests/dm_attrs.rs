@@ -108,7 +108,7 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     let back = std::fs::read(d.join("b")).unwrap();
     assert_eq!((&back[..10], back[10..].iter().all(|&x| x == 0)), (&[2u8; 10][..], true));
     // Under its own exclusive right (a recall restoring attributes).
-    dm.request_right(who, &ha, DmRight::Excl).unwrap();
+    dm.request_right(who, &ha, DmRight::Excl, true).unwrap();
     dm.set_fileattr(&ha, dm_at::UID | dm_at::ATIME, &DmStat { uid: 4242, atime: 7, ..want.clone() }).unwrap();
     assert_eq!(dm.get_fileattr(&ha).unwrap().uid, 4242);
     dm.release_right(who, &ha).unwrap();
@@ -197,8 +197,8 @@ fn handles_regions_dmattrs_rights_and_sync() {
     // Rights are a token's (an event's or a user event's): DM_NO_TOKEN holds
     // none, another token's right is not this one's, and a token's rights go
     // together when its event is answered.
-    assert_eq!(dm.request_right(no_token, &h, DmRight::Shared).unwrap_err().errno(), libc::EINVAL);
-    dm.request_right(other, &h, DmRight::Excl).unwrap();
+    assert_eq!(dm.request_right(no_token, &h, DmRight::Shared, true).unwrap_err().errno(), libc::EINVAL);
+    dm.request_right(other, &h, DmRight::Excl, true).unwrap();
     assert_eq!(dm.write_invis(who, &h, 0, b"x", false).unwrap_err().errno(), libc::EACCES);
     assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Null);
     assert_eq!(dm.release_token(other).0, 1);
@@ -208,7 +208,7 @@ fn handles_regions_dmattrs_rights_and_sync() {
 
     // Rights: upgrade needs shared, downgrade needs exclusive.
     assert_eq!(dm.upgrade_right(who, &h).unwrap_err().errno(), libc::EINVAL);
-    dm.request_right(who, &h, DmRight::Shared).unwrap();
+    dm.request_right(who, &h, DmRight::Shared, true).unwrap();
     assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Shared);
     assert_eq!(dm.downgrade_right(who, &h).unwrap_err().errno(), libc::EINVAL);
     dm.upgrade_right(who, &h).unwrap();
@@ -222,7 +222,7 @@ fn handles_regions_dmattrs_rights_and_sync() {
     // dm_sync_by_handle: a write past the end under the DM application's
     // token is durable on the device and its size is the manager's (the
     // bulk scan reads the manager's copies, taking no token back).
-    dm.request_right(who, &h, DmRight::Excl).unwrap();
+    dm.request_right(who, &h, DmRight::Excl, true).unwrap();
     assert_eq!(dm.write_invis(who, &h, 10_000, b"tail", false).unwrap(), 4);
     let fsh = dm.path_to_fshandle(mnt.path()).unwrap();
     let manager_size = |dm: &DmFs| {
@@ -239,4 +239,127 @@ fn handles_regions_dmattrs_rights_and_sync() {
     assert_eq!((back.len(), &back[10_000..]), (10_004, &b"tail"[..]));
     drop(dm);
     drop(mount);
+}
+
+/// Two DM applications on different nodes (two `DmFs` clients of the one
+/// manager) setting DM attributes and regions of one file at once, while
+/// the mount sets an extended attribute: no change is lost, as each goes to
+/// the manager as a change rather than as the whole block its sender read.
+#[test]
+fn concurrent_dm_setters_on_two_nodes_lose_nothing() {
+    if !test_support::fuse_available() {
+        return;
+    }
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let f = mnt.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    let node = |n: &str| Arc::new(DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), n).unwrap());
+    let (a, b) = (node("node-a"), node("node-b"));
+    let h = a.path_to_handle(&f).unwrap();
+    const N: usize = 40;
+    let writers: Vec<_> = [(a.clone(), 'a'), (b.clone(), 'b')]
+        .into_iter()
+        .map(|(dm, tag)| {
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    let name = format!("{tag}{i}");
+                    dm.set_dmattr(&h, name.as_bytes(), name.as_bytes()).unwrap();
+                    if tag == 'b' && i % 10 == 0 {
+                        let r = Region { offset: i as u64, size: 1, flags: region_flags::READ };
+                        assert!(dm.set_region(&h, &[r]).unwrap(), "exactflag: kept as given");
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..10 {
+        xattr_set(&f, &format!("user.m{i}"));
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let all = a.getall_dmattr(&h).unwrap();
+    assert_eq!(all.len(), 2 * N, "every attribute from both nodes: {all:?}");
+    assert_eq!(b.get_dmattr(&h, b"a17").unwrap(), b"a17");
+    assert_eq!(a.get_dmattr(&h, b"b39").unwrap(), b"b39");
+    assert_eq!(a.get_region(&h).unwrap(), vec![Region { offset: 30, size: 1, flags: region_flags::READ }]);
+    for i in 0..10 {
+        assert_eq!(xattr_get(&f, &format!("user.m{i}")), Some(b"v".to_vec()), "the mount's xattr {i} stayed");
+    }
+}
+
+fn xattr_set(p: &std::path::Path, name: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a 1-byte value for the call.
+    let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+    assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+}
+
+fn xattr_get(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}
+
+/// Rights between tokens and nodes: an exclusive right keeps a reader on
+/// another node (the mount) waiting; `dm_downgrade_right` lets it in while
+/// the token keeps the right shared, and a writer there still waits until
+/// the right is released. On this node, another token's conflicting request
+/// fails with EAGAIN without DM_RR_WAIT and waits with it.
+#[test]
+fn downgrade_lets_readers_in_and_local_tokens_conflict() {
+    if !test_support::fuse_available() {
+        return;
+    }
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let f = mnt.path().join("f");
+    std::fs::write(&f, b"before").unwrap();
+    let dm = Arc::new(DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap());
+    let h = dm.path_to_handle(&f).unwrap();
+    let sid = DmSessId(1 << 20 | 1);
+    let (who, other) = (Holder::new(sid, DmToken(5)), Holder::new(sid, DmToken(6)));
+    let t = std::time::Duration::from_secs(20);
+
+    dm.request_right(who, &h, DmRight::Excl, true).unwrap();
+    assert_eq!(dm.write_invis(who, &h, 0, b"during", false).unwrap(), 6);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = f.clone();
+    std::thread::spawn(move || tx.send(std::fs::read(&path).unwrap()).unwrap());
+    dm.downgrade_right(who, &h).unwrap();
+    assert_eq!(dm.query_right(who, &h).unwrap(), DmRight::Shared);
+    assert_eq!(rx.recv_timeout(t).unwrap(), b"during", "the reader got in after the downgrade, and sees the write");
+    assert_eq!(dm.write_invis(who, &h, 0, b"x", false).unwrap_err().errno(), libc::EACCES, "shared now");
+
+    // A writer on the mount waits for the shared right.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = f.clone();
+    std::thread::spawn(move || tx.send(std::fs::write(&path, b"after!").is_ok()).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "the writer waits while the token holds the right shared");
+
+    // Another token here: shared is compatible, exclusive is not.
+    dm.request_right(other, &h, DmRight::Shared, false).unwrap();
+    dm.release_right(other, &h).unwrap();
+    let e = dm.request_right(other, &h, DmRight::Excl, false).unwrap_err();
+    assert_eq!(e.errno(), libc::EAGAIN, "without DM_RR_WAIT");
+    let (dm2, h2) = (dm.clone(), h);
+    let waiter = std::thread::spawn(move || dm2.request_right(other, &h2, DmRight::Excl, true));
+    dm.release_right(who, &h).unwrap();
+    waiter.join().unwrap().unwrap();
+    assert_eq!(dm.query_right(other, &h).unwrap(), DmRight::Excl);
+    dm.release_right(other, &h).unwrap();
+    assert!(rx.recv_timeout(t).unwrap(), "the writer went on once the rights were released");
+    assert_eq!(std::fs::read(&f).unwrap(), b"after!");
 }

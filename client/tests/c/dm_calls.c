@@ -257,8 +257,13 @@ int main(int argc, char **argv)
 			return 1;
 		got = dm_read_invis(sid, h, hlen, DM_NO_TOKEN, 0, sizeof peek, peek);
 		MUST(dm_obj_ref_rele(sid, t2, h, hlen));
-		printf("UNLINKED read=%lld query=%d rele_again=%d\n", (long long)got, dm_obj_ref_query(sid, t2, h, hlen),
-		       dm_obj_ref_rele(sid, t2, h, hlen) == 0 ? 0 : errno);
+		/* The last reference went with the last name: the object is gone,
+		   its handle names nothing (EBADF). */
+		{
+			int q = dm_obj_ref_query(sid, t2, h, hlen) < 0 ? errno : 0;
+			int r = dm_obj_ref_rele(sid, t2, h, hlen) == 0 ? 0 : errno;
+			printf("UNLINKED read=%lld query_errno=%d rele_again=%d\n", (long long)got, q, r);
+		}
 		fflush(stdout);
 		for (;;) {
 			dm_eventmsg_t *m;

@@ -113,6 +113,7 @@ pub enum Request {
     },
     SetDisp {
         sid: i32,
+        token: i32,
         handle: Vec<u8>,
         set: u64,
     },
@@ -121,15 +122,18 @@ pub enum Request {
     },
     SetEventlist {
         sid: i32,
+        token: i32,
         handle: Vec<u8>,
         set: u64,
     },
     GetEventlist {
         sid: i32,
+        token: i32,
         handle: Vec<u8>,
     },
     SetReturnOnDestroy {
         sid: i32,
+        token: i32,
         handle: Vec<u8>,
         attr: [u8; 8],
         enable: bool,
@@ -193,10 +197,18 @@ pub enum Request {
     /// `dm_get_bulkattr` (`attr` empty) and `dm_get_bulkall`.
     Bulk {
         sid: i32,
+        token: i32,
         handle: Vec<u8>,
         attr: Vec<u8>,
         cookie: u64,
         max: u32,
+    },
+    /// `dm_init_attrloc`: the session, token and handle checked; the
+    /// start of a scan ([`Reply::Count`], always 0: cookies count from it).
+    InitAttrloc {
+        sid: i32,
+        token: i32,
+        handle: Vec<u8>,
     },
     GetDirattrs {
         sid: i32,
@@ -298,6 +310,71 @@ pub enum Request {
         handle: Vec<u8>,
         op: ObjRefOp,
     },
+    /// `dm_set_inherit` (`mode` `Some`) and `dm_clear_inherit` (`None`).
+    Inherit {
+        sid: i32,
+        token: i32,
+        handle: Vec<u8>,
+        name: Vec<u8>,
+        mode: Option<u32>,
+    },
+    /// `dm_getall_inherit` ([`Reply::Inherit`]).
+    GetallInherit {
+        sid: i32,
+        token: i32,
+        handle: Vec<u8>,
+    },
+    /// `dm_create_by_handle`, `dm_mkdir_by_handle`, `dm_symlink_by_handle`.
+    ByHandle {
+        sid: i32,
+        token: i32,
+        dir: Vec<u8>,
+        handle: Vec<u8>,
+        name: Vec<u8>,
+        what: ByHandle,
+    },
+    /// `dm_handle_to_path`: the path on this node's mount ([`Reply::Bytes`]).
+    HandleToPath {
+        dir: Vec<u8>,
+        target: Vec<u8>,
+    },
+    /// `dm_get_mountinfo`: the `dm_mount_event_t` of this node's mount of
+    /// the file system, with its variable data ([`Reply::Bytes`]).
+    GetMountinfo {
+        sid: i32,
+        token: i32,
+        handle: Vec<u8>,
+    },
+    /// `dm_get_dioinfo` ([`Reply::Dioinfo`]).
+    GetDioinfo {
+        sid: i32,
+        token: i32,
+        handle: Vec<u8>,
+    },
+    /// Where this node mounts file system `fs` ([`Reply::Bytes`]), for
+    /// `dm_open_by_handle`.
+    MountPath {
+        fs: u64,
+    },
+}
+
+/// What a [`Request::ByHandle`] makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ByHandle {
+    File,
+    Dir,
+    /// A symbolic link to this target.
+    Symlink(Vec<u8>),
+}
+
+/// `dm_dioinfo_t`.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DioInfo {
+    pub mem: u32,
+    pub miniosz: u32,
+    pub maxiosz: u32,
+    pub dio_only: bool,
 }
 
 /// Which object-reference call a [`Request::ObjRef`] is.
@@ -313,7 +390,11 @@ pub enum ObjRefOp {
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum RightOp {
-    Request { right: u32 },
+    /// `wait`: `DM_RR_WAIT`.
+    Request {
+        right: u32,
+        wait: bool,
+    },
     Release,
     Query,
     Upgrade,
@@ -432,6 +513,9 @@ pub enum Reply {
         session_node: Option<u32>,
     },
     Limits(FsLimits),
+    /// `dm_getall_inherit`: (attribute name, file type).
+    Inherit(Vec<(Vec<u8>, u32)>),
+    Dioinfo(DioInfo),
 }
 
 /// What a file system's on-disk format allows a DM application (a file's

@@ -6,24 +6,25 @@
 //! let dm = Dm::connect("/tmp/tidepool-node-1.sock").unwrap();
 //! let sid = dm.dm_create_session(DM_NO_SESSION, b"hsm").unwrap();
 //! let set: EventSet = [EventType::Read].into_iter().collect();
-//! dm.dm_set_disp(sid, &DmHandle::fs(FsId(1)), set).unwrap();
+//! dm.dm_set_disp(sid, &DmHandle::fs(FsId(1)), DM_NO_TOKEN, set).unwrap();
 //! ```
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dmapi::event::{parse_eventmsgs, DmEvent};
+use dmapi::event::{parse_body, parse_eventmsgs, DmEvent, EventBody};
 use dmapi::proto::Message;
 
 use dmapi::types::{
-    DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventSet, EventType,
-    ExtentType, FsId, NodeId,
+    DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventClass, EventSet,
+    EventType, ExtentType, FsId, NodeId, DM_RR_WAIT,
 };
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 
-use crate::channel::{error_from_errno, Channel, NodeStatus, ObjRefOp, Reply, Request, RightOp};
+use crate::channel::{error_from_errno, ByHandle, Channel, DioInfo, NodeStatus, ObjRefOp, Reply, Request, RightOp};
 
 /// A DM application's handle on its node: each method forwards one XDSM call to
 /// the node daemon over the local API. One call at a time per handle (a blocking
@@ -183,8 +184,8 @@ impl Dm {
     }
 
     /// `dm_set_disp`.
-    pub fn dm_set_disp(&self, sid: DmSessId, fs_handle: &DmHandle, set: EventSet) -> DmResult<()> {
-        self.ok(Request::SetDisp { sid: sid.0, handle: fs_handle.as_bytes().to_vec(), set: set.0 })
+    pub fn dm_set_disp(&self, sid: DmSessId, fs_handle: &DmHandle, token: DmToken, set: EventSet) -> DmResult<()> {
+        self.ok(Request::SetDisp { sid: sid.0, token: token.0, handle: hb(fs_handle), set: set.0 })
     }
 
     /// `dm_getall_disp`.
@@ -195,14 +196,14 @@ impl Dm {
         }
     }
 
-    /// `dm_set_eventlist` on a file-system handle.
-    pub fn dm_set_eventlist(&self, sid: DmSessId, fs_handle: &DmHandle, set: EventSet) -> DmResult<()> {
-        self.ok(Request::SetEventlist { sid: sid.0, handle: fs_handle.as_bytes().to_vec(), set: set.0 })
+    /// `dm_set_eventlist` on a file-system handle (a disposition) or a file's.
+    pub fn dm_set_eventlist(&self, sid: DmSessId, h: &DmHandle, token: DmToken, set: EventSet) -> DmResult<()> {
+        self.ok(Request::SetEventlist { sid: sid.0, token: token.0, handle: hb(h), set: set.0 })
     }
 
-    /// `dm_get_eventlist` on a file-system handle.
-    pub fn dm_get_eventlist(&self, sid: DmSessId, fs_handle: &DmHandle) -> DmResult<EventSet> {
-        match self.call(&Request::GetEventlist { sid: sid.0, handle: fs_handle.as_bytes().to_vec() })? {
+    /// `dm_get_eventlist` on a file-system handle or a file's.
+    pub fn dm_get_eventlist(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<EventSet> {
+        match self.call(&Request::GetEventlist { sid: sid.0, token: token.0, handle: hb(h) })? {
             Reply::Set(s) => Ok(EventSet(s)),
             r => Err(Self::unexpected(r)),
         }
@@ -213,12 +214,14 @@ impl Dm {
         &self,
         sid: DmSessId,
         fs_handle: &DmHandle,
+        token: DmToken,
         name: DmAttrName,
         enable: bool,
     ) -> DmResult<()> {
         self.ok(Request::SetReturnOnDestroy {
             sid: sid.0,
-            handle: fs_handle.as_bytes().to_vec(),
+            token: token.0,
+            handle: hb(fs_handle),
             attr: name.an_chars,
             enable,
         })
@@ -331,8 +334,16 @@ impl Dm {
 
     /// `dm_get_bulkattr`: up to `max` files of the file system from `cookie`
     /// (start at 0) and the next cookie (0: all seen).
-    pub fn dm_get_bulkattr(&self, sid: DmSessId, fs: &DmHandle, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
-        let (v, next) = self.stats(Request::Bulk { sid: sid.0, handle: hb(fs), attr: Vec::new(), cookie, max })?;
+    pub fn dm_get_bulkattr(
+        &self,
+        sid: DmSessId,
+        fs: &DmHandle,
+        token: DmToken,
+        cookie: u64,
+        max: u32,
+    ) -> DmResult<(Vec<DmStat>, u64)> {
+        let req = Request::Bulk { sid: sid.0, token: token.0, handle: hb(fs), attr: Vec::new(), cookie, max };
+        let (v, next) = self.stats(req)?;
         Ok((v.into_iter().map(|(s, _)| s).collect(), next))
     }
 
@@ -342,6 +353,7 @@ impl Dm {
         &self,
         sid: DmSessId,
         fs: &DmHandle,
+        token: DmToken,
         attr: &[u8],
         cookie: u64,
         max: u32,
@@ -349,7 +361,17 @@ impl Dm {
         if attr.is_empty() {
             return Err(DmError::Inval("DM attribute names are 1 to 8 bytes"));
         }
-        self.stats(Request::Bulk { sid: sid.0, handle: hb(fs), attr: attr.to_vec(), cookie, max })
+        self.stats(Request::Bulk { sid: sid.0, token: token.0, handle: hb(fs), attr: attr.to_vec(), cookie, max })
+    }
+
+    /// `dm_init_attrloc`: the cookie a scan of the file system (`h` its
+    /// handle: `dm_get_bulkattr`, `dm_get_bulkall`) or of a directory
+    /// (`dm_get_dirattrs`) starts from.
+    pub fn dm_init_attrloc(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<u64> {
+        match self.call(&Request::InitAttrloc { sid: sid.0, token: token.0, handle: hb(h) })? {
+            Reply::Count(c) => Ok(c),
+            r => Err(Self::unexpected(r)),
+        }
     }
 
     /// `dm_get_dirattrs`: up to `max` entries of directory `dir` from `cookie`.
@@ -492,15 +514,26 @@ impl Dm {
         self.call(&Request::Right { sid: sid.0, token: token.0, handle: hb(h), op })
     }
 
-    /// `dm_request_right`: waits until every conflicting access in the cluster
-    /// is done, then holds `right`.
-    pub fn dm_request_right(&self, sid: DmSessId, h: &DmHandle, token: DmToken, right: DmRight) -> DmResult<()> {
+    /// `dm_request_right`: with `DM_RR_WAIT` in `flags`, waits until every
+    /// conflicting access in the cluster is done, then holds `right`; without
+    /// it, `EAGAIN` when another token on this node holds a conflicting right.
+    pub fn dm_request_right(
+        &self,
+        sid: DmSessId,
+        h: &DmHandle,
+        token: DmToken,
+        flags: u32,
+        right: DmRight,
+    ) -> DmResult<()> {
+        if flags & !DM_RR_WAIT != 0 {
+            return Err(DmError::Inval("unknown dm_request_right flags"));
+        }
         let right = match right {
             DmRight::Null => 0,
             DmRight::Shared => 1,
             DmRight::Excl => 2,
         };
-        expect_ok(self.right(sid, h, token, RightOp::Request { right })?)
+        expect_ok(self.right(sid, h, token, RightOp::Request { right, wait: flags & DM_RR_WAIT != 0 })?)
     }
 
     /// `dm_release_right`.
@@ -549,6 +582,125 @@ impl Dm {
             Reply::Flag(b) => Ok(b),
             r => Err(Self::unexpected(r)),
         }
+    }
+
+    /// `dm_set_inherit`: objects of file type `mode & S_IFMT` made from now
+    /// on in a directory that has DM attribute `name` get a copy of it.
+    pub fn dm_set_inherit(&self, sid: DmSessId, fs: &DmHandle, token: DmToken, name: &[u8], mode: u32) -> DmResult<()> {
+        let req =
+            Request::Inherit { sid: sid.0, token: token.0, handle: hb(fs), name: name.to_vec(), mode: Some(mode) };
+        self.ok(req)
+    }
+
+    /// `dm_clear_inherit` (`ENOENT` if `name` was not inheritable).
+    pub fn dm_clear_inherit(&self, sid: DmSessId, fs: &DmHandle, token: DmToken, name: &[u8]) -> DmResult<()> {
+        self.ok(Request::Inherit { sid: sid.0, token: token.0, handle: hb(fs), name: name.to_vec(), mode: None })
+    }
+
+    /// `dm_getall_inherit`: (attribute name, file type) pairs.
+    pub fn dm_getall_inherit(&self, sid: DmSessId, fs: &DmHandle, token: DmToken) -> DmResult<Vec<(Vec<u8>, u32)>> {
+        match self.call(&Request::GetallInherit { sid: sid.0, token: token.0, handle: hb(fs) })? {
+            Reply::Inherit(v) => Ok(v),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    fn by_handle(
+        &self,
+        sid: DmSessId,
+        dir: &DmHandle,
+        token: DmToken,
+        h: &DmHandle,
+        name: &[u8],
+        what: ByHandle,
+    ) -> DmResult<()> {
+        let req =
+            Request::ByHandle { sid: sid.0, token: token.0, dir: hb(dir), handle: hb(h), name: name.to_vec(), what };
+        self.ok(req)
+    }
+
+    /// `dm_create_by_handle`: a regular file named `name` in `dir` with
+    /// handle `h` (made with `dm_make_handle`, its inode free): root's, mode
+    /// 0600, no event; set its attributes with `dm_set_fileattr`.
+    pub fn dm_create_by_handle(
+        &self,
+        sid: DmSessId,
+        dir: &DmHandle,
+        token: DmToken,
+        h: &DmHandle,
+        name: &[u8],
+    ) -> DmResult<()> {
+        self.by_handle(sid, dir, token, h, name, ByHandle::File)
+    }
+
+    /// `dm_mkdir_by_handle` (mode 0700).
+    pub fn dm_mkdir_by_handle(
+        &self,
+        sid: DmSessId,
+        dir: &DmHandle,
+        token: DmToken,
+        h: &DmHandle,
+        name: &[u8],
+    ) -> DmResult<()> {
+        self.by_handle(sid, dir, token, h, name, ByHandle::Dir)
+    }
+
+    /// `dm_symlink_by_handle`: a symbolic link to `target`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dm_symlink_by_handle(
+        &self,
+        sid: DmSessId,
+        dir: &DmHandle,
+        token: DmToken,
+        h: &DmHandle,
+        name: &[u8],
+        target: &[u8],
+    ) -> DmResult<()> {
+        self.by_handle(sid, dir, token, h, name, ByHandle::Symlink(target.to_vec()))
+    }
+
+    /// `dm_handle_to_path`: the path on this node's mount of `target`, an
+    /// entry of directory `dir` (or `dir` itself).
+    pub fn dm_handle_to_path(&self, dir: &DmHandle, target: &DmHandle) -> DmResult<PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        let b = self.bytes(Request::HandleToPath { dir: hb(dir), target: hb(target) })?;
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(b)))
+    }
+
+    /// `dm_get_mountinfo` as its raw `dm_mount_event_t` with variable data.
+    pub fn dm_get_mountinfo_raw(&self, sid: DmSessId, fs: &DmHandle, token: DmToken) -> DmResult<Vec<u8>> {
+        self.bytes(Request::GetMountinfo { sid: sid.0, token: token.0, handle: hb(fs) })
+    }
+
+    /// `dm_get_mountinfo`: this node's mount of the file system, as its mount
+    /// event had it (an [`EventBody::Mount`]).
+    pub fn dm_get_mountinfo(&self, sid: DmSessId, fs: &DmHandle, token: DmToken) -> DmResult<EventBody> {
+        parse_body(EventClass::Mount, &self.dm_get_mountinfo_raw(sid, fs, token)?)
+    }
+
+    /// `dm_get_dioinfo`.
+    pub fn dm_get_dioinfo(&self, sid: DmSessId, h: &DmHandle, token: DmToken) -> DmResult<DioInfo> {
+        match self.call(&Request::GetDioinfo { sid: sid.0, token: token.0, handle: hb(h) })? {
+            Reply::Dioinfo(d) => Ok(d),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// `dm_open_by_handle`: the object opened with `open(2)` `flags`, through
+    /// this node's mount of its file system (`open_by_handle_at(2)`; needs
+    /// `CAP_DAC_READ_SEARCH`, as XFS's did).
+    pub fn dm_open_by_handle(&self, h: &DmHandle, flags: i32) -> DmResult<std::fs::File> {
+        if h.kind() != dmapi::types::HandleKind::File {
+            return Err(DmError::BadF("dm_open_by_handle takes an object handle"));
+        }
+        let mount = self.bytes(Request::MountPath { fs: h.fsid().0 })?;
+        let mount = Path::new(std::ffi::OsStr::from_bytes(&mount));
+        crate::fhandle::open(mount, h.ino()?, h.igen()?, flags).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => DmError::BadF("no such object"),
+            Some(libc::EPERM) => DmError::Perm("dm_open_by_handle needs CAP_DAC_READ_SEARCH"),
+            Some(errno) => DmError::from_errno(errno, "dm_open_by_handle"),
+            None => DmError::Io(e.to_string()),
+        })
     }
 
     /// The DM limits of the file system `h` is on.

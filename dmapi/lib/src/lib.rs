@@ -9,6 +9,7 @@
 pub mod capi;
 pub mod channel;
 pub mod client;
+mod fhandle;
 pub mod seqpacket;
 
 pub use client::{Dm, Generated};

@@ -12,7 +12,7 @@
 
 use dmapi::error::{DmError, DmResult};
 use dmapi::types::{DmHandle, DmRight, DmSessId, DmStat, DmToken, EventSet, FsId, HandleKind, DM_NO_TOKEN};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -20,11 +20,13 @@ use std::path::Path;
 use std::sync::Arc;
 use tpfs::blockdev::BlockDev;
 use tpfs::data::{map, DataPath};
-use tpfs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE};
+use tpfs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE, ROOT_INO};
+use tpfs::meta::DmChange;
 use tpfs::remote::MetaClient;
 use tpfs::rpc::{inode_from, Destroyed, Mode, Reply, Req, WireSetAttr};
 
 pub use dmapi::types::ExtentType;
+pub use libdmapi::channel::ByHandle;
 
 /// A file-system errno (from the manager or the data path) as the DMAPI
 /// error XDSM gives for it: a file that is gone is a bad handle, a refusal
@@ -74,6 +76,8 @@ pub struct DmFs {
     fs: FsId,
     /// Rights held, per (holder, inode); each pins the inode's token once.
     rights: Mutex<HashMap<(Holder, u64), DmRight>>,
+    /// Signalled when a right is given up or downgraded.
+    released: Condvar,
     /// Object references held (`dm_obj_ref_hold`): each is an open of the
     /// file at the manager, so the file outlives its last name.
     refs: Mutex<std::collections::HashSet<(Holder, u64)>>,
@@ -84,7 +88,13 @@ impl DmFs {
     /// `dev` the node's connection to its volume.
     pub fn connect(manager: SocketAddr, dev: Arc<dyn BlockDev>, fs: FsId, name: &str) -> std::io::Result<DmFs> {
         let meta = MetaClient::connect(manager, name)?;
-        Ok(DmFs { data: DataPath::new(meta, dev), fs, rights: Mutex::new(HashMap::new()), refs: Mutex::default() })
+        Ok(DmFs {
+            data: DataPath::new(meta, dev),
+            fs,
+            rights: Mutex::new(HashMap::new()),
+            released: Condvar::new(),
+            refs: Mutex::default(),
+        })
     }
 
     fn meta(&self) -> &MetaClient {
@@ -240,6 +250,21 @@ impl DmFs {
         Ok(())
     }
 
+    /// `dm_init_attrloc`: `h` must name this file system or a directory
+    /// of it; every scan starts at cookie 0.
+    pub fn init_attrloc(&self, h: &DmHandle) -> DmResult<()> {
+        match h.kind() {
+            HandleKind::Fs => self.check_fs(h),
+            _ => {
+                let ino = self.ino(h)?;
+                if self.inode(ino)?.mode.get() & libc::S_IFMT != libc::S_IFDIR {
+                    return Err(DmError::Inval("not a directory"));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// `dm_get_dirattrs`: up to `max` entries of directory `dir` from
     /// `cookie` on, each with its name and attributes, and the next cookie.
     pub fn get_dirattrs(&self, dir: &DmHandle, cookie: u64, max: u32) -> DmResult<(Vec<DmStat>, u64)> {
@@ -344,20 +369,32 @@ impl DmFs {
         Ok(d)
     }
 
-    fn set_dm_info(&self, ino: u64, info: DmInfo) -> DmResult<()> {
-        match self.meta().ask(Req::DmSet { ino, info }).map_err(from_errno)? {
-            Reply::Granted { .. } => Ok(()),
-            _ => Err(DmError::Io("unexpected reply".into())),
+    /// One change to the file's DM block, made by the manager on its copy
+    /// (a whole block sent back would lose another node's change).
+    fn dm_change(&self, ino: u64, change: DmChange) -> DmResult<()> {
+        match self.meta().ask(Req::DmChange { ino, change }) {
+            Ok(Reply::Granted { .. }) => Ok(()),
+            Ok(_) => Err(DmError::Io("unexpected reply".into())),
+            Err(libc::ENODATA) => Err(DmError::NoEnt("no such DM attribute")),
+            Err(libc::E2BIG) => Err(DmError::TooBig { needed: 0 }),
+            Err(e) => Err(from_errno(e)),
         }
     }
 
     /// `dm_set_region`: replaces the file's managed regions; returns
-    /// `exactflag` (true: regions are kept exactly as given).
+    /// `exactflag`: true, as the regions are kept exactly as given, byte
+    /// offsets and all (an event is raised by the bytes an access touches).
     pub fn set_region(&self, h: &DmHandle, regions: &[Region]) -> DmResult<bool> {
+        use tpfs::format::region_flags::*;
+        if regions.iter().any(|r| r.flags & !(READ | WRITE | TRUNCATE) != 0) {
+            return Err(DmError::Inval("region flags other than DM_REGION_READ, _WRITE, _TRUNCATE"));
+        }
+        let (_, _, most) = DmInfo::limits(self.data.bs as usize);
+        if regions.len() > most {
+            return Err(DmError::TooBig { needed: most });
+        }
         let ino = self.ino(h)?;
-        let mut d = self.dm_info(ino)?;
-        d.regions = Some(regions.to_vec());
-        self.set_dm_info(ino, d)?;
+        self.dm_change(ino, DmChange::Regions(regions.to_vec()))?;
         Ok(true)
     }
 
@@ -383,12 +420,7 @@ impl DmFs {
     pub fn set_dmattr(&self, h: &DmHandle, name: &[u8], value: &[u8]) -> DmResult<()> {
         Self::check_name(name)?;
         let ino = self.ino(h)?;
-        let mut d = self.dm_info(ino)?;
-        match d.attrs.iter_mut().find(|(n, _)| n == name) {
-            Some(a) => a.1 = value.to_vec(),
-            None => d.attrs.push((name.to_vec(), value.to_vec())),
-        }
-        self.set_dm_info(ino, d)
+        self.dm_change(ino, DmChange::SetAttr { name: name.to_vec(), value: value.to_vec() })
     }
 
     /// `dm_get_dmattr`: `ENOENT` when the file has no such attribute.
@@ -403,19 +435,102 @@ impl DmFs {
     pub fn remove_dmattr(&self, h: &DmHandle, name: &[u8]) -> DmResult<()> {
         Self::check_name(name)?;
         let ino = self.ino(h)?;
-        let mut d = self.dm_info(ino)?;
-        let before = d.attrs.len();
-        d.attrs.retain(|(n, _)| n != name);
-        if d.attrs.len() == before {
-            return Err(DmError::NoEnt("no such DM attribute"));
-        }
-        self.set_dm_info(ino, d)
+        self.dm_change(ino, DmChange::RemoveAttr { name: name.to_vec() })
     }
 
     /// `dm_getall_dmattr`.
     pub fn getall_dmattr(&self, h: &DmHandle) -> DmResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let ino = self.ino(h)?;
         Ok(self.dm_info(ino)?.attrs)
+    }
+
+    /// `dm_set_inherit`: new objects of file type `mode & S_IFMT` get the
+    /// DM attribute `name` of the directory they are made in.
+    pub fn set_inherit(&self, fs: &DmHandle, name: &[u8], mode: u32) -> DmResult<()> {
+        Self::check_name(name)?;
+        self.check_fs(fs)?;
+        let t = mode & libc::S_IFMT;
+        let types =
+            [libc::S_IFREG, libc::S_IFDIR, libc::S_IFLNK, libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
+        if !types.contains(&t) {
+            return Err(DmError::Inval("mode names no file type (S_IFREG, S_IFDIR, ...)"));
+        }
+        self.dm_change(ROOT_INO, DmChange::Inherit { name: name.to_vec(), mode: Some(t) })
+    }
+
+    /// `dm_clear_inherit`: `ENOENT` if `name` was not inheritable.
+    pub fn clear_inherit(&self, fs: &DmHandle, name: &[u8]) -> DmResult<()> {
+        Self::check_name(name)?;
+        self.check_fs(fs)?;
+        self.dm_change(ROOT_INO, DmChange::Inherit { name: name.to_vec(), mode: None })
+    }
+
+    /// `dm_getall_inherit`: (name, file type) of each inheritable attribute.
+    pub fn getall_inherit(&self, fs: &DmHandle) -> DmResult<Vec<(Vec<u8>, u32)>> {
+        self.check_fs(fs)?;
+        Ok(self.dm_info(ROOT_INO)?.inherit)
+    }
+
+    /// `dm_create_by_handle`, `dm_mkdir_by_handle`, `dm_symlink_by_handle`:
+    /// the object `h` (its inode number and generation, free now) made as
+    /// `name` in directory `dir`, owned by root with mode 0600 (0700 for a
+    /// directory), for the DM application to set with `dm_set_fileattr`.
+    /// No event: the DM application itself is making it.
+    pub fn create_by_handle(&self, dir: &DmHandle, h: &DmHandle, name: &[u8], what: ByHandle) -> DmResult<()> {
+        let parent = self.ino(dir)?;
+        if h.kind() != HandleKind::File || h.fsid() != self.fs {
+            return Err(DmError::BadF("not a file handle of this file system"));
+        }
+        if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name == b"." || name == b".." {
+            return Err(DmError::Inval("not a name for a directory entry"));
+        }
+        let (mode, symlink) = match what {
+            ByHandle::File => (libc::S_IFREG | 0o600, None),
+            ByHandle::Dir => (libc::S_IFDIR | 0o700, None),
+            ByHandle::Symlink(t) => (libc::S_IFLNK | 0o777, Some(t)),
+        };
+        let req = Req::Create {
+            parent,
+            name: name.to_vec(),
+            mode,
+            uid: 0,
+            gid: 0,
+            symlink,
+            open: false,
+            rdev: 0,
+            at: Some((h.ino()?, h.igen()?)),
+        };
+        match self.meta().ask(req) {
+            Ok(Reply::Changed { .. }) => Ok(()),
+            Ok(_) => Err(DmError::Io("unexpected reply".into())),
+            Err(libc::EEXIST) => Err(DmError::Exist("the name, or an object with the handle, exists")),
+            Err(libc::ENOTDIR) => Err(DmError::Inval("not a directory")),
+            Err(e) => Err(from_errno(e)),
+        }
+    }
+
+    /// `dm_handle_to_path`'s part in the file system: the path from the
+    /// root of `target`, an entry of directory `dir` or `dir` itself.
+    pub fn path_of(&self, dir: &DmHandle, target: &DmHandle) -> DmResult<Vec<u8>> {
+        let d = self.ino(dir)?;
+        let t = self.ino(target)?;
+        match self.meta().ask(Req::PathOf { dir: d, target: t }) {
+            Ok(Reply::Path(p)) => Ok(p),
+            Ok(_) => Err(DmError::Io("unexpected reply".into())),
+            Err(libc::ENOTDIR) => Err(DmError::Inval("not a directory")),
+            Err(libc::ENOENT) => Err(DmError::Inval("the object is not in that directory")),
+            Err(e) => Err(from_errno(e)),
+        }
+    }
+
+    /// `dm_get_dioinfo`, as XFS answered it: sector-aligned memory, the
+    /// block as the smallest size, anything up to `INT_MAX` in whole blocks.
+    /// The mount takes any alignment (FUSE copies, and the data path
+    /// reads-modifies-writes a partial block); whole blocks avoid that.
+    pub fn dioinfo(&self, h: &DmHandle) -> DmResult<libdmapi::channel::DioInfo> {
+        self.ino(h)?;
+        let bs = self.data.bs as u32;
+        Ok(libdmapi::channel::DioInfo { mem: 512, miniosz: bs, maxiosz: i32::MAX as u32 & !(bs - 1), dio_only: false })
     }
 
     /// `dm_set_eventlist` on a file.
@@ -462,9 +577,11 @@ impl DmFs {
         f()
     }
 
-    /// `dm_request_right`: blocks until every conflicting token in the
-    /// cluster is given back, then `who` holds it.
-    pub fn request_right(&self, who: Holder, h: &DmHandle, right: DmRight) -> DmResult<()> {
+    /// `dm_request_right`: with `wait` (`DM_RR_WAIT`) blocks until no other
+    /// token here holds a conflicting right and every conflicting token in
+    /// the cluster is given back, then `who` holds it; without, `EAGAIN`
+    /// where a token here holds one.
+    pub fn request_right(&self, who: Holder, h: &DmHandle, right: DmRight, wait: bool) -> DmResult<()> {
         let who = who.token_needed()?;
         let ino = self.ino(h)?;
         let mode = match right {
@@ -473,30 +590,56 @@ impl DmFs {
             DmRight::Excl => Mode::Write,
         };
         let mut r = self.rights.lock();
-        let have = r.get(&(who, ino)).copied().unwrap_or(DmRight::Null);
-        if have >= right {
-            return Ok(());
+        let have = loop {
+            let have = r.get(&(who, ino)).copied().unwrap_or(DmRight::Null);
+            if have >= right {
+                return Ok(());
+            }
+            let busy = r
+                .iter()
+                .any(|(&(o, i), &held)| i == ino && o != who && (held == DmRight::Excl || right == DmRight::Excl));
+            if !busy {
+                break have;
+            }
+            if !wait {
+                return Err(DmError::Again("another token holds a conflicting right"));
+            }
+            self.released.wait(&mut r);
+        };
+        // Reserved: other tokens here see it and wait, while the node's
+        // token is taken from the other nodes without the table locked.
+        r.insert((who, ino), right);
+        drop(r);
+        if let Err(e) = self.meta().pin(ino, mode) {
+            let mut r = self.rights.lock();
+            match have {
+                DmRight::Null => r.remove(&(who, ino)),
+                h => r.insert((who, ino), h),
+            };
+            self.released.notify_all();
+            return Err(from_errno(e));
         }
-        self.meta().pin(ino, mode).map_err(from_errno)?;
         if have != DmRight::Null {
             self.meta().unpin(ino);
         }
-        r.insert((who, ino), right);
         Ok(())
     }
 
-    /// `dm_upgrade_right`: shared to exclusive.
+    /// `dm_upgrade_right`: shared to exclusive (waiting for other tokens
+    /// here that hold it shared).
     pub fn upgrade_right(&self, who: Holder, h: &DmHandle) -> DmResult<()> {
         let who = who.token_needed()?;
         let ino = self.ino(h)?;
         if self.rights.lock().get(&(who, ino)) != Some(&DmRight::Shared) {
             return Err(DmError::Inval("upgrade needs a shared right"));
         }
-        self.request_right(who, h, DmRight::Excl)
+        self.request_right(who, h, DmRight::Excl, true)
     }
 
-    /// `dm_downgrade_right`: exclusive to shared (the token stays exclusive
-    /// until another node asks; what the right allows is what changes).
+    /// `dm_downgrade_right`: exclusive to shared, for real: the node's
+    /// exclusive token becomes a shared one (what it changed goes back to
+    /// the manager first), so other nodes may read while this token keeps
+    /// the right shared and writers still wait.
     pub fn downgrade_right(&self, who: Holder, h: &DmHandle) -> DmResult<()> {
         let who = who.token_needed()?;
         let ino = self.ino(h)?;
@@ -504,7 +647,9 @@ impl DmFs {
         if r.get(&(who, ino)) != Some(&DmRight::Excl) {
             return Err(DmError::Inval("downgrade needs an exclusive right"));
         }
+        self.meta().downgrade(ino).map_err(from_errno)?;
         r.insert((who, ino), DmRight::Shared);
+        self.released.notify_all();
         Ok(())
     }
 
@@ -515,9 +660,12 @@ impl DmFs {
         match self.rights.lock().remove(&(who, ino)) {
             Some(_) => {
                 self.meta().unpin(ino);
+                self.released.notify_all();
                 Ok(())
             }
-            None => Err(DmError::Acces("no right held on this file")),
+            // A right on a file that went meanwhile still goes above;
+            // without one, a handle of no file is EBADF before EACCES.
+            None => self.ino(h).and(Err(DmError::Acces("no right held on this file"))),
         }
     }
 
@@ -525,7 +673,10 @@ impl DmFs {
     pub fn query_right(&self, who: Holder, h: &DmHandle) -> DmResult<DmRight> {
         let who = who.token_needed()?;
         let ino = h.ino()?;
-        Ok(self.rights.lock().get(&(who, ino)).copied().unwrap_or(DmRight::Null))
+        match self.rights.lock().get(&(who, ino)).copied() {
+            Some(r) => Ok(r),
+            None => self.ino(h).map(|_| DmRight::Null),
+        }
     }
 
     /// Every right and object reference `who` holds goes (its event was
@@ -541,6 +692,7 @@ impl DmFs {
         for ino in &gone {
             self.meta().unpin(*ino);
         }
+        self.released.notify_all();
         let refs: Vec<u64> = {
             let mut r = self.refs.lock();
             let keys: Vec<(Holder, u64)> = r.iter().filter(|(h, _)| *h == who).copied().collect();
@@ -578,7 +730,7 @@ impl DmFs {
         let who = who.token_needed()?;
         let ino = h.ino()?;
         if !self.refs.lock().remove(&(who, ino)) {
-            return Err(DmError::Acces("the token holds no reference on the object"));
+            return self.ino(h).and(Err(DmError::Acces("the token holds no reference on the object")));
         }
         self.close(ino)
     }
@@ -586,7 +738,10 @@ impl DmFs {
     /// `dm_obj_ref_query`.
     pub fn obj_ref_query(&self, who: Holder, h: &DmHandle) -> DmResult<bool> {
         let who = who.token_needed()?;
-        Ok(self.refs.lock().contains(&(who, h.ino()?)))
+        if self.refs.lock().contains(&(who, h.ino()?)) {
+            return Ok(true);
+        }
+        self.ino(h).map(|_| false)
     }
 
     fn close(&self, ino: u64) -> DmResult<Option<Destroyed>> {

@@ -150,6 +150,14 @@ pub struct DioInfo {
     pub d_dio_only: u32,
 }
 
+/// `dm_inherit_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct Inherit {
+    pub ih_name: [u8; 8],
+    pub ih_filetype: u32,
+}
+
 /// A structure's C name, size and (field, offset) pairs.
 pub type StructLayout = (&'static str, usize, &'static [(&'static str, usize)]);
 
@@ -198,6 +206,7 @@ pub const LAYOUT: &[StructLayout] = &[
     ("dm_timestruct_t", size_of::<TimeStruct>(), &[("dm_tv_nsec", 8)]),
     ("dm_eventmsg_t", size_of::<EventMsg>(), &[("ev_type", 4), ("ev_token", 8), ("ev_data", 16)]),
     ("dm_dioinfo_t", size_of::<DioInfo>(), &[("d_dio_only", 12)]),
+    ("dm_inherit_t", size_of::<Inherit>(), &[("ih_filetype", offset_of!(Inherit, ih_filetype))]),
 ];
 
 // SGI's numbers for x86-64.
@@ -219,3 +228,4 @@ const _: () = assert!(size_of::<AttrList>() == 20);
 const _: () = assert!(size_of::<TimeStruct>() == 16);
 const _: () = assert!(size_of::<EventMsg>() == 24);
 const _: () = assert!(size_of::<DioInfo>() == 16);
+const _: () = assert!(size_of::<Inherit>() == 12);

@@ -16,21 +16,22 @@ mod ffi;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_uint, c_void, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::time::Duration;
 
 use dmapi::types::{
     dm_at, DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventSet,
     EventType, ExtentType, FsId, HandleKind, DM_ATTR_NAME_SIZE, DM_MAX_ATTR_ON_DESTROY, DM_MAX_HANDLE_SIZE,
-    DM_MAX_MESSAGE_DATA, DM_RR_WAIT, DM_SESSION_INFO_LEN,
+    DM_MAX_MESSAGE_DATA, DM_SESSION_INFO_LEN,
 };
 use dmapi::{DmError, DmResult};
 use zerocopy::IntoBytes;
 
+use crate::channel::ByHandle;
 use crate::Dm;
 use ffi::{Buf, Out};
-use layout::{AttrList, DispInfo, Extent, FileAttr, Region, Stat, VarData};
+use layout::{AttrList, DioInfo, DispInfo, Extent, FileAttr, Inherit, Region, Stat, VarData};
 
 /// `DM_WRITE_SYNC`.
 const DM_WRITE_SYNC: c_int = 0x1;
@@ -518,16 +519,16 @@ pub extern "C" fn dm_send_msg(targetsid: Sid, msgtype: c_int, buflen: usize, buf
 /// `dm_set_disp` and `dm_set_eventlist`: an event set for a handle.
 fn set_events(
     sid: Sid,
-    hanp: *mut c_void,
-    hlen: usize,
+    (hanp, hlen): (*mut c_void, usize),
+    token: Tok,
     eventsetp: *mut u64,
     maxevent: c_uint,
-    f: fn(&Dm, DmSessId, &DmHandle, EventSet) -> DmResult<()>,
+    f: fn(&Dm, DmSessId, &DmHandle, DmToken, EventSet) -> DmResult<()>,
 ) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         let set = events_to_set(ffi::value_in(eventsetp)?, maxevent)?;
-        with_dm(|dm| f(dm, session(sid), &h, set)).map(|_| 0)
+        with_dm(|dm| f(dm, session(sid), &h, self::token(token), set)).map(|_| 0)
     })
 }
 
@@ -540,8 +541,7 @@ pub extern "C" fn dm_set_disp(
     eventsetp: *mut u64,
     maxevent: c_uint,
 ) -> c_int {
-    let _ = token;
-    set_events(sid, hanp, hlen, eventsetp, maxevent, Dm::dm_set_disp)
+    set_events(sid, (hanp, hlen), token, eventsetp, maxevent, Dm::dm_set_disp)
 }
 
 #[no_mangle]
@@ -562,8 +562,7 @@ pub extern "C" fn dm_set_eventlist(
     eventsetp: *mut u64,
     maxevent: c_uint,
 ) -> c_int {
-    let _ = token;
-    set_events(sid, hanp, hlen, eventsetp, maxevent, Dm::dm_set_eventlist)
+    set_events(sid, (hanp, hlen), token, eventsetp, maxevent, Dm::dm_set_eventlist)
 }
 
 #[no_mangle]
@@ -581,8 +580,7 @@ pub extern "C" fn dm_get_eventlist(
         // Checked before the call changes anything.
         Out::new(eventsetp)?;
         Out::new(nelemp)?;
-        let _ = token;
-        let set = with_dm(|dm| dm.dm_get_eventlist(session(sid), &h))?;
+        let set = with_dm(|dm| dm.dm_get_eventlist(session(sid), &h, self::token(token)))?;
         put_eventset(set, nelem, eventsetp, nelemp).map(|_| 0)
     })
 }
@@ -599,8 +597,7 @@ pub extern "C" fn dm_set_return_on_destroy(
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         let name = ffi::value_in(attrnamep)?;
-        let _ = token;
-        with_dm(|dm| dm.dm_set_return_on_destroy(session(sid), &h, name, enable != 0)).map(|_| 0)
+        with_dm(|dm| dm.dm_set_return_on_destroy(session(sid), &h, self::token(token), name, enable != 0)).map(|_| 0)
     })
 }
 
@@ -792,10 +789,10 @@ pub extern "C" fn dm_set_fileattr(
 #[no_mangle]
 pub extern "C" fn dm_init_attrloc(sid: Sid, hanp: *mut c_void, hlen: usize, token: Tok, locp: *mut i64) -> c_int {
     ffi::call(-1, || {
-        let _ = (sid, token);
-        ffi::handle_in(hanp, hlen)?;
-        // A scan's position is a cookie; 0 is the start of every scan.
-        Out::new(locp)?.set(0)?;
+        let out = Out::new(locp)?;
+        let h = ffi::handle_in(hanp, hlen)?;
+        let start = with_dm(|dm| dm.dm_init_attrloc(session(sid), &h, self::token(token)))?;
+        out.set(start as i64)?;
         Ok(0)
     })
 }
@@ -852,8 +849,9 @@ pub extern "C" fn dm_get_bulkattr(
 ) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
-        let _ = (token, mask);
-        scan_stats(false, locp, buflen, bufp, rlenp, |c, m| with_dm(|dm| dm.dm_get_bulkattr(session(sid), &h, c, m)))
+        let _ = mask;
+        let t = self::token(token);
+        scan_stats(false, locp, buflen, bufp, rlenp, |c, m| with_dm(|dm| dm.dm_get_bulkattr(session(sid), &h, t, c, m)))
     })
 }
 
@@ -1119,11 +1117,8 @@ pub extern "C" fn dm_request_right(
 ) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
-        if flags & !DM_RR_WAIT != 0 {
-            return Err(DmError::Inval("unknown dm_request_right flags"));
-        }
         let r = right_of(right)?;
-        with_dm(|dm| dm.dm_request_right(session(sid), &h, self::token(token), r)).map(|_| 0)
+        with_dm(|dm| dm.dm_request_right(session(sid), &h, self::token(token), flags, r)).map(|_| 0)
     })
 }
 
@@ -1166,10 +1161,9 @@ fn config_value(h: &DmHandle, flag: c_int) -> DmResult<u64> {
         // _PERS_MANAGED_REGIONS, _PUNCH_HOLE, _WILL_RETRY (a nospace
         // event's CONTINUE retries the write)
         1 | 3 | 4 | 5 | 12 | 13 | 14 | 16 | 17 | 19 => 1,
-        // DM_CONFIG_OBJ_REF
-        11 => 1,
-        // DM_CONFIG_CREATE_BY_HANDLE, _PERS_INHERIT_ATTRIBS: not yet
-        2 | 15 => 0,
+        // DM_CONFIG_OBJ_REF, _CREATE_BY_HANDLE, _PERS_INHERIT_ATTRIBS (kept
+        // in the root's DM block)
+        11 | 2 | 15 => 1,
         6 => DM_MAX_ATTR_ON_DESTROY as u64,
         7 => limits()?.max_attribute_size,
         8 => DM_MAX_HANDLE_SIZE as u64,
@@ -1243,12 +1237,13 @@ pub extern "C" fn dm_get_bulkall(
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         let name = attr_name(&ffi::value_in(attrnamep)?.an_chars)?;
-        let _ = (token, mask);
+        let _ = mask;
+        let t = self::token(token);
         // The largest record: the handle and the largest value a file can carry.
         let most = with_dm(|dm| dm.fs_limits(&h))?.max_attribute_size as usize;
         let per = Chain::record_len(std::mem::size_of::<layout::XStat>(), &[DM_MAX_HANDLE_SIZE, most]);
         scan(per, locp, buflen, bufp, rlenp, |c, m| {
-            let (stats, next) = with_dm(|dm| dm.dm_get_bulkall(session(sid), &h, &name, c, m))?;
+            let (stats, next) = with_dm(|dm| dm.dm_get_bulkall(session(sid), &h, t, &name, c, m))?;
             Ok((encode_xstats(&stats), next))
         })
     })
@@ -1273,5 +1268,201 @@ pub extern "C" fn dm_obj_ref_query(sid: Sid, token: Tok, hanp: *mut c_void, hlen
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         with_dm(|dm| dm.dm_obj_ref_query(session(sid), self::token(token), &h)).map(c_int::from)
+    })
+}
+
+// ---- inheritance ----
+
+#[no_mangle]
+pub extern "C" fn dm_set_inherit(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    token: Tok,
+    attrnamep: *mut DmAttrName,
+    mode: libc::mode_t,
+) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        let name = attr_name(&ffi::value_in(attrnamep)?.an_chars)?;
+        with_dm(|dm| dm.dm_set_inherit(session(sid), &h, self::token(token), &name, mode)).map(|_| 0)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn dm_clear_inherit(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    token: Tok,
+    attrnamep: *mut DmAttrName,
+) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        let name = attr_name(&ffi::value_in(attrnamep)?.an_chars)?;
+        with_dm(|dm| dm.dm_clear_inherit(session(sid), &h, self::token(token), &name)).map(|_| 0)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn dm_getall_inherit(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    token: Tok,
+    nelem: c_uint,
+    inheritbufp: *mut Inherit,
+    nelemp: *mut c_uint,
+) -> c_int {
+    ffi::call(-1, || {
+        let h = ffi::handle_in(hanp, hlen)?;
+        let all = with_dm(|dm| dm.dm_getall_inherit(session(sid), &h, self::token(token)))?;
+        let v: Vec<Inherit> = all
+            .iter()
+            .map(|(n, t)| {
+                let mut ih_name = [0u8; DM_ATTR_NAME_SIZE];
+                ih_name[..n.len().min(DM_ATTR_NAME_SIZE)].copy_from_slice(&n[..n.len().min(DM_ATTR_NAME_SIZE)]);
+                Inherit { ih_name, ih_filetype: *t }
+            })
+            .collect();
+        let size = nelem as usize * std::mem::size_of::<Inherit>();
+        put_array(&v, nelem, Buf::new(inheritbufp.cast(), size), Out::new(nelemp)?)?;
+        Ok(0)
+    })
+}
+
+// ---- objects made with a given handle ----
+
+/// `dir` and `obj`: (pointer, length) of the directory's and the new
+/// object's handles.
+fn by_handle(
+    sid: Sid,
+    token: Tok,
+    (dirhanp, dirhlen): (*mut c_void, usize),
+    (hanp, hlen): (*mut c_void, usize),
+    cname: *mut c_char,
+    what: ByHandle,
+) -> DmResult<c_int> {
+    let dir = ffi::handle_in(dirhanp, dirhlen)?;
+    let h = ffi::handle_in(hanp, hlen)?;
+    let name = ffi::cstr_in(cname)?;
+    let (s, t) = (session(sid), self::token(token));
+    with_dm(|dm| match &what {
+        ByHandle::File => dm.dm_create_by_handle(s, &dir, t, &h, name),
+        ByHandle::Dir => dm.dm_mkdir_by_handle(s, &dir, t, &h, name),
+        ByHandle::Symlink(target) => dm.dm_symlink_by_handle(s, &dir, t, &h, name, target),
+    })
+    .map(|_| 0)
+}
+
+#[no_mangle]
+pub extern "C" fn dm_create_by_handle(
+    sid: Sid,
+    dirhanp: *mut c_void,
+    dirhlen: usize,
+    token: Tok,
+    hanp: *mut c_void,
+    hlen: usize,
+    cname: *mut c_char,
+) -> c_int {
+    ffi::call(-1, || by_handle(sid, token, (dirhanp, dirhlen), (hanp, hlen), cname, ByHandle::File))
+}
+
+#[no_mangle]
+pub extern "C" fn dm_mkdir_by_handle(
+    sid: Sid,
+    dirhanp: *mut c_void,
+    dirhlen: usize,
+    token: Tok,
+    hanp: *mut c_void,
+    hlen: usize,
+    cname: *mut c_char,
+) -> c_int {
+    ffi::call(-1, || by_handle(sid, token, (dirhanp, dirhlen), (hanp, hlen), cname, ByHandle::Dir))
+}
+
+#[no_mangle]
+pub extern "C" fn dm_symlink_by_handle(
+    sid: Sid,
+    dirhanp: *mut c_void,
+    dirhlen: usize,
+    token: Tok,
+    hanp: *mut c_void,
+    hlen: usize,
+    cname: *mut c_char,
+    path: *mut c_char,
+) -> c_int {
+    ffi::call(-1, || {
+        let target = ffi::cstr_in(path)?.to_vec();
+        by_handle(sid, token, (dirhanp, dirhlen), (hanp, hlen), cname, ByHandle::Symlink(target))
+    })
+}
+
+// ---- paths, mounts, direct I/O ----
+
+/// The path is NUL-terminated in `pathbufp`; `*rlenp` counts the NUL, as
+/// XFS's libdm did (E2BIG with that length when `buflen` is short).
+#[no_mangle]
+pub extern "C" fn dm_handle_to_path(
+    dirhanp: *mut c_void,
+    dirhlen: usize,
+    targhanp: *mut c_void,
+    targhlen: usize,
+    buflen: usize,
+    pathbufp: *mut c_char,
+    rlenp: *mut usize,
+) -> c_int {
+    ffi::call(-1, || {
+        let rlen = Out::new(rlenp)?;
+        if pathbufp.is_null() {
+            return Err(DmError::Fault("pathbufp is NULL"));
+        }
+        let dir = ffi::handle_in(dirhanp, dirhlen)?;
+        let target = ffi::handle_in(targhanp, targhlen)?;
+        let p = with_dm(|dm| dm.dm_handle_to_path(&dir, &target))?;
+        let mut b = p.into_os_string().into_vec();
+        b.push(0);
+        put_bytes(&b, buflen, Buf::new(pathbufp.cast(), buflen), rlen)?;
+        Ok(0)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn dm_get_mountinfo(
+    sid: Sid,
+    hanp: *mut c_void,
+    hlen: usize,
+    token: Tok,
+    buflen: usize,
+    bufp: *mut c_void,
+    rlenp: *mut usize,
+) -> c_int {
+    ffi::call(-1, || {
+        let rlen = Out::new(rlenp)?;
+        let h = ffi::handle_in(hanp, hlen)?;
+        let b = with_dm(|dm| dm.dm_get_mountinfo_raw(session(sid), &h, self::token(token)))?;
+        put_bytes(&b, buflen, Buf::new(bufp, buflen), rlen)?;
+        Ok(0)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn dm_get_dioinfo(sid: Sid, hanp: *mut c_void, hlen: usize, token: Tok, diop: *mut DioInfo) -> c_int {
+    ffi::call(-1, || {
+        let out = Out::new(diop)?;
+        let h = ffi::handle_in(hanp, hlen)?;
+        let d = with_dm(|dm| dm.dm_get_dioinfo(session(sid), &h, self::token(token)))?;
+        out.set(DioInfo { d_mem: d.mem, d_miniosz: d.miniosz, d_maxiosz: d.maxiosz, d_dio_only: d.dio_only as u32 })?;
+        Ok(0)
+    })
+}
+
+/// An open file descriptor on the object (`mode`: `open(2)` flags), or -1.
+#[no_mangle]
+pub extern "C" fn dm_open_by_handle(hanp: *mut c_void, hlen: usize, mode: c_int) -> c_int {
+    ffi::call(-1, || {
+        use std::os::fd::IntoRawFd;
+        let h = ffi::handle_in(hanp, hlen)?;
+        Ok(with_dm(|dm| dm.dm_open_by_handle(&h, mode))?.into_raw_fd())
     })
 }
