@@ -592,33 +592,6 @@ impl DmConfig {
     }
 }
 
-/// `dm_get_config`: what this implementation supports. Booleans are 1/0 (`DM_TRUE`).
-/// Limits that belong to the file system (attribute sizes, regions) are the values
-/// the Tidepool file system promises; it may lower them per file system later.
-pub fn dm_get_config(flag: DmConfig) -> u64 {
-    match flag {
-        DmConfig::Bulkall => 1,
-        DmConfig::CreateByHandle => 0,
-        DmConfig::DtimeOverload => 1,
-        DmConfig::Legacy => 1,
-        DmConfig::LockUpgrade => 1,
-        DmConfig::MaxAttrOnDestroy => DM_MAX_ATTR_ON_DESTROY as u64,
-        DmConfig::MaxAttributeSize => 65536,
-        DmConfig::MaxHandleSize => DM_MAX_HANDLE_SIZE as u64,
-        DmConfig::MaxManagedRegions => 64,
-        DmConfig::MaxMessageData => DM_MAX_MESSAGE_DATA as u64,
-        DmConfig::ObjRef => 1,
-        DmConfig::Pending => 1,
-        DmConfig::PersAttributes => 1,
-        DmConfig::PersEvents => 1,
-        DmConfig::PersInheritAttribs => 0,
-        DmConfig::PersManagedRegions => 1,
-        DmConfig::PunchHole => 1,
-        DmConfig::TotalAttributeSpace => 0x7fff_ffff,
-        DmConfig::WillRetry => 1,
-    }
-}
-
 /// Handle layout version written in byte 0 of every handle.
 const HANDLE_VERSION: u8 = 1;
 const KIND_GLOBAL: u8 = 0;
@@ -876,8 +849,6 @@ mod tests {
         assert_eq!(DmConfig::from_raw(19).unwrap(), DmConfig::WillRetry);
         assert!(DmConfig::from_raw(0).is_err());
         assert!(DmConfig::from_raw(DM_CONFIG_MAX).is_err());
-        assert_eq!(dm_get_config(DmConfig::MaxHandleSize), 24);
-        assert_eq!(dm_get_config(DmConfig::CreateByHandle), 0);
     }
 
     #[test]

@@ -18,13 +18,15 @@ use dmapi::event::{parse_body, parse_eventmsgs, DmEvent, EventBody};
 use dmapi::proto::Message;
 
 use dmapi::types::{
-    DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventClass, EventSet,
-    EventType, ExtentType, FsId, NodeId, DM_RR_WAIT,
+    DmAttrName, DmConfig, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventClass,
+    EventSet, EventType, ExtentType, FsId, HandleKind, NodeId, DM_MAX_ATTR_ON_DESTROY, DM_MAX_HANDLE_SIZE,
+    DM_MAX_MESSAGE_DATA, DM_RR_WAIT,
 };
 use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 
 use crate::channel::{error_from_errno, ByHandle, Channel, DioInfo, NodeStatus, ObjRefOp, Reply, Request, RightOp};
+use crate::VERSION;
 
 /// A DM application's handle on its node: each method forwards one XDSM call to
 /// the node daemon over the local API. One call at a time per handle (a blocking
@@ -701,6 +703,46 @@ impl Dm {
             Some(errno) => DmError::from_errno(errno, "dm_open_by_handle"),
             None => DmError::Io(e.to_string()),
         })
+    }
+
+    /// `dm_init_service`: the version string, once the node daemon answers.
+    pub fn dm_init_service(&self) -> DmResult<&'static str> {
+        self.status()?;
+        Ok(VERSION)
+    }
+
+    /// `dm_get_config`: what this implementation really does (booleans 1 or
+    /// 0); the limits of a file's DM block come from its file system's block
+    /// size, so `h` must be on a file system (the global handle is EBADF).
+    pub fn dm_get_config(&self, h: &DmHandle, flag: DmConfig) -> DmResult<u64> {
+        use DmConfig::*;
+        Ok(match flag {
+            // dt_dtime is the ctime (DtimeOverload); a nospace event's
+            // CONTINUE retries the write (WillRetry); inheritance is kept in
+            // the root's DM block (PersInheritAttribs).
+            Bulkall | CreateByHandle | DtimeOverload | Legacy | LockUpgrade | ObjRef | Pending | PersAttributes
+            | PersEvents | PersInheritAttribs | PersManagedRegions | PunchHole | WillRetry => {
+                if h.kind() == HandleKind::Global {
+                    return Err(DmError::BadF("the global handle names no file system"));
+                }
+                1
+            }
+            MaxAttrOnDestroy => DM_MAX_ATTR_ON_DESTROY as u64,
+            MaxHandleSize => DM_MAX_HANDLE_SIZE as u64,
+            MaxMessageData => DM_MAX_MESSAGE_DATA as u64,
+            MaxAttributeSize => self.fs_limits(h)?.max_attribute_size,
+            MaxManagedRegions => self.fs_limits(h)?.max_managed_regions,
+            TotalAttributeSpace => self.fs_limits(h)?.total_attribute_space,
+        })
+    }
+
+    /// `dm_get_config_events`: the events Tidepool generates, every XDSM
+    /// event but debut.
+    pub fn dm_get_config_events(&self, h: &DmHandle) -> DmResult<EventSet> {
+        if h.kind() == HandleKind::Global {
+            return Err(DmError::BadF("the global handle names no file system"));
+        }
+        Ok(EventType::ALL.iter().copied().filter(|t| *t != EventType::Debut).collect())
     }
 
     /// The DM limits of the file system `h` is on.

@@ -14,6 +14,10 @@ pub mod seqpacket;
 
 pub use client::{Dm, Generated};
 
+/// What `dm_init_service` hands back: SGI's version string (programs check
+/// its prefix), then whose library it is.
+pub const VERSION: &str = "SGI DMAPI (XDSM) API, Release 1.0. Tidepool libdmapi.";
+
 use std::path::PathBuf;
 
 use dmapi::{DmError, DmResult};

@@ -21,9 +21,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use dmapi::types::{
-    dm_at, DmAttrName, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken, EventSet,
-    EventType, ExtentType, FsId, HandleKind, DM_ATTR_NAME_SIZE, DM_MAX_ATTR_ON_DESTROY, DM_MAX_HANDLE_SIZE,
-    DM_MAX_MESSAGE_DATA, DM_SESSION_INFO_LEN,
+    dm_at, DmAttrName, DmConfig, DmHandle, DmMsgType, DmRegion, DmResponse, DmRight, DmSessId, DmStat, DmToken,
+    EventSet, EventType, ExtentType, FsId, HandleKind, DM_ATTR_NAME_SIZE, DM_MAX_HANDLE_SIZE, DM_SESSION_INFO_LEN,
 };
 use dmapi::{DmError, DmResult};
 use zerocopy::IntoBytes;
@@ -36,8 +35,11 @@ use layout::{AttrList, DioInfo, DispInfo, Extent, FileAttr, Inherit, Region, Sta
 /// `DM_WRITE_SYNC`.
 const DM_WRITE_SYNC: c_int = 0x1;
 
-/// What `dm_init_service` hands back.
-pub const VERSION: &std::ffi::CStr = c"SGI DMAPI (XDSM) API, Release 1.0. Tidepool libdmapi.";
+/// [`crate::VERSION`], NUL-terminated for C, for the life of the process.
+fn version_c() -> &'static std::ffi::CStr {
+    static V: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+    V.get_or_init(|| std::ffi::CString::new(crate::VERSION).expect("no NUL in the version"))
+}
 
 thread_local! {
     /// This thread's connection, and the process it was opened in: a forked
@@ -203,7 +205,7 @@ fn stat_record_max(with_name: bool) -> usize {
 // ---- sessions and events ----
 
 fn init_service() -> DmResult<()> {
-    match with_dm(|dm| dm.status().map(|_| ())) {
+    match with_dm(|dm| dm.dm_init_service().map(|_| ())) {
         Ok(()) => Ok(()),
         Err(e) => {
             // A C program has no other way to learn why.
@@ -385,7 +387,7 @@ type Tok = c_int;
 pub extern "C" fn dm_init_service(versionstrpp: *mut *mut c_char) -> c_int {
     ffi::call(-1, || {
         init_service()?;
-        Out::new(versionstrpp)?.set(VERSION.as_ptr() as *mut c_char)?;
+        Out::new(versionstrpp)?.set(version_c().as_ptr() as *mut c_char)?;
         Ok(0)
     })
 }
@@ -1150,43 +1152,15 @@ pub extern "C" fn dm_query_right(sid: Sid, hanp: *mut c_void, hlen: usize, token
 
 // ---- configuration ----
 
-/// `dm_get_config`: what this implementation really does; the limits of a
-/// file's DM block come from its file system (its block size).
-fn config_value(h: &DmHandle, flag: c_int) -> DmResult<u64> {
-    // The daemon refuses the global handle (EBADF).
-    let limits = || with_dm(|dm| dm.fs_limits(h));
-    Ok(match flag {
-        // DM_CONFIG_BULKALL, _DTIME_OVERLOAD (dt_dtime is the ctime), _LEGACY,
-        // _LOCK_UPGRADE, _PENDING, _PERS_ATTRIBUTES, _PERS_EVENTS,
-        // _PERS_MANAGED_REGIONS, _PUNCH_HOLE, _WILL_RETRY (a nospace
-        // event's CONTINUE retries the write)
-        1 | 3 | 4 | 5 | 12 | 13 | 14 | 16 | 17 | 19 => 1,
-        // DM_CONFIG_OBJ_REF, _CREATE_BY_HANDLE, _PERS_INHERIT_ATTRIBS (kept
-        // in the root's DM block)
-        11 | 2 | 15 => 1,
-        6 => DM_MAX_ATTR_ON_DESTROY as u64,
-        7 => limits()?.max_attribute_size,
-        8 => DM_MAX_HANDLE_SIZE as u64,
-        9 => limits()?.max_managed_regions,
-        10 => DM_MAX_MESSAGE_DATA as u64,
-        18 => limits()?.total_attribute_space,
-        _ => return Err(DmError::Inval("unknown dm_config_t")),
-    })
-}
-
 #[no_mangle]
 pub extern "C" fn dm_get_config(hanp: *mut c_void, hlen: usize, flagname: c_int, retvalp: *mut u64) -> c_int {
     ffi::call(-1, || {
         let h = ffi::handle_in(hanp, hlen)?;
         let out = Out::new(retvalp)?;
-        out.set(config_value(&h, flagname)?)?;
+        let flag = DmConfig::from_raw(flagname)?;
+        out.set(with_dm(|dm| dm.dm_get_config(&h, flag))?)?;
         Ok(0)
     })
-}
-
-/// The events Tidepool generates: every XDSM event but debut.
-fn config_events() -> EventSet {
-    EventType::ALL.iter().copied().filter(|t| *t != EventType::Debut).collect()
 }
 
 #[no_mangle]
@@ -1198,8 +1172,9 @@ pub extern "C" fn dm_get_config_events(
     nelemp: *mut c_uint,
 ) -> c_int {
     ffi::call(-1, || {
-        ffi::handle_in(hanp, hlen)?;
-        put_eventset(config_events(), nelem, eventsetp, nelemp).map(|_| 0)
+        let h = ffi::handle_in(hanp, hlen)?;
+        let set = with_dm(|dm| dm.dm_get_config_events(&h))?;
+        put_eventset(set, nelem, eventsetp, nelemp).map(|_| 0)
     })
 }
 
