@@ -3,9 +3,9 @@
 //! real node daemons hosting real mounts: its session on node A (3) holds
 //! read and write dispositions; a program on node B (4) reads a file (the C
 //! program takes an exclusive right, reads invisibly, answers CONTINUE: the
-//! read returns the bytes) and writes it (answered ABORT with EPERM: the
-//! write fails with EPERM); the event's source node and inode arrive as
-//! the C side reads them. Then the XDSM error cases from C.
+//! read returns the bytes) and one on node C (5) writes it (answered ABORT
+//! with EPERM: the write fails with EPERM); the event's source node and
+//! inode arrive as the C side reads them. Then the XDSM error cases from C.
 
 mod common;
 
@@ -78,8 +78,8 @@ fn c_program_answers_events_from_another_node_and_sees_xdsm_errors() {
         return;
     }
     let (_prefix, exe) = build("dm_loop.c", "dm_loop");
-    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
-    let (ma, mb) = (&mnts[0], &mnts[1]);
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4, 5]);
+    let (ma, mb, mc) = (&mnts[0], &mnts[1], &mnts[2]);
     let f = mb.path().join("data");
     std::fs::write(&f, b"tidepool says hi").unwrap();
     let ino = std::fs::metadata(&f).unwrap().ino();
@@ -118,7 +118,9 @@ fn c_program_answers_events_from_another_node_and_sees_xdsm_errors() {
     };
     let ready = expect("READY");
     assert!(ready.contains("version=SGI DMAPI (XDSM) API, Release 1.0."), "{ready}");
-    c.driver(4, &["wait-route", "--event", "write", "--node", "3"]);
+    for node in [4, 5] {
+        c.driver(node, &["wait-route", "--event", "write", "--node", "3"]);
+    }
 
     // Node B reads: the C program answers CONTINUE after its own invisible read.
     assert_eq!(std::fs::read(&f).unwrap(), b"tidepool says hi");
@@ -130,16 +132,16 @@ fn c_program_answers_events_from_another_node_and_sees_xdsm_errors() {
     let peek = expect("PEEK");
     assert_eq!(peek, "PEEK right=2 tidepool", "an exclusive right, then dm_read_invis");
 
-    // Node B writes: ABORT with EPERM, which the writer sees (at the write,
+    // Node C writes: ABORT with EPERM, which the writer sees (at the write,
     // or at the fsync that pushes a cached write to the file system).
-    let e = std::fs::OpenOptions::new().write(true).open(&f).and_then(|mut h| {
+    let e = std::fs::OpenOptions::new().write(true).open(mc.path().join("data")).and_then(|mut h| {
         use std::io::Write;
         h.write_all(b"no")?;
         h.sync_all()
     });
     // (After the read events of the rest of the file.)
     let ev = expect("EVENT type=17");
-    assert_eq!(field(&ev, "node"), "4", "{ev}");
+    assert_eq!(field(&ev, "node"), "5", "the write came from node C: {ev}");
     assert_eq!(e.map_err(|e| e.raw_os_error()), Err(Some(libc::EPERM)));
 
     let errs = expect("ERRORS");
@@ -478,8 +480,8 @@ fn c_hsm_migrates_and_recalls_on_a_read_from_another_node() {
 /// `tests/c/dm_errors.c`: every function that takes a session, a handle or
 /// a token, called from C with a destroyed session (EINVAL), a malformed
 /// handle (EBADF), a removed file's handle (EBADF) and a token that is no
-/// event of the session (EINVAL); the calls that need a right, with a token
-/// that holds none (EACCES).
+/// event of the session (EINVAL); every call that needs a right, with a
+/// token that holds none (EACCES), and a change under a shared right.
 #[test]
 fn c_program_meets_xdsm_errors_in_every_function() {
     if !can_run() {
@@ -495,7 +497,7 @@ fn c_program_meets_xdsm_errors_in_every_function() {
     let cases: Vec<&str> = text.lines().filter(|l| l.starts_with("CASE ")).collect();
     let wrong: Vec<&&str> = cases.iter().filter(|l| field(l, "got") != field(l, "want")).collect();
     assert!(wrong.is_empty(), "{} of {} cases with the wrong errno:\n{wrong:#?}", wrong.len(), cases.len());
-    for pass in ["badsid", "junkhandle", "stalehandle", "badtoken", "noright"] {
+    for pass in ["badsid", "junkhandle", "stalehandle", "badtoken", "noright", "shared"] {
         assert!(cases.iter().any(|l| l.starts_with(&format!("CASE {pass} "))), "no {pass} case");
     }
     assert!(cases.len() > 150, "every function in each pass: {}", cases.len());

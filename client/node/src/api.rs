@@ -311,7 +311,11 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                         node.check_token(DmSessId(sid), DmToken(token))?;
                         dm.dm_set_eventlist(DmSessId(sid), &h, EventSet(set))?
                     }
-                    _ => file_call(node, sid, token, &handle)?.0.set_eventlist(&h, EventSet(set))?,
+                    _ => {
+                        let (f, _) = file_call(node, sid, token, &handle)?;
+                        f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Excl)?;
+                        f.set_eventlist(&h, EventSet(set))?
+                    }
                 }
                 Reply::Ok
             }
@@ -322,7 +326,11 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
                         node.check_token(DmSessId(sid), DmToken(token))?;
                         Reply::Set(dm.dm_get_eventlist(DmSessId(sid), &h)?.0)
                     }
-                    _ => Reply::Set(file_call(node, sid, token, &handle)?.0.get_eventlist(&h)?.0),
+                    _ => {
+                        let (f, _) = file_call(node, sid, token, &handle)?;
+                        f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
+                        Reply::Set(f.get_eventlist(&h)?.0)
+                    }
                 }
             }
             Request::SetReturnOnDestroy { sid, token, handle, attr, enable } => {
@@ -359,10 +367,12 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::GetFileattr { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Stat((&f.get_fileattr(&h)?).into())
             }
             Request::SetFileattr { sid, token, handle, mask, stat } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Excl)?;
                 f.set_fileattr(&h, mask, &stat.to_stat()?)?;
                 Reply::Ok
             }
@@ -383,11 +393,13 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::GetDirattrs { sid, token, handle, cookie, max } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 let (v, next) = f.get_dirattrs(&h, cookie, max)?;
                 Reply::Stats { stats: v.iter().map(|s| (s.into(), None)).collect(), next }
             }
             Request::ReadInvis { sid, token, handle, off, len } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Bytes(f.read_invis(&h, off, len)?)
             }
             Request::WriteInvis { sid, token, handle, off, data, sync } => {
@@ -396,11 +408,13 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::SyncByHandle { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Excl)?;
                 f.sync_by_handle(&h)?;
                 Reply::Ok
             }
             Request::ProbeHole { sid, token, handle, off, len } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 let (o, l) = f.probe_hole(&h, off, len)?;
                 Reply::Range(o, l)
             }
@@ -411,34 +425,41 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::GetAllocinfo { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Extents(f.get_allocinfo(&h)?.into_iter().map(|(o, l, t)| (o, l, t as u32)).collect())
             }
             Request::SetRegion { sid, token, handle, regions } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Excl)?;
                 let regions: Vec<Region> =
                     regions.into_iter().map(|(offset, size, flags)| Region { offset, size, flags }).collect();
                 Reply::Flag(f.set_region(&h, &regions)?)
             }
             Request::GetRegion { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Regions(f.get_region(&h)?.into_iter().map(|r| (r.offset, r.size, r.flags)).collect())
             }
             Request::SetDmattr { sid, token, handle, name, value } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Excl)?;
                 f.set_dmattr(&h, &name, &value)?;
                 Reply::Ok
             }
             Request::GetDmattr { sid, token, handle, name } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Bytes(f.get_dmattr(&h, &name)?)
             }
             Request::RemoveDmattr { sid, token, handle, name } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Excl)?;
                 f.remove_dmattr(&h, &name)?;
                 Reply::Ok
             }
             Request::GetallDmattr { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Attrs(f.getall_dmattr(&h)?)
             }
             Request::Right { sid, token, handle, op } => {
@@ -493,6 +514,7 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::ByHandle { sid, token, dir, handle, name, what } => {
                 let (f, d) = file_call(node, sid, token, &dir)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &d, DmRight::Excl)?;
                 f.create_by_handle(&d, &handle_of(&handle)?, &name, what)?;
                 Reply::Ok
             }
@@ -524,6 +546,7 @@ fn dispatch(node: &Arc<Node>, caller: &Caller, req: Request) -> Reply {
             }
             Request::GetDioinfo { sid, token, handle } => {
                 let (f, h) = file_call(node, sid, token, &handle)?;
+                f.need(Holder::new(DmSessId(sid), DmToken(token)), &h, DmRight::Shared)?;
                 Reply::Dioinfo(f.dioinfo(&h)?)
             }
             Request::MountPath { fs } => Reply::Bytes(mount_path(node, FsId(fs))?.into_os_string().into_vec()),

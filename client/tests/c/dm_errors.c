@@ -148,11 +148,34 @@ int main(int argc, char **argv)
 	CALLS(sid, fh, fhlen, fsh, fshlen, dh, dhlen, bad_token, bad_token)
 #undef X
 
-	/* A token that holds no right: the calls that need one. */
-	printf("CASE noright write_invis got=%d want=%d\n",
-	       dm_write_invis(sid, fh, fhlen, ut, 0, 0, 1, buf) < 0 ? errno : 0, EACCES);
-	printf("CASE noright punch_hole got=%d want=%d\n", dm_punch_hole(sid, fh, fhlen, ut, 0, 0) < 0 ? errno : 0,
-	       EACCES);
+	/* A token that holds no right: every call that needs one (shared to
+	   look, exclusive to change). */
+#define NORIGHT(name, call) printf("CASE noright %s got=%d want=%d\n", name, (call) < 0 ? errno : 0, EACCES);
+	NORIGHT("write_invis", dm_write_invis(sid, fh, fhlen, ut, 0, 0, 1, buf))
+	NORIGHT("punch_hole", dm_punch_hole(sid, fh, fhlen, ut, 0, 0))
+	NORIGHT("get_fileattr", dm_get_fileattr(sid, fh, fhlen, ut, DM_AT_STAT, &st))
+	NORIGHT("set_fileattr", dm_set_fileattr(sid, fh, fhlen, ut, DM_AT_MODE, &fa))
+	NORIGHT("get_dirattrs", dm_get_dirattrs(sid, dh, dhlen, ut, DM_AT_STAT, &loc, sizeof buf, buf, &rlen))
+	NORIGHT("read_invis", dm_read_invis(sid, fh, fhlen, ut, 0, 4, buf))
+	NORIGHT("sync_by_handle", dm_sync_by_handle(sid, fh, fhlen, ut))
+	NORIGHT("probe_hole", dm_probe_hole(sid, fh, fhlen, ut, 0, 0, &roff, &rsize))
+	NORIGHT("get_allocinfo", dm_get_allocinfo(sid, fh, fhlen, ut, &off, 4, ext, &n))
+	NORIGHT("set_region", dm_set_region(sid, fh, fhlen, ut, 0, NULL, &exact))
+	NORIGHT("get_region", dm_get_region(sid, fh, fhlen, ut, 4, reg, &n))
+	NORIGHT("set_dmattr", dm_set_dmattr(sid, fh, fhlen, ut, &an, 0, 1, "x"))
+	NORIGHT("get_dmattr", dm_get_dmattr(sid, fh, fhlen, ut, &an, sizeof buf, buf, &rlen))
+	NORIGHT("remove_dmattr", dm_remove_dmattr(sid, fh, fhlen, ut, 0, &an))
+	NORIGHT("getall_dmattr", dm_getall_dmattr(sid, fh, fhlen, ut, sizeof buf, buf, &rlen))
+	NORIGHT("set_eventlist", dm_set_eventlist(sid, fh, fhlen, ut, &set, DM_EVENT_MAX))
+	NORIGHT("get_eventlist", dm_get_eventlist(sid, fh, fhlen, ut, DM_EVENT_MAX, &set, &n))
+	NORIGHT("get_dioinfo", dm_get_dioinfo(sid, fh, fhlen, ut, &dio))
+	NORIGHT("create_by_handle", dm_create_by_handle(sid, dh, dhlen, ut, gone, gonelen, "n4"))
+	/* Shared is enough to look, not to change. */
+	MUST(dm_request_right(sid, fh, fhlen, ut, DM_RR_WAIT, DM_RIGHT_SHARED));
+	printf("CASE shared get_dmattr got=%d want=%d\n",
+	       dm_get_dmattr(sid, fh, fhlen, ut, &an, sizeof buf, buf, &rlen) < 0 ? errno : 0, ENOENT);
+	NORIGHT("shared set_dmattr", dm_set_dmattr(sid, fh, fhlen, ut, &an, 0, 1, "x"))
+	MUST(dm_release_right(sid, fh, fhlen, ut));
 	printf("CASE noright release_right got=%d want=%d\n", dm_release_right(sid, fh, fhlen, ut) < 0 ? errno : 0,
 	       EACCES);
 	printf("CASE noright obj_ref_rele got=%d want=%d\n", dm_obj_ref_rele(sid, ut, fh, fhlen) < 0 ? errno : 0,

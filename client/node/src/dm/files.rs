@@ -560,6 +560,22 @@ impl DmFs {
 
     // ---- rights -------------------------------------------------------------
 
+    /// XDSM: a call made with a token needs the token to hold `want` on the
+    /// object (else EACCES: readers shared, changes exclusive). With
+    /// `DM_NO_TOKEN` the call runs with the right for its own duration: a
+    /// read under the node's shared token, a change applied by the manager
+    /// in one step with every other node's token taken back.
+    pub fn need(&self, who: Holder, h: &DmHandle, want: DmRight) -> DmResult<()> {
+        if who.token == DM_NO_TOKEN || h.kind() != HandleKind::File {
+            return Ok(());
+        }
+        let have = self.rights.lock().get(&(who, h.ino()?)).copied().unwrap_or(DmRight::Null);
+        if have < want {
+            return Err(DmError::Acces("the call needs a DM right its token does not hold"));
+        }
+        Ok(())
+    }
+
     /// Runs `f` with at least `want` on `ino`: held by `who`'s token (else
     /// `EACCES`), or, for `DM_NO_TOKEN`, taken for the call and given back.
     fn with_right<T>(&self, who: Holder, ino: u64, want: DmRight, f: impl FnOnce() -> DmResult<T>) -> DmResult<T> {
