@@ -3,6 +3,7 @@
 
 mod bench;
 mod cluster;
+mod hsm_cli;
 mod node_cli;
 
 use anyhow::Context;
@@ -101,6 +102,8 @@ enum Top {
     /// A whole cluster on this machine: storage node, node daemons, mounts.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// The HSM: migrate file data to an object-store tier, recall it on access.
+    Hsm(hsm_cli::HsmArgs),
 }
 
 #[derive(Args, Clone)]
@@ -271,6 +274,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs read by scripts and tests stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().cmd {
         Top::Nvme(n) => nvme(n),
@@ -349,6 +354,7 @@ fn main() -> anyhow::Result<()> {
         Top::Node(n) => node_cli::node(n),
         Top::Dm(d) => node_cli::dm(d),
         Top::Cluster(c) => cluster::run(c),
+        Top::Hsm(h) => hsm_cli::run(h),
     }
 }
 

@@ -55,6 +55,41 @@ fn build(src: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     (prefix, exe)
 }
 
+/// A C program's stdout, line by line as it prints them.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(prog: &mut std::process::Child) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        let out = prog.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Lines { rx, seen: Vec::new() }
+    }
+
+    /// The next line starting with `prefix` (a FAILED line first fails the test).
+    fn expect(&mut self, prefix: &str) -> String {
+        loop {
+            match self.rx.recv_timeout(T) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    assert!(!l.starts_with("FAILED"), "the C program failed: {:?}", self.seen);
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no {prefix} line from the C program; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
 fn can_run() -> bool {
     if !common::fuse_available() {
         return false;
@@ -92,30 +127,8 @@ fn c_program_answers_events_from_another_node_and_sees_xdsm_errors() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = prog.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut seen = Vec::new();
-    let mut expect = |prefix: &str| -> String {
-        loop {
-            match rx.recv_timeout(T) {
-                Ok(l) => {
-                    seen.push(l.clone());
-                    if l.starts_with("FAILED") {
-                        panic!("the C program failed: {seen:?}");
-                    }
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no {prefix} line from the C program; saw {seen:?}"),
-            }
-        }
-    };
+    let mut lines = Lines::of(&mut prog);
+    let mut expect = |prefix: &str| lines.expect(prefix);
     let ready = expect("READY");
     assert!(ready.contains("version=SGI DMAPI (XDSM) API, Release 1.0."), "{ready}");
     for node in [4, 5] {
@@ -422,28 +435,8 @@ fn c_hsm_migrates_and_recalls_on_a_read_from_another_node() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = prog.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut seen = Vec::new();
-    let mut expect = |prefix: &str| -> String {
-        loop {
-            match rx.recv_timeout(T) {
-                Ok(l) => {
-                    seen.push(l.clone());
-                    assert!(!l.starts_with("FAILED"), "the C program failed: {seen:?}");
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no {prefix} line from the C program; saw {seen:?}"),
-            }
-        }
-    };
+    let mut lines = Lines::of(&mut prog);
+    let mut expect = |prefix: &str| lines.expect(prefix);
     let einval = libc::EINVAL.to_string();
     let l = expect("AWAY");
     for (k, v) in [("query", "0"), ("info", "c-hsm"), ("sessions", "0"), ("found", "1"), ("disp", "0")] {

@@ -1,0 +1,175 @@
+//! `tidepool hsm` across processes on real mounts of three nodes, with a
+//! local-directory tier: the HSM runs on node A (3); commands come from node
+//! C (5); files are written and read on node B (4).
+//!
+//! Migrated: the tier holds the bytes, the blocks are freed (every mount
+//! shows none, `statvfs` shows the space back), size, mode and times stay.
+//! A read on B recalls the data (every byte, checked by the HSM against the
+//! recorded CRC-32C); readers on three nodes at once cause one recall. A
+//! write to a premigrated file makes its copy stale; removing a migrated
+//! file removes its tier object.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{standard_with_mounts, TIDEPOOL};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Hsm {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Hsm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hsm_cmd(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(TIDEPOOL).arg("hsm").arg("--socket").arg(socket).args(args).output().unwrap()
+}
+
+fn free_blocks(p: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and an out-structure of the right type.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bfree as u64
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(64 << 20, &[3, 4, 5]);
+    let (ma, mb, mc) = (&mnts[0], &mnts[1], &mnts[2]);
+    let tier = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tier.path().display());
+    let mut child = Command::new(TIDEPOOL)
+        .args(["hsm", "--socket"])
+        .arg(c.socket(3))
+        .args(["run", "--tier", &url, "--workers", "3"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    {
+        let (err, log) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = log.lock().unwrap();
+                g.push_str(&l);
+                g.push('\n');
+            }
+        });
+    }
+    let hsm = Hsm { child, log };
+    wait_for("the HSM session", || c.dm_ok(5, &["sessions"]).contains("info=tidepool-hsm"));
+    for n in [3, 4, 5] {
+        c.driver(n, &["wait-route", "--event", "destroy", "--node", "3"]);
+    }
+
+    // Two files written on node B.
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let small = b"a small cold file".to_vec();
+    std::fs::write(mb.path().join("big"), &big).unwrap();
+    std::fs::write(mb.path().join("small"), &small).unwrap();
+    let before = std::fs::metadata(mb.path().join("big")).unwrap();
+    let free_before = free_blocks(mb.path());
+
+    // Migrated from node C.
+    let paths: Vec<String> = ["big", "small"].iter().map(|n| mc.path().join(n).display().to_string()).collect();
+    let o = hsm_cmd(c.socket(5), &["migrate", &paths[0], &paths[1]]);
+    assert!(o.status.success(), "migrate: {}\n{}", String::from_utf8_lossy(&o.stderr), hsm.log.lock().unwrap());
+    for m in [ma, mb, mc] {
+        let md = std::fs::metadata(m.path().join("big")).unwrap();
+        assert_eq!((md.len(), md.blocks()), (600_000, 0), "node sees the size and no blocks");
+        assert_eq!(
+            (md.mode(), md.mtime(), md.mtime_nsec(), md.uid()),
+            (before.mode(), before.mtime(), before.mtime_nsec(), before.uid())
+        );
+    }
+    let freed = free_blocks(mb.path()) - free_before;
+    assert!(freed >= 600_000 / 4096, "the volume got the space back: {freed} blocks");
+    let ino = before.ino();
+    let object = tier.path().join(format!("fs1/{ino}-{}", {
+        // The generation is in the record `ls` shows.
+        let o = hsm_cmd(c.socket(4), &["ls", &mb.path().join("big").display().to_string()]);
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains(": migrated (released exists archived)"), "{out}");
+        out.split("key=fs1/").nth(1).unwrap().split(' ').next().unwrap().split('-').nth(1).unwrap().to_string()
+    }));
+    assert_eq!(std::fs::read(&object).unwrap(), big, "the tier holds every byte");
+
+    // Read on node B: recalled, every byte.
+    assert_eq!(std::fs::read(mb.path().join("big")).unwrap(), big);
+    assert!(std::fs::metadata(ma.path().join("big")).unwrap().blocks() > 0, "resident again");
+    let o = hsm_cmd(c.socket(5), &["ls", &paths[0]]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": premigrated (exists archived)"));
+
+    // Readers on three nodes at once: one recall.
+    let small_ino = std::fs::metadata(mb.path().join("small")).unwrap().ino();
+    let readers: Vec<_> = [ma, mb, mc]
+        .iter()
+        .map(|m| {
+            let p = m.path().join("small");
+            std::thread::spawn(move || std::fs::read(p).unwrap())
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), small);
+    }
+    let recalls = hsm
+        .log
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("recalled") && l.contains(&format!("ino={small_ino} ")))
+        .count();
+    assert_eq!(recalls, 1, "one recall for three readers:\n{}", hsm.log.lock().unwrap());
+
+    // A write to the premigrated big file: its copy is stale, and release refuses.
+    std::fs::write(mc.path().join("big"), b"new data").unwrap();
+    let o = hsm_cmd(c.socket(4), &["ls", &mb.path().join("big").display().to_string()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(": stale (exists dirty archived)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = hsm_cmd(c.socket(5), &["release", &paths[0]]);
+    assert!(!o.status.success(), "a stale copy is not released");
+    assert_eq!(std::fs::read(mb.path().join("big")).unwrap(), b"new data");
+
+    // Migrate small again and remove it: its tier object goes.
+    let o = hsm_cmd(c.socket(5), &["migrate", &paths[1]]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gen_obj = std::fs::read_dir(tier.path().join("fs1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{small_ino}-")))
+        .expect("small's object");
+    std::fs::remove_file(mb.path().join("small")).unwrap();
+    wait_for("the removed file's tier object to go", || !gen_obj.exists());
+    drop(hsm);
+    drop(c);
+}

@@ -1,0 +1,174 @@
+//! The HSM's operations on one file, each under a token that holds (or
+//! here takes) the file's exclusive right: an event's token for a recall, a
+//! request's for a migration. Answering the token gives the right back.
+
+use dmapi::types::{dm_region, DmHandle, DmRegion, DmRight, DmSessId, DmToken, EventSet, EventType, DM_RR_WAIT};
+use dmapi::DmError;
+use libdmapi::Dm;
+use tracing::info;
+
+use crate::record::{Record, State};
+use crate::tier::Tier;
+use crate::{HsmError, HsmResult, ATTR};
+
+/// Data moves in pieces of this size (within the local channel's 16 MiB).
+const CHUNK: u64 = 4 << 20;
+
+pub struct Ops<'a> {
+    pub dm: &'a Dm,
+    pub sid: DmSessId,
+    pub tier: &'a Tier,
+}
+
+/// The tier key of a file: its handle's parts, so a reused inode number
+/// (another generation) gets an object of its own.
+pub fn key_of(h: &DmHandle) -> HsmResult<String> {
+    Ok(format!("fs{}/{}-{}", h.fsid().0, h.ino()?, h.igen()?))
+}
+
+impl Ops<'_> {
+    fn excl(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
+        Ok(self.dm.dm_request_right(self.sid, h, t, DM_RR_WAIT, DmRight::Excl)?)
+    }
+
+    /// The file's record, if the HSM has one for it.
+    pub fn record(&self, h: &DmHandle, t: DmToken) -> HsmResult<Option<Record>> {
+        match self.dm.dm_get_dmattr(self.sid, h, t, ATTR) {
+            Ok(b) => Record::decode(&b).map(Some),
+            Err(DmError::NoEnt(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn put_record(&self, h: &DmHandle, t: DmToken, r: &Record) -> HsmResult<()> {
+        Ok(self.dm.dm_set_dmattr(self.sid, h, t, ATTR, &r.encode())?)
+    }
+
+    /// What raises events on the file in `state`: its own event list and
+    /// one managed region over all of it (the file system's list has only
+    /// destroy, so files the HSM does not manage cost nothing).
+    fn manage(&self, h: &DmHandle, t: DmToken, state: State) -> HsmResult<()> {
+        use dm_region::{READ, TRUNCATE, WRITE};
+        let (flags, events): (u32, &[EventType]) = match state {
+            State::Premigrated => (WRITE | TRUNCATE, &[EventType::Write, EventType::Truncate, EventType::Destroy]),
+            State::Migrated => {
+                (READ | WRITE | TRUNCATE, &[EventType::Read, EventType::Write, EventType::Truncate, EventType::Destroy])
+            }
+            State::Stale => (0, &[EventType::Destroy]),
+        };
+        let regions = if flags == 0 { vec![] } else { vec![DmRegion { offset: 0, size: 0, flags }] };
+        self.dm.dm_set_region(self.sid, h, t, &regions)?;
+        let set: EventSet = events.iter().copied().collect();
+        self.dm.dm_set_eventlist(self.sid, h, t, set)?;
+        Ok(())
+    }
+
+    /// Copies the data to the tier and records it: the file is premigrated.
+    /// A premigrated file stays as it is; a migrated one is refused.
+    pub fn premigrate(&self, h: &DmHandle, t: DmToken) -> HsmResult<Record> {
+        self.excl(h, t)?;
+        match self.record(h, t)? {
+            Some(r) if r.state == State::Migrated => return Ok(r),
+            Some(r) if r.state == State::Premigrated => return Ok(r),
+            _ => {}
+        }
+        let size = self.dm.dm_get_fileattr(self.sid, h, t)?.size;
+        let mut data = Vec::with_capacity(size as usize);
+        let mut off = 0;
+        while off < size {
+            let part = self.dm.dm_read_invis(self.sid, h, t, off, CHUNK.min(size - off))?;
+            if part.is_empty() {
+                break;
+            }
+            off += part.len() as u64;
+            data.extend_from_slice(&part);
+        }
+        if data.len() as u64 != size {
+            return Err(HsmError::State("the file changed size while it was copied"));
+        }
+        let crc = crc32c::crc32c(&data);
+        let key = key_of(h)?;
+        self.tier.put(&key, data)?;
+        let r = Record { state: State::Premigrated, key, size, crc };
+        self.put_record(h, t, &r)?;
+        self.manage(h, t, State::Premigrated)?;
+        info!(ino = h.ino()?, size, "premigrated");
+        Ok(r)
+    }
+
+    /// Frees a premigrated file's data: punched out, the space goes back to
+    /// the volume; size, times, owner and mode stay.
+    pub fn release(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
+        self.excl(h, t)?;
+        let Some(mut r) = self.record(h, t)? else {
+            return Err(HsmError::State("not premigrated: no tier copy"));
+        };
+        match r.state {
+            State::Migrated => return Ok(()),
+            State::Stale => return Err(HsmError::State("the tier copy is stale: premigrate again")),
+            State::Premigrated => {}
+        }
+        if self.dm.dm_get_fileattr(self.sid, h, t)?.size != r.size {
+            return Err(HsmError::State("the file's size is not its tier copy's"));
+        }
+        // Events first: from here on, any access is a recall.
+        self.manage(h, t, State::Migrated)?;
+        r.state = State::Migrated;
+        self.put_record(h, t, &r)?;
+        self.dm.dm_punch_hole(self.sid, h, t, 0, 0)?;
+        info!(ino = h.ino()?, size = r.size, "released");
+        Ok(())
+    }
+
+    /// Premigrate, then release.
+    pub fn migrate(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
+        self.premigrate(h, t)?;
+        self.release(h, t)
+    }
+
+    /// Brings a migrated file's data back from the tier, checked against its
+    /// record; the file is premigrated again (the copy is still good). A
+    /// file that is not migrated needs nothing.
+    pub fn recall(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
+        self.excl(h, t)?;
+        let Some(mut r) = self.record(h, t)? else { return Ok(()) };
+        if r.state != State::Migrated {
+            return Ok(());
+        }
+        let ino = h.ino()?;
+        let data = self.tier.get(&r.key)?;
+        if data.len() as u64 != r.size {
+            return Err(HsmError::Corrupt { ino, why: format!("{} bytes, recorded {}", data.len(), r.size) });
+        }
+        let crc = crc32c::crc32c(&data);
+        if crc != r.crc {
+            return Err(HsmError::Corrupt { ino, why: format!("CRC-32C {crc:08x}, recorded {:08x}", r.crc) });
+        }
+        let mut off = 0usize;
+        while off < data.len() {
+            let end = (off + CHUNK as usize).min(data.len());
+            let last = end == data.len();
+            self.dm.dm_write_invis(self.sid, h, t, last, off as u64, &data[off..end])?;
+            off = end;
+        }
+        r.state = State::Premigrated;
+        self.put_record(h, t, &r)?;
+        self.manage(h, t, State::Premigrated)?;
+        info!(ino, size = r.size, "recalled");
+        Ok(())
+    }
+
+    /// A write or truncate is coming: the data must be here (recalled if
+    /// migrated), and the tier copy no longer matches it.
+    pub fn dirty(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
+        self.recall(h, t)?;
+        let Some(mut r) = self.record(h, t)? else { return Ok(()) };
+        if r.state != State::Stale {
+            r.state = State::Stale;
+            self.put_record(h, t, &r)?;
+            self.manage(h, t, State::Stale)?;
+            info!(ino = h.ino()?, "tier copy stale");
+        }
+        Ok(())
+    }
+}
