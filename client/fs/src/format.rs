@@ -267,6 +267,20 @@ pub struct DmInfo {
     pub inherit: Vec<(Vec<u8>, u32)>,
 }
 
+/// One change to a file's DM block (`MetaStore::dm_change`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DmChange {
+    /// `dm_set_dmattr`.
+    SetAttr { name: Vec<u8>, value: Vec<u8> },
+    /// `dm_remove_dmattr`: `NoAttr` if the file has none of that name.
+    RemoveAttr { name: Vec<u8> },
+    /// `dm_set_region`: these regions replace the file's.
+    Regions(Vec<Region>),
+    /// On the root: `dm_set_inherit` (`Some(file type)`) or
+    /// `dm_clear_inherit` (`None`; `NoAttr` if not inheritable).
+    Inherit { name: Vec<u8>, mode: Option<u32> },
+}
+
 /// XDSM `DM_ATTR_NAME_SIZE`.
 pub const DM_ATTR_NAME_SIZE: usize = 8;
 const DM_MAGIC: [u8; 4] = *b"TPDM";

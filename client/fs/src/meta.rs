@@ -8,6 +8,7 @@
 //! memory (name → entry), so lookups stay O(1) in directories of any size.
 
 use super::blockdev::BlockDev;
+use super::format::DmChange;
 use super::format::{seal, sealed_ok, DmInfo, Extent, Inode, Layout, Superblock, INODE_SIZE, ROOT_INO};
 use super::journal::{max_tx_blocks, Journal};
 use super::mkfs::{inode_location, read_superblock};
@@ -67,20 +68,6 @@ pub struct DirEntry {
 struct Dir {
     entries: HashMap<Vec<u8>, DirEntry>,
     blocks: Vec<DirBlock>,
-}
-
-/// One change to a file's DM block ([`MetaStore::dm_change`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum DmChange {
-    /// `dm_set_dmattr`.
-    SetAttr { name: Vec<u8>, value: Vec<u8> },
-    /// `dm_remove_dmattr`: `NoAttr` if the file has none of that name.
-    RemoveAttr { name: Vec<u8> },
-    /// `dm_set_region`: these regions replace the file's.
-    Regions(Vec<crate::format::Region>),
-    /// On the root: `dm_set_inherit` (`Some(file type)`) or
-    /// `dm_clear_inherit` (`None`; `NoAttr` if not inheritable).
-    Inherit { name: Vec<u8>, mode: Option<u32> },
 }
 
 /// One directory block: where it is, its bytes in use and its names, so

@@ -7,9 +7,8 @@
 //! (give this inode's token back). Bodies carry inodes and extents as their
 //! on-disk bytes, so the manager and its clients share one layout.
 
-use super::format::{DmInfo, Extent, Inode};
+use super::format::{DmChange, DmInfo, Extent, Inode};
 use super::locks::{Lock, LockType};
-use super::meta::DmChange;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use zerocopy::little_endian::{U16, U32, U64};

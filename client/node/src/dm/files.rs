@@ -20,8 +20,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tpfs::blockdev::BlockDev;
 use tpfs::data::{map, DataPath};
+use tpfs::format::DmChange;
 use tpfs::format::{DmInfo, Inode, Region, DM_ATTR_NAME_SIZE, ROOT_INO};
-use tpfs::meta::DmChange;
 use tpfs::remote::MetaClient;
 use tpfs::rpc::{inode_from, Destroyed, Mode, Reply, Req, WireSetAttr};
 
