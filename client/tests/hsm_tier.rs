@@ -27,6 +27,35 @@ struct Hsm {
     log: Arc<Mutex<String>>,
 }
 
+impl Hsm {
+    /// `tidepool hsm run` on the node behind `socket`, its log kept.
+    fn start(socket: &Path, tier: &Path) -> Hsm {
+        let url = format!("file://{}", tier.display());
+        let mut child = Command::new(TIDEPOOL)
+            .args(["hsm", "--socket"])
+            .arg(socket)
+            .args(["run", "--tier", &url, "--workers", "3"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (err, l) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Hsm { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
 impl Drop for Hsm {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -63,27 +92,7 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
     let (mnts, _vol, c) = standard_with_mounts(64 << 20, &[3, 4, 5]);
     let (ma, mb, mc) = (&mnts[0], &mnts[1], &mnts[2]);
     let tier = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", tier.path().display());
-    let mut child = Command::new(TIDEPOOL)
-        .args(["hsm", "--socket"])
-        .arg(c.socket(3))
-        .args(["run", "--tier", &url, "--workers", "3"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    {
-        let (err, log) = (child.stderr.take().unwrap(), log.clone());
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut g = log.lock().unwrap();
-                g.push_str(&l);
-                g.push('\n');
-            }
-        });
-    }
-    let hsm = Hsm { child, log };
+    let hsm = Hsm::start(c.socket(3), tier.path());
     wait_for("the HSM session", || c.dm_ok(5, &["sessions"]).contains("info=tidepool-hsm"));
     for n in [3, 4, 5] {
         c.driver(n, &["wait-route", "--event", "destroy", "--node", "3"]);
@@ -100,7 +109,7 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
     // Migrated from node C.
     let paths: Vec<String> = ["big", "small"].iter().map(|n| mc.path().join(n).display().to_string()).collect();
     let o = hsm_cmd(c.socket(5), &["migrate", &paths[0], &paths[1]]);
-    assert!(o.status.success(), "migrate: {}\n{}", String::from_utf8_lossy(&o.stderr), hsm.log.lock().unwrap());
+    assert!(o.status.success(), "migrate: {}\n{}", String::from_utf8_lossy(&o.stderr), hsm.log());
     for m in [ma, mb, mc] {
         let md = std::fs::metadata(m.path().join("big")).unwrap();
         assert_eq!((md.len(), md.blocks()), (600_000, 0), "node sees the size and no blocks");
@@ -146,7 +155,7 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
         .lines()
         .filter(|l| l.contains("recalled") && l.contains(&format!("ino={small_ino} ")))
         .count();
-    assert_eq!(recalls, 1, "one recall for three readers:\n{}", hsm.log.lock().unwrap());
+    assert_eq!(recalls, 1, "one recall for three readers:\n{}", hsm.log());
 
     // A write to the premigrated big file: its copy is stale, and release refuses.
     std::fs::write(mc.path().join("big"), b"new data").unwrap();
@@ -171,5 +180,40 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
     std::fs::remove_file(mb.path().join("small")).unwrap();
     wait_for("the removed file's tier object to go", || !gen_obj.exists());
     drop(hsm);
+    drop(c);
+}
+
+/// The HSM killed with SIGKILL while a file is migrated: a read on another
+/// node waits (its event is kept by the orphaned session); the restarted HSM
+/// reclaims the session, gets the event and recalls, and the reader gets
+/// every byte.
+#[test]
+fn a_killed_hsm_restarted_finishes_the_read_that_waited() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
+    let mb = &mnts[1];
+    let tier = tempfile::tempdir().unwrap();
+    let hsm = Hsm::start(c.socket(3), tier.path());
+    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
+    c.driver(4, &["wait-route", "--event", "destroy", "--node", "3"]);
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let f = mb.path().join("cold");
+    std::fs::write(&f, &body).unwrap();
+    let o = hsm_cmd(c.socket(4), &["migrate", &f.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::metadata(&f).unwrap().blocks(), 0);
+    drop(hsm); // SIGKILL
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = f.clone();
+    std::thread::spawn(move || tx.send(std::fs::read(p).map_err(|e| e.raw_os_error())).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "the read waits for the HSM");
+    let again = Hsm::start(c.socket(3), tier.path());
+    assert_eq!(rx.recv_timeout(T).unwrap(), Ok(body), "the restarted HSM recalled: {}", again.log());
+    assert!(again.log().contains("reclaiming the HSM session"), "{}", again.log());
+    drop(again);
     drop(c);
 }
