@@ -70,8 +70,9 @@ fn hsm_cmd(socket: &Path, args: &[&str]) -> std::process::Output {
 fn free_blocks(p: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs is plain integers, valid all zero; the call gets a
+    // NUL-terminated path and an out-structure of the right type.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid path and an out-structure of the right type.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     st.f_bfree as u64
 }
