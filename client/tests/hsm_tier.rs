@@ -218,3 +218,41 @@ fn a_killed_hsm_restarted_finishes_the_read_that_waited() {
     drop(again);
     drop(c);
 }
+
+/// A tier object that no longer matches its record (changed bytes, then
+/// gone): the read on another node fails with EIO instead of getting wrong
+/// data or hanging, the stub stays migrated, and once the object is right
+/// again the next read recalls it.
+#[test]
+fn a_damaged_or_missing_tier_object_fails_the_read_with_eio_and_keeps_the_stub() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
+    let mb = &mnts[1];
+    let tier = tempfile::tempdir().unwrap();
+    let hsm = Hsm::start(c.socket(3), tier.path());
+    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
+    c.driver(4, &["wait-route", "--event", "destroy", "--node", "3"]);
+    let f = mb.path().join("precious");
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i % 199) as u8).collect();
+    std::fs::write(&f, &body).unwrap();
+    let p = f.display().to_string();
+    assert!(hsm_cmd(c.socket(4), &["migrate", &p]).status.success());
+    let obj = std::fs::read_dir(tier.path().join("fs1")).unwrap().next().unwrap().unwrap().path();
+    let good = std::fs::read(&obj).unwrap();
+    let mut bad = good.clone();
+    bad[1234] ^= 0x40;
+    std::fs::write(&obj, &bad).unwrap();
+    assert_eq!(std::fs::read(&f).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "a flipped bit: EIO");
+    assert!(hsm.log().contains("does not match its record"), "{}", hsm.log());
+    std::fs::remove_file(&obj).unwrap();
+    assert_eq!(std::fs::read(&f).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "no object: EIO");
+    let ls = String::from_utf8(hsm_cmd(c.socket(4), &["ls", &p]).stdout).unwrap();
+    assert!(ls.contains(": migrated"), "the stub is left as it was: {ls}");
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 50_000);
+    std::fs::write(&obj, &good).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), body, "recalled once the object is right");
+    drop(hsm);
+    drop(c);
+}
