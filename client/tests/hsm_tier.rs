@@ -158,6 +158,35 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
         .count();
     assert_eq!(recalls, 1, "one recall for three readers:\n{}", hsm.log());
 
+    // Three readers of an 8 MiB migrated file at once, on three nodes: the
+    // recall takes long enough (about 100 ms here) for the other two events
+    // to arrive meanwhile, and they are answered with it.
+    let wide: Vec<u8> = (0..8u32 << 20).map(|i| (i >> 9) as u8 ^ i as u8).collect();
+    std::fs::write(mb.path().join("wide"), &wide).unwrap();
+    let wide_ino = std::fs::metadata(mb.path().join("wide")).unwrap().ino();
+    let o = hsm_cmd(c.socket(5), &["migrate", &mc.path().join("wide").display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let start = Arc::new(std::sync::Barrier::new(3));
+    let readers: Vec<_> = [ma, mb, mc]
+        .iter()
+        .map(|m| {
+            let (p, start) = (m.path().join("wide"), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                std::fs::read(p).unwrap()
+            })
+        })
+        .collect();
+    for r in readers {
+        assert!(r.join().unwrap() == wide, "every reader gets every byte");
+    }
+    let log = hsm.log();
+    let answered: Vec<&str> =
+        log.lines().filter(|l| l.contains("accesses answered") && l.contains(&format!("ino={wide_ino} "))).collect();
+    assert_eq!(answered.len(), 1, "one recall for the three readers:\n{log}");
+    let events: usize = answered[0].split("events=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(events >= 2, "readers that came during the recall waited for it: {}", answered[0]);
+
     // A write to the premigrated big file: its copy is stale, and release refuses.
     std::fs::write(mc.path().join("big"), b"new data").unwrap();
     let o = hsm_cmd(c.socket(4), &["ls", &mb.path().join("big").display().to_string()]);
