@@ -51,6 +51,17 @@ impl Hsm {
         Hsm { child, log }
     }
 
+    /// [`start`](Self::start) on node 3, once its session and dispositions
+    /// have reached the `nodes`.
+    fn ready(c: &common::Cluster, tier: &Path, nodes: &[u32]) -> Hsm {
+        let hsm = Hsm::start(c.socket(3), tier);
+        for &n in nodes {
+            wait_for("the HSM session", || c.dm_ok(n, &["sessions"]).contains("info=tidepool-hsm"));
+            c.driver(n, &["wait-route", "--event", "destroy", "--node", "3"]);
+        }
+        hsm
+    }
+
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -93,11 +104,7 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
     let (mnts, _vol, c) = standard_with_mounts(64 << 20, &[3, 4, 5]);
     let (ma, mb, mc) = (&mnts[0], &mnts[1], &mnts[2]);
     let tier = tempfile::tempdir().unwrap();
-    let hsm = Hsm::start(c.socket(3), tier.path());
-    wait_for("the HSM session", || c.dm_ok(5, &["sessions"]).contains("info=tidepool-hsm"));
-    for n in [3, 4, 5] {
-        c.driver(n, &["wait-route", "--event", "destroy", "--node", "3"]);
-    }
+    let hsm = Hsm::ready(&c, tier.path(), &[3, 4, 5]);
 
     // Two files written on node B.
     let big: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
@@ -149,6 +156,9 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
     for r in readers {
         assert_eq!(r.join().unwrap(), small);
     }
+    wait_for("the HSM's log of the small file's recall", || {
+        hsm.log().lines().any(|l| l.contains("recalled") && l.contains(&format!("ino={small_ino} ")))
+    });
     let recalls = hsm
         .log
         .lock()
@@ -158,9 +168,9 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
         .count();
     assert_eq!(recalls, 1, "one recall for three readers:\n{}", hsm.log());
 
-    // Three readers of an 8 MiB migrated file at once, on three nodes: the
-    // recall takes long enough (about 100 ms here) for the other two events
-    // to arrive meanwhile, and they are answered with it.
+    // Three readers of an 8 MiB migrated file at once, on three nodes: one
+    // recall (readers whose events come during it wait for it; how many do
+    // depends on timing, so only the one recall is checked).
     let wide: Vec<u8> = (0..8u32 << 20).map(|i| (i >> 9) as u8 ^ i as u8).collect();
     std::fs::write(mb.path().join("wide"), &wide).unwrap();
     let wide_ino = std::fs::metadata(mb.path().join("wide")).unwrap().ino();
@@ -180,12 +190,13 @@ fn hsm_migrates_recalls_on_other_nodes_and_forgets_removed_files() {
     for r in readers {
         assert!(r.join().unwrap() == wide, "every reader gets every byte");
     }
+    let tag = format!("ino={wide_ino} ");
+    wait_for("the HSM's log of the recall", || {
+        hsm.log().lines().any(|l| l.contains("accesses answered") && l.contains(&tag))
+    });
     let log = hsm.log();
-    let answered: Vec<&str> =
-        log.lines().filter(|l| l.contains("accesses answered") && l.contains(&format!("ino={wide_ino} "))).collect();
+    let answered: Vec<&str> = log.lines().filter(|l| l.contains("accesses answered") && l.contains(&tag)).collect();
     assert_eq!(answered.len(), 1, "one recall for the three readers:\n{log}");
-    let events: usize = answered[0].split("events=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-    assert!(events >= 2, "readers that came during the recall waited for it: {}", answered[0]);
 
     // A write to the premigrated big file: its copy is stale, and release refuses.
     std::fs::write(mc.path().join("big"), b"new data").unwrap();
@@ -225,9 +236,7 @@ fn a_killed_hsm_restarted_finishes_the_read_that_waited() {
     let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
     let mb = &mnts[1];
     let tier = tempfile::tempdir().unwrap();
-    let hsm = Hsm::start(c.socket(3), tier.path());
-    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
-    c.driver(4, &["wait-route", "--event", "destroy", "--node", "3"]);
+    let hsm = Hsm::ready(&c, tier.path(), &[4]);
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     let f = mb.path().join("cold");
     std::fs::write(&f, &body).unwrap();
@@ -243,7 +252,7 @@ fn a_killed_hsm_restarted_finishes_the_read_that_waited() {
     assert!(rx.try_recv().is_err(), "the read waits for the HSM");
     let again = Hsm::start(c.socket(3), tier.path());
     assert_eq!(rx.recv_timeout(T).unwrap(), Ok(body), "the restarted HSM recalled: {}", again.log());
-    assert!(again.log().contains("reclaiming the HSM session"), "{}", again.log());
+    wait_for("the HSM's log of the reclaim", || again.log().contains("reclaiming the HSM session"));
     drop(again);
     drop(c);
 }
@@ -260,9 +269,7 @@ fn a_damaged_or_missing_tier_object_fails_the_read_with_eio_and_keeps_the_stub()
     let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
     let mb = &mnts[1];
     let tier = tempfile::tempdir().unwrap();
-    let hsm = Hsm::start(c.socket(3), tier.path());
-    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
-    c.driver(4, &["wait-route", "--event", "destroy", "--node", "3"]);
+    let hsm = Hsm::ready(&c, tier.path(), &[4]);
     let f = mb.path().join("precious");
     let body: Vec<u8> = (0..50_000u32).map(|i| (i % 199) as u8).collect();
     std::fs::write(&f, &body).unwrap();
@@ -274,7 +281,8 @@ fn a_damaged_or_missing_tier_object_fails_the_read_with_eio_and_keeps_the_stub()
     bad[1234] ^= 0x40;
     std::fs::write(&obj, &bad).unwrap();
     assert_eq!(std::fs::read(&f).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "a flipped bit: EIO");
-    assert!(hsm.log().contains("does not match its record"), "{}", hsm.log());
+    // (The HSM logs before it answers; its log reaches us through a pipe.)
+    wait_for("the HSM's log of the mismatch", || hsm.log().contains("does not match its record"));
     std::fs::remove_file(&obj).unwrap();
     assert_eq!(std::fs::read(&f).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "no object: EIO");
     let ls = String::from_utf8(hsm_cmd(c.socket(4), &["ls", &p]).stdout).unwrap();
