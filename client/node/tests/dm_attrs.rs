@@ -28,15 +28,22 @@ fn all_pages(mut f: impl FnMut(u64) -> (Vec<DmStat>, u64)) -> Vec<DmStat> {
     out
 }
 
+/// A file system made on a fresh 32 MiB memory volume, and its mount (the
+/// mount is dropped first, the directory under it after).
+fn fresh_mount() -> (Arc<dyn BlockDev>, tempfile::TempDir, tpfs::fuse::Mounted) {
+    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
+    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    (dev, mnt, mount)
+}
+
 #[test]
 fn file_dir_and_bulk_attributes_match_the_mount() {
     if !test_support::fuse_available() {
         return;
     }
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let (dev, mnt, mount) = fresh_mount();
     let d = mnt.path().join("d");
     std::fs::create_dir(&d).unwrap();
     std::fs::write(d.join("a"), vec![1u8; 100]).unwrap();
@@ -250,10 +257,7 @@ fn concurrent_dm_setters_on_two_nodes_lose_nothing() {
     if !test_support::fuse_available() {
         return;
     }
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let (dev, mnt, mount) = fresh_mount();
     let f = mnt.path().join("f");
     std::fs::write(&f, b"x").unwrap();
     let node = |n: &str| Arc::new(DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), n).unwrap());
@@ -320,10 +324,7 @@ fn downgrade_lets_readers_in_and_local_tokens_conflict() {
     if !test_support::fuse_available() {
         return;
     }
-    let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new(4096, 32 << 20));
-    tpfs::mkfs::mkfs(&*dev, &Default::default()).unwrap();
-    let mnt = tempfile::tempdir().unwrap();
-    let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
+    let (dev, mnt, mount) = fresh_mount();
     let f = mnt.path().join("f");
     std::fs::write(&f, b"before").unwrap();
     let dm = Arc::new(DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app").unwrap());
