@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and running Tidepool needs on Debian 12: a C
-# toolchain for -sys crates, FUSE, and the Rust toolchain check. With
+# toolchain for -sys crates, FUSE, moto's S3 server (pip) for the S3 tier
+# tests, and the Rust toolchain check. With
 # --all it also installs the VM/hardware-test tools (scripts/vm/setup.sh).
 # Idempotent and non-interactive.
 set -euo pipefail
@@ -17,6 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -q
     $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The S3 tier's tests run against moto's S3 server (loopback only).
+if ! command -v moto_server >/dev/null || ! python3 -c "import moto.server, flask_cors" 2>/dev/null; then
+    python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5,<6'
 fi
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found. Install Rust (https://rustup.rs) and re-run." >&2

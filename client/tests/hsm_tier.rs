@@ -31,10 +31,17 @@ impl Hsm {
     /// `tidepool hsm run` on the node behind `socket`, its log kept.
     fn start(socket: &Path, tier: &Path) -> Hsm {
         let url = format!("file://{}", tier.display());
+        Hsm::start_with(socket, &["--tier", &url, "--workers", "3"], &[])
+    }
+
+    /// `tidepool hsm run ARGS` with `env`.
+    fn start_with(socket: &Path, args: &[&str], env: &[(&str, String)]) -> Hsm {
         let mut child = Command::new(TIDEPOOL)
             .args(["hsm", "--socket"])
             .arg(socket)
-            .args(["run", "--tier", &url, "--workers", "3"])
+            .arg("run")
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -290,6 +297,109 @@ fn a_damaged_or_missing_tier_object_fails_the_read_with_eio_and_keeps_the_stub()
     assert_eq!(std::fs::metadata(&f).unwrap().len(), 50_000);
     std::fs::write(&obj, &good).unwrap();
     assert_eq!(std::fs::read(&f).unwrap(), body, "recalled once the object is right");
+    drop(hsm);
+    drop(c);
+}
+
+/// moto's S3 server on a loopback port, with one bucket; killed (by its
+/// PID) when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start(bucket: &str) -> Moto {
+        let port = common::listen_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let m = Moto { child, url };
+        // CreateBucket (moto checks no signature): a bare PUT.
+        wait_for("moto's S3 server", || {
+            use std::io::{Read, Write};
+            let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+            let req = format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            c.write_all(req.as_bytes()).is_ok() && c.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200")
+        });
+        m
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "tidepool-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "tidepool-test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to the server this test started, by its PID.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The S3 tier, against moto's server: files migrated from node B (one in
+/// parts: larger than a part) are recalled by reads, every byte. A tier
+/// that stops answering (the server stopped with SIGSTOP) fails the read
+/// with EIO within the configured bound and leaves the stub; once the
+/// server goes on, the next read recalls.
+#[test]
+fn s3_tier_migrates_recalls_and_a_hanging_tier_fails_reads_in_bounded_time() {
+    if !common::fuse_available() || !test_support::skip::have_tool("moto_server") {
+        return;
+    }
+    let moto = Moto::start("tp-tier");
+    let (mnts, _vol, c) = standard_with_mounts(64 << 20, &[3, 4]);
+    let mb = &mnts[1];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hsm.toml");
+    std::fs::write(&cfg, "workers = 2\n[tier]\nurl = \"s3://tp-tier/hsm\"\ntimeout_secs = 2\n").unwrap();
+    let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &moto.env());
+    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
+    c.driver(4, &["wait-route", "--event", "destroy", "--node", "3"]);
+
+    let big: Vec<u8> = (0..(12u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let small: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (fb, fs) = (mb.path().join("big"), mb.path().join("small"));
+    std::fs::write(&fb, &big).unwrap();
+    std::fs::write(&fs, &small).unwrap();
+    let o = hsm_cmd(c.socket(4), &["migrate", fb.to_str().unwrap(), fs.to_str().unwrap()]);
+    assert!(o.status.success(), "migrate: {}\n{}", String::from_utf8_lossy(&o.stderr), hsm.log());
+    for f in [&fb, &fs] {
+        assert_eq!(std::fs::metadata(f).unwrap().blocks(), 0, "punched out");
+    }
+    assert!(std::fs::read(&fb).unwrap() == big, "the 12 MiB file (uploaded in parts) comes back whole");
+
+    moto.signal(libc::SIGSTOP);
+    let t0 = Instant::now();
+    assert_eq!(std::fs::read(&fs).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "{}", hsm.log());
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(20), "the read waited {took:?} on a hanging tier");
+    wait_for("the HSM's log of the failed recall", || hsm.log().contains("recall failed; the accesses get EIO"));
+    let ls = String::from_utf8(hsm_cmd(c.socket(4), &["ls", fs.to_str().unwrap()]).stdout).unwrap();
+    assert!(ls.contains(": migrated"), "the stub is left: {ls}");
+    assert_eq!(std::fs::metadata(&fs).unwrap().blocks(), 0, "nothing of the failed recall stays");
+
+    moto.signal(libc::SIGCONT);
+    assert_eq!(std::fs::read(&fs).unwrap(), small, "recalled once the tier answers");
     drop(hsm);
     drop(c);
 }

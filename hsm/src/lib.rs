@@ -17,8 +17,10 @@
 //! the recall workers, and requests from `tidepool hsm` commands on any node,
 //! which arrive as synchronous DM user messages ([`request`]).
 
+pub mod config;
 pub mod daemon;
 pub mod ops;
+pub mod policy;
 pub mod record;
 pub mod request;
 pub mod tier;
@@ -44,6 +46,8 @@ pub enum HsmError {
     Corrupt { ino: u64, why: String },
     #[error("{0}")]
     State(&'static str),
+    #[error("cancelled")]
+    Cancelled,
     #[error("bad request: {0}")]
     Request(String),
 }
@@ -56,6 +60,7 @@ impl HsmError {
             HsmError::Tier(_) | HsmError::Corrupt { .. } => libc::EIO,
             HsmError::State(_) => libc::EALREADY,
             HsmError::Request(_) => libc::EINVAL,
+            HsmError::Cancelled => libc::ECANCELED,
         }
     }
 }

@@ -2,13 +2,15 @@
 //! here takes) the file's exclusive right: an event's token for a recall, a
 //! request's for a migration. Answering the token gives the right back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use dmapi::types::{dm_region, DmHandle, DmRegion, DmRight, DmSessId, DmToken, EventSet, EventType, DM_RR_WAIT};
 use dmapi::DmError;
 use libdmapi::Dm;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::record::{Record, State};
-use crate::tier::Tier;
+use crate::tier::{Tier, PART};
 use crate::{HsmError, HsmResult, ATTR};
 
 /// Data moves in pieces of this size (within the local channel's 16 MiB).
@@ -18,6 +20,8 @@ pub struct Ops<'a> {
     pub dm: &'a Dm,
     pub sid: DmSessId,
     pub tier: &'a Tier,
+    /// Raised by `tidepool hsm cancel`: the copy stops at its next piece.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// The tier key of a file: its handle's parts, so a reused inode number
@@ -27,6 +31,13 @@ pub fn key_of(h: &DmHandle) -> HsmResult<String> {
 }
 
 impl Ops<'_> {
+    fn check(&self) -> HsmResult<()> {
+        match self.cancel {
+            Some(f) if f.load(Ordering::Relaxed) => Err(HsmError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
     fn excl(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
         Ok(self.dm.dm_request_right(self.sid, h, t, DM_RR_WAIT, DmRight::Excl)?)
     }
@@ -63,6 +74,69 @@ impl Ops<'_> {
         Ok(())
     }
 
+    /// Streams `size` bytes of the file to the tier as `key`: small files in
+    /// one request, large ones in parts, never more than a few parts in
+    /// memory. Returns the data's CRC-32C.
+    fn copy_out(&self, h: &DmHandle, t: DmToken, key: &str, size: u64) -> HsmResult<u32> {
+        let changed = || HsmError::State("the file changed size while it was copied");
+        let read = |off: u64, len: u64| -> HsmResult<Vec<u8>> {
+            let part = self.dm.dm_read_invis(self.sid, h, t, off, len)?;
+            if part.len() as u64 != len {
+                return Err(changed());
+            }
+            Ok(part)
+        };
+        if size <= PART as u64 {
+            let data = read(0, size)?;
+            let crc = crc32c::crc32c(&data);
+            self.tier.put(key, data.into(), self.cancel)?;
+            return Ok(crc);
+        }
+        let mut up = self.tier.upload(key, self.cancel)?;
+        let (mut off, mut crc) = (0, 0);
+        while off < size {
+            self.check()?;
+            let part = read(off, CHUNK.min(size - off))?;
+            crc = crc32c::crc32c_append(crc, &part);
+            up.write(&part)?;
+            off += part.len() as u64;
+        }
+        up.finish()?;
+        Ok(crc)
+    }
+
+    /// Streams a migrated file's data back from the tier, the next piece
+    /// coming in while this one is written, and checks it against the
+    /// record (the caller punches it out again if anything is wrong).
+    fn copy_in(&self, h: &DmHandle, t: DmToken, r: &Record) -> HsmResult<()> {
+        let ino = h.ino()?;
+        let have = self.tier.size(&r.key, self.cancel)?;
+        if have != r.size {
+            return Err(HsmError::Corrupt { ino, why: format!("{have} bytes, recorded {}", r.size) });
+        }
+        let piece = |off: u64| off..(off + CHUNK).min(r.size);
+        let (mut off, mut crc) = (0, 0);
+        let mut next = (r.size > 0).then(|| self.tier.fetch(&r.key, piece(0), self.cancel));
+        while let Some(f) = next.take() {
+            self.check()?;
+            let data = f.wait()?;
+            if data.len() as u64 != piece(off).end - off {
+                return Err(HsmError::Corrupt { ino, why: format!("a short piece at {off}") });
+            }
+            let end = off + data.len() as u64;
+            if end < r.size {
+                next = Some(self.tier.fetch(&r.key, piece(end), self.cancel));
+            }
+            crc = crc32c::crc32c_append(crc, &data);
+            self.dm.dm_write_invis(self.sid, h, t, end == r.size, off, &data)?;
+            off = end;
+        }
+        if crc != r.crc {
+            return Err(HsmError::Corrupt { ino, why: format!("CRC-32C {crc:08x}, recorded {:08x}", r.crc) });
+        }
+        Ok(())
+    }
+
     /// Copies the data to the tier and records it: the file is premigrated.
     /// A premigrated file stays as it is; a migrated one is refused.
     pub fn premigrate(&self, h: &DmHandle, t: DmToken) -> HsmResult<Record> {
@@ -73,22 +147,8 @@ impl Ops<'_> {
             _ => {}
         }
         let size = self.dm.dm_get_fileattr(self.sid, h, t)?.size;
-        let mut data = Vec::with_capacity(size as usize);
-        let mut off = 0;
-        while off < size {
-            let part = self.dm.dm_read_invis(self.sid, h, t, off, CHUNK.min(size - off))?;
-            if part.is_empty() {
-                break;
-            }
-            off += part.len() as u64;
-            data.extend_from_slice(&part);
-        }
-        if data.len() as u64 != size {
-            return Err(HsmError::State("the file changed size while it was copied"));
-        }
-        let crc = crc32c::crc32c(&data);
         let key = key_of(h)?;
-        self.tier.put(&key, data)?;
+        let crc = self.copy_out(h, t, &key, size)?;
         let r = Record { state: State::Premigrated, key, size, crc };
         self.put_record(h, t, &r)?;
         self.manage(h, t, State::Premigrated)?;
@@ -136,20 +196,12 @@ impl Ops<'_> {
             return Ok(());
         }
         let ino = h.ino()?;
-        let data = self.tier.get(&r.key)?;
-        if data.len() as u64 != r.size {
-            return Err(HsmError::Corrupt { ino, why: format!("{} bytes, recorded {}", data.len(), r.size) });
-        }
-        let crc = crc32c::crc32c(&data);
-        if crc != r.crc {
-            return Err(HsmError::Corrupt { ino, why: format!("CRC-32C {crc:08x}, recorded {:08x}", r.crc) });
-        }
-        let mut off = 0usize;
-        while off < data.len() {
-            let end = (off + CHUNK as usize).min(data.len());
-            let last = end == data.len();
-            self.dm.dm_write_invis(self.sid, h, t, last, off as u64, &data[off..end])?;
-            off = end;
+        if let Err(e) = self.copy_in(h, t, &r) {
+            // The stub stays as it was: whatever came in goes out again.
+            if let Err(p) = self.dm.dm_punch_hole(self.sid, h, t, 0, 0) {
+                warn!(ino, error = %p, "punching out a failed recall's data");
+            }
+            return Err(e);
         }
         r.state = State::Premigrated;
         self.put_record(h, t, &r)?;

@@ -16,6 +16,8 @@ pub enum Op {
     Premigrate,
     Release,
     Recall,
+    /// Stop the queued or running work on the file.
+    Cancel,
 }
 
 impl Op {
@@ -25,6 +27,7 @@ impl Op {
             Op::Premigrate => "premigrate",
             Op::Release => "release",
             Op::Recall => "recall",
+            Op::Cancel => "cancel",
         }
     }
 
@@ -34,6 +37,7 @@ impl Op {
             "premigrate" => Op::Premigrate,
             "release" => Op::Release,
             "recall" => Op::Recall,
+            "cancel" => Op::Cancel,
             _ => return None,
         })
     }
@@ -97,7 +101,7 @@ mod tests {
     #[test]
     fn requests_round_trip_and_junk_is_refused() {
         let h = DmHandle::file(FsId(1), 42, 7);
-        for op in [Op::Migrate, Op::Premigrate, Op::Release, Op::Recall] {
+        for op in [Op::Migrate, Op::Premigrate, Op::Release, Op::Recall, Op::Cancel] {
             assert_eq!(decode(&encode(op, &h)).unwrap(), (op, h));
         }
         for junk in [&b""[..], b"tphsm", b"tphsm migrate", b"tphsm fly 00", b"tphsm migrate zz", b"x migrate 00"] {

@@ -1,22 +1,42 @@
 //! The object-store tier, through the `object_store` crate: a local
-//! directory (`file:///dir`) today; `s3://bucket/prefix` is the next step.
+//! directory (`file:///dir`) or an S3 bucket (`s3://bucket/prefix`, with
+//! the usual `AWS_*` variables: `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for
+//! an S3-compatible server, keys, region).
 //!
 //! The HSM's threads are plain threads; each call runs the store's future
-//! on a small runtime of the tier's own.
+//! on the tier's own small runtime, bounded by the tier's timeout: a tier
+//! that stops answering fails the call (`HsmError::Tier`) and never holds a
+//! recall, and the reader waiting on it, for longer.
 
+use std::future::Future;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 
 use crate::{HsmError, HsmResult};
+
+/// A flag that stops a tier call at once when raised (a cancel).
+pub type Stop<'a> = Option<&'a AtomicBool>;
+
+/// Objects at most this large go up in one request; larger ones in parts of
+/// this size (S3 takes parts of 5 MiB and more).
+pub const PART: usize = 8 << 20;
+
+/// Parts of one upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 pub struct Tier {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    timeout: Duration,
     rt: tokio::runtime::Runtime,
 }
 
@@ -25,8 +45,9 @@ fn tier_err(e: impl std::fmt::Display) -> HsmError {
 }
 
 impl Tier {
-    /// The tier at `url`: `file:///dir` (the directory is made if missing).
-    pub fn open(url: &str) -> HsmResult<Tier> {
+    /// The tier at `url`, each call bounded by `timeout`: `file:///dir` (the
+    /// directory is made if missing) or `s3://bucket[/prefix]`.
+    pub fn open(url: &str, timeout: Duration) -> HsmResult<Tier> {
         let u = url::Url::parse(url).map_err(|e| HsmError::Request(format!("tier URL {url}: {e}")))?;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match u.scheme() {
             "file" => {
@@ -34,10 +55,36 @@ impl Tier {
                 std::fs::create_dir_all(&dir).map_err(tier_err)?;
                 (Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(tier_err)?), String::new())
             }
-            s => return Err(HsmError::Request(format!("tier scheme {s}: use file:///dir"))),
+            "s3" => {
+                // HTTPS through rustls with ring: one provider for the process.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let bucket = u.host_str().filter(|b| !b.is_empty());
+                let bucket = bucket.ok_or_else(|| HsmError::Request(format!("no bucket in {url}")))?;
+                // Each request within the bound; retries stop at it too.
+                let client = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout.min(SEC5));
+                let retry = RetryConfig { retry_timeout: timeout, max_retries: 3, ..Default::default() };
+                // The AWS_* variables after the client options (which would
+                // replace AWS_ALLOW_HTTP and the like otherwise).
+                let mut b = AmazonS3Builder::new().with_client_options(client).with_retry(retry);
+                for (k, v) in std::env::vars() {
+                    if let Some(key) = k.strip_prefix("AWS_").and_then(|_| k.to_ascii_lowercase().parse().ok()) {
+                        b = b.with_config(key, v);
+                    }
+                }
+                let s3 =
+                    b.with_bucket_name(bucket).build().map_err(|e| HsmError::Request(format!("tier {url}: {e}")))?;
+                let p = u.path().trim_matches('/');
+                (Arc::new(s3), if p.is_empty() { String::new() } else { format!("{p}/") })
+            }
+            s => return Err(HsmError::Request(format!("tier scheme {s}: use file:///dir or s3://bucket/prefix"))),
         };
-        let rt = tokio::runtime::Builder::new_current_thread().build().map_err(tier_err)?;
-        Ok(Tier { url: url.to_string(), store, prefix, rt })
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("hsm-tier")
+            .enable_all()
+            .build()
+            .map_err(tier_err)?;
+        Ok(Tier { url: url.to_string(), store, prefix, timeout, rt })
     }
 
     pub fn url(&self) -> &str {
@@ -48,23 +95,65 @@ impl Tier {
         ObjPath::from(format!("{}{key}", self.prefix))
     }
 
-    /// Stores `data` as `key`, replacing any object of that name.
-    pub fn put(&self, key: &str, data: Vec<u8>) -> HsmResult<()> {
+    /// Runs one of the store's futures within the tier's bound, given up
+    /// (dropped: its request goes) as soon as `stop` is raised.
+    fn run<T>(&self, what: &str, stop: Stop, f: impl Future<Output = object_store::Result<T>>) -> HsmResult<T> {
+        let stopped = async {
+            match stop {
+                Some(s) => {
+                    while !s.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let r = self.rt.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(self.timeout, f) => Some(r),
+                () = stopped => None,
+            }
+        });
+        match r {
+            None => Err(HsmError::Cancelled),
+            Some(Ok(r)) => r.map_err(|e| HsmError::Tier(format!("{what}: {e}"))),
+            Some(Err(_)) => Err(HsmError::Tier(format!("{what}: no answer from {} in {:?}", self.url, self.timeout))),
+        }
+    }
+
+    /// Stores `data` as `key` in one request, replacing any object of that
+    /// name.
+    pub fn put(&self, key: &str, data: Bytes, stop: Stop) -> HsmResult<()> {
         let p = self.path(key);
-        self.rt.block_on(self.store.put(&p, PutPayload::from(Bytes::from(data)))).map_err(tier_err)?;
+        self.run("put", stop, self.store.put(&p, PutPayload::from(data)))?;
         Ok(())
     }
 
-    /// The object `key`, whole.
-    pub fn get(&self, key: &str) -> HsmResult<Bytes> {
+    /// An upload of `key` in parts, for data that comes in pieces; the
+    /// object appears (replacing any of that name) when it is finished.
+    pub fn upload<'a>(&'a self, key: &str, stop: Stop<'a>) -> HsmResult<Upload<'a>> {
         let p = self.path(key);
-        self.rt.block_on(async { self.store.get(&p).await?.bytes().await }).map_err(tier_err)
+        let up = self.run("start upload", stop, self.store.put_multipart(&p))?;
+        Ok(Upload { tier: self, stop, w: Some(WriteMultipart::new_with_chunk_size(up, PART)) })
+    }
+
+    /// The object's size.
+    pub fn size(&self, key: &str, stop: Stop) -> HsmResult<u64> {
+        let p = self.path(key);
+        Ok(self.run("head", stop, self.store.head(&p))?.size)
+    }
+
+    /// Bytes `r` of `key`, started now and taken with [`Fetch::wait`]: the
+    /// next piece comes in while the caller writes the last one.
+    pub fn fetch<'a>(&'a self, key: &str, r: Range<u64>, stop: Stop<'a>) -> Fetch<'a> {
+        let (store, p) = (self.store.clone(), self.path(key));
+        Fetch { tier: self, stop, h: self.rt.spawn(async move { store.get_range(&p, r).await }) }
     }
 
     /// Removes `key`; one already gone is no error.
     pub fn delete(&self, key: &str) -> HsmResult<()> {
         let p = self.path(key);
-        match self.rt.block_on(self.store.delete(&p)) {
+        match self.run("delete", None, async { Ok(self.store.delete(&p).await) })? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(tier_err(e)),
         }
@@ -73,10 +162,69 @@ impl Tier {
     /// Whether `key` is in the tier.
     pub fn exists(&self, key: &str) -> HsmResult<bool> {
         let p = self.path(key);
-        match self.rt.block_on(self.store.head(&p)) {
+        match self.run("head", None, async { Ok(self.store.head(&p).await) })? {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(tier_err(e)),
+        }
+    }
+}
+
+const SEC5: Duration = Duration::from_secs(5);
+
+/// A piece of an object on its way ([`Tier::fetch`]); dropped, its
+/// request goes.
+pub struct Fetch<'a> {
+    tier: &'a Tier,
+    stop: Stop<'a>,
+    h: tokio::task::JoinHandle<object_store::Result<Bytes>>,
+}
+
+impl Fetch<'_> {
+    /// The piece, within the tier's bound from now.
+    pub fn wait(mut self) -> HsmResult<Bytes> {
+        let h = &mut self.h;
+        self.tier.run("get", self.stop, async { h.await.map_err(|e| object_store::Error::JoinError { source: e })? })
+    }
+}
+
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        self.h.abort();
+    }
+}
+
+/// An object being written in parts ([`Tier::upload`]); dropped unfinished,
+/// the parts are thrown away.
+pub struct Upload<'a> {
+    tier: &'a Tier,
+    stop: Stop<'a>,
+    w: Option<WriteMultipart>,
+}
+
+impl Upload<'_> {
+    /// Adds `data`, waiting while [`PARTS_IN_FLIGHT`] parts are on their way.
+    pub fn write(&mut self, data: &[u8]) -> HsmResult<()> {
+        let w = self.w.as_mut().expect("upload in progress");
+        let tier = self.tier;
+        tier.run("upload part", self.stop, w.wait_for_capacity(PARTS_IN_FLIGHT))?;
+        // `write` spawns the part's request on the current runtime.
+        let _g = tier.rt.enter();
+        w.write(data);
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> HsmResult<()> {
+        let w = self.w.take().expect("upload in progress");
+        self.tier.run("finish upload", self.stop, w.finish())?;
+        Ok(())
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.w.take() {
+            let _ = self.tier.run("abort upload", None, w.abort());
         }
     }
 }
