@@ -111,27 +111,29 @@ fn send_all(sock: &std::path::Path, op: Op, paths: &[PathBuf]) -> anyhow::Result
     bar.set_prefix(op.name());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicUsize::new(0);
-    let threads = paths.len().clamp(1, 4);
+    // Each sender's connection made here: one that cannot connect fails
+    // the command instead of leaving files silently undone.
+    let conns = (0..paths.len().clamp(1, 4))
+        .map(|_| Dm::connect(sock).with_context(|| format!("node daemon at {}", sock.display())))
+        .collect::<anyhow::Result<Vec<Dm>>>()?;
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let Ok(dm) = Dm::connect(sock) else { return };
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(p) = paths.get(i) else { return };
-                    let r = dm
-                        .dm_path_to_handle(p)
-                        .map_err(tidepool_hsm::HsmError::from)
-                        .and_then(|h| request::send(&dm, hsm, op, &h));
-                    match r {
-                        Ok(()) => bar.println(format!("{}: {}", p.display(), op.name())),
-                        Err(e) => {
-                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            bar.suspend(|| eprintln!("{}: {} failed: {e}", p.display(), op.name()));
-                        }
+        for dm in conns {
+            let (next, failed, bar) = (&next, &failed, &bar);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = paths.get(i) else { return };
+                let r = dm
+                    .dm_path_to_handle(p)
+                    .map_err(tidepool_hsm::HsmError::from)
+                    .and_then(|h| request::send(&dm, hsm, op, &h));
+                match r {
+                    Ok(()) => bar.println(format!("{}: {}", p.display(), op.name())),
+                    Err(e) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        bar.suspend(|| eprintln!("{}: {} failed: {e}", p.display(), op.name()));
                     }
-                    bar.inc(1);
                 }
+                bar.inc(1);
             });
         }
     });
