@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use dmapi::types::{FsId, DM_NO_SESSION};
 use libdmapi::Dm;
 use tidepool_hsm::config::Config;
-use tidepool_hsm::record::{Record, State};
+use tidepool_hsm::record::State;
 use tidepool_hsm::request::{self, Op};
 
 #[derive(Args)]
@@ -192,29 +192,17 @@ fn status(sock: &std::path::Path, fs: FsId) -> anyhow::Result<()> {
         }
         let (mut n, mut bytes) = ([0u64; 4], [0u64; 4]);
         let mut tier = 0u64;
-        let mut cookie = dm.dm_init_attrloc(sid, &fsh, DM_NO_TOKEN)?;
-        loop {
-            let (stats, next) = dm.dm_get_bulkall(sid, &fsh, DM_NO_TOKEN, tidepool_hsm::ATTR, cookie, 512)?;
-            for (st, attr) in stats {
-                if st.mode & libc::S_IFMT != libc::S_IFREG {
-                    continue;
-                }
-                let rec = attr.and_then(|a| Record::decode(&a).ok());
-                let i = match rec.as_ref().map(|r| r.state) {
-                    None => 0,
-                    Some(State::Premigrated) => 1,
-                    Some(State::Migrated) => 2,
-                    Some(State::Stale) => 3,
-                };
-                n[i] += 1;
-                bytes[i] += st.size;
-                tier += rec.map_or(0, |r| r.size);
-            }
-            if next == 0 {
-                break;
-            }
-            cookie = next;
-        }
+        tidepool_hsm::policy::for_each_file(&dm, sid, &fsh, |st, rec| {
+            let i = match rec.as_ref().map(|r| r.state) {
+                None => 0,
+                Some(State::Premigrated) => 1,
+                Some(State::Migrated) => 2,
+                Some(State::Stale) => 3,
+            };
+            n[i] += 1;
+            bytes[i] += st.size;
+            tier += rec.map_or(0, |r| r.size);
+        })?;
         for (i, name) in ["resident", "premigrated", "migrated", "stale"].iter().enumerate() {
             println!("{name:>12}: {:>8} files {:>14} bytes", n[i], bytes[i]);
         }

@@ -43,7 +43,7 @@ enum Job {
     /// Data events are waiting on this file.
     Data(DmHandle),
     /// A command's request, answered on its token.
-    Request(DmToken, Vec<u8>),
+    Request(DmToken, request::Op, DmHandle),
     /// A file with a tier copy was destroyed: the copy goes.
     Forget(Record),
 }
@@ -246,9 +246,9 @@ impl Hsm {
                     };
                     self.respond(dm, ev.token, r);
                 }
-                Ok((_, h)) => match h.ino() {
+                Ok((op, h)) => match h.ino() {
                     Ok(ino) if self.begin(ino, "request") => {
-                        let _ = tx.send(Job::Request(ev.token, data));
+                        let _ = tx.send(Job::Request(ev.token, op, h));
                     }
                     _ => self.respond(dm, ev.token, DmResponse::Abort(libc::EBUSY)),
                 },
@@ -295,8 +295,7 @@ impl Hsm {
                 }
                 self.respond(dm, t, resp);
             }
-            Job::Request(t, data) => {
-                let Ok((op, h)) = request::decode(&data) else { return };
+            Job::Request(t, op, h) => {
                 let ino = h.ino().unwrap_or(0);
                 let flag = self.flag(ino);
                 ops.cancel = flag.as_deref();
@@ -433,7 +432,8 @@ impl Hsm {
         Ok(())
     }
 
-    /// The status line, as `tidepool hsm status` shows it.
+    /// The status line, as `tidepool hsm status` shows it, without its
+    /// time (`at=`, added when it is published).
     fn status_line(&self) -> String {
         let running: Vec<String> = {
             let a = self.active.lock();
@@ -445,9 +445,8 @@ impl Hsm {
         let waiting: usize = self.waiting.lock().values().map(Vec::len).sum();
         let s = &self.stats;
         format!(
-            "v=1 sid={} at={} recalls={} migrations={} failures={} freed={} waiting_accesses={} active={}",
+            "sid={} recalls={} migrations={} failures={} freed={} waiting_accesses={} active={}",
             self.sid,
-            now(),
             s.recalls.load(Ordering::Relaxed),
             s.migrations.load(Ordering::Relaxed),
             s.failures.load(Ordering::Relaxed),
@@ -464,12 +463,11 @@ impl Hsm {
         let mut last = (String::new(), std::time::Instant::now());
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let line = self.status_line();
-            let body = line.split_once(" at=").map(|(a, b)| (a, b.split_once(' ').map(|x| x.1)));
-            let same = last.0.split_once(" at=").map(|(a, b)| (a, b.split_once(' ').map(|x| x.1))) == body;
-            if same && last.1.elapsed() < Duration::from_secs(5) {
+            let body = self.status_line();
+            if body == last.0 && last.1.elapsed() < Duration::from_secs(5) {
                 continue;
             }
+            let line = format!("v=1 at={} {body}", now());
             for fs in fss {
                 if !roots.contains_key(fs) {
                     match self.mount_of(dm, *fs) {
@@ -483,7 +481,7 @@ impl Hsm {
                     warn!(fs = fs.0, error = %e, "publishing the status");
                 }
             }
-            last = (line, std::time::Instant::now());
+            last = (body, std::time::Instant::now());
         }
     }
 }

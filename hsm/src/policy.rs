@@ -5,7 +5,7 @@
 //! their HSM records (`dm_get_bulkall`), not by a walk of the mount; paths
 //! (for include/exclude) are asked only of the files that could go.
 
-use dmapi::types::{DmHandle, DmSessId, DM_NO_TOKEN};
+use dmapi::types::{DmHandle, DmSessId, DmStat, DM_NO_TOKEN};
 use libdmapi::Dm;
 
 use crate::config::Policy;
@@ -25,31 +25,47 @@ pub struct Candidate {
     pub premigrated: bool,
 }
 
-/// Every regular file of `fs` that holds blocks and is not migrated.
-pub fn scan(dm: &Dm, sid: DmSessId, fs: &DmHandle) -> HsmResult<Vec<Candidate>> {
-    let mut out = Vec::new();
+/// Calls `f` for every regular file of `fs` with its HSM record (None if
+/// it has none or an unreadable one), from one `dm_get_bulkall` scan.
+pub fn for_each_file(
+    dm: &Dm,
+    sid: DmSessId,
+    fs: &DmHandle,
+    mut f: impl FnMut(DmStat, Option<Record>),
+) -> HsmResult<()> {
     let mut cookie = dm.dm_init_attrloc(sid, fs, DM_NO_TOKEN)?;
     loop {
         let (stats, next) = dm.dm_get_bulkall(sid, fs, DM_NO_TOKEN, ATTR, cookie, 512)?;
         for (st, attr) in stats {
-            let state = attr.and_then(|a| Record::decode(&a).ok()).map(|r| r.state);
-            let Some(handle) = st.handle else { continue };
-            if st.mode & libc::S_IFMT != libc::S_IFREG || st.blocks == 0 || state == Some(State::Migrated) {
-                continue;
+            if st.mode & libc::S_IFMT == libc::S_IFREG {
+                f(st, attr.and_then(|a| Record::decode(&a).ok()));
             }
-            out.push(Candidate {
-                handle,
-                bytes: st.blocks * 512,
-                size: st.size,
-                last_use: st.atime.max(st.mtime),
-                premigrated: state == Some(State::Premigrated),
-            });
         }
         if next == 0 {
-            return Ok(out);
+            return Ok(());
         }
         cookie = next;
     }
+}
+
+/// Every regular file of `fs` that holds blocks and is not migrated.
+pub fn scan(dm: &Dm, sid: DmSessId, fs: &DmHandle) -> HsmResult<Vec<Candidate>> {
+    let mut out = Vec::new();
+    for_each_file(dm, sid, fs, |st, rec| {
+        let state = rec.map(|r| r.state);
+        let Some(handle) = st.handle else { return };
+        if st.blocks == 0 || state == Some(State::Migrated) {
+            return;
+        }
+        out.push(Candidate {
+            handle,
+            bytes: st.blocks * 512,
+            size: st.size,
+            last_use: st.atime.max(st.mtime),
+            premigrated: state == Some(State::Premigrated),
+        });
+    })?;
+    Ok(out)
 }
 
 /// The files to migrate to free `need` bytes: those the rules allow, least
@@ -112,7 +128,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn of(mount: &std::path::Path) -> std::io::Result<Usage> {
-        let st = nix_statvfs(mount)?;
+        let st = statvfs(mount)?;
         Ok(Usage { total: st.0, used: st.0 - st.1 })
     }
 
@@ -127,7 +143,7 @@ impl Usage {
 }
 
 /// (total, free) bytes of the file system holding `p`.
-fn nix_statvfs(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
+fn statvfs(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: statvfs is plain integers, valid all zero; the call gets a
