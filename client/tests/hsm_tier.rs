@@ -403,3 +403,118 @@ fn s3_tier_migrates_recalls_and_a_hanging_tier_fails_reads_in_bounded_time() {
     drop(hsm);
     drop(c);
 }
+
+/// Sets a file's access and modification times to `ago` seconds back.
+fn age(p: &Path, ago: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(ago);
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
+}
+
+/// Percent of the volume under `p` in use, as the policy reckons it.
+fn used_pct(p: &Path) -> u64 {
+    tidepool_hsm::policy::Usage::of(p).unwrap().percent()
+}
+
+fn state(c: &common::Cluster, node: u32, p: &Path) -> String {
+    let o = hsm_cmd(c.socket(node), &["ls", p.to_str().unwrap()]);
+    assert!(o.status.success(), "ls: {}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    out.split(": ").nth(1).unwrap_or("").split(' ').next().unwrap_or("").trim().to_string()
+}
+
+/// The watermark policy on a volume past its high mark: the least recently
+/// used files the rules allow (not the excluded one, not the one below
+/// `min_size`) are migrated, oldest first, until the volume is at the low
+/// mark; the newest stay resident, and every migrated file reads back whole.
+#[test]
+fn the_watermark_policy_migrates_least_recently_used_files_down_to_the_low_mark() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(64 << 20, &[3, 4]);
+    let mb = &mnts[1];
+    let body = |i: u32| -> Vec<u8> { (0..3u32 << 20).map(|j| (j.wrapping_mul(31) ^ i) as u8).collect() };
+    // Oldest first: keep-me (excluded), tiny (too small), then f1..f9.
+    let mut files = vec![("keep-me".to_string(), body(100)), ("tiny".to_string(), vec![7u8; 4096])];
+    files.extend((1..=9).map(|i| (format!("f{i}"), body(i))));
+    for (i, (name, data)) in files.iter().enumerate() {
+        let p = mb.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        age(&p, 10_000 - i as u64 * 100);
+    }
+    let full = used_pct(mb.path());
+    let (high, low) = (full - 5, full - 25);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hsm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 2\n[tier]\nurl = \"file://{}\"\n[policy]\nhigh_watermark = {high}\nlow_watermark = {low}\n\
+             interval_secs = 1\nmin_size = \"64K\"\nmin_age_secs = 60\nexclude = [\"/keep*\"]\n",
+            dir.path().join("tier").display()
+        ),
+    )
+    .unwrap();
+    let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &[]);
+    wait_for("the policy round", || hsm.log().contains("policy round done"));
+    let after = used_pct(mb.path());
+    assert!(after <= low as u64, "used {full}% -> {after}%, low mark {low}%:\n{}", hsm.log());
+
+    let states: Vec<String> = files.iter().map(|(n, _)| state(&c, 4, &mb.path().join(n))).collect();
+    assert_eq!((states[0].as_str(), states[1].as_str()), ("resident", "resident"), "excluded and small stay");
+    let migrated = states[2..].iter().take_while(|s| *s == "migrated").count();
+    assert!(
+        (1..9).contains(&migrated) && states[2 + migrated..].iter().all(|s| s == "resident"),
+        "the oldest files migrated, the newest resident: {states:?}\n{}",
+        hsm.log()
+    );
+    for (name, data) in &files[2..2 + migrated] {
+        assert!(std::fs::read(mb.path().join(name)).unwrap() == *data, "{name} recalled whole");
+    }
+    drop(hsm);
+    drop(c);
+}
+
+/// A write larger than the volume's free space, with an HSM whose policy
+/// would not run for an hour: the write's nospace event makes the HSM
+/// migrate cold files at once, and the write succeeds.
+#[test]
+fn a_write_past_the_free_space_succeeds_once_the_nospace_event_freed_some() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4]);
+    let mb = &mnts[1];
+    let bs = 4096u64;
+    let mut cold = Vec::new();
+    while free_blocks(mb.path()) * bs > 4 << 20 {
+        let p = mb.path().join(format!("cold{}", cold.len()));
+        std::fs::write(&p, vec![cold.len() as u8 + 1; 2 << 20]).unwrap();
+        age(&p, 100_000 - cold.len() as u64);
+        cold.push(p);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hsm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tier]\nurl = \"file://{}\"\n[policy]\nhigh_watermark = 99\nlow_watermark = 40\ninterval_secs = 3600\n",
+            dir.path().join("tier").display()
+        ),
+    )
+    .unwrap();
+    let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &[]);
+    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
+    c.driver(4, &["wait-route", "--event", "nospace", "--node", "3"]);
+
+    let new: Vec<u8> = (0..8u32 << 20).map(|i| (i >> 7) as u8).collect();
+    let p = mb.path().join("new");
+    std::fs::write(&p, &new).unwrap_or_else(|e| panic!("the write: {e}\n{}", hsm.log()));
+    assert!(std::fs::read(&p).unwrap() == new, "every byte of the write");
+    assert!(hsm.log().contains("nospace=true"), "a round for the nospace event:\n{}", hsm.log());
+    assert_eq!(state(&c, 4, &cold[0]), "migrated", "the coldest file made room");
+    assert!(used_pct(mb.path()) < 99);
+    drop(hsm);
+    drop(c);
+}
