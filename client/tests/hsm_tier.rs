@@ -459,7 +459,7 @@ fn the_watermark_policy_migrates_least_recently_used_files_down_to_the_low_mark(
     let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &[]);
     wait_for("the policy round", || hsm.log().contains("policy round done"));
     let after = used_pct(mb.path());
-    assert!(after <= low as u64, "used {full}% -> {after}%, low mark {low}%:\n{}", hsm.log());
+    assert!(after <= low, "used {full}% -> {after}%, low mark {low}%:\n{}", hsm.log());
 
     let states: Vec<String> = files.iter().map(|(n, _)| state(&c, 4, &mb.path().join(n))).collect();
     assert_eq!((states[0].as_str(), states[1].as_str()), ("resident", "resident"), "excluded and small stay");
@@ -515,6 +515,131 @@ fn a_write_past_the_free_space_succeeds_once_the_nospace_event_freed_some() {
     assert!(hsm.log().contains("nospace=true"), "a round for the nospace event:\n{}", hsm.log());
     assert_eq!(state(&c, 4, &cold[0]), "migrated", "the coldest file made room");
     assert!(used_pct(mb.path()) < 99);
+    drop(hsm);
+    drop(c);
+}
+
+/// `tidepool hsm status` on `node`, its output.
+fn status(c: &common::Cluster, node: u32) -> String {
+    let o = hsm_cmd(c.socket(node), &["status"]);
+    assert!(o.status.success(), "status: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A migration stuck on a tier that stopped answering, with one worker and
+/// a long tier timeout: `status` on another node shows it running; a cancel
+/// from that node is answered at once (not queued behind it), the migrate
+/// command fails as cancelled, the file stays resident; once the tier is
+/// back, the file migrates and `status` counts it.
+#[test]
+fn a_cancel_from_another_node_stops_a_migration_stuck_on_the_tier() {
+    if !common::fuse_available() || !test_support::skip::have_tool("moto_server") {
+        return;
+    }
+    let moto = Moto::start("tp-cancel");
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4, 5]);
+    let (mb, mc) = (&mnts[1], &mnts[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hsm.toml");
+    std::fs::write(&cfg, "workers = 1\n[tier]\nurl = \"s3://tp-cancel/x\"\ntimeout_secs = 120\n").unwrap();
+    let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &moto.env());
+    wait_for("the HSM session", || c.dm_ok(5, &["sessions"]).contains("info=tidepool-hsm"));
+    wait_for("the HSM's status line", || status(&c, 5).contains("hsm: v=1 "));
+
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8).collect();
+    std::fs::write(mb.path().join("f"), &body).unwrap();
+    let ino = std::fs::metadata(mb.path().join("f")).unwrap().ino();
+    moto.signal(libc::SIGSTOP);
+    let migrate = Command::new(TIDEPOOL)
+        .args(["hsm", "--socket"])
+        .arg(c.socket(4))
+        .arg("migrate")
+        .arg(mb.path().join("f"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("status to show the migration running", || status(&c, 5).contains(&format!("request:{ino}")));
+
+    let t0 = Instant::now();
+    let o = hsm_cmd(c.socket(5), &["cancel", mc.path().join("f").to_str().unwrap()]);
+    assert!(o.status.success(), "cancel: {}\n{}", String::from_utf8_lossy(&o.stderr), hsm.log());
+    let cancel_took = t0.elapsed();
+    let out = migrate.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "cancel took {cancel_took:?}, the migrate's end {took:?} (tier timeout 120 s):\n{}",
+        hsm.log()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.to_lowercase().contains("cancel"), "the migrate: {err}");
+    assert_eq!(state(&c, 4, &mb.path().join("f")), "resident");
+    wait_for("status to show it ended", || {
+        let s = status(&c, 5);
+        s.contains("failures=1") && s.contains("active=-")
+    });
+    let o = hsm_cmd(c.socket(5), &["cancel", mc.path().join("f").to_str().unwrap()]);
+    assert!(!o.status.success(), "nothing to cancel is an error");
+
+    moto.signal(libc::SIGCONT);
+    let o = hsm_cmd(c.socket(4), &["migrate", mb.path().join("f").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = format!("migrated: {:>8} files {:>14} bytes", 1, 1 << 20);
+    wait_for("status to count the migration", || {
+        let s = status(&c, 5);
+        s.contains("migrations=1") && s.contains(&want) && s.contains("active=-")
+    });
+    assert!(std::fs::read(mc.path().join("f")).unwrap() == body);
+    drop(hsm);
+    drop(c);
+}
+
+/// A recall stuck on a tier that stopped answering, on a file system whose
+/// metadata service expels a node that keeps a token 2 s: a `stat` of the
+/// file on another node waits for the recall's exclusive right (XDSM) and
+/// the HSM's node, which says it holds the token under a DM right, is not
+/// taken for dead. When the tier call's bound (6 s) ends the recall, the
+/// reader gets EIO, the `stat` its answer, and with the tier back the next
+/// read recalls.
+#[test]
+fn a_node_holding_a_dm_right_past_the_token_timeout_is_waited_for_not_expelled() {
+    if !common::fuse_available() || !test_support::skip::have_tool("moto_server") {
+        return;
+    }
+    let moto = Moto::start("tp-held");
+    let (mnts, _vol, c) = common::standard_with_mounts_and(32 << 20, &[3, 4, 5], "token_timeout_secs = 2\n");
+    let (mb, mc) = (&mnts[1], &mnts[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hsm.toml");
+    std::fs::write(&cfg, "[tier]\nurl = \"s3://tp-held/x\"\ntimeout_secs = 6\n").unwrap();
+    let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &moto.env());
+    wait_for("the HSM session", || c.dm_ok(4, &["sessions"]).contains("info=tidepool-hsm"));
+    c.driver(4, &["wait-route", "--event", "destroy", "--node", "3"]);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 233) as u8).collect();
+    let f = mb.path().join("f");
+    std::fs::write(&f, &body).unwrap();
+    let ino = std::fs::metadata(&f).unwrap().ino();
+    let o = hsm_cmd(c.socket(4), &["migrate", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    moto.signal(libc::SIGSTOP);
+    let p = f.clone();
+    let reader = std::thread::spawn(move || std::fs::read(p).map_err(|e| e.raw_os_error()));
+    wait_for("status to show the recall", || status(&c, 5).contains(&format!("recall:{ino}")));
+    let t0 = Instant::now();
+    let q = mc.path().join("f");
+    let stat = std::thread::spawn(move || std::fs::metadata(q).map(|m| m.len()).map_err(|e| e.raw_os_error()));
+    assert_eq!(reader.join().unwrap(), Err(Some(libc::EIO)), "the recall failed in its bound: {}", hsm.log());
+    assert_eq!(stat.join().unwrap(), Ok(300_000), "the stat on node C got its answer");
+    let waited = t0.elapsed();
+    for n in 1..=5 {
+        assert!(!c.log(n).contains("expelling"), "node {n} expelled a node that held a DM right:\n{}", c.log(n));
+    }
+    assert!(waited > Duration::from_secs(2), "the stat waited past the token timeout ({waited:?})");
+
+    moto.signal(libc::SIGCONT);
+    assert!(std::fs::read(mc.path().join("f")).unwrap() == body, "recalled once the tier answers");
     drop(hsm);
     drop(c);
 }

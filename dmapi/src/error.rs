@@ -69,7 +69,7 @@ pub enum DmError {
     #[error("ENOTSUP: {0}")]
     NotSup(&'static str),
     /// A synchronous event or message was answered `DM_RESP_ABORT` with this errno.
-    #[error("aborted by the DM application with errno {0}")]
+    #[error("aborted by the DM application: {}", std::io::Error::from_raw_os_error(*.0))]
     Aborted(i32),
 }
 

@@ -139,16 +139,26 @@ impl Ops<'_> {
 
     /// Copies the data to the tier and records it: the file is premigrated.
     /// A premigrated file stays as it is; a migrated one is refused.
+    ///
+    /// The copy runs under a shared right: other nodes go on reading (and
+    /// `stat`ing) the file meanwhile, writers wait. The right becomes
+    /// exclusive for the record, after a check that the file is as it was.
     pub fn premigrate(&self, h: &DmHandle, t: DmToken) -> HsmResult<Record> {
-        self.excl(h, t)?;
+        self.dm.dm_request_right(self.sid, h, t, DM_RR_WAIT, DmRight::Shared)?;
         match self.record(h, t)? {
             Some(r) if r.state == State::Migrated => return Ok(r),
             Some(r) if r.state == State::Premigrated => return Ok(r),
             _ => {}
         }
-        let size = self.dm.dm_get_fileattr(self.sid, h, t)?.size;
+        let before = self.dm.dm_get_fileattr(self.sid, h, t)?;
+        let size = before.size;
         let key = key_of(h)?;
         let crc = self.copy_out(h, t, &key, size)?;
+        self.excl(h, t)?;
+        let now = self.dm.dm_get_fileattr(self.sid, h, t)?;
+        if (now.size, now.mtime, now.ctime) != (before.size, before.mtime, before.ctime) {
+            return Err(HsmError::State("the file changed while it was copied"));
+        }
         let r = Record { state: State::Premigrated, key, size, crc };
         self.put_record(h, t, &r)?;
         self.manage(h, t, State::Premigrated)?;

@@ -37,8 +37,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A holder that has not given a token back this long is expelled (its
-/// connection closed, its tokens dropped).
+/// A holder that has not given a token back this long, nor said it holds
+/// it under a DM right, is expelled (its connection closed, its tokens
+/// dropped).
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most inodes one scan reply carries.
 pub const SCAN_MAX: usize = 4096;
@@ -57,7 +58,8 @@ pub struct Manager {
     cv: Condvar,
     conns: Mutex<HashMap<u64, Arc<Peer>>>,
     next_conn: AtomicU64,
-    revoke_timeout: Duration,
+    /// [`REVOKE_TIMEOUT`] unless set (milliseconds).
+    revoke_timeout_ms: AtomicU64,
     /// Files open on the nodes. Taken after `meta`, never before.
     uses: Mutex<Uses>,
     /// Record locks. Taken before `conns`, never after.
@@ -130,6 +132,9 @@ struct Table {
 struct Tok {
     holders: HashMap<u64, Mode>,
     revoking: HashSet<u64>,
+    /// Holders being revoked that last said, then, that a DM right holds
+    /// their token ([`Kind::RevokeHeld`]): they are waited for, not expelled.
+    held: HashMap<u64, Instant>,
     next: u64,
     serving: u64,
 }
@@ -177,7 +182,7 @@ impl Manager {
             cv: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
-            revoke_timeout: REVOKE_TIMEOUT,
+            revoke_timeout_ms: AtomicU64::new(REVOKE_TIMEOUT.as_millis() as u64),
             uses: Mutex::new(Uses::default()),
             locks: Mutex::new(Locks::default()),
             locks_cv: Condvar::new(),
@@ -201,6 +206,16 @@ impl Manager {
                 .map_err(|e| super::FsError::Io(e.to_string()))?;
         }
         Ok(m)
+    }
+
+    /// How long a holder may take to give a token back (or say a DM right
+    /// holds it) before it is expelled; [`REVOKE_TIMEOUT`] by default.
+    pub fn set_revoke_timeout(&self, d: Duration) {
+        self.revoke_timeout_ms.store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    fn revoke_timeout(&self) -> Duration {
+        Duration::from_millis(self.revoke_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Serves clients on `addr` from a background thread.
@@ -248,6 +263,7 @@ impl Manager {
                     Ok(d) => self.revoke_done(id, d),
                     Err(e) => break e,
                 },
+                Kind::RevokeHeld => self.revoke_held(id, rid),
                 _ => break io::Error::new(io::ErrorKind::InvalidData, "unexpected message kind from a client"),
             }
         };
@@ -259,6 +275,7 @@ impl Manager {
         for tok in t.inodes.values_mut() {
             tok.holders.remove(&id);
             tok.revoking.remove(&id);
+            tok.held.remove(&id);
         }
         drop(t);
         self.cv.notify_all();
@@ -580,9 +597,21 @@ impl Manager {
         if let Some(tok) = t.inodes.get_mut(&d.ino) {
             tok.holders.remove(&conn);
             tok.revoking.remove(&conn);
+            tok.held.remove(&conn);
         }
         drop(t);
         self.cv.notify_all();
+    }
+
+    /// A holder being revoked says a DM right holds its token: it is alive,
+    /// and the revoke waits for the right's release.
+    fn revoke_held(&self, conn: u64, ino: u64) {
+        let mut t = self.table.lock();
+        if let Some(tok) = t.inodes.get_mut(&ino) {
+            if tok.revoking.contains(&conn) {
+                tok.held.insert(conn, Instant::now());
+            }
+        }
     }
 
     fn slow(&self, peer: &Arc<Peer>, rid: u64, req: Req) {
@@ -730,9 +759,13 @@ impl Manager {
     }
 
     /// Takes back every token on `ino` that conflicts with `mode`, except
-    /// those of `keep`; a holder that does not answer in time is expelled.
+    /// those of `keep`; a holder that neither answers nor says a DM right
+    /// holds the token within the timeout is expelled. One that does is
+    /// waited for as long as it keeps saying so (XDSM: the access waits for
+    /// the right).
     fn revoke_conflicts(&self, t: &mut MutexGuard<'_, Table>, ino: u64, mode: Mode, keep: Option<u64>) {
-        let deadline = Instant::now() + self.revoke_timeout;
+        let started = Instant::now();
+        let timeout = self.revoke_timeout();
         loop {
             let Some(tok) = t.inodes.get_mut(&ino) else { return };
             let conflicts: Vec<u64> =
@@ -753,8 +786,21 @@ impl Manager {
                 });
                 continue;
             }
+            // Each holder's time runs from the revoke or its last note.
+            let heard = |c: &u64| tok.held.get(c).copied().unwrap_or(started).max(started);
+            let deadline = conflicts.iter().map(|c| heard(c) + timeout).min().unwrap_or(started + timeout);
             if self.cv.wait_until(t, deadline).timed_out() {
-                for c in conflicts {
+                let Some(tok) = t.inodes.get_mut(&ino) else { return };
+                let now = Instant::now();
+                let late: Vec<u64> = conflicts
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        tok.holders.contains_key(c)
+                            && now >= tok.held.get(c).copied().unwrap_or(started).max(started) + timeout
+                    })
+                    .collect();
+                for c in late {
                     if let Some(p) = self.conns.lock().get(&c) {
                         tracing::error!(client = %p.name.lock(), ino, "token not given back in time; expelling the client");
                         let _ = p.out.lock().shutdown(Shutdown::Both);
@@ -762,6 +808,7 @@ impl Manager {
                     if let Some(tok) = t.inodes.get_mut(&ino) {
                         tok.holders.remove(&c);
                         tok.revoking.remove(&c);
+                        tok.held.remove(&c);
                     }
                 }
             }

@@ -241,14 +241,27 @@ impl MetaClient {
         let slot = self.inner.slots.lock().get(&ino).cloned();
         match slot {
             Some(slot) => {
-                {
+                let held = {
                     let mut st = slot.st.lock();
                     // Under a DM right the holder keeps using the token until
-                    // it releases the right; the worker drops it then.
+                    // it releases the right; it is given back then.
                     if st.pins == 0 {
                         st.mode = None;
                         st.gen += 1;
                         st.names.clear();
+                    }
+                    st.pins > 0
+                };
+                if held {
+                    // A thread of its own, so the other inodes' revokes do
+                    // not wait behind the right; the token goes back once
+                    // every right on the inode here is released.
+                    self.send_held(ino);
+                    let me = self.clone();
+                    let spawned =
+                        std::thread::Builder::new().name("fs-revoke-held".into()).spawn(move || me.give_back(ino));
+                    if spawned.is_ok() {
+                        return;
                     }
                 }
                 if let Some(tx) = self.inner.revokes.lock().as_ref() {
@@ -268,8 +281,12 @@ impl MetaClient {
             let mut st = slot.st.lock();
             // A DM right holds the token until the application releases it
             // (and keeps I/O under the right going meanwhile).
+            // Said again and again, so the manager does not take this
+            // node for dead while the application keeps its right.
             while st.pins > 0 {
-                slot.unpinned.wait(&mut st);
+                if slot.unpinned.wait_for(&mut st, rpc::HELD_NOTE).timed_out() && st.pins > 0 {
+                    parking_lot::MutexGuard::unlocked(&mut st, || self.send_held(ino));
+                }
             }
             st.mode = None;
             st.gen += 1;
@@ -283,6 +300,14 @@ impl MetaClient {
             st.dirty.take()
         };
         self.send_done(RevokeDone { ino, dirty });
+    }
+
+    /// Tells the manager a revoked token is held under a DM right.
+    fn send_held(&self, ino: u64) {
+        let link = self.inner.link.lock().clone();
+        if let Some(l) = link {
+            let _ = rpc::send(&mut *l.out.lock(), Kind::RevokeHeld, ino, &());
+        }
     }
 
     fn send_done(&self, d: RevokeDone) {

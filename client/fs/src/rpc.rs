@@ -3,7 +3,8 @@
 //!
 //! Client → manager: [`Req`] (answered by a [`Reply`] with the same id) and
 //! [`Kind::RevokeDone`] (a token given back, with the attributes the holder
-//! changed under it). Manager → client: [`Reply`] and [`Kind::Revoke`]
+//! changed under it) and [`Kind::RevokeHeld`] (not yet: a DM right holds it,
+//! and the holder is alive). Manager → client: [`Reply`] and [`Kind::Revoke`]
 //! (give this inode's token back). Bodies carry inodes and extents as their
 //! on-disk bytes, so the manager and its clients share one layout.
 
@@ -39,7 +40,15 @@ pub enum Kind {
     Reply = 2,
     Revoke = 3,
     RevokeDone = 4,
+    /// The inode's token is held under a DM right: it comes back when the
+    /// right is released. Sent at once and then every [`HELD_NOTE`] while
+    /// the revoke waits, so the manager tells a busy holder from a dead one.
+    RevokeHeld = 5,
 }
+
+/// How often a holder says again that a revoked token is held under a DM
+/// right (well inside any token timeout the manager may be given).
+pub const HELD_NOTE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Kind {
     fn from_u8(v: u8) -> Option<Kind> {
@@ -48,6 +57,7 @@ impl Kind {
             2 => Kind::Reply,
             3 => Kind::Revoke,
             4 => Kind::RevokeDone,
+            5 => Kind::RevokeHeld,
             _ => return None,
         })
     }

@@ -87,6 +87,15 @@ pub struct FsConfig {
     /// journal) to every mounting node.
     #[serde(default)]
     pub meta_addr: Option<SocketAddr>,
+    /// How long the metadata service waits for a node to give a token back
+    /// (or to say a DM right holds it, which it repeats) before it expels
+    /// the node as dead. Default 30.
+    #[serde(default = "thirty")]
+    pub token_timeout_secs: u64,
+}
+
+fn thirty() -> u64 {
+    30
 }
 
 fn one() -> u32 {
@@ -100,7 +109,16 @@ fn tcp() -> String {
 impl FsConfig {
     /// A file system known to the DM path only (no volume).
     pub fn dm_only(id: u64, manager: u32) -> FsConfig {
-        FsConfig { id, manager, addr: None, nqn: None, nsid: 1, transport: tcp(), meta_addr: None }
+        FsConfig {
+            id,
+            manager,
+            addr: None,
+            nqn: None,
+            nsid: 1,
+            transport: tcp(),
+            meta_addr: None,
+            token_timeout_secs: thirty(),
+        }
     }
 
     /// Whether its volume and metadata service are named, so it can be mounted.

@@ -232,6 +232,7 @@ impl Mounts {
 fn serve(cfg: &NodeConfig, f: &FsConfig, addr: SocketAddr) -> std::io::Result<ManagerHandle> {
     let dev = volume(cfg, f)?;
     let m = Manager::open(dev).map_err(|e| std::io::Error::other(format!("opening file system {}: {e}", f.id)))?;
+    m.set_revoke_timeout(Duration::from_secs(f.token_timeout_secs.max(1)));
     m.serve(addr)
 }
 

@@ -96,6 +96,12 @@ impl Volume {
 /// Bound in this order, the cluster goes first at the end of a test, then
 /// the volume, then the mount points.
 pub fn standard_with_mounts(size: u64, hosts: &[u32]) -> (Vec<tempfile::TempDir>, Volume, Cluster) {
+    standard_with_mounts_and(size, hosts, "")
+}
+
+/// [`standard_with_mounts`] with `fs_extra` added to the file system's
+/// `[[filesystems]]` table.
+pub fn standard_with_mounts_and(size: u64, hosts: &[u32], fs_extra: &str) -> (Vec<tempfile::TempDir>, Volume, Cluster) {
     let vol = Volume::new(size);
     let mnts: Vec<tempfile::TempDir> = hosts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let mut specs = standard("", false);
@@ -103,7 +109,7 @@ pub fn standard_with_mounts(size: u64, hosts: &[u32]) -> (Vec<tempfile::TempDir>
         specs.iter_mut().find(|s| s.id == *id).expect("a node of the standard cluster").extra =
             fuse_mount_toml(m.path());
     }
-    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(listen_port()));
+    let mut c = Cluster::start_with_fs(&specs, &format!("{}{fs_extra}", vol.fs_toml(listen_port())));
     for (id, m) in hosts.iter().zip(&mnts) {
         c.adopt_mountpoint(m.path());
         c.wait_mounted(*id, m.path());
