@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -640,6 +641,74 @@ fn a_node_holding_a_dm_right_past_the_token_timeout_is_waited_for_not_expelled()
 
     moto.signal(libc::SIGCONT);
     assert!(std::fs::read(mc.path().join("f")).unwrap() == body, "recalled once the tier answers");
+    drop(hsm);
+    drop(c);
+}
+
+/// 1,000 migrated files read at once from three nodes (four readers on
+/// each, every node reading every file): every reader gets every byte,
+/// and each file is recalled exactly once.
+#[test]
+fn a_thousand_migrated_files_read_at_once_from_three_nodes_are_each_recalled_once() {
+    if !common::fuse_available() {
+        return;
+    }
+    const N: usize = 1000;
+    let (mnts, _vol, c) = standard_with_mounts(64 << 20, &[3, 4, 5]);
+    let tier = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tier.path().display());
+    let hsm = Hsm::start_with(c.socket(3), &["--tier", &url, "--workers", "4"], &[]);
+    for n in [4, 5] {
+        wait_for("the HSM session", || c.dm_ok(n, &["sessions"]).contains("info=tidepool-hsm"));
+        c.driver(n, &["wait-route", "--event", "destroy", "--node", "3"]);
+    }
+    let body = |i: usize| -> Vec<u8> { format!("file {i} ").repeat(200 + i % 50).into_bytes() };
+    let dir = mnts[1].path().join("many");
+    std::fs::create_dir(&dir).unwrap();
+    let names: Vec<String> = (0..N).map(|i| format!("many/f{i:04}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(mnts[1].path().join(n), body(i)).unwrap();
+    }
+    let paths: Vec<String> = names.iter().map(|n| mnts[2].path().join(n).display().to_string()).collect();
+    let args: Vec<&str> = std::iter::once("migrate").chain(paths.iter().map(String::as_str)).collect();
+    let o = hsm_cmd(c.socket(5), &args);
+    assert!(o.status.success(), "migrate: {}\n{}", String::from_utf8_lossy(&o.stderr), hsm.log());
+    assert_eq!(std::fs::read_dir(tier.path().join("fs1")).unwrap().count(), N, "an object per file");
+
+    let start = Arc::new(std::sync::Barrier::new(12));
+    let readers: Vec<_> = (0..12)
+        .map(|r| {
+            let (root, names, start) = (mnts[r % 3].path().to_path_buf(), names.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                // Each reader its own order, so the files are asked for at once.
+                let mut bad = Vec::new();
+                for k in 0..N {
+                    let i = (k * 7 + r * 131) % N;
+                    match std::fs::read(root.join(&names[i])) {
+                        Ok(d) if d == body(i) => {}
+                        other => bad.push((i, other.map(|d| d.len()).map_err(|e| e.to_string()))),
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    for r in readers {
+        let bad = r.join().unwrap();
+        assert!(bad.is_empty(), "files read wrong: {:?}", &bad[..bad.len().min(5)]);
+    }
+    let inos: Vec<u64> = names.iter().map(|n| std::fs::metadata(mnts[0].path().join(n)).unwrap().ino()).collect();
+    wait_for("the HSM's log of every recall", || hsm.log().lines().filter(|l| l.contains(" recalled ")).count() >= N);
+    let log = hsm.log();
+    let mut per: HashMap<u64, usize> = HashMap::new();
+    for l in log.lines().filter(|l| l.contains(" recalled ")) {
+        let ino = l.split("ino=").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok());
+        *per.entry(ino.expect("an ino in the recall line")).or_default() += 1;
+    }
+    let twice: Vec<_> = per.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "files recalled more than once: {twice:?}");
+    assert!(inos.iter().all(|i| per.contains_key(i)), "every file recalled");
     drop(hsm);
     drop(c);
 }
