@@ -560,7 +560,7 @@ fn a_cancel_from_another_node_stops_a_migration_stuck_on_the_tier() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("status to show the migration running", || status(&c, 5).contains(&format!("request:{ino}")));
+    wait_for("status to show the migration running", || status(&c, 5).contains(&format!("request:{ino}@")));
 
     let t0 = Instant::now();
     let o = hsm_cmd(c.socket(5), &["cancel", mc.path().join("f").to_str().unwrap()]);
@@ -627,7 +627,7 @@ fn a_node_holding_a_dm_right_past_the_token_timeout_is_waited_for_not_expelled()
     moto.signal(libc::SIGSTOP);
     let p = f.clone();
     let reader = std::thread::spawn(move || std::fs::read(p).map_err(|e| e.raw_os_error()));
-    wait_for("status to show the recall", || status(&c, 5).contains(&format!("recall:{ino}")));
+    wait_for("status to show the recall", || status(&c, 5).contains(&format!("recall:{ino}@")));
     let t0 = Instant::now();
     let q = mc.path().join("f");
     let stat = std::thread::spawn(move || std::fs::metadata(q).map(|m| m.len()).map_err(|e| e.raw_os_error()));
@@ -710,5 +710,55 @@ fn a_thousand_migrated_files_read_at_once_from_three_nodes_are_each_recalled_onc
     assert!(twice.is_empty(), "files recalled more than once: {twice:?}");
     assert!(inos.iter().all(|i| per.contains_key(i)), "every file recalled");
     drop(hsm);
+    drop(c);
+}
+
+/// The HSM killed with SIGKILL in the middle of recalling a 64 MiB file
+/// (its tier rate-limited so the recall takes seconds; `status` shows part
+/// of it copied): the reader on another node keeps waiting; the restarted
+/// HSM reclaims the session, gets the event again, redoes the recall from
+/// the start, and the reader gets every byte.
+#[test]
+fn a_recall_cut_by_kill_9_is_redone_by_the_restarted_hsm() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(160 << 20, &[3, 4, 5]);
+    let mb = &mnts[1];
+    let tier = tempfile::tempdir().unwrap();
+    let size = 64u64 << 20;
+    let body: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2246822519) >> 17) as u8).collect();
+    let f = mb.path().join("large");
+    std::fs::write(&f, &body).unwrap();
+    let ino = std::fs::metadata(&f).unwrap().ino();
+    let hsm = Hsm::ready(&c, tier.path(), &[4]);
+    let o = hsm_cmd(c.socket(4), &["migrate", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(hsm);
+
+    let cfg = tier.path().join("slow.toml");
+    // The same tier directory, rate-limited.
+    std::fs::write(&cfg, format!("[tier]\nurl = \"file://{}\"\nmax_mib_per_sec = 16\n", tier.path().display()))
+        .unwrap();
+    let slow = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &[]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = f.clone();
+    std::thread::spawn(move || tx.send(std::fs::read(p).map_err(|e| e.raw_os_error())).unwrap());
+    wait_for("status to show the recall part done", || {
+        let s = status(&c, 5);
+        let done = s.split(&format!("recall:{ino}@")).nth(1).and_then(|r| r.split([',', ' ', '\n']).next());
+        done.and_then(|d| d.parse::<u64>().ok()).is_some_and(|d| d > 0 && d < size)
+    });
+    drop(slow); // SIGKILL, part of the data written
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "the read waits for the HSM");
+    let again = Hsm::start(c.socket(3), tier.path());
+    let got = rx.recv_timeout(T).unwrap();
+    assert!(got.as_ref().is_ok_and(|d| *d == body), "every byte after the redone recall:\n{}", again.log());
+    wait_for("the HSM's log of the redone recall", || again.log().contains(" recalled "));
+    assert!(again.log().contains("reclaiming the HSM session"));
+    let ls = String::from_utf8(hsm_cmd(c.socket(4), &["ls", f.to_str().unwrap()]).stdout).unwrap();
+    assert!(ls.contains(": premigrated"), "{ls}");
+    drop(again);
     drop(c);
 }

@@ -10,6 +10,7 @@
 //! [tier]
 //! url = "s3://bucket/prefix"   # or file:///dir
 //! timeout_secs = 30            # a tier call's bound: then the access gets EIO
+//! max_mib_per_sec = 0          # all transfers together at most this (0: no limit)
 //!
 //! [policy]
 //! high_watermark = 90      # percent of the volume used that starts migration
@@ -45,6 +46,7 @@ pub struct Config {
 pub struct TierConfig {
     pub url: String,
     pub timeout_secs: u64,
+    pub max_mib_per_sec: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,7 +106,7 @@ impl Default for Config {
 
 impl Default for TierConfig {
     fn default() -> TierConfig {
-        TierConfig { url: String::new(), timeout_secs: 30 }
+        TierConfig { url: String::new(), timeout_secs: 30, max_mib_per_sec: 0 }
     }
 }
 

@@ -61,13 +61,28 @@ struct Stats {
     freed: AtomicU64,
 }
 
+/// Work on one inode, queued or running.
+struct Work {
+    what: &'static str,
+    /// Raised by `cancel`.
+    cancel: AtomicBool,
+    /// Bytes copied so far.
+    done: AtomicU64,
+}
+
+impl Work {
+    fn new(what: &'static str) -> Arc<Work> {
+        Arc::new(Work { what, cancel: AtomicBool::new(false), done: AtomicU64::new(0) })
+    }
+}
+
 struct Hsm {
     sid: DmSessId,
     tier: Tier,
     /// The data events waiting per inode, the first one's recall serving all.
     waiting: Mutex<HashMap<u64, Vec<(EventType, DmToken)>>>,
-    /// Work queued or running per inode, with the flag `cancel` raises.
-    active: Mutex<HashMap<u64, (&'static str, Arc<AtomicBool>)>>,
+    /// Work queued or running per inode.
+    active: Mutex<HashMap<u64, Arc<Work>>>,
     stats: Stats,
 }
 
@@ -93,7 +108,8 @@ fn session(dm: &Dm) -> HsmResult<DmSessId> {
 /// what was pending).
 pub fn run(socket: &Path, cfg: &Config) -> HsmResult<()> {
     cfg.check()?;
-    let tier = Tier::open(&cfg.tier.url, cfg.tier_timeout())?;
+    let rate = Some(cfg.tier.max_mib_per_sec << 20).filter(|r| *r > 0);
+    let tier = Tier::open(&cfg.tier.url, cfg.tier_timeout())?.with_rate(rate);
     let dm = connect(socket)?;
     let sid = session(&dm)?;
     let mut data: EventSet =
@@ -185,14 +201,14 @@ impl Hsm {
         match self.active.lock().entry(ino) {
             Entry::Occupied(_) => false,
             Entry::Vacant(v) => {
-                v.insert((what, Arc::new(AtomicBool::new(false))));
+                v.insert(Work::new(what));
                 true
             }
         }
     }
 
-    fn flag(&self, ino: u64) -> Option<Arc<AtomicBool>> {
-        self.active.lock().get(&ino).map(|(_, f)| f.clone())
+    fn work_on(&self, ino: u64) -> Option<Arc<Work>> {
+        self.active.lock().get(&ino).cloned()
     }
 
     fn end(&self, ino: u64) {
@@ -211,7 +227,7 @@ impl Hsm {
                 if first {
                     // A request's migration may hold the inode: the recall
                     // queues behind it all the same (it waits on the right).
-                    self.active.lock().entry(ino).or_insert(("recall", Arc::new(AtomicBool::new(false))));
+                    self.active.lock().entry(ino).or_insert_with(|| Work::new("recall"));
                     let _ = tx.send(Job::Data(handle));
                 }
             }
@@ -236,9 +252,9 @@ impl Hsm {
             (EventType::User, EventBody::User { data }) if ev.token.0 > 0 => match request::decode(&data) {
                 // Answered here: a cancel never waits behind what it cancels.
                 Ok((request::Op::Cancel, h)) => {
-                    let r = match h.ino().ok().and_then(|i| self.flag(i)) {
-                        Some(f) => {
-                            f.store(true, Ordering::Relaxed);
+                    let r = match h.ino().ok().and_then(|i| self.work_on(i)) {
+                        Some(w) => {
+                            w.cancel.store(true, Ordering::Relaxed);
                             info!(ino = h.ino().unwrap_or(0), "cancel asked");
                             DmResponse::Continue
                         }
@@ -263,13 +279,14 @@ impl Hsm {
     }
 
     fn work(&self, dm: &Dm, job: Job) {
-        let mut ops = Ops { dm, sid: self.sid, tier: &self.tier, cancel: None };
+        let mut ops = Ops { dm, sid: self.sid, tier: &self.tier, cancel: None, progress: None };
         match job {
             Job::Data(h) => {
                 let Ok(ino) = h.ino() else { return };
                 let Some((_, t)) = self.waiting.lock().get(&ino).and_then(|v| v.first().copied()) else { return };
-                let flag = self.flag(ino);
-                ops.cancel = flag.as_deref();
+                let work = self.work_on(ino);
+                ops.cancel = work.as_ref().map(|w| &w.cancel);
+                ops.progress = work.as_ref().map(|w| &w.done);
                 let recalled = ops.recall(&h, t);
                 // Everything that came meanwhile is answered with this outcome;
                 // later events start another round (which finds it recalled).
@@ -286,7 +303,7 @@ impl Hsm {
                 info!(ino, events = waiters.len(), ok = r.is_ok(), "accesses answered after one recall");
                 self.count(&r, &self.stats.recalls);
                 // A request running on the inode keeps its entry.
-                if self.active.lock().get(&ino).is_some_and(|(w, _)| *w == "recall") {
+                if self.active.lock().get(&ino).is_some_and(|w| w.what == "recall") {
                     self.end(ino);
                 }
                 // The first token last: it holds the file's right.
@@ -297,8 +314,9 @@ impl Hsm {
             }
             Job::Request(t, op, h) => {
                 let ino = h.ino().unwrap_or(0);
-                let flag = self.flag(ino);
-                ops.cancel = flag.as_deref();
+                let work = self.work_on(ino);
+                ops.cancel = work.as_ref().map(|w| &w.cancel);
+                ops.progress = work.as_ref().map(|w| &w.done);
                 let r = {
                     use request::Op::*;
                     match op {
@@ -393,13 +411,20 @@ impl Hsm {
         };
         let chosen = policy::choose(p, cands, need, now(), path_of);
         info!(fs = fs.0, used_pct = u.percent(), need, files = chosen.len(), nospace, "policy round");
-        let ops = Ops { dm, sid: self.sid, tier: &self.tier, cancel: None };
         let (mut files, mut freed) = (0, 0);
         for c in chosen {
             let Ok(ino) = c.handle.ino() else { continue };
             if !self.begin(ino, "policy") {
                 continue;
             }
+            let work = self.work_on(ino);
+            let ops = Ops {
+                dm,
+                sid: self.sid,
+                tier: &self.tier,
+                cancel: work.as_ref().map(|w| &w.cancel),
+                progress: work.as_ref().map(|w| &w.done),
+            };
             // A token of the HSM's own to hold the file's right meanwhile.
             let r = dm.dm_create_userevent(self.sid, b"tphsm policy").map_err(HsmError::from).and_then(|t| {
                 let r = ops.migrate(&c.handle, t);
@@ -437,7 +462,8 @@ impl Hsm {
     fn status_line(&self) -> String {
         let running: Vec<String> = {
             let a = self.active.lock();
-            let mut v: Vec<_> = a.iter().map(|(ino, (what, _))| format!("{what}:{ino}")).collect();
+            let mut v: Vec<_> =
+                a.iter().map(|(ino, w)| format!("{}:{ino}@{}", w.what, w.done.load(Ordering::Relaxed))).collect();
             v.sort();
             v.truncate(64);
             v

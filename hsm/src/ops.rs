@@ -2,7 +2,7 @@
 //! here takes) the file's exclusive right: an event's token for a recall, a
 //! request's for a migration. Answering the token gives the right back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dmapi::types::{dm_region, DmHandle, DmRegion, DmRight, DmSessId, DmToken, EventSet, EventType, DM_RR_WAIT};
 use dmapi::DmError;
@@ -22,6 +22,8 @@ pub struct Ops<'a> {
     pub tier: &'a Tier,
     /// Raised by `tidepool hsm cancel`: the copy stops at its next piece.
     pub cancel: Option<&'a AtomicBool>,
+    /// Bytes copied so far, for the status line.
+    pub progress: Option<&'a AtomicU64>,
 }
 
 /// The tier key of a file: its handle's parts, so a reused inode number
@@ -36,6 +38,15 @@ impl Ops<'_> {
             Some(f) if f.load(Ordering::Relaxed) => Err(HsmError::Cancelled),
             _ => Ok(()),
         }
+    }
+
+    /// `bytes` are done: paced to the tier's rate, counted for the status.
+    fn moved(&self, done: u64, bytes: u64) -> HsmResult<()> {
+        self.tier.pace(bytes, self.cancel)?;
+        if let Some(p) = self.progress {
+            p.store(done, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn excl(&self, h: &DmHandle, t: DmToken) -> HsmResult<()> {
@@ -89,6 +100,7 @@ impl Ops<'_> {
         if size <= PART as u64 {
             let data = read(0, size)?;
             let crc = crc32c::crc32c(&data);
+            self.moved(0, size)?;
             self.tier.put(key, data.into(), self.cancel)?;
             return Ok(crc);
         }
@@ -98,6 +110,7 @@ impl Ops<'_> {
             self.check()?;
             let part = read(off, CHUNK.min(size - off))?;
             crc = crc32c::crc32c_append(crc, &part);
+            self.moved(off, part.len() as u64)?;
             up.write(&part)?;
             off += part.len() as u64;
         }
@@ -129,6 +142,7 @@ impl Ops<'_> {
             }
             crc = crc32c::crc32c_append(crc, &data);
             self.dm.dm_write_invis(self.sid, h, t, end == r.size, off, &data)?;
+            self.moved(end, data.len() as u64)?;
             off = end;
         }
         if crc != r.crc {

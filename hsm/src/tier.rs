@@ -12,7 +12,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
@@ -38,6 +38,10 @@ pub struct Tier {
     prefix: String,
     timeout: Duration,
     rt: tokio::runtime::Runtime,
+    /// Bytes per second all transfers together may move (None: no limit),
+    /// and when the next byte may go.
+    rate: Option<u64>,
+    next: parking_lot::Mutex<Instant>,
 }
 
 fn tier_err(e: impl std::fmt::Display) -> HsmError {
@@ -84,7 +88,38 @@ impl Tier {
             .enable_all()
             .build()
             .map_err(tier_err)?;
-        Ok(Tier { url: url.to_string(), store, prefix, timeout, rt })
+        Ok(Tier { url: url.to_string(), store, prefix, timeout, rt, rate: None, next: Instant::now().into() })
+    }
+
+    /// Limits what every transfer together moves to `bytes_per_sec` (none:
+    /// as fast as the tier goes), so migrations and recalls leave the
+    /// network and the tier to others.
+    pub fn with_rate(mut self, bytes_per_sec: Option<u64>) -> Tier {
+        self.rate = bytes_per_sec.filter(|r| *r > 0);
+        self
+    }
+
+    /// When `bytes` more, reserved now, may have moved under the rate
+    /// limit (None: no limit).
+    fn reserve(&self, bytes: u64) -> Option<Instant> {
+        let rate = self.rate?;
+        let mut next = self.next.lock();
+        let start = (*next).max(Instant::now());
+        *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+        Some(*next)
+    }
+
+    /// Waits until `bytes` more may move under the rate limit (at once
+    /// without one); a raised `stop` ends the wait.
+    pub fn pace(&self, bytes: u64, stop: Stop) -> HsmResult<()> {
+        let Some(until) = self.reserve(bytes) else { return Ok(()) };
+        while Instant::now() < until {
+            if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Err(HsmError::Cancelled);
+            }
+            std::thread::sleep((until - Instant::now().min(until)).min(Duration::from_millis(20)));
+        }
+        Ok(())
     }
 
     pub fn url(&self) -> &str {
@@ -226,5 +261,27 @@ impl Drop for Upload<'_> {
         if let Some(w) = self.w.take() {
             let _ = self.tier.run("abort upload", None, w.abort());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_spaces_transfers_and_a_cancel_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let t = Tier::open(&url, Duration::from_secs(5)).unwrap();
+        assert!(t.reserve(1 << 30).is_none(), "no limit: no wait");
+        let t = t.with_rate(Some(1 << 20));
+        let t0 = Instant::now();
+        let a = t.reserve(1 << 20).unwrap();
+        let b = t.reserve(2 << 20).unwrap();
+        // One MiB a second: the second transfer's bytes go after the first's.
+        assert!(a >= t0 + Duration::from_secs(1) && a < t0 + Duration::from_millis(1500), "{:?}", a - t0);
+        assert_eq!(b - a, Duration::from_secs(2));
+        let stop = AtomicBool::new(true);
+        assert!(matches!(t.pace(1 << 20, Some(&stop)), Err(HsmError::Cancelled)));
     }
 }
