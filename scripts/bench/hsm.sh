@@ -5,7 +5,12 @@
 # on another node (the recall) against reading its object straight from the
 # tier; each pair measured in this run. Caches are not dropped (the tier is
 # a local directory: its object is as warm as the plain copy).
-# Usage: scripts/bench/hsm.sh [sizes in MiB, default "1 64"]
+# Then: 1,000 small files migrated and read back at once on another node
+# (the recall rate) against reading their objects straight from the tier;
+# and the watermark policy freeing 1 GiB against a plain copy of the files
+# it migrated to a tier directory.
+# Usage: scripts/bench/hsm.sh [sizes in MiB, default "1 64"] (SMALL=0 or
+# FREE=0 leave those parts out)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZES=${1:-"1 64"}
@@ -20,7 +25,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-"$bin/tidepool" cluster up --nodes 3 --dir "$work/cluster" --size 1G >/dev/null
+"$bin/tidepool" cluster up --nodes 3 --dir "$work/cluster" --size 3G >/dev/null
 . "$work/cluster/cluster.env"
 "$bin/tidepool" hsm --socket "$TIDEPOOL_NODE3_DM_SOCKET" run --tier "file://$work/tier" 2>"$work/hsm.log" &
 hsm_pid=$!
@@ -46,3 +51,45 @@ for mib in $SIZES; do
         "$(echo "scale=2; ($t2 - $t1) / ($t1 - $t0)" | bc)x" "$(ms "$t4" "$t5")" "$(ms "$t3" "$t4")" \
         "$(echo "scale=2; ($t5 - $t4) / ($t4 - $t3)" | bc)x"
 done
+
+if [ "${SMALL:-1}" != 0 ]; then
+    n=1000
+    mkdir "$TIDEPOOL_NODE3_MOUNT/small"
+    for i in $(seq -w 1 $n); do head -c 8192 /dev/urandom >"$TIDEPOOL_NODE3_MOUNT/small/s$i"; done
+    ls -d "$TIDEPOOL_NODE2_MOUNT"/small/* | xargs "$bin/tidepool" hsm --socket "$TIDEPOOL_NODE2_DM_SOCKET" migrate >/dev/null
+    objs=$(mktemp -d /tmp/tidepool-hsmbench-objs.XXXXXX)
+    find "$work/tier/fs1" -size 8k -type f | head -n $n | xargs cp -t "$objs"
+    t0=$(now); ls -d "$objs"/* | xargs -P 8 -n 50 cat >/dev/null; t1=$(now)
+    ls -d "$TIDEPOOL_NODE2_MOUNT"/small/* | xargs -P 8 -n 50 cat >/dev/null; t2=$(now)
+    rm -rf "$objs"
+    printf "\n%s small files (8 KiB), 8 readers: recall %s ms (%s files/s), reading the objects %s ms, ratio %sx\n" \
+        $n "$(ms "$t1" "$t2")" "$(echo "$n * 1000000000 / ($t2 - $t1)" | bc)" "$(ms "$t0" "$t1")" \
+        "$(echo "scale=2; ($t2 - $t1) / ($t1 - $t0)" | bc)"
+fi
+
+if [ "${FREE:-1}" != 0 ]; then
+    # 40 cold files of 32 MiB (1.25 GiB); the policy is to free 1 GiB.
+    mkdir "$TIDEPOOL_NODE3_MOUNT/cold"
+    for i in $(seq -w 1 40); do
+        head -c 32M /dev/urandom >"$TIDEPOOL_NODE3_MOUNT/cold/c$i"
+        touch -d "$((100 - 10#$i)) hours ago" "$TIDEPOOL_NODE3_MOUNT/cold/c$i"
+    done
+    sync
+    used() { df -B1 --output=used "$TIDEPOOL_NODE3_MOUNT" | tail -1; }
+    total=$(df -B1 --output=size "$TIDEPOOL_NODE3_MOUNT" | tail -1)
+    u0=$(used)
+    pct=$((u0 * 100 / total))
+    low=$(((u0 - (1 << 30)) * 100 / total))
+    # The baseline: the 32 oldest files (1 GiB) copied to a plain directory.
+    t0=$(now); cp "$TIDEPOOL_NODE3_MOUNT"/cold/c{01..32} "$work/" && sync; t1=$(now)
+    kill "$hsm_pid"; wait "$hsm_pid" 2>/dev/null || true
+    printf '[tier]\nurl = "file://%s"\n[policy]\nhigh_watermark = %s\nlow_watermark = %s\ninterval_secs = 1\n' \
+        "$work/tier" $((pct - 1)) "$low" >"$work/hsm.toml"
+    t2=$(now)
+    "$bin/tidepool" hsm --socket "$TIDEPOOL_NODE3_DM_SOCKET" run --config "$work/hsm.toml" 2>>"$work/hsm.log" &
+    hsm_pid=$!
+    until [ $((u0 - $(used))) -ge $((1 << 30)) ]; do sleep 0.05; done
+    t3=$(now)
+    printf "freeing 1 GiB (watermarks %s%%..%s%%, from the HSM's start): %s ms; plain cp of 1 GiB of the files: %s ms; ratio %sx\n" \
+        $((pct - 1)) "$low" "$(ms "$t2" "$t3")" "$(ms "$t0" "$t1")" "$(echo "scale=2; ($t3 - $t2) / ($t1 - $t0)" | bc)"
+fi

@@ -88,14 +88,27 @@ fn zeroes_deallocate_and_errors() {
     // Disconnect belongs to I/O queues; the admin queue ends by closing.
     let disc = nvme_wire::fabrics::fabrics_sqe(nvme_wire::nvme::fctype::DISCONNECT, 0);
     assert_eq!(status_of(c.admin_exec(disc, DataDir::None, None)), Status::INVALID_OPCODE);
-    // A transfer larger than MDTS.
     let big = 4096usize << c.id.mdts;
+    // Ranges of many commands, several in flight: every byte where it goes;
+    // one that runs past the end fails with the range error once every
+    // command sent has come back.
+    let wide = pattern(11, big * 5 + 4096);
+    c.write_range(1, 128, 512, &wide, false).unwrap();
+    let mut back_wide = vec![0u8; wide.len()];
+    c.read_range(1, 128, 512, &mut back_wide).unwrap();
+    assert!(back_wide == wide, "a pipelined range reads back what was written");
+    let tail = blocks - (big as u64 / 512) * 2;
+    assert_eq!(status_of(c.read_range(1, tail, 512, &mut vec![0u8; big * 4])), Status::LBA_RANGE);
+    assert_eq!(status_of(c.write_range(1, tail, 512, &vec![1u8; big * 4], false)), Status::LBA_RANGE);
+    c.read_range(1, 128, 512, &mut back_wide).unwrap();
+    assert!(back_wide == wide, "the queue is in step after the failed ranges");
+    // A transfer larger than MDTS.
     assert_eq!(status_of(c.read(1, 0, &mut vec![0u8; big * 2])), Status::INVALID_FIELD);
     // The connection is still good after all of that.
     c.read(1, 0, &mut one).unwrap();
     assert_eq!(&one[..], &data[..512]);
     // The failures are in the Error Information log, newest first.
-    let mut log = vec![0u8; 64 * 8];
+    let mut log = vec![0u8; 64 * 32];
     c.get_log_page(nvme_wire::nvme::lid::ERROR, 0, &mut log).unwrap();
     let entry = |i: usize| {
         let e = &log[i * 64..i * 64 + 64];
@@ -108,7 +121,7 @@ fn zeroes_deallocate_and_errors() {
     assert_eq!(st, Status::INVALID_FIELD, "the MDTS violation was last");
     let (older, _, _) = entry(1);
     assert_eq!(older + 1, newest);
-    let all: Vec<_> = (0..8).map(entry).collect();
+    let all: Vec<_> = (0..32).map(entry).collect();
     assert!(all.iter().any(|&(_, s, n)| s == Status::INVALID_NS && n == 7));
     assert!(all.iter().any(|&(_, s, n)| s == Status::LBA_RANGE && n == 1));
 }

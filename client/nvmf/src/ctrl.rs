@@ -264,22 +264,85 @@ impl Controller {
     }
 
     /// Reads any whole number of blocks from `slba`, as as many commands as
-    /// the controller's transfer limit needs.
+    /// the controller's transfer limit needs, several in flight at once.
     pub fn read_range(&self, nsid: u32, slba: u64, bs: u32, buf: &mut [u8]) -> Result<()> {
         let max = self.max_transfer();
-        for (i, chunk) in buf.chunks_mut(max).enumerate() {
-            self.read_blocks(nsid, slba + (i * max / bs as usize) as u64, bs, chunk)?;
+        if buf.len() <= max {
+            return self.read_blocks(nsid, slba, bs, buf);
         }
-        Ok(())
+        let mut chunks: Vec<&mut [u8]> = buf.chunks_mut(max).collect();
+        let lba = |i: usize| slba + (i * max / bs as usize) as u64;
+        let sqes = (0..chunks.len())
+            .map(|i| Ok((rw_sqe(opc::READ, nsid, lba(i), chunks[i].len() as u32, bs)?, chunks[i].len() as u32)))
+            .collect::<Result<Vec<_>>>()?;
+        self.pipelined(sqes.len(), |q, i| q.submit(sqes[i].0, DataDir::FromCtrl(sqes[i].1), i as u64), |q, c| {
+            let d = q.data(c.cid);
+            let dst = &mut chunks[c.tag as usize];
+            let n = d.len().min(dst.len());
+            dst[..n].copy_from_slice(&d[..n]);
+        })
     }
 
-    /// Writes any whole number of blocks at `slba`, split by the transfer limit.
+    /// Writes any whole number of blocks at `slba`, split by the transfer
+    /// limit, several commands in flight at once.
     pub fn write_range(&self, nsid: u32, slba: u64, bs: u32, data: &[u8], fua: bool) -> Result<()> {
         let max = self.max_transfer();
-        for (i, chunk) in data.chunks(max).enumerate() {
-            self.write_blocks(nsid, slba + (i * max / bs as usize) as u64, bs, chunk, fua)?;
+        if data.len() <= max {
+            return self.write_blocks(nsid, slba, bs, data, fua);
         }
-        Ok(())
+        let chunks: Vec<&[u8]> = data.chunks(max).collect();
+        let mut sqes = Vec::with_capacity(chunks.len());
+        for (i, c) in chunks.iter().enumerate() {
+            let mut s = rw_sqe(opc::WRITE, nsid, slba + (i * max / bs as usize) as u64, c.len() as u32, bs)?;
+            if fua {
+                s.cdw12 = (s.cdw12.get() | 1 << 30).into();
+            }
+            sqes.push(s);
+        }
+        self.pipelined(chunks.len(), |q, i| q.submit(sqes[i], DataDir::ToCtrl(chunks[i]), i as u64), |_, _| {})
+    }
+
+    /// Runs commands `0..n` on one I/O queue, up to [`RANGE_IN_FLIGHT`] at
+    /// once (the queue's room permitting): `submit(q, i)` sends command `i`
+    /// with tag `i`, `done(q, c)` takes a successful one's data before the
+    /// next submit can reuse its buffer. The first failure is returned once
+    /// every command sent has come back.
+    fn pipelined(
+        &self,
+        n: usize,
+        mut submit: impl FnMut(&mut QueuePair, usize) -> Result<u16>,
+        mut done: impl FnMut(&QueuePair, &Completed),
+    ) -> Result<()> {
+        if self.io.is_empty() {
+            return Err(NvmfError::Invalid("no I/O queues".into()));
+        }
+        let mut q = lock(&self.io[thread_slot() % self.io.len()]);
+        let (mut sent, mut back) = (0, 0);
+        let mut failed: Option<NvmfError> = None;
+        let mut out = Vec::with_capacity(RANGE_IN_FLIGHT);
+        let mut cids = Vec::with_capacity(n);
+        while back < n {
+            while failed.is_none() && sent < n && sent - back < RANGE_IN_FLIGHT && q.has_room() {
+                cids.push(submit(&mut q, sent)?);
+                sent += 1;
+            }
+            if sent == back {
+                break;
+            }
+            out.clear();
+            q.poll(&mut out, 1)?;
+            // (A late answer to some earlier caller's timed-out command is
+            // not one of these.)
+            for c in out.iter().filter(|c| cids.get(c.tag as usize) == Some(&c.cid)) {
+                back += 1;
+                if c.status.is_success() {
+                    done(&q, c);
+                } else if failed.is_none() {
+                    failed = Some(NvmfError::Status { status: c.status, result: c.result });
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     pub fn write(&self, nsid: u32, slba: u64, data: &[u8], fua: bool) -> Result<()> {
@@ -441,6 +504,9 @@ fn rw_sqe(op: u8, nsid: u32, slba: u64, bytes: u32, bs: u32) -> Result<Sqe> {
 }
 
 /// Builds a read or write command for the asynchronous API.
+/// Commands of one range in flight at once ([`Controller::read_range`]).
+const RANGE_IN_FLIGHT: usize = 16;
+
 pub fn io_sqe(write: bool, nsid: u32, slba: u64, nlb: u32) -> Sqe {
     let mut s = sqe(if write { opc::WRITE } else { opc::READ }, 0, nsid);
     s.cdw10 = (slba as u32).into();
