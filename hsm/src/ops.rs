@@ -127,18 +127,16 @@ impl Ops<'_> {
         if have != r.size {
             return Err(HsmError::Corrupt { ino, why: format!("{have} bytes, recorded {}", r.size) });
         }
-        let piece = |off: u64| off..(off + CHUNK).min(r.size);
         let (mut off, mut crc) = (0, 0);
-        let mut next = (r.size > 0).then(|| self.tier.fetch(&r.key, piece(0), self.cancel));
-        while let Some(f) = next.take() {
+        let mut obj = self.tier.read(&r.key, CHUNK as usize, self.cancel);
+        while off < r.size {
             self.check()?;
-            let data = f.wait()?;
-            if data.len() as u64 != piece(off).end - off {
-                return Err(HsmError::Corrupt { ino, why: format!("a short piece at {off}") });
-            }
+            let Some(data) = obj.next_piece()? else {
+                return Err(HsmError::Corrupt { ino, why: format!("the object ends at {off}, recorded {}", r.size) });
+            };
             let end = off + data.len() as u64;
-            if end < r.size {
-                next = Some(self.tier.fetch(&r.key, piece(end), self.cancel));
+            if end > r.size {
+                return Err(HsmError::Corrupt { ino, why: format!("more than the recorded {} bytes", r.size) });
             }
             crc = crc32c::crc32c_append(crc, &data);
             self.dm.dm_write_invis(self.sid, h, t, end == r.size, off, &data)?;
@@ -164,6 +162,7 @@ impl Ops<'_> {
             Some(r) if r.state == State::Premigrated => return Ok(r),
             _ => {}
         }
+        let started = std::time::Instant::now();
         let before = self.dm.dm_get_fileattr(self.sid, h, t)?;
         let size = before.size;
         let key = key_of(h)?;
@@ -176,7 +175,7 @@ impl Ops<'_> {
         let r = Record { state: State::Premigrated, key, size, crc };
         self.put_record(h, t, &r)?;
         self.manage(h, t, State::Premigrated)?;
-        info!(ino = h.ino()?, size, "premigrated");
+        info!(ino = h.ino()?, size, ms = started.elapsed().as_millis() as u64, "premigrated");
         Ok(r)
     }
 
@@ -220,6 +219,7 @@ impl Ops<'_> {
             return Ok(());
         }
         let ino = h.ino()?;
+        let started = std::time::Instant::now();
         if let Err(e) = self.copy_in(h, t, &r) {
             // The stub stays as it was: whatever came in goes out again.
             if let Err(p) = self.dm.dm_punch_hole(self.sid, h, t, 0, 0) {
@@ -230,7 +230,7 @@ impl Ops<'_> {
         r.state = State::Premigrated;
         self.put_record(h, t, &r)?;
         self.manage(h, t, State::Premigrated)?;
-        info!(ino, size = r.size, "recalled");
+        info!(ino, size = r.size, ms = started.elapsed().as_millis() as u64, "recalled");
         Ok(())
     }
 

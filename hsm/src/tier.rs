@@ -9,7 +9,6 @@
 //! recall, and the reader waiting on it, for longer.
 
 use std::future::Future;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,11 +177,39 @@ impl Tier {
         Ok(self.run("head", stop, self.store.head(&p))?.size)
     }
 
-    /// Bytes `r` of `key`, started now and taken with [`Fetch::wait`]: the
-    /// next piece comes in while the caller writes the last one.
-    pub fn fetch<'a>(&'a self, key: &str, r: Range<u64>, stop: Stop<'a>) -> Fetch<'a> {
+    /// `key` read from the start in one request, handed out in pieces of
+    /// `piece` bytes (the last may be shorter) with up to two more on
+    /// their way while the caller writes one: one GET for the whole object
+    /// costs the store less than a range per piece.
+    pub fn read<'a>(&'a self, key: &str, piece: usize, stop: Stop<'a>) -> ObjectReader<'a> {
+        use futures::StreamExt;
         let (store, p) = (self.store.clone(), self.path(key));
-        Fetch { tier: self, stop, h: self.rt.spawn(async move { store.get_range(&p, r).await }) }
+        let (tx, rx) = tokio::sync::mpsc::channel::<object_store::Result<Bytes>>(2);
+        let task = self.rt.spawn(async move {
+            let mut s = match store.get(&p).await {
+                Ok(r) => r.into_stream(),
+                Err(e) => return drop(tx.send(Err(e)).await),
+            };
+            let mut buf = bytes::BytesMut::with_capacity(piece);
+            while let Some(part) = s.next().await {
+                match part {
+                    Ok(mut b) => {
+                        while !b.is_empty() {
+                            let take = b.len().min(piece - buf.len());
+                            buf.extend_from_slice(&b.split_to(take));
+                            if buf.len() == piece && tx.send(Ok(buf.split().freeze())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => return drop(tx.send(Err(e)).await),
+                }
+            }
+            if !buf.is_empty() {
+                let _ = tx.send(Ok(buf.freeze())).await;
+            }
+        });
+        ObjectReader { tier: self, stop, rx, task }
     }
 
     /// Removes `key`; one already gone is no error.
@@ -207,25 +234,25 @@ impl Tier {
 
 const SEC5: Duration = Duration::from_secs(5);
 
-/// A piece of an object on its way ([`Tier::fetch`]); dropped, its
-/// request goes.
-pub struct Fetch<'a> {
+/// An object coming in ([`Tier::read`]); dropped, its request goes.
+pub struct ObjectReader<'a> {
     tier: &'a Tier,
     stop: Stop<'a>,
-    h: tokio::task::JoinHandle<object_store::Result<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<object_store::Result<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl Fetch<'_> {
-    /// The piece, within the tier's bound from now.
-    pub fn wait(mut self) -> HsmResult<Bytes> {
-        let h = &mut self.h;
-        self.tier.run("get", self.stop, async { h.await.map_err(|e| object_store::Error::JoinError { source: e })? })
+impl ObjectReader<'_> {
+    /// The next piece (None at the end), within the tier's bound from now.
+    pub fn next_piece(&mut self) -> HsmResult<Option<Bytes>> {
+        let rx = &mut self.rx;
+        self.tier.run("get", self.stop, async { rx.recv().await.transpose() })
     }
 }
 
-impl Drop for Fetch<'_> {
+impl Drop for ObjectReader<'_> {
     fn drop(&mut self) {
-        self.h.abort();
+        self.task.abort();
     }
 }
 

@@ -275,12 +275,16 @@ impl Controller {
         let sqes = (0..chunks.len())
             .map(|i| Ok((rw_sqe(opc::READ, nsid, lba(i), chunks[i].len() as u32, bs)?, chunks[i].len() as u32)))
             .collect::<Result<Vec<_>>>()?;
-        self.pipelined(sqes.len(), |q, i| q.submit(sqes[i].0, DataDir::FromCtrl(sqes[i].1), i as u64), |q, c| {
-            let d = q.data(c.cid);
-            let dst = &mut chunks[c.tag as usize];
-            let n = d.len().min(dst.len());
-            dst[..n].copy_from_slice(&d[..n]);
-        })
+        self.pipelined(
+            sqes.len(),
+            |q, i| q.submit(sqes[i].0, DataDir::FromCtrl(sqes[i].1), i as u64),
+            |q, c| {
+                let d = q.data(c.cid);
+                let dst = &mut chunks[c.tag as usize];
+                let n = d.len().min(dst.len());
+                dst[..n].copy_from_slice(&d[..n]);
+            },
+        )
     }
 
     /// Writes any whole number of blocks at `slba`, split by the transfer
