@@ -762,3 +762,48 @@ fn a_recall_cut_by_kill_9_is_redone_by_the_restarted_hsm() {
     drop(again);
     drop(c);
 }
+
+/// The HSM's node itself dies (the HSM killed first, so a read on node B
+/// waits on its orphaned session): once the session failure timeout (2 s
+/// here) passes without a reclaim, the read gets EIO instead of hanging,
+/// and the file is still a stub.
+#[test]
+fn a_read_waiting_on_a_dead_hsm_node_gets_eio_after_the_session_failure_timeout() {
+    if !common::fuse_available() {
+        return;
+    }
+    let vol = common::Volume::new(32 << 20);
+    let mnts: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut specs = common::standard("session_failure_timeout_ms = 2000\n", false);
+    for (id, m) in [3, 4].iter().zip(&mnts) {
+        let s = specs.iter_mut().find(|s| s.id == *id).unwrap();
+        s.extra.push_str(&common::fuse_mount_toml(m.path()));
+    }
+    let mut c = common::Cluster::start_with_fs(&specs, &vol.fs_toml(common::listen_port()));
+    for (id, m) in [3, 4].iter().zip(&mnts) {
+        c.adopt_mountpoint(m.path());
+        c.wait_mounted(*id, m.path());
+    }
+    let tier = tempfile::tempdir().unwrap();
+    let hsm = Hsm::ready(&c, tier.path(), &[4]);
+    let f = mnts[1].path().join("cold");
+    std::fs::write(&f, vec![9u8; 100_000]).unwrap();
+    let o = hsm_cmd(c.socket(4), &["migrate", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(hsm);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = f.clone();
+    std::thread::spawn(move || tx.send(std::fs::read(p).map_err(|e| e.raw_os_error())).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "the read waits on the orphaned session");
+    c.kill(3);
+    let t0 = Instant::now();
+    assert_eq!(rx.recv_timeout(T).unwrap(), Err(Some(libc::EIO)), "node 4 log:\n{}", c.log(4));
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "not before the timeout: {:?}", t0.elapsed());
+    assert!(c.wait_log(4, "was not reclaimed within", T), "node 4 log:\n{}", c.log(4));
+    let ls = String::from_utf8(hsm_cmd(c.socket(4), &["ls", f.to_str().unwrap()]).stdout).unwrap();
+    assert!(ls.contains(": migrated"), "{ls}");
+    drop(c);
+    drop(vol);
+}
