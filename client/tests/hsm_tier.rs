@@ -807,3 +807,36 @@ fn a_read_waiting_on_a_dead_hsm_node_gets_eio_after_the_session_failure_timeout(
     drop(c);
     drop(vol);
 }
+
+/// A migrated file's tier object goes only when the file is really gone:
+/// not while another name links it, not while a node has it open (after
+/// its last name went), and then once the last open closes.
+#[test]
+fn a_tier_object_outlives_every_name_and_open_of_its_file() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(32 << 20, &[3, 4, 5]);
+    let (mb, mc) = (&mnts[1], &mnts[2]);
+    let tier = tempfile::tempdir().unwrap();
+    let hsm = Hsm::ready(&c, tier.path(), &[4, 5]);
+    let f = mb.path().join("f");
+    std::fs::write(&f, vec![3u8; 70_000]).unwrap();
+    let o = hsm_cmd(c.socket(4), &["migrate", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let obj = std::fs::read_dir(tier.path().join("fs1")).unwrap().next().unwrap().unwrap().path();
+    let still_there = |what: &str| {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(obj.exists(), "the object went while {what}:\n{}", hsm.log());
+    };
+    std::fs::hard_link(&f, mb.path().join("g")).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    still_there("another name linked the file");
+    let open = std::fs::File::open(mc.path().join("g")).unwrap();
+    std::fs::remove_file(mb.path().join("g")).unwrap();
+    still_there("node C had the file open");
+    drop(open);
+    wait_for("the object to go with the file", || !obj.exists());
+    drop(hsm);
+    drop(c);
+}
