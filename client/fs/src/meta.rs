@@ -1,8 +1,10 @@
 //! The metadata store a file system's manager node runs: inodes, the
 //! allocation bitmap, directories and extent maps, cached in memory and
-//! persisted through the journal. Every operation is one journal
-//! transaction: when a call returns, its change is durable, and a manager
-//! that takes over replays it ([`MetaStore::open`]).
+//! persisted through the journal. An operation's changes go to the
+//! journal whole, in one transaction: at once, or, with group commit (the
+//! manager's way), staged with other operations' into one write that the
+//! first caller waiting for durability makes ([`MetaStore::take_batch`]).
+//! A manager that takes over replays the journal ([`MetaStore::open`]).
 //!
 //! Directories are blocks of packed entries; the store indexes them in
 //! memory (name → entry), so lookups stay O(1) in directories of any size.
@@ -90,7 +92,24 @@ pub struct MetaStore {
     sb: Superblock,
     layout: Layout,
     bs: usize,
-    journal: Journal,
+    /// Shared with the manager's commit leader, which writes a batch
+    /// without holding the store ([`take_batch`](Self::take_batch)).
+    journal: Arc<parking_lot::Mutex<Journal>>,
+    /// The newest image of every metadata block this store changed (staged
+    /// or journaled): what an operation starts from instead of the volume.
+    cache: HashMap<u64, Vec<u8>>,
+    /// Group commit: operations' blocks wait here for one journal write
+    /// for many ([`set_group_commit`](Self::set_group_commit)).
+    group: bool,
+    staged: BTreeMap<u64, Vec<u8>>,
+    /// The id the staged batch gets when it is taken; ids count up from 1.
+    next_batch: u64,
+    /// Every batch up to this id is in the journal (or lost, below).
+    durable: Arc<std::sync::atomic::AtomicU64>,
+    /// Counts reloads after a lost batch; per epoch, the first batch id
+    /// lost in it: those operations' waiters get EIO.
+    epoch: u64,
+    losses: HashMap<u64, u64>,
     bitmap: Vec<u8>,
     inodes: HashMap<u64, Inode>,
     free_inos: Vec<u64>,
@@ -108,6 +127,9 @@ pub struct MetaStore {
     free_blocks: u64,
     alloc_hint: u64,
 }
+
+/// Block images (home block, image) for one journal transaction.
+pub type Batch = Vec<(u64, Vec<u8>)>;
 
 /// One extent leaf block and the extents it holds (never empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +281,14 @@ impl MetaStore {
             sb,
             layout,
             bs,
-            journal,
+            journal: Arc::new(parking_lot::Mutex::new(journal)),
+            cache: HashMap::new(),
+            group: false,
+            staged: BTreeMap::new(),
+            next_batch: 1,
+            durable: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            epoch: 0,
+            losses: HashMap::new(),
             bitmap,
             inodes,
             free_inos,
@@ -401,9 +430,10 @@ impl MetaStore {
 
     fn block_image(&mut self, blk: u64) -> Result<&mut Vec<u8>> {
         if !self.dirty.contains_key(&blk) {
-            // The journal may hold a newer image than the home block.
-            let b = match self.journal.newest(blk) {
-                Some(img) => img.to_vec(),
+            // What this store wrote last (the home block may be older: the
+            // journal holds it, or a batch not written yet).
+            let b = match self.cache.get(&blk) {
+                Some(img) => img.clone(),
                 None => {
                     let mut b = vec![0u8; self.bs];
                     self.dev.read(blk, &mut b)?;
@@ -459,10 +489,120 @@ impl MetaStore {
             self.dirty.clear();
             return Err(FsError::Invalid("operation touches more blocks than one transaction holds".into()));
         }
-        let blocks: Vec<(u64, Vec<u8>)> = std::mem::take(&mut self.dirty).into_iter().collect();
-        let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
-        self.journal.commit(&refs)?;
+        let blocks = std::mem::take(&mut self.dirty);
+        for (h, b) in &blocks {
+            self.cache.insert(*h, b.clone());
+        }
+        if !self.group {
+            let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
+            self.journal.lock().commit(&refs)?;
+            return Ok(());
+        }
+        // An operation's blocks never span two transactions.
+        let new = blocks.keys().filter(|h| !self.staged.contains_key(h)).count();
+        if self.staged.len() + new > max_tx_blocks(self.bs) {
+            self.flush_staged()?;
+        }
+        self.staged.extend(blocks);
         Ok(())
+    }
+
+    /// Group commit on: an operation's changes are staged, and reach the
+    /// journal with others' in one write, made by whoever waits for them
+    /// first ([`take_batch`](Self::take_batch)). Its caller must not
+    /// answer anyone about a change before [`durable`](Self::durable)
+    /// passes [`staged_upto`](Self::staged_upto).
+    pub fn set_group_commit(&mut self, on: bool) {
+        if !on {
+            if let Err(e) = self.flush_staged() {
+                tracing::error!(error = %e, "writing staged metadata");
+            }
+        }
+        self.group = on;
+    }
+
+    /// Writes what is staged to the journal now, under the store.
+    pub fn flush(&mut self) -> Result<()> {
+        self.flush_staged()
+    }
+
+    fn flush_staged(&mut self) -> Result<()> {
+        let Some((id, blocks)) = self.take_batch() else { return Ok(()) };
+        let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
+        let r = self.journal.lock().commit(&refs);
+        match r {
+            Ok(_) => {
+                self.durable.fetch_max(id, std::sync::atomic::Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.lost_batch(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The staged batch, with its id, for one journal write; None if
+    /// nothing is staged. The caller takes [`journal`](Self::journal)'s
+    /// lock before it lets go of the store, so batches reach the journal in
+    /// the order they were taken.
+    pub fn take_batch(&mut self) -> Option<(u64, Batch)> {
+        if self.staged.is_empty() {
+            return None;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        Some((id, std::mem::take(&mut self.staged).into_iter().collect()))
+    }
+
+    /// What a caller about to answer waits for: the id of the batch that
+    /// holds every change made so far, and the epoch it was read in.
+    pub fn wait_point(&self) -> (u64, u64) {
+        let id = if self.staged.is_empty() { self.next_batch - 1 } else { self.next_batch };
+        (id, self.epoch)
+    }
+
+    /// Whether the batch `id` of `epoch` was lost (its operations failed).
+    pub fn lost(&self, epoch: u64, id: u64) -> bool {
+        self.losses.get(&epoch).is_some_and(|first| id >= *first)
+    }
+
+    /// Every batch up to this id is in the journal (set by whoever wrote it).
+    pub fn durable(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.durable.clone()
+    }
+
+    pub fn journal(&self) -> Arc<parking_lot::Mutex<Journal>> {
+        self.journal.clone()
+    }
+
+    /// Batch `id` could not be written: it and everything after it in this
+    /// epoch (what was staged meanwhile, built on it) are lost; memory goes
+    /// back to what the volume holds, in a new epoch.
+    pub fn lost_batch(&mut self, id: u64) {
+        self.losses.insert(self.epoch, id);
+        self.staged.clear();
+        self.reload();
+        self.epoch += 1;
+        // Nothing of the new epoch waits for the lost ids.
+        self.durable.fetch_max(self.next_batch - 1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Rebuilds the store from the volume (the journal holds every
+    /// committed change), keeping what lives only in memory.
+    fn reload(&mut self) {
+        match MetaStore::load(self.dev.clone()) {
+            Ok(mut fresh) => {
+                fresh.in_use = std::mem::take(&mut self.in_use);
+                fresh.group = self.group;
+                fresh.next_batch = self.next_batch;
+                fresh.durable = self.durable.clone();
+                fresh.epoch = self.epoch;
+                fresh.losses = std::mem::take(&mut self.losses);
+                *self = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "reloading metadata after a failed operation"),
+        }
     }
 
     /// Forgets an operation that failed: if it had changed anything, the
@@ -472,15 +612,13 @@ impl MetaStore {
         if std::mem::take(&mut self.dirty).is_empty() {
             return;
         }
-        // The files in use are not on the volume: they stay as they were.
-        match MetaStore::load(self.dev.clone()) {
-            Ok(fresh) => {
-                let in_use = std::mem::take(&mut self.in_use);
-                *self = fresh;
-                self.in_use = in_use;
-            }
-            Err(e) => tracing::error!(error = %e, "reloading metadata after a failed operation"),
+        // Others' staged changes are good: they go to the journal first, so
+        // the volume has them when the store is read back.
+        if let Err(e) = self.flush_staged() {
+            tracing::error!(error = %e, "writing staged metadata before a reload");
         }
+        // The files in use are not on the volume: they stay as they were.
+        self.reload();
     }
 
     fn run<T>(&mut self, f: impl FnOnce(&mut Self) -> MResult<T>) -> MResult<T> {
@@ -1513,12 +1651,13 @@ impl MetaStore {
 
     /// Sequence number the next metadata transaction will get.
     pub fn next_transaction(&self) -> u64 {
-        self.journal.next_seq()
+        self.journal.lock().next_seq()
     }
 
     /// Writes every journaled change home and trims the journal.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.journal.checkpoint()
+        self.flush_staged()?;
+        self.journal.lock().checkpoint()
     }
 }
 
