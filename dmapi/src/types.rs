@@ -174,6 +174,11 @@ pub struct DmStat {
     pub blksize: u32,
     /// `dt_blocks`: 512-byte blocks.
     pub blocks: u64,
+    /// `dt_change` (`DM_AT_CFLAG`): differs whenever the file's data,
+    /// size or attributes changed (Tidepool: its times to the nanosecond
+    /// and size, folded), so a DM application can tell a file it copied
+    /// was not written meanwhile.
+    pub change: u32,
 }
 /// `dm_region_t`: a managed region of a file. Accesses that touch it raise
 /// the data events its flags name; `size` 0 reaches to the end of the file.

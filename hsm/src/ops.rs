@@ -169,7 +169,7 @@ impl Ops<'_> {
         let crc = self.copy_out(h, t, &key, size)?;
         self.excl(h, t)?;
         let now = self.dm.dm_get_fileattr(self.sid, h, t)?;
-        if (now.size, now.mtime, now.ctime) != (before.size, before.mtime, before.ctime) {
+        if (now.size, now.change) != (before.size, before.change) {
             return Err(HsmError::State("the file changed while it was copied"));
         }
         let r = Record { state: State::Premigrated, key, size, crc };

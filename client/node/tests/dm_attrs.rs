@@ -98,6 +98,16 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     // dm_get_fileattr and managed regions.
     let sb = dm.get_fileattr(&hb).unwrap();
     assert_eq!((sb.size, sb.pmanreg, sb.blocks), (5000, false, 16));
+    // dt_change: the same until the file is written, then another.
+    assert_eq!(dm.get_fileattr(&hb).unwrap().change, sb.change);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(d.join("b")).unwrap();
+        f.write_all_at(&[2u8; 10], 0).unwrap();
+    }
+    let after = dm.get_fileattr(&hb).unwrap();
+    assert_ne!(after.change, sb.change, "a write of the same size changes dt_change");
+    assert_eq!(after.size, 5000);
     dm.set_region(&hb, &[Region { offset: 0, size: 0, flags: region_flags::READ }]).unwrap();
     assert!(dm.get_fileattr(&hb).unwrap().pmanreg);
 

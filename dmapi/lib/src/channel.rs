@@ -421,6 +421,7 @@ pub struct WireStat {
     pub ctime: i64,
     pub blksize: u32,
     pub blocks: u64,
+    pub change: u32,
 }
 
 impl From<&DmStat> for WireStat {
@@ -442,6 +443,7 @@ impl From<&DmStat> for WireStat {
             ctime: s.ctime,
             blksize: s.blksize,
             blocks: s.blocks,
+            change: s.change,
         }
     }
 }
@@ -467,6 +469,7 @@ impl WireStat {
             ctime: self.ctime,
             blksize: self.blksize,
             blocks: self.blocks,
+            change: self.change,
         })
     }
 }

@@ -169,6 +169,7 @@ fn stat_record(st: &DmStat) -> Stat {
         dt_ctime: st.ctime,
         dt_blksize: st.blksize,
         dt_blocks: st.blocks,
+        dt_change: st.change,
         dt_nevents: EventType::ALL.len() as i32,
         xfs_igen: st.handle.and_then(|h| h.igen().ok()).unwrap_or(0),
         ..Stat::default()
