@@ -840,3 +840,61 @@ fn a_tier_object_outlives_every_name_and_open_of_its_file() {
     drop(hsm);
     drop(c);
 }
+
+/// Writes during a premigration's copy (the tier rate-limited so the copy
+/// takes seconds), on the HSM's own node and on another: both wait for the
+/// copy's shared right (the HSM's DM calls go through a connection of their
+/// own, so its node's mount waits like any other). When the copy is done the writers go first (no deadlock with
+/// the HSM taking the right exclusive), the premigration sees the file
+/// changed and records nothing, and the file holds the writes.
+#[test]
+fn writes_during_a_copy_wait_for_it_then_win_over_it() {
+    if !common::fuse_available() {
+        return;
+    }
+    let (mnts, _vol, c) = standard_with_mounts(160 << 20, &[3, 4, 5]);
+    let tier = tempfile::tempdir().unwrap();
+    let cfg = tier.path().join("slow.toml");
+    let url = format!("file://{}", tier.path().join("objects").display());
+    std::fs::write(&cfg, format!("[tier]\nurl = \"{url}\"\nmax_mib_per_sec = 16\n")).unwrap();
+    let hsm = Hsm::start_with(c.socket(3), &["--config", cfg.to_str().unwrap()], &[]);
+    wait_for("the HSM's status line", || status(&c, 5).contains("hsm: v=1 "));
+    let size = 48usize << 20;
+    let f = mnts[1].path().join("f");
+    std::fs::write(&f, vec![1u8; size]).unwrap();
+    let ino = std::fs::metadata(&f).unwrap().ino();
+    let pre = Command::new(TIDEPOOL)
+        .args(["hsm", "--socket"])
+        .arg(c.socket(4))
+        .arg("premigrate")
+        .arg(&f)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("status to show the copy under way", || {
+        let s = status(&c, 5);
+        let done = s.split(&format!("request:{ino}@")).nth(1).and_then(|r| r.split([',', ' ', '\n']).next());
+        done.and_then(|d| d.parse::<u64>().ok()).is_some_and(|d| d > 0)
+    });
+    let writer = |m: &Path, off: u64, byte: u8| {
+        let p = m.join("f");
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.write_all_at(&[byte; 4096], off).unwrap();
+        })
+    };
+    let (wa, wb) = (writer(mnts[0].path(), 0, 7), writer(mnts[1].path(), 8192, 8));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!wa.is_finished() && !wb.is_finished(), "the writers wait for the copy");
+    let out = pre.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the copy of a file written meanwhile is not recorded");
+    wa.join().unwrap();
+    wb.join().unwrap();
+    assert_eq!(state(&c, 4, &f), "resident", "{}", hsm.log());
+    let back = std::fs::read(mnts[2].path().join("f")).unwrap();
+    assert!(back[..4096].iter().all(|&x| x == 7) && back[8192..12288].iter().all(|&x| x == 8));
+    assert!(back[4096..8192].iter().all(|&x| x == 1) && back.len() == size);
+    drop(hsm);
+    drop(c);
+}

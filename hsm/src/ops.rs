@@ -153,8 +153,9 @@ impl Ops<'_> {
     /// A premigrated file stays as it is; a migrated one is refused.
     ///
     /// The copy runs under a shared right: other nodes go on reading (and
-    /// `stat`ing) the file meanwhile, writers wait. The right becomes
-    /// exclusive for the record, after a check that the file is as it was.
+    /// `stat`ing) the file meanwhile, writers wait. Then the right is given
+    /// up and taken exclusive for the record, after a check (size and
+    /// `dt_change`) that the file is as it was.
     pub fn premigrate(&self, h: &DmHandle, t: DmToken) -> HsmResult<Record> {
         self.dm.dm_request_right(self.sid, h, t, DM_RR_WAIT, DmRight::Shared)?;
         match self.record(h, t)? {
@@ -167,6 +168,11 @@ impl Ops<'_> {
         let size = before.size;
         let key = key_of(h)?;
         let crc = self.copy_out(h, t, &key, size)?;
+        // Not an upgrade: writers queued for the file meanwhile hold their
+        // turn at the manager ahead of it and wait for this right, so an
+        // upgrade would wait for them forever. They go first; the check
+        // below then sees their change and the copy is not recorded.
+        self.dm.dm_release_right(self.sid, h, t)?;
         self.excl(h, t)?;
         let now = self.dm.dm_get_fileattr(self.sid, h, t)?;
         if (now.size, now.change) != (before.size, before.change) {
