@@ -152,10 +152,10 @@ impl Journal {
 
     /// Makes the new images of `blocks` durable. Each image must be one
     /// file-system block. Returns the transaction's sequence number.
-    pub fn commit(&mut self, blocks: &[(u64, &[u8])]) -> Result<u64> {
+    pub fn commit<B: AsRef<[u8]>>(&mut self, blocks: &[(u64, B)]) -> Result<u64> {
         let bs = self.bs;
         let count = blocks.len();
-        if count == 0 || count > max_tx_blocks(bs) || blocks.iter().any(|(_, b)| b.len() != bs) {
+        if count == 0 || count > max_tx_blocks(bs) || blocks.iter().any(|(_, b)| b.as_ref().len() != bs) {
             return Err(FsError::Invalid(format!("a transaction is 1..={} whole blocks", max_tx_blocks(bs))));
         }
         let len = count as u64 + 2;
@@ -175,7 +175,7 @@ impl Journal {
         buf[..16].copy_from_slice(desc.as_bytes());
         for (i, (home, img)) in blocks.iter().enumerate() {
             buf[16 + i * 8..24 + i * 8].copy_from_slice(&home.to_le_bytes());
-            buf[(i + 1) * bs..(i + 2) * bs].copy_from_slice(img);
+            buf[(i + 1) * bs..(i + 2) * bs].copy_from_slice(img.as_ref());
         }
         let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..bs]), &buf[bs..(count + 1) * bs]);
         let mut c = JournalCommit::new_zeroed();
@@ -187,7 +187,7 @@ impl Journal {
         self.dev.write(self.start + pos, &buf, true)?;
         self.live.push_back(Live { seq, pos, len });
         for (h, b) in blocks {
-            self.newest.insert(*h, b.to_vec());
+            self.newest.insert(*h, b.as_ref().to_vec());
         }
         self.next_seq = seq + 1;
         self.tail = pos + len;
@@ -318,7 +318,7 @@ mod tests {
     fn bad_arguments_and_a_corrupt_header_are_refused() {
         let d = dev();
         let (mut j, _) = Journal::open(d.clone(), JS, JN).unwrap();
-        assert!(j.commit(&[]).is_err());
+        assert!(j.commit::<&[u8]>(&[]).is_err());
         assert!(j.commit(&[(1, &[0u8; 10][..])]).is_err());
         let mut raw = d.snapshot();
         raw[(JS * 4096) as usize + 9] ^= 1;

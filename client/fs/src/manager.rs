@@ -187,7 +187,7 @@ impl Manager {
     /// reopened `grace` after the start are freed.
     pub fn open_with_grace(dev: Arc<dyn BlockDev>, grace: Duration) -> super::Result<Arc<Manager>> {
         let mut meta = MetaStore::open_keeping_orphans(dev.clone())?;
-        meta.set_group_commit(true);
+        meta.enable_group_commit();
         let durable = meta.durable();
         let orphans = meta.orphans();
         let m = Arc::new(Manager {
@@ -266,8 +266,7 @@ impl Manager {
         // Taken before the store is let go: batches go in their order.
         let mut j = journal.lock();
         drop(m);
-        let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
-        let r = j.commit(&refs);
+        let r = j.commit(&blocks);
         drop(j);
         match r {
             Ok(_) => {

@@ -99,7 +99,7 @@ pub struct MetaStore {
     /// or journaled): what an operation starts from instead of the volume.
     cache: HashMap<u64, Vec<u8>>,
     /// Group commit: operations' blocks wait here for one journal write
-    /// for many ([`set_group_commit`](Self::set_group_commit)).
+    /// for many ([`enable_group_commit`](Self::enable_group_commit)).
     group: bool,
     staged: BTreeMap<u64, Vec<u8>>,
     /// The id the staged batch gets when it is taken; ids count up from 1.
@@ -494,8 +494,8 @@ impl MetaStore {
             self.cache.insert(*h, b.clone());
         }
         if !self.group {
-            let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
-            self.journal.lock().commit(&refs)?;
+            let batch: Batch = blocks.into_iter().collect();
+            self.journal.lock().commit(&batch)?;
             return Ok(());
         }
         // An operation's blocks never span two transactions.
@@ -507,18 +507,13 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Group commit on: an operation's changes are staged, and reach the
-    /// journal with others' in one write, made by whoever waits for them
-    /// first ([`take_batch`](Self::take_batch)). Its caller must not
-    /// answer anyone about a change before [`durable`](Self::durable)
-    /// passes [`staged_upto`](Self::staged_upto).
-    pub fn set_group_commit(&mut self, on: bool) {
-        if !on {
-            if let Err(e) = self.flush_staged() {
-                tracing::error!(error = %e, "writing staged metadata");
-            }
-        }
-        self.group = on;
+    /// Group commit from now on: an operation's changes are staged, and
+    /// reach the journal with others' in one write, made by whoever waits
+    /// for them first ([`take_batch`](Self::take_batch)). The caller must
+    /// not answer anyone about a change before [`durable`](Self::durable)
+    /// reaches the id [`wait_point`](Self::wait_point) gave.
+    pub fn enable_group_commit(&mut self) {
+        self.group = true;
     }
 
     /// Writes what is staged to the journal now, under the store.
@@ -528,8 +523,7 @@ impl MetaStore {
 
     fn flush_staged(&mut self) -> Result<()> {
         let Some((id, blocks)) = self.take_batch() else { return Ok(()) };
-        let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(h, b)| (*h, &b[..])).collect();
-        let r = self.journal.lock().commit(&refs);
+        let r = self.journal.lock().commit(&blocks);
         match r {
             Ok(_) => {
                 self.durable.fetch_max(id, std::sync::atomic::Ordering::Release);

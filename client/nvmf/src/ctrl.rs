@@ -295,14 +295,9 @@ impl Controller {
             return self.write_blocks(nsid, slba, bs, data, fua);
         }
         let chunks: Vec<&[u8]> = data.chunks(max).collect();
-        let mut sqes = Vec::with_capacity(chunks.len());
-        for (i, c) in chunks.iter().enumerate() {
-            let mut s = rw_sqe(opc::WRITE, nsid, slba + (i * max / bs as usize) as u64, c.len() as u32, bs)?;
-            if fua {
-                s.cdw12 = (s.cdw12.get() | 1 << 30).into();
-            }
-            sqes.push(s);
-        }
+        let sqes = (0..chunks.len())
+            .map(|i| write_sqe(nsid, slba + (i * max / bs as usize) as u64, chunks[i].len() as u32, bs, fua))
+            .collect::<Result<Vec<_>>>()?;
         self.pipelined(chunks.len(), |q, i| q.submit(sqes[i], DataDir::ToCtrl(chunks[i]), i as u64), |_, _| {})
     }
 
@@ -355,10 +350,7 @@ impl Controller {
     }
 
     pub fn write_blocks(&self, nsid: u32, slba: u64, bs: u32, data: &[u8], fua: bool) -> Result<()> {
-        let mut s = rw_sqe(opc::WRITE, nsid, slba, data.len() as u32, bs)?;
-        if fua {
-            s.cdw12 = (s.cdw12.get() | 1 << 30).into();
-        }
+        let s = write_sqe(nsid, slba, data.len() as u32, bs, fua)?;
         self.io_exec(s, DataDir::ToCtrl(data), None).map(|_| ())
     }
 
@@ -507,10 +499,19 @@ fn rw_sqe(op: u8, nsid: u32, slba: u64, bytes: u32, bs: u32) -> Result<Sqe> {
     Ok(s)
 }
 
-/// Builds a read or write command for the asynchronous API.
+/// A Write of `bytes` at `slba`, with Force Unit Access if `fua`.
+fn write_sqe(nsid: u32, slba: u64, bytes: u32, bs: u32, fua: bool) -> Result<Sqe> {
+    let mut s = rw_sqe(opc::WRITE, nsid, slba, bytes, bs)?;
+    if fua {
+        s.cdw12 = (s.cdw12.get() | 1 << 30).into();
+    }
+    Ok(s)
+}
+
 /// Commands of one range in flight at once ([`Controller::read_range`]).
 const RANGE_IN_FLIGHT: usize = 16;
 
+/// Builds a read or write command for the asynchronous API.
 pub fn io_sqe(write: bool, nsid: u32, slba: u64, nlb: u32) -> Sqe {
     let mut s = sqe(if write { opc::WRITE } else { opc::READ }, 0, nsid);
     s.cdw10 = (slba as u32).into();
