@@ -1685,9 +1685,12 @@ mod tests {
             thread::spawn(move || {
                 let mut n = 0u64;
                 loop {
+                    // Read `done` before the call: an empty queue only means
+                    // the end if every producer had finished before we looked.
+                    let finished = done.load(Ordering::Acquire);
                     match e.get_events_typed(sid, 65536, 0, 1 << 24) {
                         Ok(v) => n += v.len() as u64,
-                        Err(_) if done.load(Ordering::Acquire) => break,
+                        Err(_) if finished => break,
                         Err(_) => thread::yield_now(),
                     }
                 }

@@ -724,9 +724,11 @@ fn enqueue_rate(total: u64, batch: u64, producers: u32) -> anyhow::Result<(f64, 
         std::thread::spawn(move || {
             let mut n = 0u64;
             loop {
+                // `done` read first: empty then means every event was in.
+                let finished = done.load(Ordering::Acquire);
                 match eng.get_events_typed(sid, 65536, 0, 1 << 24) {
                     Ok(v) => n += v.len() as u64,
-                    Err(_) if done.load(Ordering::Acquire) => return n,
+                    Err(_) if finished => return n,
                     Err(_) => std::thread::yield_now(),
                 }
             }
