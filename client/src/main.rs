@@ -72,6 +72,8 @@ enum Top {
         /// every user of the machine, with the kernel checking permissions.
         #[arg(long)]
         owner_only: bool,
+        #[command(flatten)]
+        who: Member,
     },
     /// Ask a node daemon to unmount a mount it hosts (a DM application may
     /// refuse in the preunmount event).
@@ -93,6 +95,8 @@ enum Top {
         /// nodes that have them open to reconnect before they are freed.
         #[arg(long, default_value_t = tpfs::manager::ORPHAN_GRACE.as_millis() as u64)]
         orphan_grace_ms: u64,
+        #[command(flatten)]
+        who: Member,
     },
     /// The node daemon (DM event path, session manager, fs manager roles).
     #[command(subcommand)]
@@ -104,6 +108,35 @@ enum Top {
     Cluster(cluster::ClusterCmd),
     /// The HSM: migrate file data to an object-store tier, recall it on access.
     Hsm(hsm_cli::HsmArgs),
+}
+
+/// Who this process is to the file-system manager protocol.
+#[derive(Args, Clone)]
+struct Member {
+    /// This node's id in the cluster.
+    #[arg(long, default_value_t = 1)]
+    node_id: u32,
+    /// File holding the cluster key (surrounding whitespace ignored); without
+    /// it the development key, for one machine only.
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+}
+
+impl Member {
+    fn creds(&self) -> anyhow::Result<tpfs::rpc::Credentials> {
+        let key = match &self.cluster_key_file {
+            Some(p) => {
+                let k = std::fs::read(p).with_context(|| format!("cluster key file {}", p.display()))?;
+                anyhow::ensure!(!k.trim_ascii().is_empty(), "cluster key file {} is empty", p.display());
+                k.trim_ascii().to_vec()
+            }
+            None => {
+                eprintln!("tidepool: no --cluster-key-file: using the development key; any local process can join");
+                dmapi::auth::DEV_CLUSTER_KEY.as_bytes().to_vec()
+            }
+        };
+        Ok(tpfs::rpc::Credentials::new(self.node_id, &key))
+    }
 }
 
 #[derive(Args, Clone)]
@@ -310,9 +343,10 @@ fn main() -> anyhow::Result<()> {
             println!("tidepool: {} unmounted", path.display());
             Ok(())
         }
-        Top::Mount { c, mountpoint, manager, serve, name, threads, owner_only, node: None, .. } => {
+        Top::Mount { c, mountpoint, manager, serve, name, threads, owner_only, node: None, who, .. } => {
             let dev = fs_dev(&c)?;
-            let opts = tpfs::fuse::MountOpts { manager, serve, dm: None, name, threads, owner_only };
+            let creds = who.creds()?;
+            let opts = tpfs::fuse::MountOpts { manager, serve, dm: None, name, threads, owner_only, creds };
             let m = tpfs::fuse::mount(dev, &mountpoint, opts)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
             let mgr = match (manager, m.manager_addr()) {
@@ -341,11 +375,12 @@ fn main() -> anyhow::Result<()> {
             m.unmount().context("unmounting")?;
             Ok(())
         }
-        Top::FsManager { c, listen, orphan_grace_ms } => {
+        Top::FsManager { c, listen, orphan_grace_ms, who } => {
+            let creds = who.creds()?;
             let dev = fs_dev(&c)?;
             let grace = std::time::Duration::from_millis(orphan_grace_ms);
             let m = tpfs::manager::Manager::open_with_grace(dev, grace).context("opening the file system")?;
-            let h = m.serve(listen).with_context(|| format!("listening on {listen}"))?;
+            let h = m.serve(listen, creds).with_context(|| format!("listening on {listen}"))?;
             println!("tidepool fs-manager: serving {} (namespace {} of {}) on {}", c.nqn, c.nsid, c.addr, h.addr);
             wait_for_signal();
             drop(h);

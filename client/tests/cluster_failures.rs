@@ -260,3 +260,68 @@ fn a_peer_that_never_answers_does_not_stall_heartbeats_to_the_others() {
     assert!(!c.log(1).contains("peer failed"), "node 1 log:\n{}", c.log(1));
     drop(hung);
 }
+
+/// The file-system manager protocol authenticates as the DM transport
+/// does: a mount with another cluster key, a mount from a node the
+/// configuration does not name, and a client that skips the handshake are
+/// refused, and the manager node logs each; the configured nodes' mounts
+/// go on working.
+#[test]
+fn the_fs_manager_refuses_wrong_keys_strangers_and_skipped_handshakes() {
+    if !common::fuse_available() {
+        return;
+    }
+    let vol = common::Volume::new(32 << 20);
+    let port = common::listen_port();
+    let mnt = tempfile::tempdir().unwrap();
+    let mut specs = standard("", false);
+    specs[2].extra = common::fuse_mount_toml(mnt.path());
+    let mut c = Cluster::start_with_fs(&specs, &vol.fs_toml(port));
+    c.adopt_mountpoint(mnt.path());
+    c.wait_mounted(3, mnt.path());
+    let keys = tempfile::tempdir().unwrap();
+    let (right, wrong) = (keys.path().join("right"), keys.path().join("wrong"));
+    std::fs::write(&right, format!("{KEY}\n")).unwrap();
+    std::fs::write(&wrong, "not the cluster key").unwrap();
+    let manager = format!("127.0.0.1:{port}");
+    let attempt = |node: u32, key: &std::path::Path| {
+        let spare = tempfile::tempdir().unwrap();
+        let mut child = Command::new(TIDEPOOL)
+            .args(["mount", "--addr", &vol.addr.to_string(), "--nqn", &vol.nqn, "--manager", &manager])
+            .args(["--node-id", &node.to_string(), "--cluster-key-file"])
+            .arg(key)
+            .arg(spare.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + T;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("fusermount3").arg("-uz").arg(spare.path()).status();
+                panic!("node {node} was let in: its mount kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success(), "node {node} mounted");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = attempt(4, &wrong);
+    assert!(e.contains("failed authentication"), "wrong key: {e}");
+    let e = attempt(9, &right);
+    assert!(e.contains("not a cluster member"), "stranger: {e}");
+    // A request with no handshake before it: closed unanswered.
+    let mut raw = TcpStream::connect(&manager).unwrap();
+    raw.write_all(&[0x54, 0x50, 0x46, 0x53, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(raw.read(&mut [0u8; 64]).unwrap_or(0), 0, "the manager answered a client that skipped the handshake");
+    for why in ["failed authentication", "is not a cluster member", "not a hello"] {
+        assert!(c.wait_log(2, why, T), "the manager node did not log {why:?}:\n{}", c.log(2));
+    }
+    // The configured node's mount is untouched.
+    std::fs::write(mnt.path().join("still"), b"here").unwrap();
+    assert_eq!(std::fs::read(mnt.path().join("still")).unwrap(), b"here");
+}

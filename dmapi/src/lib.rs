@@ -18,12 +18,14 @@
 //! | [`wire`] | the fixed frame header and bounded little-endian codec |
 //! | [`proto`] | every cluster DM message and the frame decoder |
 //! | [`transport`] | the transport trait and its authenticated TCP implementation |
+//! | [`auth`] | the cluster-key challenge/response every cluster protocol opens with |
 //!
 //! The engines do no networking and start no threads: the node daemon owns the
 //! transport, pumps received frames into them and sends what their hooks emit.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod disp;
 pub mod error;
 pub mod event;

@@ -25,7 +25,7 @@ use crate::wire::{split_frame, Dec, Enc, MsgHeader, WireError, HEADER_LEN, MAX_P
 use zerocopy::byteorder::little_endian::{I32, U16};
 
 /// Length of handshake nonces and MACs.
-pub const AUTH_LEN: usize = 32;
+pub use crate::auth::AUTH_LEN;
 
 /// Message type numbers (header byte 5).
 #[repr(u8)]

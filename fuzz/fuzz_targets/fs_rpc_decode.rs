@@ -1,13 +1,18 @@
 //! Fuzzes the file-system manager protocol's framing and body decoding with
 //! untrusted bytes (what a manager reads from any client, and a client from
 //! the manager): never a panic, never a huge allocation, and every request it
-//! accepts re-encodes to a message that decodes the same.
+//! accepts re-encodes to a message that decodes the same. The same bytes go
+//! to the manager's side of the handshake first, which must refuse them
+//! (they cannot carry a proof of the key for the nonce it just drew).
 #![no_main]
 
-use tpfs::rpc::{self, Kind, Reply, Req, RevokeDone};
+use tpfs::rpc::{self, Credentials, Kind, Reply, Req, RevokeDone};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let mut answer = Vec::new();
+    let who = rpc::handshake_server(&mut &data[..], &mut answer, &Credentials::default(), &|_| true, || Reply::Done);
+    assert!(who.is_err(), "a client got in without the key: {who:?}");
     let mut rest = data;
     while let Ok((kind, id, body)) = rpc::recv(&mut rest) {
         match kind {
@@ -30,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             Kind::RevokeDone => {
                 let _ = rpc::decode::<RevokeDone>(&body);
             }
-            Kind::Revoke => {}
+            Kind::Revoke | Kind::RevokeHeld => {}
         }
     }
 });

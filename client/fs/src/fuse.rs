@@ -34,7 +34,7 @@ use super::locks::LockType;
 use super::manager::{Manager, ManagerHandle};
 use super::meta::NAME_MAX;
 use super::remote::MetaClient;
-use super::rpc::{self, Destroyed, Mode, Reply, Req, WireSetAttr};
+use super::rpc::{self, Credentials, Destroyed, Mode, Reply, Req, WireSetAttr};
 use dmapi::disp::GenerationView;
 use dmapi::event::{DmEvent, EventBody};
 use dmapi::types::{DmAttrName, DmHandle, DmResponse, EventSet, EventType, FsId, NodeId};
@@ -1051,6 +1051,9 @@ pub struct MountOpts {
     /// mount serves every user of the machine, the kernel checking
     /// permissions against the inodes (`default_permissions`).
     pub owner_only: bool,
+    /// This node and the cluster key, for the manager protocol (and for
+    /// the in-process manager's own handshakes).
+    pub creds: Credentials,
 }
 
 /// A mounted file system; dropping it gives back what this node holds and
@@ -1176,12 +1179,12 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
         Some(a) => (a, None),
         None => {
             let m = Manager::open(dev.clone()).map_err(|x| std::io::Error::other(x.to_string()))?;
-            let h = m.serve(opts.serve.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))?;
+            let h = m.serve(opts.serve.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))), opts.creds.clone())?;
             (h.addr, Some(h))
         }
     };
     let name = if opts.name.is_empty() { format!("mount-{}", std::process::id()) } else { opts.name.clone() };
-    let meta = MetaClient::connect(addr, &name)?;
+    let meta = MetaClient::connect(addr, &name, &opts.creds)?;
     let mut dm = None;
     if let Some(link) = &opts.dm {
         // The node learns its dispositions for this file system from the

@@ -60,6 +60,8 @@ pub struct Manager {
     next_conn: AtomicU64,
     /// [`REVOKE_TIMEOUT`] unless set (milliseconds).
     revoke_timeout_ms: AtomicU64,
+    /// Which nodes may connect (any that proves the key unless set).
+    members: Mutex<rpc::Members>,
     /// Files open on the nodes. Taken after `meta`, never before.
     uses: Mutex<Uses>,
     /// Record locks. Taken before `conns`, never after.
@@ -119,7 +121,9 @@ struct Uses {
 
 struct Peer {
     id: u64,
-    name: Mutex<String>,
+    /// The node it authenticated as, and its name (for logs).
+    node: u32,
+    name: String,
     out: Mutex<TcpStream>,
 }
 
@@ -198,6 +202,7 @@ impl Manager {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             revoke_timeout_ms: AtomicU64::new(REVOKE_TIMEOUT.as_millis() as u64),
+            members: Mutex::new(Arc::new(|_| true)),
             uses: Mutex::new(Uses::default()),
             locks: Mutex::new(Locks::default()),
             locks_cv: Condvar::new(),
@@ -297,8 +302,16 @@ impl Manager {
         Duration::from_millis(self.revoke_timeout_ms.load(Ordering::Relaxed))
     }
 
-    /// Serves clients on `addr` from a background thread.
-    pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> io::Result<ManagerHandle> {
+    /// Which nodes are cluster members: only they may connect (checked at
+    /// each connection's handshake). By default any node that proves it
+    /// holds the cluster key.
+    pub fn set_members(&self, members: rpc::Members) {
+        *self.members.lock() = members;
+    }
+
+    /// Serves clients on `addr` from a background thread, as the node of
+    /// `creds`: a client must prove it holds the same cluster key.
+    pub fn serve(self: &Arc<Self>, addr: SocketAddr, creds: rpc::Credentials) -> io::Result<ManagerHandle> {
         let l = TcpListener::bind(addr)?;
         let bound = l.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -311,8 +324,8 @@ impl Manager {
                 }
                 match s {
                     Ok(s) => {
-                        let m = me.clone();
-                        let _ = std::thread::Builder::new().name("fsmgr-conn".into()).spawn(move || m.conn(s));
+                        let (m, creds) = (me.clone(), creds.clone());
+                        let _ = std::thread::Builder::new().name("fsmgr-conn".into()).spawn(move || m.conn(s, &creds));
                     }
                     Err(e) => tracing::warn!(error = %e, "accept"),
                 }
@@ -321,13 +334,31 @@ impl Manager {
         Ok(ManagerHandle { addr: bound, manager: self.clone(), stop, thread: Some(thread) })
     }
 
-    fn conn(self: Arc<Self>, s: TcpStream) {
+    fn conn(self: Arc<Self>, s: TcpStream, creds: &rpc::Credentials) {
         let _ = s.set_nodelay(true);
-        let Ok(out) = s.try_clone() else { return };
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let peer = Arc::new(Peer { id, name: Mutex::new(format!("client-{id}")), out: Mutex::new(out) });
-        self.conns.lock().insert(id, peer.clone());
+        let Ok(mut out) = s.try_clone() else { return };
+        let from = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut r = BufReader::with_capacity(64 * 1024, s);
+        // Nothing of an unauthenticated client reaches the tables.
+        let _ = out.set_read_timeout(Some(rpc::HANDSHAKE_WAIT));
+        let members = self.members.lock().clone();
+        let hello = || {
+            let m = self.meta.lock();
+            Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid }
+        };
+        let (node, name) = match rpc::handshake_server(&mut r, &mut out, creds, &*members, hello) {
+            Ok(who) => who,
+            Err(e) => {
+                tracing::warn!(%from, reason = %e, "file-system client refused");
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
+        };
+        let _ = out.set_read_timeout(None);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(client = %name, node, id, "client connected");
+        let peer = Arc::new(Peer { id, node, name, out: Mutex::new(out) });
+        self.conns.lock().insert(id, peer.clone());
         let why = loop {
             let (kind, rid, body) = match rpc::recv(&mut r) {
                 Ok(m) => m,
@@ -346,8 +377,7 @@ impl Manager {
                 _ => break io::Error::new(io::ErrorKind::InvalidData, "unexpected message kind from a client"),
             }
         };
-        let name = peer.name.lock().clone();
-        tracing::info!(client = %name, reason = %why, "client gone; dropping its tokens");
+        tracing::info!(client = %peer.name, node = peer.node, reason = %why, "client gone; dropping its tokens");
         let _ = peer.out.lock().shutdown(Shutdown::Both);
         self.conns.lock().remove(&id);
         let mut t = self.table.lock();
@@ -568,12 +598,8 @@ impl Manager {
     /// are never queued behind its own waiting request.
     fn dispatch(self: &Arc<Self>, peer: &Arc<Peer>, rid: u64, req: Req) {
         let reply = match req {
-            Req::Hello { name } => {
-                tracing::info!(client = %name, id = peer.id, "client connected");
-                *peer.name.lock() = name;
-                let m = self.meta.lock();
-                Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid }
-            }
+            // Handshake messages after the handshake.
+            Req::Hello { .. } | Req::Auth { .. } => Reply::Err(libc::EPROTO),
             Req::Lookup { parent, name } => match self.meta.lock().lookup(parent, &name) {
                 Ok(e) => Reply::Entry { ino: e.ino },
                 Err(e) => err(e),
@@ -901,7 +927,7 @@ impl Manager {
                     .collect();
                 for c in late {
                     if let Some(p) = self.conns.lock().get(&c) {
-                        tracing::error!(client = %p.name.lock(), ino, "token not given back in time; expelling the client");
+                        tracing::error!(client = %p.name, node = p.node, ino, "token not given back in time; expelling the client");
                         let _ = p.out.lock().shutdown(Shutdown::Both);
                     }
                     if let Some(tok) = t.inodes.get_mut(&ino) {
@@ -1095,6 +1121,7 @@ mod tests {
     use crate::format::ROOT_INO;
     use crate::meta::MetaStore;
     use crate::remote::MetaClient;
+    use crate::rpc::Credentials;
     use std::sync::atomic::AtomicBool;
 
     /// A volume whose FUA writes (the journal's) take 5 ms, counted, and
@@ -1161,8 +1188,9 @@ mod tests {
     #[test]
     fn concurrent_creates_share_journal_writes_and_survive_a_crash() {
         let dev = volume();
-        let h = Manager::open(dev.clone()).unwrap().serve("127.0.0.1:0".parse().unwrap()).unwrap();
-        let setup = MetaClient::connect(h.addr, "setup").unwrap();
+        let h =
+            Manager::open(dev.clone()).unwrap().serve("127.0.0.1:0".parse().unwrap(), Credentials::default()).unwrap();
+        let setup = MetaClient::connect(h.addr, "setup", &Credentials::default()).unwrap();
         let dirs: Vec<u64> = (0..8)
             .map(|t| match make(&setup, ROOT_INO, &format!("d{t}"), libc::S_IFDIR | 0o755) {
                 Ok(Reply::Changed { inode: Some(b), .. }) => rpc::inode_from(&b).unwrap().ino.get(),
@@ -1174,7 +1202,7 @@ mod tests {
             .map(|t| {
                 let (addr, dir) = (h.addr, dirs[t]);
                 std::thread::spawn(move || {
-                    let c = MetaClient::connect(addr, &format!("t{t}")).unwrap();
+                    let c = MetaClient::connect(addr, &format!("t{t}"), &Credentials::default()).unwrap();
                     for k in 0..20 {
                         let r = make(&c, dir, &format!("f{k}"), libc::S_IFREG | 0o644);
                         assert!(matches!(r, Ok(Reply::Changed { .. })), "{r:?}");
@@ -1204,8 +1232,9 @@ mod tests {
     #[test]
     fn a_failed_journal_write_fails_its_operations_and_loses_nothing_else() {
         let dev = volume();
-        let h = Manager::open(dev.clone()).unwrap().serve("127.0.0.1:0".parse().unwrap()).unwrap();
-        let c = MetaClient::connect(h.addr, "c").unwrap();
+        let h =
+            Manager::open(dev.clone()).unwrap().serve("127.0.0.1:0".parse().unwrap(), Credentials::default()).unwrap();
+        let c = MetaClient::connect(h.addr, "c", &Credentials::default()).unwrap();
         assert!(matches!(create(&c, "kept"), Ok(Reply::Changed { .. })));
         dev.fail.store(true, Ordering::SeqCst);
         assert_eq!(create(&c, "lost").err(), Some(libc::EIO));
@@ -1222,5 +1251,35 @@ mod tests {
         .unwrap();
         assert!(m.lookup(ROOT_INO, b"kept").is_ok() && m.lookup(ROOT_INO, b"after").is_ok());
         assert!(m.lookup(ROOT_INO, b"lost").is_err());
+    }
+
+    /// The manager protocol authenticates: a client with another cluster
+    /// key, a node that is not a member, and a client that skips the
+    /// handshake are all dropped before anything reaches the tables; a
+    /// manager with another key is refused by the client.
+    #[test]
+    fn only_members_with_the_cluster_key_get_in() {
+        use std::io::{Read, Write};
+        let m = Manager::open(volume()).unwrap();
+        m.set_members(Arc::new(|n| n == 1 || n == 2));
+        let key = |node| Credentials::new(node, b"the key");
+        let h = m.serve("127.0.0.1:0".parse().unwrap(), key(1)).unwrap();
+        let denied = |r: io::Result<MetaClient>| r.err().map(|e| e.kind());
+        let wrong = Credentials::new(2, b"another key");
+        assert_eq!(denied(MetaClient::connect(h.addr, "wrong-key", &wrong)), Some(io::ErrorKind::PermissionDenied));
+        assert_eq!(denied(MetaClient::connect(h.addr, "stranger", &key(9))), Some(io::ErrorKind::PermissionDenied));
+        // Straight to a request, no hello: the connection is closed unanswered.
+        let mut raw = TcpStream::connect(h.addr).unwrap();
+        rpc::send(&mut raw, Kind::Req, 1, &Req::Lookup { parent: ROOT_INO, name: b"x".to_vec() }).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(raw.read_to_end(&mut got).unwrap(), 0, "nothing answered: {got:?}");
+        let _ = raw.write_all(b"more");
+        assert!(m.conns.lock().is_empty(), "no refused client is on the books");
+        // A member with the key works, and a manager with another key is refused.
+        let c = MetaClient::connect(h.addr, "member", &key(2)).unwrap();
+        assert!(matches!(create(&c, "in"), Ok(Reply::Changed { .. })));
+        let other = Manager::open(volume()).unwrap().serve("127.0.0.1:0".parse().unwrap(), wrong.clone()).unwrap();
+        assert_eq!(denied(MetaClient::connect(other.addr, "c", &key(2))), Some(io::ErrorKind::PermissionDenied));
     }
 }

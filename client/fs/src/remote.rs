@@ -79,6 +79,7 @@ struct Link {
 struct Inner {
     addr: SocketAddr,
     name: String,
+    creds: rpc::Credentials,
     link: Mutex<Option<Arc<Link>>>,
     link_cv: Condvar,
     next_id: AtomicU64,
@@ -110,13 +111,16 @@ fn eio(why: &str) -> io::Error {
 }
 
 impl MetaClient {
-    /// Connects to the manager at `addr`; `name` identifies this node in
-    /// the manager's log.
-    pub fn connect(addr: SocketAddr, name: &str) -> io::Result<MetaClient> {
+    /// Connects to the manager at `addr` as the node of `creds`; `name`
+    /// identifies this client in the manager's log. A manager that does not
+    /// prove the cluster key, or refuses this node, is an error of kind
+    /// `PermissionDenied`.
+    pub fn connect(addr: SocketAddr, name: &str, creds: &rpc::Credentials) -> io::Result<MetaClient> {
         let (tx, rx) = mpsc::channel::<u64>();
         let inner = Arc::new(Inner {
             addr,
             name: name.to_string(),
+            creds: creds.clone(),
             link: Mutex::new(None),
             link_cv: Condvar::new(),
             next_id: AtomicU64::new(1),
@@ -148,13 +152,11 @@ impl MetaClient {
         s.set_nodelay(true)?;
         let mut r = BufReader::with_capacity(64 * 1024, s.try_clone()?);
         let mut out = s;
-        // The hello goes out before the receive thread exists: answer it here.
-        rpc::send(&mut out, Kind::Req, 0, &Req::Hello { name: self.inner.name.clone() })?;
-        let (kind, _, body) = rpc::recv(&mut r)?;
-        match (kind, rpc::decode::<Reply>(&body)?) {
-            (Kind::Reply, Reply::Hello { block_size, fsid }) => *self.inner.hello.lock() = Some((block_size, fsid)),
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "manager did not answer hello")),
-        }
+        // The handshake runs before the receive thread exists, bounded in time.
+        out.set_read_timeout(Some(rpc::HANDSHAKE_WAIT))?;
+        let geometry = rpc::handshake_client(&mut r, &mut out, &self.inner.creds, &self.inner.name)?;
+        out.set_read_timeout(None)?;
+        *self.inner.hello.lock() = Some(geometry);
         let link = Arc::new(Link { out: Mutex::new(out) });
         *self.inner.link.lock() = Some(link.clone());
         self.inner.link_cv.notify_all();

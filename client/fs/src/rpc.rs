@@ -10,8 +10,11 @@
 
 use super::format::{DmChange, DmInfo, Extent, Inode};
 use super::locks::{Lock, LockType};
+use dmapi::auth::{self, AUTH_LEN};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -92,9 +95,16 @@ pub struct WireSetAttr {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Req {
-    /// First message: who this client is (for logs).
+    /// First message: who this client is (its node id, and a name for
+    /// logs) and its handshake nonce ([`handshake_client`]).
     Hello {
         name: String,
+        node: u32,
+        nonce: [u8; AUTH_LEN],
+    },
+    /// Second message: the client's proof that it holds the cluster key.
+    Auth {
+        proof: [u8; AUTH_LEN],
     },
     /// A token on `ino`; the reply carries its attributes and extents.
     Acquire {
@@ -279,8 +289,7 @@ impl Req {
         }
         matches!(
             self,
-            Req::Hello { .. }
-                | Req::Acquire { .. }
+            Req::Acquire { .. }
                 | Req::Lookup { .. }
                 | Req::ReadDir { .. }
                 | Req::Allocate { .. }
@@ -311,6 +320,14 @@ pub enum Reply {
     /// Failed with this errno.
     Err(i32),
     Done,
+    /// The manager's answer to a hello: its node id, its nonce and its
+    /// proof that it holds the cluster key.
+    Challenge {
+        node: u32,
+        nonce: [u8; AUTH_LEN],
+        proof: [u8; AUTH_LEN],
+    },
+    /// The handshake is done: the file system's geometry.
     Hello {
         block_size: u32,
         fsid: [u8; 16],
@@ -387,6 +404,121 @@ pub struct Destroyed {
 pub struct RevokeDone {
     pub ino: u64,
     pub dirty: Option<(u64, u64)>,
+}
+
+/// A node as the manager protocol knows it: its node id and the cluster key.
+#[derive(Clone)]
+pub struct Credentials {
+    pub node: u32,
+    key: Arc<[u8]>,
+}
+
+impl Credentials {
+    pub fn new(node: u32, key: &[u8]) -> Credentials {
+        Credentials { node, key: key.into() }
+    }
+}
+
+impl Default for Credentials {
+    /// Node 1 with the development key ([`auth::DEV_CLUSTER_KEY`]): one
+    /// machine only.
+    fn default() -> Credentials {
+        Credentials::new(1, auth::DEV_CLUSTER_KEY.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Credentials").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// Which nodes may use a manager: cluster members only.
+pub type Members = Arc<dyn Fn(u32) -> bool + Send + Sync>;
+
+const SERVER_ROLE: &[u8] = b"tidepool-fs S";
+const CLIENT_ROLE: &[u8] = b"tidepool-fs C";
+/// How long either side waits for the other's next handshake message.
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+
+fn refused(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, why)
+}
+
+/// The client's side of the handshake, as node `me` called `name`; the
+/// file system's block size and id.
+pub fn handshake_client(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    me: &Credentials,
+    name: &str,
+) -> io::Result<(u32, [u8; 16])> {
+    let n_c = auth::nonce()?;
+    send(w, Kind::Req, 0, &Req::Hello { name: name.to_string(), node: me.node, nonce: n_c })?;
+    let (node, n_s) = match recv_reply(r)? {
+        Reply::Challenge { node, nonce, proof }
+            if auth::check(&me.key, SERVER_ROLE, me.node, node, &n_c, &nonce, &proof) =>
+        {
+            (node, nonce)
+        }
+        Reply::Challenge { node, .. } => {
+            return Err(refused(format!("the manager (node {node}) failed authentication: another cluster key?")))
+        }
+        _ => return Err(bad("the manager did not answer the hello with a challenge")),
+    };
+    let proof = auth::proof(&me.key, CLIENT_ROLE, me.node, node, &n_s, &n_c);
+    send(w, Kind::Req, 0, &Req::Auth { proof })?;
+    match recv_reply(r)? {
+        Reply::Hello { block_size, fsid } => Ok((block_size, fsid)),
+        Reply::Err(e) if e == libc::EACCES => {
+            Err(refused(format!("the manager refused node {}: not a cluster member, or another cluster key", me.node)))
+        }
+        _ => Err(bad("the manager did not finish the handshake")),
+    }
+}
+
+fn recv_reply(r: &mut impl Read) -> io::Result<Reply> {
+    match recv(r)? {
+        (Kind::Reply, _, body) => decode(&body),
+        _ => Err(bad("a handshake message of the wrong kind")),
+    }
+}
+
+/// The manager's side of the handshake with one new connection: the
+/// client's node id and name once it proved the key and is a member, and
+/// after `hello` (the geometry) went back; an error of kind
+/// `PermissionDenied` (with the reason, for the log) when it is refused.
+pub fn handshake_server(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    me: &Credentials,
+    members: &dyn Fn(u32) -> bool,
+    hello: impl FnOnce() -> Reply,
+) -> io::Result<(u32, String)> {
+    let (kind, _, body) = recv(r)?;
+    let (name, node, n_c) = match (kind, decode::<Req>(&body)) {
+        (Kind::Req, Ok(Req::Hello { name, node, nonce })) => (name, node, nonce),
+        _ => return Err(refused("the first message is not a hello".into())),
+    };
+    let n_s = auth::nonce()?;
+    let proof = auth::proof(&me.key, SERVER_ROLE, node, me.node, &n_c, &n_s);
+    send(w, Kind::Reply, 0, &Reply::Challenge { node: me.node, nonce: n_s, proof })?;
+    let (kind, _, body) = recv(r).map_err(|e| {
+        refused(format!("node {node} ({name}) failed authentication: no proof (another cluster key?): {e}"))
+    })?;
+    let proven = matches!((kind, decode::<Req>(&body)),
+        (Kind::Req, Ok(Req::Auth { proof })) if auth::check(&me.key, CLIENT_ROLE, node, me.node, &n_s, &n_c, &proof));
+    if !proven {
+        let _ = send(w, Kind::Reply, 0, &Reply::Err(libc::EACCES));
+        return Err(refused(format!("node {node} ({name}) failed authentication: wrong cluster key")));
+    }
+    if !members(node) {
+        let _ = send(w, Kind::Reply, 0, &Reply::Err(libc::EACCES));
+        return Err(refused(format!("node {node} ({name}) is not a cluster member")));
+    }
+    send(w, Kind::Reply, 0, &hello())?;
+    Ok((node, name))
 }
 
 pub fn inode_bytes(i: &Inode) -> Vec<u8> {

@@ -228,7 +228,7 @@ impl Default for NodeConfig {
 }
 
 /// The development key used when none is configured.
-pub const DEV_CLUSTER_KEY: &str = "tidepool-development-cluster-key";
+pub use dmapi::auth::DEV_CLUSTER_KEY;
 
 impl NodeConfig {
     /// Parses a TOML document and checks it.

@@ -386,8 +386,10 @@ impl Node {
         let meta = f.meta_addr.expect("mountable");
         let dev = crate::mounts::volume(&self.cfg, f).map_err(|e| DmError::Io(e.to_string()))?;
         let name = format!("dm-node-{}", self.me);
-        let dmfs =
-            Arc::new(DmFs::connect(meta, dev, fs, &name).map_err(|e| DmError::Io(format!("metadata service: {e}")))?);
+        let creds = crate::mounts::fs_creds(&self.cfg).map_err(|e| DmError::Io(e.to_string()))?;
+        let dmfs = Arc::new(
+            DmFs::connect(meta, dev, fs, &name, &creds).map_err(|e| DmError::Io(format!("metadata service: {e}")))?,
+        );
         files.insert(fs, dmfs.clone());
         Ok(dmfs)
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dmapi::disp::GenerationView;
 use dmapi::event::DmEvent;
-use dmapi::types::{DmResponse, EventSet, FsId};
+use dmapi::types::{DmResponse, EventSet, FsId, NodeId};
 use dmapi::{DmError, DmResult};
 use libdmapi::channel::FuseMountStatus;
 use parking_lot::Mutex;
@@ -78,6 +78,12 @@ impl EventSink for NodeSink {
 }
 
 /// The volume of `f`, connected as this node.
+/// This node in the file-system manager protocol: its id and the cluster key.
+pub(crate) fn fs_creds(cfg: &NodeConfig) -> std::io::Result<tpfs::rpc::Credentials> {
+    let key = cfg.key().map_err(std::io::Error::other)?;
+    Ok(tpfs::rpc::Credentials::new(cfg.node_id, &key))
+}
+
 pub(crate) fn volume(cfg: &NodeConfig, f: &FsConfig) -> std::io::Result<Arc<dyn BlockDev>> {
     let (Some(addr), Some(nqn)) = (&f.addr, &f.nqn) else {
         return Err(std::io::Error::other(format!("file system {} names no volume", f.id)));
@@ -233,7 +239,10 @@ fn serve(cfg: &NodeConfig, f: &FsConfig, addr: SocketAddr) -> std::io::Result<Ma
     let dev = volume(cfg, f)?;
     let m = Manager::open(dev).map_err(|e| std::io::Error::other(format!("opening file system {}: {e}", f.id)))?;
     m.set_revoke_timeout(Duration::from_secs(f.token_timeout_secs.max(1)));
-    m.serve(addr)
+    // The configured nodes are the members; nobody else gets a token.
+    let members = cfg.all_nodes();
+    m.set_members(Arc::new(move |n| members.contains(&NodeId(n))));
+    m.serve(addr, fs_creds(cfg)?)
 }
 
 fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {
@@ -255,6 +264,7 @@ fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std:
                 name: format!("node-{}", cfg.node_id),
                 threads: m.threads,
                 owner_only: m.owner_only,
+                creds: fs_creds(cfg)?,
             };
             tpfs::fuse::mount(dev, &m.path, opts)
         });

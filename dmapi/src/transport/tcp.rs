@@ -24,17 +24,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
-use sha2::Sha256;
 use tracing::{debug, error, info, warn};
 
 use super::{Transport, TransportError};
+use crate::auth;
 use crate::proto::{decode_frame, encode_frame, Frame, Message, AUTH_LEN};
 use crate::types::NodeId;
 use crate::wire::{WireError, HEADER_LEN, MAX_PAYLOAD};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// TCP transport settings.
 #[derive(Debug, Clone)]
@@ -104,20 +101,7 @@ pub struct TcpTransport {
 }
 
 fn nonce() -> Result<[u8; AUTH_LEN], TransportError> {
-    let mut n = [0u8; AUTH_LEN];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut n)?;
-    Ok(n)
-}
-
-fn mac(key: &[u8], role: &[u8], c: NodeId, s: NodeId, n1: &[u8], n2: &[u8]) -> HmacSha256 {
-    // new_from_slice accepts keys of any length for HMAC.
-    let mut m = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    m.update(role);
-    m.update(&c.0.to_le_bytes());
-    m.update(&s.0.to_le_bytes());
-    m.update(n1);
-    m.update(n2);
-    m
+    Ok(auth::nonce()?)
 }
 
 fn write_frame(w: &mut TcpStream, f: &Frame) -> Result<(), TransportError> {
@@ -174,12 +158,10 @@ pub(crate) fn handshake_client(
     if f.source != peer {
         return Err(TransportError::Auth(format!("peer is node {}, expected {peer}", f.source)));
     }
-    if mac(key, b"tidepool-dm S", me, peer, &n_c, &n_s).verify_slice(&m).is_err() {
+    if !auth::check(key, b"tidepool-dm S", me.0, peer.0, &n_c, &n_s, &m) {
         return Err(TransportError::Auth(format!("node {peer} failed authentication")));
     }
-    let reply = mac(key, b"tidepool-dm C", me, peer, &n_s, &n_c).finalize().into_bytes();
-    let mut m = [0u8; AUTH_LEN];
-    m.copy_from_slice(&reply);
+    let m = auth::proof(key, b"tidepool-dm C", me.0, peer.0, &n_s, &n_c);
     io.send(&Frame::new(me, 0, Message::Auth { mac: m }))
 }
 
@@ -191,13 +173,11 @@ pub(crate) fn handshake_server(me: NodeId, key: &[u8], io: &mut impl FrameIo) ->
     };
     let peer = f.source;
     let n_s = nonce()?;
-    let m = mac(key, b"tidepool-dm S", peer, me, &n_c, &n_s).finalize().into_bytes();
-    let mut mb = [0u8; AUTH_LEN];
-    mb.copy_from_slice(&m);
+    let mb = auth::proof(key, b"tidepool-dm S", peer.0, me.0, &n_c, &n_s);
     io.send(&Frame::new(me, 0, Message::Challenge { nonce: n_s, mac: mb }))?;
     let f = io.recv().map_err(|e| TransportError::Auth(format!("node {peer}: no auth reply: {e}")))?;
     let ok = matches!(f.msg, Message::Auth { mac: m } if f.source == peer
-        && mac(key, b"tidepool-dm C", peer, me, &n_s, &n_c).verify_slice(&m).is_ok());
+        && auth::check(key, b"tidepool-dm C", peer.0, me.0, &n_s, &n_c, &m));
     if !ok {
         return Err(TransportError::Auth(format!("node {peer} failed authentication")));
     }

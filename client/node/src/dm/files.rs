@@ -86,8 +86,14 @@ pub struct DmFs {
 impl DmFs {
     /// Connects to the manager of file system `fs` at `manager`, with
     /// `dev` the node's connection to its volume.
-    pub fn connect(manager: SocketAddr, dev: Arc<dyn BlockDev>, fs: FsId, name: &str) -> std::io::Result<DmFs> {
-        let meta = MetaClient::connect(manager, name)?;
+    pub fn connect(
+        manager: SocketAddr,
+        dev: Arc<dyn BlockDev>,
+        fs: FsId,
+        name: &str,
+        creds: &tpfs::rpc::Credentials,
+    ) -> std::io::Result<DmFs> {
+        let meta = MetaClient::connect(manager, name, creds)?;
         Ok(DmFs {
             data: DataPath::new(meta, dev),
             fs,
