@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and running Tidepool needs on Debian 12: a C
-# toolchain for -sys crates, FUSE, moto's S3 server (pip) for the S3 tier
-# tests, and the Rust toolchain check. With
+# toolchain for -sys crates, FUSE, etcd, moto's S3 server (pip) for the S3
+# tier tests, and the Rust toolchain check. With
 # --all it also installs the VM/hardware-test tools (scripts/vm/setup.sh).
 # Idempotent and non-interactive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(build-essential pkg-config fuse3 libfuse3-dev fio stress-ng bindfs)
+# etcd-server: the coordination tests start a real etcd; protobuf-compiler:
+# etcd-client's build generates its gRPC stubs with protoc.
+pkgs=(build-essential pkg-config fuse3 libfuse3-dev fio stress-ng bindfs etcd-server protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")

@@ -2,6 +2,7 @@
 //! crate's `tests/common` module re-exports what it uses), and [`skip`], the
 //! one place that decides whether a test may skip.
 
+pub mod etcd;
 pub mod skip;
 
 pub use skip::{fuse_available, have_tool, is_root};
