@@ -7,6 +7,9 @@
 //! `DIR/cluster.json` (pids and start times), so `status` can report on it
 //! and `down` can stop exactly those processes (each checked to still be
 //! the same process before it is signalled). `DIR/cluster.env` gives scripts the mounts and DM sockets.
+//! With `--etcd` it also starts a local etcd (loopback ports, data in
+//! `DIR/etcd`) and the nodes decide membership through its leases, as a
+//! cluster of several machines does.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,7 +56,24 @@ pub struct UpArgs {
     /// system are kept).
     #[arg(long, default_value = "256M")]
     size: String,
+    /// Start a local etcd and have the nodes join through it (membership
+    /// by lease) instead of the static configuration alone.
+    #[arg(long)]
+    etcd: bool,
+    /// With --etcd: the membership lease (etcd counts whole seconds, at least 2).
+    #[arg(long, default_value_t = 3000)]
+    lease_ttl_ms: u64,
 }
+
+/// The etcd `up --etcd` started.
+#[derive(Debug, Serialize, Deserialize)]
+struct EtcdState {
+    proc_: Proc,
+    endpoint: String,
+}
+
+/// The cluster name the nodes join under.
+const CLUSTER: &str = "tidepool";
 
 /// What `up` started.
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,6 +82,8 @@ struct State {
     storage_addr: String,
     nqn: String,
     nodes: Vec<NodeState>,
+    #[serde(default)]
+    etcd: Option<EtcdState>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -177,7 +199,8 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.dir)?;
     let dir = std::fs::canonicalize(&a.dir)?;
     if let Ok(s) = load(&dir) {
-        if ours(&s.storage) || s.nodes.iter().any(|n| ours(&n.proc_)) {
+        if ours(&s.storage) || s.nodes.iter().any(|n| ours(&n.proc_)) || s.etcd.as_ref().is_some_and(|e| ours(&e.proc_))
+        {
             bail!("a cluster is already up in {} (tidepool cluster down --dir {0})", dir.display());
         }
     }
@@ -205,8 +228,10 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let sn_log = dir.join("storage-node.log");
     let mut sn = spawn(&sn_bin, &sn_args, &sn_log)?;
     let storage = Proc::of(sn.id());
-    let mut st = State { storage, storage_addr: storage_addr.clone(), nqn: NQN.into(), nodes: Vec::new() };
-    let r = wait_storage(&st.storage_addr, &mut sn, &sn_log).and_then(|_| start_nodes(&a, &dir, &tidepool, &mut st));
+    let mut st = State { storage, storage_addr: storage_addr.clone(), nqn: NQN.into(), nodes: Vec::new(), etcd: None };
+    let r = wait_storage(&st.storage_addr, &mut sn, &sn_log)
+        .and_then(|_| if a.etcd { start_etcd(&dir, &mut st) } else { Ok(()) })
+        .and_then(|_| start_nodes(&a, &dir, &tidepool, &mut st));
     // Whatever started is recorded, so that `down` can stop it even after a failure.
     std::fs::write(state_path(&dir), serde_json::to_string_pretty(&st)?)?;
     if let Err(e) = r {
@@ -215,6 +240,9 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     let mut env = format!("TIDEPOOL_DIR='{}'\nTIDEPOOL_NODES={}\n", dir.display(), st.nodes.len());
     env += &format!("TIDEPOOL_STORAGE='{storage_addr}'\nTIDEPOOL_NQN='{NQN}'\n");
+    if let Some(e) = &st.etcd {
+        env += &format!("TIDEPOOL_ETCD='{}'\n", e.endpoint);
+    }
     for n in &st.nodes {
         env += &format!("TIDEPOOL_NODE{}_MOUNT='{}'\n", n.id, n.mount.display());
         env += &format!("TIDEPOOL_NODE{}_DM_SOCKET='{}'\n", n.id, n.socket.display());
@@ -242,6 +270,46 @@ fn wait_storage(addr: &str, sn: &mut std::process::Child, log: &Path) -> anyhow:
     Ok(())
 }
 
+/// A one-member etcd on loopback ports, its data in `DIR/etcd`.
+fn start_etcd(dir: &Path, st: &mut State) -> anyhow::Result<()> {
+    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("etcd is not installed (apt-get install etcd-server; scripts/setup.sh does)")?;
+    let (cport, pport) = (free_port()?, free_port()?);
+    let (client, peer) = (format!("http://127.0.0.1:{cport}"), format!("http://127.0.0.1:{pport}"));
+    let args = vec![
+        "--name=tidepool".to_string(),
+        format!("--data-dir={}", dir.join("etcd").display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=tidepool={peer}"),
+    ];
+    let log = dir.join("etcd.log");
+    let mut child = spawn(&bin, &args, &log)?;
+    st.etcd = Some(EtcdState { proc_: Proc::of(child.id()), endpoint: client });
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", cport)).is_err() {
+        if Instant::now() > end || child.try_wait()?.is_some() {
+            bail!(
+                "etcd did not listen on port {cport}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The members etcd has for the cluster now.
+fn etcd_members(endpoint: &str) -> anyhow::Result<Vec<u32>> {
+    let s = coord::etcd::EtcdStore::connect(&[endpoint.to_string()])?;
+    Ok(coord::Member::list(&s, CLUSTER)?.iter().map(|m| m.node).collect())
+}
+
 fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyhow::Result<()> {
     // The file system, unless the volume has one.
     let ctrl = std::sync::Arc::new(nvmf::Controller::connect(&st.storage_addr, NQN, &nvmf::ConnectOpts::default())?);
@@ -259,6 +327,10 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
     let fs_manager = if n >= 2 { 2 } else { 1 };
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
     let meta = free_port()?;
+    // With etcd, the file system's manager is elected among candidates, each
+    // serving metadata on a port of its own when it wins.
+    let candidates: Vec<u32> = if n >= 3 { vec![2, 3] } else { vec![fs_manager] };
+    let meta_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
     let key = key()?;
     let mut children = Vec::new();
     for id in 1..=n {
@@ -272,6 +344,9 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
             "api_socket = \"{}\"\ncluster_key = \"{key}\"\nsession_manager = 1\nmounts = []\n",
             socket.display()
         );
+        if st.etcd.is_some() {
+            t += &format!("meta_listen = \"127.0.0.1:{}\"\n", meta_ports[id as usize - 1]);
+        }
         for p in 1..=n {
             if p != id {
                 t += &format!("[[peers]]\nid = {p}\naddr = \"127.0.0.1:{}\"\n", ports[p as usize - 1]);
@@ -281,7 +356,16 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
             "[[filesystems]]\nid = 1\nmanager = {fs_manager}\naddr = \"{}\"\nnqn = \"{NQN}\"\nmeta_addr = \"127.0.0.1:{meta}\"\n",
             st.storage_addr
         );
+        if st.etcd.is_some() {
+            t += &format!("managers = {candidates:?}\n");
+        }
         t += &format!("[[fuse_mounts]]\nfs = 1\npath = \"{}\"\n", mount.display());
+        if let Some(e) = &st.etcd {
+            t += &format!(
+                "[etcd]\nendpoints = [\"{}\"]\ncluster = \"{CLUSTER}\"\nlease_ttl_ms = {}\n",
+                e.endpoint, a.lease_ttl_ms
+            );
+        }
         let config = ndir.join("node.toml");
         std::fs::File::create(&config)?.write_all(t.as_bytes())?;
         let log = ndir.join("node.log");
@@ -370,10 +454,19 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             sessions,
         });
     }
+    let etcd = st.etcd.as_ref().map(|e| {
+        let members = etcd_members(&e.endpoint).map_err(|x| x.to_string());
+        (e, members)
+    });
     if json {
+        let etcd = etcd.as_ref().map(|(e, m)| {
+            serde_json::json!({ "pid": e.proc_.pid, "alive": ours(&e.proc_), "endpoint": e.endpoint,
+                "members": m.as_ref().ok(), "error": m.as_ref().err() })
+        });
         let v = serde_json::json!({
             "dir": dir.display().to_string(),
             "storage": { "pid": st.storage.pid, "alive": ours(&st.storage), "addr": st.storage_addr, "nqn": st.nqn },
+            "etcd": etcd,
             "nodes": nodes,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -381,6 +474,13 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     let alive = |b: bool| if b { "running" } else { "gone" };
     println!("storage node: pid {} ({}), {} {}", st.storage.pid, alive(ours(&st.storage)), st.storage_addr, st.nqn);
+    if let Some((e, m)) = &etcd {
+        let members = match m {
+            Ok(m) => format!("members {m:?}"),
+            Err(x) => format!("members unknown: {x}"),
+        };
+        println!("etcd: pid {} ({}), {}, {members}", e.proc_.pid, alive(ours(&e.proc_)), e.endpoint);
+    }
     for n in &nodes {
         println!(
             "node {}: pid {} ({}), roles [{}], mount {} ({}), DM socket {}",
@@ -420,6 +520,13 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     if !wait_gone(&st.storage, Duration::from_secs(10)) {
         signal(&st.storage, libc::SIGKILL);
         wait_gone(&st.storage, Duration::from_secs(5));
+    }
+    if let Some(e) = &st.etcd {
+        signal(&e.proc_, libc::SIGTERM);
+        if !wait_gone(&e.proc_, Duration::from_secs(10)) {
+            signal(&e.proc_, libc::SIGKILL);
+            wait_gone(&e.proc_, Duration::from_secs(5));
+        }
     }
     std::fs::remove_file(state_path(dir))?;
     let _ = std::fs::remove_file(dir.join("cluster.env"));

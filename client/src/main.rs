@@ -346,7 +346,8 @@ fn main() -> anyhow::Result<()> {
         Top::Mount { c, mountpoint, manager, serve, name, threads, owner_only, node: None, who, .. } => {
             let dev = fs_dev(&c)?;
             let creds = who.creds()?;
-            let opts = tpfs::fuse::MountOpts { manager, serve, dm: None, name, threads, owner_only, creds };
+            let opts =
+                tpfs::fuse::MountOpts { manager, serve, dm: None, name, threads, owner_only, creds, resolve: None };
             let m = tpfs::fuse::mount(dev, &mountpoint, opts)
                 .with_context(|| format!("mounting on {}", mountpoint.display()))?;
             let mgr = match (manager, m.manager_addr()) {

@@ -97,3 +97,182 @@ fn cluster_up_status_and_down() {
     tidepool(&["cluster", "down", "--dir", d]);
     assert!(!mounted(&m1));
 }
+
+/// `up --etcd`: the nodes join through a local etcd's leases; a node
+/// killed with SIGKILL leaves the cluster when its lease runs out (etcd
+/// decides, not the heartbeats), its tokens go and the manager fences its
+/// reservation key off the volume; the others go on; `down` stops etcd too.
+#[test]
+fn cluster_up_on_etcd_and_a_killed_node_leaves() {
+    if !common::fuse_available() || !test_support::have_tool("etcd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
+    };
+    let members = |st: &serde_json::Value| -> Vec<u64> {
+        st["etcd"]["members"].as_array().unwrap_or_else(|| panic!("{st}")).iter().map(|m| m.as_u64().unwrap()).collect()
+    };
+    let st = status();
+    assert_eq!(members(&st), [1, 2, 3]);
+    let etcd_pid = st["etcd"]["pid"].as_u64().unwrap();
+    // Node 1 is no manager candidate (2 and 3 are): kill it.
+    let node1 = st["nodes"][0]["pid"].as_u64().unwrap();
+    let mgr =
+        (2..=3).find(|i| st["nodes"][*i as usize - 1]["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1"));
+    let mgr = mgr.unwrap_or_else(|| panic!("no manager: {st}"));
+    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
+    assert_eq!(unsafe { libc::kill(node1 as i32, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while members(&status()) != [2, 3] {
+        assert!(std::time::Instant::now() < deadline, "node 1 is still a member: {}", status());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("node{mgr}/node.log"))).unwrap();
+    assert!(log.contains("node left the cluster") && log.contains("node=1"), "{log}");
+    // Its connection to the manager ended with its process (a live one cut
+    // off from etcd would be expelled), and its reservation key is fenced.
+    assert!(log.contains("client gone; dropping its tokens client=node-1"), "{log}");
+    assert!(log.contains("fenced the departed node off the volume"), "{log}");
+    // The survivors' mounts work on.
+    let env = env_of(dir.path());
+    let m2 = env["TIDEPOOL_NODE2_MOUNT"].clone();
+    std::fs::write(Path::new(&m2).join("after"), b"node 1 left").unwrap();
+    assert_eq!(std::fs::read(Path::new(&env["TIDEPOOL_NODE3_MOUNT"]).join("after")).unwrap(), b"node 1 left");
+    let ctrl = nvmf::Controller::connect(&env["TIDEPOOL_STORAGE"], &env["TIDEPOOL_NQN"], &nvmf::ConnectOpts::default())
+        .unwrap();
+    let (_, _, regs) = ctrl.resv_report(1).unwrap();
+    assert!(regs.iter().all(|r| node::fencing::node_of(r.rkey.get()) != 1), "node 1 is still registered");
+    let _ = ctrl.shutdown();
+    tidepool(&["cluster", "down", "--dir", d]);
+    assert!(!alive(etcd_pid), "etcd still runs after down");
+    assert!(!mounted(&env["TIDEPOOL_NODE1_MOUNT"]), "down detaches the killed node's mount");
+}
+
+/// `up --etcd` elects the file system's manager among two candidates. The
+/// manager is killed with SIGKILL: the other candidate wins the next term,
+/// preempts the dead manager's reservation before it replays the journal,
+/// and the mounts find it through etcd; a file written and fsynced before
+/// the kill is intact on every node, and the first create after the kill
+/// completes once the new manager serves.
+#[test]
+fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
+    if !common::fuse_available() || !test_support::have_tool("etcd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
+    };
+    let manager = |st: &serde_json::Value| -> Vec<u64> {
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1"))
+            .map(|n| n["id"].as_u64().unwrap())
+            .collect()
+    };
+    let st = status();
+    let old = manager(&st);
+    assert!(old == [2] || old == [3], "one of the candidates manages: {st}");
+    let (old, new) = (old[0], 5 - old[0]);
+    let env = env_of(dir.path());
+    let m1 = Path::new(&env["TIDEPOOL_NODE1_MOUNT"]).to_path_buf();
+    let mnew = Path::new(&env[&format!("TIDEPOOL_NODE{new}_MOUNT")]).to_path_buf();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m1.join("before")).unwrap();
+        f.write_all(&[7u8; 100_000]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let killed = std::time::Instant::now();
+    std::fs::write(m1.join("after"), b"made after the kill").unwrap();
+    println!(
+        "FIGURE failover: kill -9 of the manager to the first create on a survivor: {} ms (lease TTL 3 s)",
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(manager(&status()), [new], "the other candidate manages now");
+    assert_eq!(std::fs::read(m1.join("before")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(std::fs::read(mnew.join("before")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(std::fs::read(mnew.join("after")).unwrap(), b"made after the kill");
+    let log = std::fs::read_to_string(dir.path().join(format!("node{new}/node.log"))).unwrap();
+    assert!(log.contains("preempted the last manager's reservation") && log.contains(&format!("node={old}")), "{log}");
+    // The volume's reservation: held by the new manager, the old one no longer registered.
+    let ctrl = nvmf::Controller::connect(&env["TIDEPOOL_STORAGE"], &env["TIDEPOOL_NQN"], &nvmf::ConnectOpts::default())
+        .unwrap();
+    let (_, rtype, regs) = ctrl.resv_report(1).unwrap();
+    let holder: Vec<u32> =
+        regs.iter().filter(|r| r.rcsts & 1 != 0).map(|r| node::fencing::node_of(r.rkey.get())).collect();
+    assert_eq!((rtype, holder), (node::fencing::RTYPE, vec![new as u32]));
+    assert!(
+        regs.iter().all(|r| node::fencing::node_of(r.rkey.get()) != old as u32),
+        "the old manager is still registered"
+    );
+    let _ = ctrl.shutdown();
+    tidepool(&["cluster", "down", "--dir", d]);
+}
+
+/// A manager frozen (SIGSTOP) past its lease, as a partition or a long
+/// pause would leave it: the other candidate takes over and preempts its
+/// reservation; a create on another node, whose connection to the frozen
+/// manager stays open, moves to the new manager once etcd says the old
+/// one is out; the frozen host's writes are refused by the storage node
+/// (Reservation Conflict); woken (SIGCONT), the old manager finds its
+/// lease gone and stops serving.
+#[test]
+fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
+    if !common::fuse_available() || !test_support::have_tool("etcd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    let st: serde_json::Value = serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap();
+    let has_role = |st: &serde_json::Value, i: u64| {
+        st["nodes"][i as usize - 1]["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1")
+    };
+    let old = (2..=3).find(|i| has_role(&st, *i)).unwrap_or_else(|| panic!("no manager: {st}"));
+    let new = 5 - old;
+    let env = env_of(dir.path());
+    let m1 = Path::new(&env["TIDEPOOL_NODE1_MOUNT"]).to_path_buf();
+    std::fs::write(m1.join("before"), b"written before the freeze").unwrap();
+    let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    std::fs::write(m1.join("during"), b"made while the old manager was frozen").unwrap();
+    let log = std::fs::read_to_string(dir.path().join(format!("node{new}/node.log"))).unwrap();
+    assert!(log.contains("preempted the last manager's reservation"), "{log}");
+    // Any write of the frozen host (its journal's too) is refused now: one
+    // rewriting a block with what it holds, so nothing changes if it were not.
+    let hostnqn = format!("nqn.2026-11.io.tidepool:node-{old}");
+    let opts = nvmf::ConnectOpts::default().with_hostnqn(&hostnqn);
+    let ctrl = nvmf::Controller::connect(&env["TIDEPOOL_STORAGE"], &env["TIDEPOOL_NQN"], &opts).unwrap();
+    let mut block = vec![0u8; 4096];
+    ctrl.read(1, 0, &mut block).unwrap();
+    let e = ctrl.write(1, 0, &block, true).expect_err("the fenced host wrote to the volume");
+    assert!(e.to_string().contains("Reservation Conflict"), "{e}");
+    let _ = ctrl.shutdown();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let old_log = dir.path().join(format!("node{old}/node.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&old_log).unwrap().contains("stopping its metadata services") {
+        assert!(std::time::Instant::now() < deadline, "the woken manager did not stop serving");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st: serde_json::Value = serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap();
+    assert!(has_role(&st, new) && !has_role(&st, old), "{st}");
+    let mnew = Path::new(&env[&format!("TIDEPOOL_NODE{new}_MOUNT")]).to_path_buf();
+    assert_eq!(std::fs::read(mnew.join("before")).unwrap(), b"written before the freeze");
+    assert_eq!(std::fs::read(mnew.join("during")).unwrap(), b"made while the old manager was frozen");
+    tidepool(&["cluster", "down", "--dir", d]);
+}

@@ -67,6 +67,12 @@ impl Member {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// Publishes `value` in this node's member key instead of what it
+    /// joined with.
+    pub fn publish(&self, value: &[u8]) -> Result<()> {
+        self.store.put(&self.key, value, self.lease).map(|_| ())
+    }
+
     /// Renews the lease once.
     pub fn renew(&self) -> Result<()> {
         let r = self.store.keep_alive(self.lease);

@@ -1054,6 +1054,9 @@ pub struct MountOpts {
     /// This node and the cluster key, for the manager protocol (and for
     /// the in-process manager's own handshakes).
     pub creds: Credentials,
+    /// Finds the manager again after the connection is lost (it may have
+    /// moved to another node); without it, `manager` is tried again.
+    pub resolve: Option<super::remote::Resolver>,
 }
 
 /// A mounted file system; dropping it gives back what this node holds and
@@ -1109,6 +1112,12 @@ fn unmount_body(fs: FsId, root: Option<DmHandle>, retcode: i32) -> EventBody {
 }
 
 impl Mounted {
+    /// Reconnects to the file system's manager if its role moved
+    /// ([`MetaClient::recheck_manager`]).
+    pub fn recheck_manager(&self) -> bool {
+        self.meta.recheck_manager()
+    }
+
     /// Where this mount's in-process manager listens, if it runs one.
     pub fn manager_addr(&self) -> Option<SocketAddr> {
         self.manager.as_ref().map(|m| m.addr)
@@ -1185,6 +1194,9 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
     };
     let name = if opts.name.is_empty() { format!("mount-{}", std::process::id()) } else { opts.name.clone() };
     let meta = MetaClient::connect(addr, &name, &opts.creds)?;
+    if let Some(r) = &opts.resolve {
+        meta.set_resolver(r.clone());
+    }
     let mut dm = None;
     if let Some(link) = &opts.dm {
         // The node learns its dispositions for this file system from the

@@ -309,6 +309,18 @@ impl Manager {
         *self.members.lock() = members;
     }
 
+    /// Drops every connection of node `node` (it left the cluster): its
+    /// tokens, opens and locks go as if it had disconnected. How many.
+    pub fn expel_node(&self, node: u32) -> usize {
+        let gone: Vec<Arc<Peer>> = self.conns.lock().values().filter(|p| p.node == node).cloned().collect();
+        for p in &gone {
+            tracing::warn!(client = %p.name, node, "expelling a node that left the cluster");
+            // Its connection thread sees the end and drops what it held.
+            let _ = p.out.lock().shutdown(Shutdown::Both);
+        }
+        gone.len()
+    }
+
     /// Serves clients on `addr` from a background thread, as the node of
     /// `creds`: a client must prove it holds the same cluster key.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr, creds: rpc::Credentials) -> io::Result<ManagerHandle> {
@@ -1281,5 +1293,26 @@ mod tests {
         assert!(matches!(create(&c, "in"), Ok(Reply::Changed { .. })));
         let other = Manager::open(volume()).unwrap().serve("127.0.0.1:0".parse().unwrap(), wrong.clone()).unwrap();
         assert_eq!(denied(MetaClient::connect(other.addr, "c", &key(2))), Some(io::ErrorKind::PermissionDenied));
+    }
+
+    /// A node expelled (it left the cluster) loses its connections and
+    /// tokens at once: another node's conflicting request is granted
+    /// without waiting for a revoke to time out.
+    #[test]
+    fn an_expelled_node_loses_its_tokens_at_once() {
+        let m = Manager::open(volume()).unwrap();
+        m.set_revoke_timeout(Duration::from_secs(60));
+        let h = m.serve("127.0.0.1:0".parse().unwrap(), Credentials::default()).unwrap();
+        let gone = MetaClient::connect(h.addr, "gone", &Credentials::new(2, rpc::DEV_KEY)).unwrap();
+        let other = MetaClient::connect(h.addr, "other", &Credentials::new(3, rpc::DEV_KEY)).unwrap();
+        // Node 2 holds the root exclusive under a DM right, so a revoke would wait.
+        let (slot, _) = gone.ensure(ROOT_INO, Mode::Write).unwrap();
+        slot.st.lock().pins += 1;
+        assert_eq!(m.expel_node(2), 1);
+        assert_eq!(m.expel_node(9), 0);
+        let t = Instant::now();
+        other.ensure(ROOT_INO, Mode::Write).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(30), "the grant waited for the expelled node");
+        assert!(m.conns.lock().values().all(|p| p.node != 2));
     }
 }

@@ -76,8 +76,13 @@ struct Link {
     out: Mutex<TcpStream>,
 }
 
+/// Where the manager is now (it moves when another node takes the role
+/// over): asked again before every reconnection attempt.
+pub type Resolver = Arc<dyn Fn() -> io::Result<SocketAddr> + Send + Sync>;
+
 struct Inner {
-    addr: SocketAddr,
+    addr: Mutex<SocketAddr>,
+    resolve: Mutex<Option<Resolver>>,
     name: String,
     creds: rpc::Credentials,
     link: Mutex<Option<Arc<Link>>>,
@@ -118,7 +123,8 @@ impl MetaClient {
     pub fn connect(addr: SocketAddr, name: &str, creds: &rpc::Credentials) -> io::Result<MetaClient> {
         let (tx, rx) = mpsc::channel::<u64>();
         let inner = Arc::new(Inner {
-            addr,
+            addr: Mutex::new(addr),
+            resolve: Mutex::new(None),
             name: name.to_string(),
             creds: creds.clone(),
             link: Mutex::new(None),
@@ -142,13 +148,46 @@ impl MetaClient {
         Ok(c)
     }
 
+    /// Finds the manager through `r` whenever the connection is lost (the
+    /// role may have moved to another node), instead of the first address.
+    pub fn set_resolver(&self, r: Resolver) {
+        *self.inner.resolve.lock() = Some(r);
+    }
+
+    /// Asks the resolver where the manager is now; if that is not where
+    /// this client is connected (the role moved, or nobody holds it: the
+    /// holder may be frozen behind a live connection), drops the connection
+    /// so that it reconnects to the holder. Whether it dropped it.
+    pub fn recheck_manager(&self) -> bool {
+        let Some(r) = self.inner.resolve.lock().clone() else { return false };
+        let now = *self.inner.addr.lock();
+        if r().is_ok_and(|a| a == now) {
+            return false;
+        }
+        let link = self.inner.link.lock().clone();
+        match link {
+            Some(l) => {
+                tracing::warn!(manager = %now, "the manager's role moved; reconnecting");
+                let _ = l.out.lock().shutdown(Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where the manager is (as last connected to).
+    pub fn manager_addr(&self) -> SocketAddr {
+        *self.inner.addr.lock()
+    }
+
     /// Block size and file-system id, as the manager reported them.
     pub fn fs_info(&self) -> (u32, [u8; 16]) {
         self.inner.hello.lock().unwrap_or((4096, [0; 16]))
     }
 
     fn open_link(&self) -> io::Result<()> {
-        let s = TcpStream::connect(self.inner.addr)?;
+        let addr = *self.inner.addr.lock();
+        let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         let mut r = BufReader::with_capacity(64 * 1024, s.try_clone()?);
         let mut out = s;
@@ -162,7 +201,7 @@ impl MetaClient {
         self.inner.link_cv.notify_all();
         let me = self.clone();
         std::thread::Builder::new().name("fs-recv".into()).spawn(move || me.receive(r, link))?;
-        tracing::info!(manager = %self.inner.addr, "connected to the file-system manager");
+        tracing::info!(manager = %addr, "connected to the file-system manager");
         Ok(())
     }
 
@@ -343,7 +382,7 @@ impl MetaClient {
         if self.inner.closing.load(Ordering::Acquire) {
             return;
         }
-        tracing::warn!(manager = %self.inner.addr, error = %why, "lost the file-system manager; reconnecting");
+        tracing::warn!(manager = %*self.inner.addr.lock(), error = %why, "lost the file-system manager; reconnecting");
         let me = self.clone();
         let _ = std::thread::Builder::new().name("fs-reconnect".into()).spawn(move || me.reconnect());
     }
@@ -353,6 +392,17 @@ impl MetaClient {
         loop {
             if self.inner.closing.load(Ordering::Acquire) {
                 return;
+            }
+            let resolver = self.inner.resolve.lock().clone();
+            if let Some(r) = resolver {
+                match r() {
+                    Ok(a) => *self.inner.addr.lock() = a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no manager to reconnect to yet");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
             }
             match self.open_link() {
                 Ok(()) => break,

@@ -419,6 +419,9 @@ impl Credentials {
     }
 }
 
+/// The development key's bytes ([`auth::DEV_CLUSTER_KEY`]).
+pub const DEV_KEY: &[u8] = auth::DEV_CLUSTER_KEY.as_bytes();
+
 impl Default for Credentials {
     /// Node 1 with the development key ([`auth::DEV_CLUSTER_KEY`]): one
     /// machine only.

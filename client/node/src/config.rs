@@ -23,6 +23,10 @@
 //! [[fuse_mounts]]                  # FUSE mounts this daemon hosts
 //! fs = 1
 //! path = "/mnt/tidepool"
+//! [etcd]                           # optional: membership through etcd leases
+//! endpoints = ["http://127.0.0.1:2379"]
+//! cluster = "tidepool"             # the key prefix /tidepool/<cluster>/
+//! lease_ttl_ms = 3000              # a node silent to etcd this long is out
 //! ```
 
 use std::net::SocketAddr;
@@ -92,6 +96,12 @@ pub struct FsConfig {
     /// the node as dead. Default 30.
     #[serde(default = "thirty")]
     pub token_timeout_secs: u64,
+    /// With `[etcd]`: the nodes that may serve its metadata, elected through
+    /// etcd (one at a time, each term fencing the last with an NVMe
+    /// reservation); mounts find the holder through etcd. Default: `manager`
+    /// alone.
+    #[serde(default)]
+    pub managers: Vec<u32>,
 }
 
 fn thirty() -> u64 {
@@ -118,7 +128,22 @@ impl FsConfig {
             transport: tcp(),
             meta_addr: None,
             token_timeout_secs: thirty(),
+            managers: Vec::new(),
         }
+    }
+
+    /// The nodes that may serve its metadata.
+    pub fn candidates(&self) -> Vec<u32> {
+        if self.managers.is_empty() {
+            vec![self.manager]
+        } else {
+            self.managers.clone()
+        }
+    }
+
+    /// The etcd role of its metadata service.
+    pub fn role(&self) -> String {
+        format!("fs-{}", self.id)
     }
 
     /// Whether its volume and metadata service are named, so it can be mounted.
@@ -145,6 +170,36 @@ pub struct FuseMountConfig {
 
 fn default_threads() -> usize {
     4
+}
+
+/// The etcd cluster that decides membership (and, to come, elects roles).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// The cluster's name, the key prefix `/tidepool/<cluster>/`. Default `tidepool`.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// The membership lease: a node that could not renew it this long is
+    /// out of the cluster. etcd counts whole seconds, at least 2. Default 3000.
+    #[serde(default = "default_ttl")]
+    pub lease_ttl_ms: u64,
+}
+
+fn default_cluster() -> String {
+    "tidepool".into()
+}
+
+fn default_ttl() -> u64 {
+    3000
+}
+
+impl EtcdConfig {
+    /// The lease TTL, as etcd will keep it (whole seconds, at least 2).
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_ms.div_ceil(1000).max(2))
+    }
 }
 
 /// One node daemon's configuration.
@@ -200,6 +255,11 @@ pub struct NodeConfig {
     /// `listen` address), TCP to the others. Needs a build with the `rdma`
     /// feature and an RDMA device on `listen`'s IP. Default true.
     pub rdma: bool,
+    /// Membership through etcd leases instead of the configuration alone.
+    pub etcd: Option<EtcdConfig>,
+    /// With `[etcd]`: where this node serves the metadata of a file system
+    /// whose election it wins. Default: the file system's `meta_addr`.
+    pub meta_listen: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -223,6 +283,8 @@ impl Default for NodeConfig {
             busy_poll: false,
             spin_wait_us: 0,
             rdma: true,
+            etcd: None,
+            meta_listen: None,
         }
     }
 }
@@ -270,6 +332,22 @@ impl NodeConfig {
             }
             if f.transport.parse::<nvmf::Transport>().is_err() {
                 return bad(format!("file system {}: transport {:?} is neither tcp nor rdma", f.id, f.transport));
+            }
+        }
+        for f in &self.filesystems {
+            if let Some(n) = f.managers.iter().find(|n| !known(**n)) {
+                return bad(format!("file system {} has manager candidate {n}, which is not a known node", f.id));
+            }
+            if !f.managers.is_empty() && self.etcd.is_none() {
+                return bad(format!("file system {}: managers (elected) needs [etcd]", f.id));
+            }
+        }
+        if let Some(e) = &self.etcd {
+            if e.endpoints.is_empty() || e.endpoints.iter().any(|u| !u.starts_with("http://")) {
+                return bad(format!("etcd: endpoints must be http:// URLs, and at least one: {:?}", e.endpoints));
+            }
+            if e.cluster.is_empty() || e.cluster.contains('/') {
+                return bad(format!("etcd: cluster {:?} must be a non-empty name without '/'", e.cluster));
             }
         }
         for (i, m) in self.fuse_mounts.iter().enumerate() {

@@ -32,6 +32,7 @@ use dmapi::{DmError, DmResult};
 use parking_lot::Mutex;
 use tracing::{debug, debug_span, error, info, warn};
 
+use crate::cluster::ClusterLink;
 use crate::config::{ConfigError, NodeConfig, DEV_CLUSTER_KEY};
 use crate::dm::files::{DmFs, Holder};
 use crate::dm::session::DmSession;
@@ -56,6 +57,9 @@ pub enum NodeError {
     /// A thread or socket could not be created.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// etcd could not be reached, or refused the node.
+    #[error("joining the cluster through etcd: {0}")]
+    Cluster(#[from] coord::StoreError),
 }
 
 /// How long a call forwarded to another node (a disposition change to the session
@@ -93,10 +97,12 @@ pub struct Node {
     connecting: Mutex<BTreeSet<NodeId>>,
     stop: AtomicBool,
     /// The metadata services and FUSE mounts this node hosts.
-    hosted: Mounts,
+    hosted: Arc<Mounts>,
     /// The DMAPI file functions of each file system, on the node's own
     /// connections, opened at the first call.
     files: Mutex<HashMap<FsId, Arc<DmFs>>>,
+    /// Membership through etcd, when configured.
+    cluster: Option<Arc<ClusterLink>>,
 }
 
 impl Node {
@@ -114,6 +120,10 @@ impl Node {
         for p in &cfg.peers {
             transport.add_peer(NodeId(p.id), p.addr);
         }
+        let cluster = match &cfg.etcd {
+            Some(e) => Some(ClusterLink::join(e, me.0, transport.local_addr())?),
+            None => None,
+        };
         let (local_tx, local_rx) = mpsc::channel::<Frame>();
         let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         let node = Arc::new_cyclic(|w: &Weak<Node>| {
@@ -182,8 +192,9 @@ impl Node {
                 send_failed: Mutex::new(BTreeSet::new()),
                 connecting: Mutex::new(BTreeSet::new()),
                 stop: AtomicBool::new(false),
-                hosted: Mounts::default(),
+                hosted: Arc::default(),
                 files: Mutex::new(HashMap::new()),
+                cluster,
                 cfg,
             }
         });
@@ -214,7 +225,31 @@ impl Node {
         for fs in node.cfg.mounts.clone() {
             node.mount(FsId(fs), true);
         }
-        node.hosted.start_services(&node.cfg);
+        if let Some(link) = &node.cluster {
+            let w = Arc::downgrade(&node);
+            link.keep_alive(move || {
+                // Out of the cluster: others may fence this node and take its
+                // roles; it must not go on serving metadata.
+                if let Some(n) = w.upgrade() {
+                    error!("this node's etcd lease is gone: stopping its metadata services");
+                    n.hosted.stop_services();
+                }
+            });
+            let (w1, w2) = (Arc::downgrade(&node), Arc::downgrade(&node));
+            link.follow(
+                move |n, rkey| {
+                    if let Some(node) = w1.upgrade() {
+                        node.peer_left(NodeId(n), rkey);
+                    }
+                },
+                move |n| {
+                    if let Some(node) = w2.upgrade() {
+                        debug!(node = %n, joined = true, members = ?node.cluster.as_ref().map(|l| l.members()), "membership");
+                    }
+                },
+            )?;
+        }
+        node.hosted.start_services(&node, node.fs_members());
         // Each mount in its own thread: one waiting for its manager node does
         // not hold up the others, nor the daemon.
         for m in node.cfg.fuse_mounts.clone() {
@@ -383,12 +418,14 @@ impl Node {
             return Ok(f.clone());
         }
         let f = self.cfg.filesystem(fs).filter(|f| f.mountable()).ok_or(DmError::Inval("no such file system here"))?;
-        let meta = f.meta_addr.expect("mountable");
-        let dev = crate::mounts::volume(&self.cfg, f).map_err(|e| DmError::Io(e.to_string()))?;
+        let link = self.cluster.as_deref();
+        let meta = crate::mounts::manager_of(f, link).map_err(|e| DmError::Io(format!("metadata service: {e}")))?;
+        let (_, dev) = crate::mounts::volume(&self.cfg, f, link).map_err(|e| DmError::Io(e.to_string()))?;
         let name = format!("dm-node-{}", self.me);
         let creds = crate::mounts::fs_creds(&self.cfg).map_err(|e| DmError::Io(e.to_string()))?;
         let dmfs = Arc::new(
-            DmFs::connect(meta, dev, fs, &name, &creds).map_err(|e| DmError::Io(format!("metadata service: {e}")))?,
+            DmFs::connect(meta, dev, fs, &name, &creds, crate::mounts::resolver(f, self.cluster.as_ref()))
+                .map_err(|e| DmError::Io(format!("metadata service: {e}")))?,
         );
         files.insert(fs, dmfs.clone());
         Ok(dmfs)
@@ -437,7 +474,11 @@ impl Node {
         NodeStatus {
             node: self.me.0,
             session_manager: self.sm.is_some(),
-            fs_managed: self.cfg.filesystems.iter().filter(|f| f.manager == self.me.0).map(|f| f.id).collect(),
+            // Elected metadata services with etcd; the configured role without.
+            fs_managed: match &self.cluster {
+                Some(_) => self.hosted.served(),
+                None => self.cfg.filesystems.iter().filter(|f| f.manager == self.me.0).map(|f| f.id).collect(),
+            },
             mounts: self.mounts.lock().iter().map(|f| f.0).collect(),
             disp_version: self.source.engine().dispositions().version(),
             sessions: self.dm.engine().sessions().into_iter().map(|s| (s.sid.0, s.node.0, s.info)).collect(),
@@ -518,6 +559,36 @@ impl Node {
                 let f = Frame::new(self.me, self.next_seq(), Message::Mount { fs, mounted: true });
                 let _ = self.send_frame(n, f);
             }
+        }
+    }
+
+    /// Who may use the metadata services this node hosts: etcd's members,
+    /// or without etcd the configured nodes.
+    fn fs_members(self: &Arc<Self>) -> tpfs::rpc::Members {
+        match &self.cluster {
+            Some(link) => {
+                let link = Arc::downgrade(link);
+                Arc::new(move |n| link.upgrade().is_some_and(|l| l.is_member(n)))
+            }
+            None => {
+                let all = self.cfg.all_nodes();
+                Arc::new(move |n| all.contains(&NodeId(n)))
+            }
+        }
+    }
+
+    /// etcd says `n` left the cluster: it is failed whatever its heartbeats
+    /// say, and the metadata services here drop its connections.
+    fn peer_left(&self, n: NodeId, rkey: Option<u64>) {
+        if self.membership.declare_failed(n) {
+            self.on_peer_failed(n);
+        }
+        self.hosted.expel(n.0, rkey);
+        // If it managed a file system, its clients here must not wait on a
+        // connection that may stay open (a frozen process): find the new holder.
+        self.hosted.recheck_managers();
+        for f in self.files.lock().values() {
+            f.recheck_manager();
         }
     }
 
@@ -733,6 +804,9 @@ impl Node {
         self.source.shutdown();
         self.dm.engine().shutdown();
         self.transport.shutdown();
+        if let Some(link) = &self.cluster {
+            link.leave();
+        }
     }
 }
 
@@ -762,5 +836,9 @@ impl EventSink for Node {
 impl MountHost for Node {
     fn cfg(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    fn cluster(&self) -> Option<Arc<ClusterLink>> {
+        self.cluster.clone()
     }
 }

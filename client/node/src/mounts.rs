@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dmapi::disp::GenerationView;
 use dmapi::event::DmEvent;
-use dmapi::types::{DmResponse, EventSet, FsId, NodeId};
+use dmapi::types::{DmResponse, EventSet, FsId};
 use dmapi::{DmError, DmResult};
 use libdmapi::channel::FuseMountStatus;
 use parking_lot::Mutex;
@@ -24,7 +24,9 @@ use tpfs::fuse::{DmLink, EventSink, MountOpts, Mounted};
 use tpfs::manager::{Manager, ManagerHandle};
 use tracing::{info, warn};
 
+use crate::cluster::ClusterLink;
 use crate::config::{FsConfig, FuseMountConfig, NodeConfig};
+use crate::fencing;
 
 /// What hosted mounts need of their node daemon (`crate::daemon::Node`
 /// implements it): the daemon is the mounts' [`EventSink`] (its
@@ -33,6 +35,8 @@ use crate::config::{FsConfig, FuseMountConfig, NodeConfig};
 pub trait MountHost: EventSink + 'static {
     /// The node's configuration.
     fn cfg(&self) -> &NodeConfig;
+    /// Its membership through etcd, when configured.
+    fn cluster(&self) -> Option<Arc<ClusterLink>>;
 }
 
 /// How long a mount keeps trying to reach its file system's manager.
@@ -77,23 +81,61 @@ impl EventSink for NodeSink {
     }
 }
 
-/// The volume of `f`, connected as this node.
 /// This node in the file-system manager protocol: its id and the cluster key.
 pub(crate) fn fs_creds(cfg: &NodeConfig) -> std::io::Result<tpfs::rpc::Credentials> {
     let key = cfg.key().map_err(std::io::Error::other)?;
     Ok(tpfs::rpc::Credentials::new(cfg.node_id, &key))
 }
 
-pub(crate) fn volume(cfg: &NodeConfig, f: &FsConfig) -> std::io::Result<Arc<dyn BlockDev>> {
+/// The volume of `f`, connected as this node; with membership by etcd,
+/// this host registered on it with its reservation key first (once per
+/// membership: see [`ClusterLink::register_once`]).
+pub(crate) fn volume(
+    cfg: &NodeConfig,
+    f: &FsConfig,
+    link: Option<&ClusterLink>,
+) -> std::io::Result<(Arc<nvmf::Controller>, Arc<dyn BlockDev>)> {
     let (Some(addr), Some(nqn)) = (&f.addr, &f.nqn) else {
         return Err(std::io::Error::other(format!("file system {} names no volume", f.id)));
     };
     let mut o = nvmf::ConnectOpts::default().with_hostnqn(&cfg.host_nqn());
     o.transport = f.transport.parse().map_err(std::io::Error::other)?;
-    let ctrl = nvmf::Controller::connect(addr, nqn, &o)
-        .map_err(|e| std::io::Error::other(format!("volume {nqn} at {addr}: {e}")))?;
-    let dev = NvmfDev::new(Arc::new(ctrl), f.nsid, 4096).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(Arc::new(dev))
+    let ctrl = Arc::new(
+        nvmf::Controller::connect(addr, nqn, &o)
+            .map_err(|e| std::io::Error::other(format!("volume {nqn} at {addr}: {e}")))?,
+    );
+    if let Some(link) = link {
+        link.register_once(&format!("{addr} {nqn} {}", f.nsid), |key| {
+            fencing::register(&ctrl, f.nsid, key)
+                .map_err(|e| std::io::Error::other(format!("registering on volume {nqn}: {e}")))
+        })?;
+    }
+    let dev = NvmfDev::new(ctrl.clone(), f.nsid, 4096).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok((ctrl, Arc::new(dev)))
+}
+
+/// Where `f`'s metadata service is now: the holder of its role in etcd, or
+/// its configured `meta_addr`.
+pub(crate) fn manager_of(f: &FsConfig, link: Option<&ClusterLink>) -> std::io::Result<SocketAddr> {
+    let Some(link) = link else {
+        return f.meta_addr.ok_or_else(|| std::io::Error::other(format!("file system {} has no meta_addr", f.id)));
+    };
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, why);
+    let leader = link.election(&f.role()).leader().map_err(|e| refused(e.to_string()))?;
+    let l = leader.ok_or_else(|| refused(format!("file system {} has no manager elected yet", f.id)))?;
+    crate::cluster::field(&l.value, "meta")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("file system {}: the manager's address is unreadable", f.id)))
+}
+
+/// With membership by etcd, finds `f`'s manager again whenever a
+/// connection to it is lost (another node may hold the role now).
+pub(crate) fn resolver(f: &FsConfig, link: Option<&Arc<ClusterLink>>) -> Option<tpfs::remote::Resolver> {
+    let (f, link) = (f.clone(), Arc::downgrade(link?));
+    Some(Arc::new(move || {
+        let l = link.upgrade().ok_or_else(|| std::io::Error::other("the node is stopping"))?;
+        manager_of(&f, Some(&l))
+    }))
 }
 
 /// One hosted mount.
@@ -109,27 +151,105 @@ struct Hosted {
     dev: Option<u64>,
 }
 
+/// A metadata service this node runs.
+struct Service {
+    fs: FsId,
+    handle: ManagerHandle,
+    /// With membership by etcd: the volume connection, namespace and this
+    /// node's key, to fence nodes that leave.
+    fence: Option<(Arc<nvmf::Controller>, u32, u64)>,
+}
+
 /// The node's metadata services and mounts.
 #[derive(Default)]
 pub struct Mounts {
-    services: Mutex<Vec<(FsId, ManagerHandle)>>,
+    services: Mutex<Vec<Service>>,
     hosted: Mutex<Vec<Hosted>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Mounts {
     /// Starts the metadata service of every file system `cfg`'s node manages
     /// that has a volume. A service that cannot start is logged, and mounts
     /// of its file system fail; the daemon keeps its other roles.
-    pub fn start_services(&self, cfg: &NodeConfig) {
+    /// Only `members` may connect to them. With membership by etcd, the
+    /// node instead campaigns for each file system it is a candidate
+    /// manager of ([`Mounts::campaign`]).
+    pub fn start_services<H: MountHost>(self: &Arc<Self>, node: &Arc<H>, members: tpfs::rpc::Members) {
+        let cfg = node.cfg();
+        if let Some(link) = node.cluster() {
+            for f in cfg.filesystems.iter().filter(|f| f.candidates().contains(&cfg.node_id) && f.mountable()) {
+                self.campaign(cfg.clone(), f.clone(), link.clone(), members.clone());
+            }
+            return;
+        }
         for f in cfg.filesystems.iter().filter(|f| f.manager == cfg.node_id && f.mountable()) {
             let addr = f.meta_addr.expect("mountable");
-            match serve(cfg, f, addr) {
-                Ok(h) => {
+            match serve(cfg, f, addr, members.clone(), None) {
+                Ok(s) => {
                     info!(fs = f.id, %addr, "metadata service started");
-                    self.services.lock().push((FsId(f.id), h));
+                    self.services.lock().push(s);
                 }
                 Err(e) => warn!(fs = f.id, %addr, error = %e, "metadata service not started"),
             }
+        }
+    }
+
+    /// Campaigns, from a thread, for `f`'s metadata service: when this node
+    /// wins a term it takes the volume (preempting the last holder's
+    /// reservation), replays the journal and serves; it serves until the
+    /// term or its membership ends, then campaigns again.
+    fn campaign(self: &Arc<Self>, cfg: NodeConfig, f: FsConfig, link: Arc<ClusterLink>, members: tpfs::rpc::Members) {
+        let me = Arc::downgrade(self);
+        let stopping = self.stopping.clone();
+        let fs = f.id;
+        let spawned = std::thread::Builder::new().name(format!("campaign-fs-{fs}")).spawn(move || {
+            use std::sync::atomic::Ordering;
+            let Some(addr) = cfg.meta_listen.or(f.meta_addr) else { return };
+            let election = link.election(&f.role());
+            let over = || stopping.load(Ordering::Acquire) || link.lost();
+            while !over() {
+                let Some(lease) = link.lease() else { return };
+                let value = format!("meta={addr}");
+                let term =
+                    match election.campaign(cfg.node_id, value.as_bytes(), lease, Duration::from_millis(200), &over) {
+                        Ok(Some(t)) => t,
+                        Ok(None) => return,
+                        Err(e) => {
+                            warn!(fs = f.id, error = %e, "campaigning for the metadata service");
+                            std::thread::sleep(Duration::from_millis(500));
+                            continue;
+                        }
+                    };
+                let won = Instant::now();
+                info!(fs = f.id, epoch = term.epoch, "elected the file system's manager");
+                match serve(&cfg, &f, addr, members.clone(), Some(&link)) {
+                    Ok(s) => {
+                        info!(fs = f.id, %addr, epoch = term.epoch, took_ms = won.elapsed().as_millis() as u64,
+                            "metadata service started");
+                        let Some(m) = me.upgrade() else { return };
+                        m.services.lock().push(s);
+                        drop(m);
+                    }
+                    Err(e) => {
+                        warn!(fs = f.id, error = %e, "metadata service not started; giving the role up");
+                        let _ = election.resign(&term);
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+                // Serve while the term lasts.
+                while !over() && election.holds(&term).unwrap_or(true) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                warn!(fs = f.id, epoch = term.epoch, "the manager's term ended; metadata service stopped");
+                if let Some(m) = me.upgrade() {
+                    m.services.lock().retain(|s| s.fs != FsId(f.id));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(fs, error = %e, "cannot campaign for the metadata service");
         }
     }
 
@@ -216,13 +336,54 @@ impl Mounts {
         self.hosted.lock().iter().find(|h| h.mounted.is_some() && h.fs == fs).map(|h| h.path.clone())
     }
 
+    /// Node `node` left the cluster: the metadata services here drop its
+    /// connections, and, with its reservation key known, fence it off
+    /// their volumes (its registration preempted, its queued commands
+    /// aborted), so it cannot write what it still holds over newer data.
+    pub fn expel(&self, node: u32, rkey: Option<u64>) {
+        for s in self.services.lock().iter() {
+            s.handle.manager.expel_node(node);
+            if let (Some((ctrl, nsid, mine)), Some(victim)) = (&s.fence, rkey) {
+                if victim == *mine {
+                    continue;
+                }
+                match fencing::fence(ctrl, *nsid, *mine, victim) {
+                    Ok(()) => warn!(
+                        node,
+                        fs = s.fs.0,
+                        key = format_args!("{victim:#x}"),
+                        "fenced the departed node off the volume"
+                    ),
+                    Err(e) => warn!(node, fs = s.fs.0, error = %e, "could not fence the departed node"),
+                }
+            }
+        }
+    }
+
+    /// Every hosted mount reconnects to its manager if the role moved.
+    pub fn recheck_managers(&self) {
+        for h in self.hosted.lock().iter() {
+            if let Some(m) = &h.mounted {
+                m.recheck_manager();
+            }
+        }
+    }
+
     /// File systems whose metadata this node serves.
     pub fn served(&self) -> Vec<u64> {
-        self.services.lock().iter().map(|(f, _)| f.0).collect()
+        self.services.lock().iter().map(|s| s.fs.0).collect()
+    }
+
+    /// Stops the metadata services this node hosts (it is out of the cluster).
+    pub fn stop_services(&self) {
+        for s in std::mem::take(&mut *self.services.lock()) {
+            warn!(fs = s.fs.0, "metadata service stopped");
+        }
     }
 
     /// Unmounts everything and stops the metadata services (daemon stop).
     pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
         let all: Vec<Hosted> = std::mem::take(&mut *self.hosted.lock());
         for h in all {
             if let Some(m) = h.mounted {
@@ -235,14 +396,37 @@ impl Mounts {
     }
 }
 
-fn serve(cfg: &NodeConfig, f: &FsConfig, addr: SocketAddr) -> std::io::Result<ManagerHandle> {
-    let dev = volume(cfg, f)?;
+/// Starts `f`'s metadata service on `addr`; with membership by etcd, after
+/// taking the volume's reservation (the last manager preempted and its
+/// commands aborted) and before the journal is replayed.
+fn serve(
+    cfg: &NodeConfig,
+    f: &FsConfig,
+    addr: SocketAddr,
+    members: tpfs::rpc::Members,
+    link: Option<&ClusterLink>,
+) -> std::io::Result<Service> {
+    let (ctrl, dev) = volume(cfg, f, link)?;
+    let mut fence = None;
+    if let Some(key) = link.and_then(|l| l.rkey()) {
+        let old = fencing::take(&ctrl, f.nsid, key)
+            .map_err(|e| std::io::Error::other(format!("taking the reservation of file system {}: {e}", f.id)))?;
+        if let Some(old) = old {
+            warn!(
+                fs = f.id,
+                node = fencing::node_of(old),
+                key = format_args!("{old:#x}"),
+                "preempted the last manager's reservation"
+            );
+        }
+        fence = Some((ctrl, f.nsid, key));
+    }
     let m = Manager::open(dev).map_err(|e| std::io::Error::other(format!("opening file system {}: {e}", f.id)))?;
     m.set_revoke_timeout(Duration::from_secs(f.token_timeout_secs.max(1)));
-    // The configured nodes are the members; nobody else gets a token.
-    let members = cfg.all_nodes();
-    m.set_members(Arc::new(move |n| members.contains(&NodeId(n))));
-    m.serve(addr, fs_creds(cfg)?)
+    // Nobody but a member gets a token.
+    m.set_members(members);
+    let handle = m.serve(addr, fs_creds(cfg)?)?;
+    Ok(Service { fs: FsId(f.id), handle, fence })
 }
 
 fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {
@@ -256,9 +440,11 @@ fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std:
     detach_dead(&m.path);
     let deadline = Instant::now() + MOUNT_PATIENCE;
     loop {
-        let r = volume(cfg, f).and_then(|dev| {
+        let link = node.cluster();
+        let r = volume(cfg, f, link.as_deref()).and_then(|(_, dev)| {
             let opts = MountOpts {
-                manager: f.meta_addr,
+                manager: Some(manager_of(f, link.as_deref())?),
+                resolve: resolver(f, link.as_ref()),
                 serve: None,
                 dm: Some(NodeSink::link(node, FsId(m.fs))),
                 name: format!("node-{}", cfg.node_id),

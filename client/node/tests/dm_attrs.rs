@@ -50,7 +50,8 @@ fn file_dir_and_bulk_attributes_match_the_mount() {
     std::fs::write(d.join("b"), vec![2u8; 5000]).unwrap();
     std::os::unix::fs::symlink("a", d.join("s")).unwrap();
 
-    let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app", &Default::default()).unwrap();
+    let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app", &Default::default(), None)
+        .unwrap();
     let who = Holder::new(DmSessId(1 << 20 | 1), DmToken(5));
     let fsh = dm.path_to_fshandle(mnt.path()).unwrap();
     let (ha, hb, hd) = (
@@ -183,7 +184,8 @@ fn handles_regions_dmattrs_rights_and_sync() {
     let mount = spawn_mount(dev.clone(), mnt.path(), None).unwrap();
     let f = mnt.path().join("f");
     std::fs::write(&f, vec![7u8; 10_000]).unwrap();
-    let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app", &Default::default()).unwrap();
+    let dm = DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app", &Default::default(), None)
+        .unwrap();
     let h = dm.path_to_handle(&f).unwrap();
     let (who, other) = (Holder::new(DmSessId(1 << 20 | 1), DmToken(5)), Holder::new(DmSessId(1 << 20 | 1), DmToken(6)));
     let no_token = Holder::new(DmSessId(1 << 20 | 1), DM_NO_TOKEN);
@@ -271,7 +273,9 @@ fn concurrent_dm_setters_on_two_nodes_lose_nothing() {
     let f = mnt.path().join("f");
     std::fs::write(&f, b"x").unwrap();
     let node = |n: &str| {
-        Arc::new(DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), n, &Default::default()).unwrap())
+        Arc::new(
+            DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), n, &Default::default(), None).unwrap(),
+        )
     };
     let (a, b) = (node("node-a"), node("node-b"));
     let h = a.path_to_handle(&f).unwrap();
@@ -340,7 +344,8 @@ fn downgrade_lets_readers_in_and_local_tokens_conflict() {
     let f = mnt.path().join("f");
     std::fs::write(&f, b"before").unwrap();
     let dm = Arc::new(
-        DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app", &Default::default()).unwrap(),
+        DmFs::connect(mount.manager_addr().unwrap(), dev.clone(), FsId(1), "dm-app", &Default::default(), None)
+            .unwrap(),
     );
     let h = dm.path_to_handle(&f).unwrap();
     let sid = DmSessId(1 << 20 | 1);

@@ -92,8 +92,12 @@ impl DmFs {
         fs: FsId,
         name: &str,
         creds: &tpfs::rpc::Credentials,
+        resolve: Option<tpfs::remote::Resolver>,
     ) -> std::io::Result<DmFs> {
         let meta = MetaClient::connect(manager, name, creds)?;
+        if let Some(r) = resolve {
+            meta.set_resolver(r);
+        }
         Ok(DmFs {
             data: DataPath::new(meta, dev),
             fs,
@@ -101,6 +105,11 @@ impl DmFs {
             released: Condvar::new(),
             refs: Mutex::default(),
         })
+    }
+
+    /// Reconnects to the file system's manager if its role moved.
+    pub fn recheck_manager(&self) -> bool {
+        self.meta().recheck_manager()
     }
 
     fn meta(&self) -> &MetaClient {

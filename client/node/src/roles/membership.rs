@@ -76,6 +76,19 @@ impl Membership {
         failed
     }
 
+    /// Declares `n` failed now (etcd says it left); whether it was up.
+    pub fn declare_failed(&self, n: NodeId) -> bool {
+        let mut peers = self.peers.lock();
+        match peers.get_mut(&n) {
+            Some(p) if p.up => {
+                p.up = false;
+                p.failed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `n` is alive now.
     pub fn is_up(&self, n: NodeId) -> bool {
         self.peers.lock().get(&n).is_some_and(|p| p.up)
