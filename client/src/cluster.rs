@@ -346,6 +346,9 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
         );
         if st.etcd.is_some() {
             t += &format!("meta_listen = \"127.0.0.1:{}\"\n", meta_ports[id as usize - 1]);
+            // Nodes 1 and 3 campaign for the session manager, 2 and 3 for the
+            // file system's manager: a node may end up holding both.
+            t += &format!("session_managers = {:?}\n", if n >= 3 { vec![1, 3] } else { vec![1] });
         }
         for p in 1..=n {
             if p != id {

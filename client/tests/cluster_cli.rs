@@ -12,6 +12,17 @@ use std::process::Command;
 
 use common::TIDEPOOL;
 
+/// Runs `cluster down` when dropped, so that a failing test leaves no
+/// cluster behind (its mounts, their managers gone, would hang every
+/// sync(2) on the machine).
+struct Up(String);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new(TIDEPOOL).args(["cluster", "down", "--dir", &self.0]).output();
+    }
+}
+
 fn tidepool(args: &[&str]) -> String {
     let o = Command::new(TIDEPOOL).args(args).output().unwrap();
     assert!(
@@ -110,6 +121,7 @@ fn cluster_up_on_etcd_and_a_killed_node_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    let _up = Up(d.to_string());
     let status = || -> serde_json::Value {
         serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
     };
@@ -157,7 +169,9 @@ fn cluster_up_on_etcd_and_a_killed_node_leaves() {
 /// preempts the dead manager's reservation before it replays the journal,
 /// and the mounts find it through etcd; a file written and fsynced before
 /// the kill is intact on every node, and the first create after the kill
-/// completes once the new manager serves.
+/// completes once the new manager serves. It plays the file system's
+/// disposition role too: a disposition changed after the failover reaches
+/// node 4 (neither manager) through it.
 #[test]
 fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
     if !common::fuse_available() || !test_support::have_tool("etcd") {
@@ -165,7 +179,8 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    tidepool(&["cluster", "up", "--etcd", "--nodes", "4", "--dir", d, "--size", "64M"]);
+    let _up = Up(d.to_string());
     let status = || -> serde_json::Value {
         serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
     };
@@ -191,6 +206,15 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
         f.write_all(&[7u8; 100_000]).unwrap();
         f.sync_all().unwrap();
     }
+    let s4 = env["TIDEPOOL_NODE4_DM_SOCKET"].clone();
+    let dm4 = |args: &[&str]| {
+        let mut a = vec!["dm", "--socket", &s4];
+        a.extend_from_slice(args);
+        tidepool(&a)
+    };
+    let sid = common::field(dm4(&["create-session", "--info", "hsm"]).trim(), "sid");
+    // Namespace events nothing here raises (nobody answers this session's events).
+    dm4(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove"]);
     let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap();
     // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
@@ -218,6 +242,28 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
         "the old manager is still registered"
     );
     let _ = ctrl.shutdown();
+    // Node 4 is neither manager: its table comes through the new one. (The
+    // session manager may have died with the manager: wait for its successor.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let has_sm = |st: &serde_json::Value| {
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["roles"].as_array().unwrap().iter().any(|r| r == "session-manager"))
+    };
+    while !has_sm(&status()) {
+        assert!(std::time::Instant::now() < deadline, "no session manager: {}", status());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    dm4(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove,rename"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dm4(&["disp", "--sid", &sid]).contains("rename") {
+        assert!(std::time::Instant::now() < deadline, "node 4 did not get the new dispositions");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("node{new}/node.log"))).unwrap();
+    assert!(log.contains("elected manager: the dispositions go to every node"), "{log}");
     tidepool(&["cluster", "down", "--dir", d]);
 }
 
@@ -236,6 +282,7 @@ fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    let _up = Up(d.to_string());
     let st: serde_json::Value = serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap();
     let has_role = |st: &serde_json::Value, i: u64| {
         st["nodes"][i as usize - 1]["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1")
@@ -274,5 +321,81 @@ fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
     let mnew = Path::new(&env[&format!("TIDEPOOL_NODE{new}_MOUNT")]).to_path_buf();
     assert_eq!(std::fs::read(mnew.join("before")).unwrap(), b"written before the freeze");
     assert_eq!(std::fs::read(mnew.join("during")).unwrap(), b"made while the old manager was frozen");
+    tidepool(&["cluster", "down", "--dir", d]);
+}
+
+/// `up --etcd` elects the session manager among nodes 1 and 3, its registry
+/// and disposition table kept in etcd. Killed with SIGKILL, it is replaced
+/// by the other, which starts from etcd: the session (on node 2) keeps its
+/// id and node, its disposition still holds (another session is refused the
+/// same event), and it can change its dispositions again, which reach the
+/// nodes.
+#[test]
+fn a_killed_session_manager_is_replaced_from_its_records_in_etcd() {
+    if !common::fuse_available() || !test_support::have_tool("etcd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
+    let _up = Up(d.to_string());
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
+    };
+    let sm = |st: &serde_json::Value| -> Vec<u64> {
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["roles"].as_array().unwrap().iter().any(|r| r == "session-manager"))
+            .map(|n| n["id"].as_u64().unwrap())
+            .collect()
+    };
+    let st = status();
+    let old = sm(&st);
+    assert!(old == [1] || old == [3], "one candidate is the session manager: {st}");
+    let (old, new) = (old[0], 4 - old[0]);
+    let env = env_of(dir.path());
+    let s2 = env["TIDEPOOL_NODE2_DM_SOCKET"].clone();
+    let dm = |args: &[&str]| {
+        let mut a = vec!["dm", "--socket", &s2];
+        a.extend_from_slice(args);
+        Command::new(TIDEPOOL).args(&a).output().unwrap()
+    };
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let sid = common::field(ok(dm(&["create-session", "--info", "hsm"])).trim(), "sid");
+    // An event nothing here raises (nobody answers this session's events).
+    ok(dm(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove"]));
+    let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sm(&status()) != [new] {
+        assert!(std::time::Instant::now() < deadline, "no new session manager: {}", status());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("node{new}/node.log"))).unwrap();
+    assert!(log.contains("session manager state loaded from etcd sessions=1"), "{log}");
+    let sessions = ok(dm(&["sessions"]));
+    assert!(sessions.contains(&format!("sid={sid} node=2 info=hsm")), "{sessions}");
+    // The table came back: the event is still the first session's.
+    let other = common::field(ok(dm(&["create-session", "--info", "other"])).trim(), "sid");
+    let o = dm(&["set-disp", "--sid", &other, "--fs", "1", "--events", "remove"]);
+    let why = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && why.contains("EBUSY"), "a second session took the first one's event: {o:?}");
+    ok(dm(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove,rename"]));
+    // The new table travels to the nodes through the file system's manager.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let disp = ok(dm(&["disp", "--sid", &sid]));
+        if disp.contains("remove") && disp.contains("rename") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new dispositions did not arrive: {disp}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     tidepool(&["cluster", "down", "--dir", d]);
 }

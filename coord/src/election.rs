@@ -42,6 +42,12 @@ impl Election {
         Election { store, key: format!("{}roles/{role}", crate::prefix(cluster)) }
     }
 
+    /// The role's key (the guard of a holder's writes: see
+    /// [`crate::Store::put_guarded`]).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Who holds the role now, if anyone.
     pub fn leader(&self) -> Result<Option<Leader>> {
         Ok(self.store.get(&self.key)?.and_then(term))

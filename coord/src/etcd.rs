@@ -168,6 +168,22 @@ impl Store for EtcdStore {
         }
     }
 
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &str, epoch: Rev) -> Result<bool> {
+        let mut c = self.client.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(guard.to_string(), CompareOp::Equal, epoch)])
+            .and_then([TxnOp::put(key.to_string(), value.to_vec(), None)]);
+        Ok(self.run(async move { c.txn(txn).await })?.succeeded())
+    }
+
+    fn delete_guarded(&self, key: &str, guard: &str, epoch: Rev) -> Result<bool> {
+        let mut c = self.client.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(guard.to_string(), CompareOp::Equal, epoch)])
+            .and_then([TxnOp::delete(key.to_string(), None)]);
+        Ok(self.run(async move { c.txn(txn).await })?.succeeded())
+    }
+
     fn delete_if(&self, key: &str, mod_rev: Rev) -> Result<bool> {
         let mut c = self.client.clone();
         let k = key.to_string();

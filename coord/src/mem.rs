@@ -170,6 +170,26 @@ impl Store for MemStore {
         self.done(st, true)
     }
 
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &str, epoch: Rev) -> Result<bool> {
+        let mut st = self.lock()?;
+        if st.keys.get(guard).map(|k| k.create_rev) != Some(epoch) {
+            return Ok(false);
+        }
+        st.set(key, value, 0)?;
+        self.done(st, true)
+    }
+
+    fn delete_guarded(&self, key: &str, guard: &str, epoch: Rev) -> Result<bool> {
+        let mut st = self.lock()?;
+        if st.keys.get(guard).map(|k| k.create_rev) != Some(epoch) {
+            return Ok(false);
+        }
+        if st.keys.remove(key).is_some() {
+            st.change(key);
+        }
+        self.done(st, true)
+    }
+
     fn delete_if(&self, key: &str, mod_rev: Rev) -> Result<bool> {
         let mut st = self.lock()?;
         if st.keys.get(key).map(|k| k.mod_rev) != Some(mod_rev) {
@@ -211,6 +231,12 @@ mod tests {
         let a = s.get("/a").unwrap().unwrap();
         assert_eq!((a.create_rev, a.mod_rev, a.lease), (r1, r2, l));
         assert!(!s.put_if("/a", b"4", 0, r1).unwrap());
+        assert!(s.put_guarded("/g", b"x", "/a", r1).unwrap());
+        assert!(!s.put_guarded("/g", b"y", "/a", r1 + 100).unwrap());
+        assert!(!s.delete_guarded("/g", "/nothing", r1).unwrap());
+        assert_eq!(s.get("/g").unwrap().unwrap().value, b"x");
+        assert!(s.delete_guarded("/g", "/a", r1).unwrap());
+        assert_eq!(s.get("/g").unwrap(), None);
         assert!(s.put_if("/a", b"4", l, r2).unwrap());
         s.advance(Duration::from_secs(2));
         s.keep_alive(l).unwrap();

@@ -59,6 +59,12 @@ pub trait Store: Send + Sync {
     /// Sets `key` only if its last change is `mod_rev` (0: if absent);
     /// whether it did.
     fn put_if(&self, key: &str, value: &[u8], lease: LeaseId, mod_rev: Rev) -> Result<bool>;
+    /// Sets `key` only while `guard` (a role key) was created at revision
+    /// `epoch`: the write of a term's holder, refused once the term is over.
+    /// Whether it did.
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &str, epoch: Rev) -> Result<bool>;
+    /// Deletes `key` only while `guard` was created at revision `epoch`.
+    fn delete_guarded(&self, key: &str, guard: &str, epoch: Rev) -> Result<bool>;
     /// Deletes `key` only if its last change is `mod_rev`; whether it did.
     fn delete_if(&self, key: &str, mod_rev: Rev) -> Result<bool>;
     /// Waits until a key under `prefix` changes after revision `after`, at

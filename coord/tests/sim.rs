@@ -70,6 +70,14 @@ impl Store for View {
         self.check()?;
         self.inner.put_if(key, value, lease, mod_rev)
     }
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &str, epoch: Rev) -> Result<bool> {
+        self.check()?;
+        self.inner.put_guarded(key, value, guard, epoch)
+    }
+    fn delete_guarded(&self, key: &str, guard: &str, epoch: Rev) -> Result<bool> {
+        self.check()?;
+        self.inner.delete_guarded(key, guard, epoch)
+    }
     fn delete_if(&self, key: &str, mod_rev: Rev) -> Result<bool> {
         self.check()?;
         self.inner.delete_if(key, mod_rev)

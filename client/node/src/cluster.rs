@@ -141,6 +141,16 @@ impl ClusterLink {
         self.node
     }
 
+    /// The store, for roles that keep records in it.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The cluster's name (its key prefix).
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     /// Reads the member list again; the nodes that left (with what they
     /// had published) and joined since.
     #[allow(clippy::type_complexity)]

@@ -260,6 +260,10 @@ pub struct NodeConfig {
     /// With `[etcd]`: where this node serves the metadata of a file system
     /// whose election it wins. Default: the file system's `meta_addr`.
     pub meta_listen: Option<SocketAddr>,
+    /// With `[etcd]`: the nodes that may be the session manager, elected
+    /// through etcd, its registry and table kept there. Default:
+    /// `session_manager` alone, fixed.
+    pub session_managers: Vec<u32>,
 }
 
 impl Default for NodeConfig {
@@ -285,6 +289,7 @@ impl Default for NodeConfig {
             rdma: true,
             etcd: None,
             meta_listen: None,
+            session_managers: Vec::new(),
         }
     }
 }
@@ -342,6 +347,12 @@ impl NodeConfig {
                 return bad(format!("file system {}: managers (elected) needs [etcd]", f.id));
             }
         }
+        if let Some(n) = self.session_managers.iter().find(|n| !known(**n)) {
+            return bad(format!("session_managers names {n}, which is not a known node"));
+        }
+        if !self.session_managers.is_empty() && self.etcd.is_none() {
+            return bad("session_managers (elected) needs [etcd]".into());
+        }
         if let Some(e) = &self.etcd {
             if e.endpoints.is_empty() || e.endpoints.iter().any(|u| !u.starts_with("http://")) {
                 return bad(format!("etcd: endpoints must be http:// URLs, and at least one: {:?}", e.endpoints));
@@ -396,6 +407,35 @@ impl NodeConfig {
     /// File system `fs`'s configuration.
     pub fn filesystem(&self, fs: FsId) -> Option<&FsConfig> {
         self.filesystems.iter().find(|f| f.id == fs.0)
+    }
+
+    /// Whether `f`'s manager is elected through etcd (it has a volume, and
+    /// `[etcd]` is configured).
+    fn elected(&self, f: &FsConfig) -> bool {
+        self.etcd.is_some() && f.mountable()
+    }
+
+    /// The file systems whose disposition role (B11) this node may play:
+    /// those it is a manager candidate of when elected, else those it manages.
+    pub fn dm_managed(&self) -> Vec<FsId> {
+        let me = self.node_id;
+        let mine = |f: &&FsConfig| if self.elected(f) { f.candidates().contains(&me) } else { f.manager == me };
+        self.filesystems.iter().filter(mine).map(|f| FsId(f.id)).collect()
+    }
+
+    /// The nodes the session manager sends disposition tables to: every node
+    /// that may play a file system's disposition role (an elected role's
+    /// candidates all keep the latest table, ready to take over).
+    pub fn dm_fs_managers(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut s = std::collections::BTreeSet::new();
+        for f in &self.filesystems {
+            if self.elected(f) {
+                s.extend(f.candidates().into_iter().map(NodeId));
+            } else {
+                s.insert(NodeId(f.manager));
+            }
+        }
+        s
     }
 
     /// The manager node of file system `fs`.

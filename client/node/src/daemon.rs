@@ -40,7 +40,7 @@ use crate::dm::source::EventSource;
 use crate::mounts::{MountHost, Mounts};
 use crate::roles::fs_manager::FsManager;
 use crate::roles::membership::{Membership, PeerChange};
-use crate::roles::session_manager::SessionManager;
+use crate::roles::session_manager::{Durable, SessionManager};
 use crate::roles::Sends;
 use libdmapi::channel::{error_from_errno, NodeStatus};
 use tpfs::fuse::EventSink;
@@ -61,6 +61,9 @@ pub enum NodeError {
     #[error("joining the cluster through etcd: {0}")]
     Cluster(#[from] coord::StoreError),
 }
+
+/// The etcd role of the session manager.
+pub const SESSION_MANAGER_ROLE: &str = "session-manager";
 
 /// How long a call forwarded to another node (a disposition change to the session
 /// manager, a query to a session's node) waits for the answer.
@@ -86,7 +89,8 @@ pub struct Node {
     pub dm: Arc<DmSession>,
     /// The event source the file system calls.
     pub source: Arc<EventSource>,
-    sm: Option<SessionManager>,
+    /// The session-manager role, while this node plays it.
+    sm: Mutex<Option<Arc<SessionManager>>>,
     fsm: Option<FsManager>,
     membership: Membership,
     rpcs: Mutex<HashMap<u64, SyncSender<RpcReply>>>,
@@ -103,6 +107,8 @@ pub struct Node {
     files: Mutex<HashMap<FsId, Arc<DmFs>>>,
     /// Membership through etcd, when configured.
     cluster: Option<Arc<ClusterLink>>,
+    /// Where this node announced each of its mounts (the role may move).
+    announced: Mutex<HashMap<FsId, NodeId>>,
 }
 
 impl Node {
@@ -174,8 +180,8 @@ impl Node {
                 }),
                 Arc::new(move || w4.upgrade().map_or_else(|| Arc::new(DispositionTable::default()), |n| n.table())),
             ));
-            let managed: Vec<FsId> = cfg.filesystems.iter().filter(|f| f.manager == me.0).map(|f| FsId(f.id)).collect();
-            let fs_managers: BTreeSet<NodeId> = cfg.filesystems.iter().map(|f| NodeId(f.manager)).collect();
+            let managed = cfg.dm_managed();
+            let fs_managers = cfg.dm_fs_managers();
             Node {
                 me,
                 incarnation,
@@ -184,7 +190,11 @@ impl Node {
                 local_tx: Mutex::new(local_tx),
                 dm,
                 source,
-                sm: (cfg.session_manager == me.0).then(|| SessionManager::new(me, cfg.all_nodes(), fs_managers)),
+                // Elected through etcd (see `campaign_session_manager`), or fixed.
+                sm: Mutex::new(
+                    (cfg.session_managers.is_empty() && cfg.session_manager == me.0)
+                        .then(|| Arc::new(SessionManager::new(me, cfg.all_nodes(), fs_managers))),
+                ),
                 fsm: (!managed.is_empty()).then(|| FsManager::new(me, managed)),
                 membership: Membership::new(cfg.failure_timeout()),
                 rpcs: Mutex::new(HashMap::new()),
@@ -195,6 +205,7 @@ impl Node {
                 hosted: Arc::default(),
                 files: Mutex::new(HashMap::new()),
                 cluster,
+                announced: Mutex::new(HashMap::new()),
                 cfg,
             }
         });
@@ -249,6 +260,9 @@ impl Node {
                 },
             )?;
         }
+        if let (Some(link), true) = (&node.cluster, node.cfg.session_managers.contains(&me.0)) {
+            node.campaign_session_manager(link.clone())?;
+        }
         node.hosted.start_services(&node, node.fs_members());
         // Each mount in its own thread: one waiting for its manager node does
         // not hold up the others, nor the daemon.
@@ -258,7 +272,7 @@ impl Node {
                 let _ = n.hosted.mount(&n, &m);
             })?;
         }
-        info!(node = %me, listen = %transport.local_addr(), sm = node.sm.is_some(), fsm = node.fsm.is_some(),
+        info!(node = %me, listen = %transport.local_addr(), sm = node.sm().is_some(), fsm = node.fsm.is_some(),
             "node daemon started");
         Ok(node)
     }
@@ -295,7 +309,7 @@ impl Node {
     }
 
     fn session_outbound(&self, o: Outbound) {
-        let (to, f) = o.to_frame(self.me, self.next_seq(), NodeId(self.cfg.session_manager));
+        let (to, f) = o.to_frame(self.me, self.next_seq(), self.sm_node());
         if let Err(e) = self.send_frame(to, f) {
             warn!(%to, error = %e, ?o, "session message not sent");
         }
@@ -319,7 +333,7 @@ impl Node {
     fn disp_rpc(&self, sid: DmSessId, ch: DispChange) -> DmResult<()> {
         let mut f = Frame::new(self.me, 0, Message::DispChange(ch));
         f.sid = sid;
-        match self.rpc(NodeId(self.cfg.session_manager), f)? {
+        match self.rpc(self.sm_node(), f)? {
             RpcReply::Done(r) => r,
             RpcReply::Data(_) => Err(DmError::Io("session manager answered a query".into())),
         }
@@ -337,7 +351,7 @@ impl Node {
     /// The disposition table this node routes events with (the master copy on the
     /// session manager).
     pub fn table(&self) -> Arc<DispositionTable> {
-        match &self.sm {
+        match self.sm() {
             Some(sm) => sm.table(),
             None => self.source.engine().dispositions(),
         }
@@ -362,7 +376,8 @@ impl Node {
         } else {
             self.mounts.lock().remove(&fs);
         }
-        if let Some(m) = self.cfg.fs_manager(fs) {
+        if let Some(m) = self.fs_manager_of(fs) {
+            self.announced.lock().insert(fs, m);
             let f = Frame::new(self.me, self.next_seq(), Message::Mount { fs, mounted });
             if let Err(e) = self.send_frame(m, f) {
                 info!(%fs, manager = %m, error = %e, "fs manager not reachable yet; mount announced when it is");
@@ -473,7 +488,7 @@ impl Node {
     pub fn status(&self) -> NodeStatus {
         NodeStatus {
             node: self.me.0,
-            session_manager: self.sm.is_some(),
+            session_manager: self.sm().is_some(),
             // Elected metadata services with etcd; the configured role without.
             fs_managed: match &self.cluster {
                 Some(_) => self.hosted.served(),
@@ -550,16 +565,124 @@ impl Node {
         if p + u > 0 {
             info!(node = %n, pending = p, unacked = u, "events re-sent to peer");
         }
-        if let Some(sm) = &self.sm {
+        if let Some(sm) = self.sm() {
             self.send_all(sm.on_node_alive(n));
         }
         let mounts: Vec<FsId> = self.mounts.lock().iter().copied().collect();
         for fs in mounts {
-            if self.cfg.fs_manager(fs) == Some(n) {
+            if self.fs_manager_of(fs) == Some(n) {
                 let f = Frame::new(self.me, self.next_seq(), Message::Mount { fs, mounted: true });
                 let _ = self.send_frame(n, f);
             }
         }
+    }
+
+    /// The node playing `fs`'s disposition role (B11) now: with an elected
+    /// metadata manager (etcd, a volume) its holder, else the configured one.
+    fn fs_manager_of(&self, fs: FsId) -> Option<NodeId> {
+        let f = self.cfg.filesystem(fs)?;
+        match &self.cluster {
+            Some(link) if f.mountable() => match link.election(&f.role()).leader() {
+                Ok(l) => l.map(|l| NodeId(l.holder)),
+                Err(e) => {
+                    warn!(%fs, error = %e, "cannot ask etcd who manages the file system");
+                    None
+                }
+            },
+            _ => Some(NodeId(f.manager)),
+        }
+    }
+
+    /// Whether this node plays `fs`'s disposition role now.
+    fn manages_now(&self, fs: FsId) -> bool {
+        match (&self.cluster, self.cfg.filesystem(fs)) {
+            (Some(_), Some(f)) if f.mountable() => self.hosted.served().contains(&fs.0),
+            _ => true,
+        }
+    }
+
+    /// A table came from `from`: if it manages a file system mounted here
+    /// that was announced to another node (the role moved), announce it.
+    fn announce_mounts_to(&self, from: NodeId) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let mounts: Vec<FsId> = self.mounts.lock().iter().copied().collect();
+        for fs in mounts {
+            if self.announced.lock().get(&fs) == Some(&from) || self.fs_manager_of(fs) != Some(from) {
+                continue;
+            }
+            self.announced.lock().insert(fs, from);
+            info!(%fs, manager = %from, "mount announced to the new manager");
+            let f = Frame::new(self.me, self.next_seq(), Message::Mount { fs, mounted: true });
+            let _ = self.send_frame(from, f);
+        }
+    }
+
+    fn sm(&self) -> Option<Arc<SessionManager>> {
+        self.sm.lock().clone()
+    }
+
+    /// The session manager node now: the holder of the role in etcd when it
+    /// is elected, else the configured one.
+    fn sm_node(&self) -> NodeId {
+        if let (Some(link), false) = (&self.cluster, self.cfg.session_managers.is_empty()) {
+            match link.election(SESSION_MANAGER_ROLE).leader() {
+                Ok(Some(l)) => return NodeId(l.holder),
+                Ok(None) => warn!("no session manager is elected now"),
+                Err(e) => warn!(error = %e, "cannot ask etcd who the session manager is"),
+            }
+        }
+        NodeId(self.cfg.session_manager)
+    }
+
+    /// Campaigns for the session-manager role from a thread: a term's
+    /// holder loads the registry and the table from etcd, sends them out
+    /// and plays the role until the term ends.
+    fn campaign_session_manager(self: &Arc<Self>, link: Arc<ClusterLink>) -> std::io::Result<()> {
+        let w = Arc::downgrade(self);
+        thread::Builder::new().name("campaign-sm".into()).spawn(move || {
+            let election = link.election(SESSION_MANAGER_ROLE);
+            let over = || w.upgrade().is_none_or(|n| n.stop.load(Ordering::Acquire)) || link.lost();
+            while !over() {
+                let Some(lease) = link.lease() else { return };
+                let term = match election.campaign(link.node(), b"", lease, Duration::from_millis(200), &over) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(error = %e, "campaigning for the session manager");
+                        thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                };
+                let Some(n) = w.upgrade() else { return };
+                let durable = Durable::new(link.store(), link.cluster(), election.key(), term.epoch);
+                let fs_managers = n.cfg.dm_fs_managers();
+                match SessionManager::elected(n.me, n.cfg.all_nodes(), fs_managers, durable) {
+                    Ok(sm) => {
+                        let sm = Arc::new(sm);
+                        info!(epoch = term.epoch, "elected the session manager");
+                        *n.sm.lock() = Some(sm.clone());
+                        n.send_all(sm.announce());
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot take the session manager's role up; giving it back");
+                        let _ = election.resign(&term);
+                        thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+                drop(n);
+                while !over() && election.holds(&term).unwrap_or(true) {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                warn!(epoch = term.epoch, "the session manager's term ended");
+                if let Some(n) = w.upgrade() {
+                    *n.sm.lock() = None;
+                }
+            }
+        })?;
+        Ok(())
     }
 
     /// Who may use the metadata services this node hosts: etcd's members,
@@ -668,7 +791,7 @@ impl Node {
             Message::Pending { delay_ms } => {
                 src.on_pending(f.ref_seq, Duration::from_millis(delay_ms));
             }
-            Message::SessionCreate { node, info } => match &self.sm {
+            Message::SessionCreate { node, info } => match self.sm() {
                 Some(sm) => {
                     engine.register_remote_session(f.sid, node, &info);
                     self.send_all(sm.on_session_create(f.sid, node, &info));
@@ -686,18 +809,18 @@ impl Node {
             },
             Message::SessionReclaim { node, info } => {
                 engine.register_remote_session(f.sid, node, &info);
-                if let Some(sm) = &self.sm {
+                if let Some(sm) = self.sm() {
                     self.send_all(sm.on_session_reclaim(f.sid, node, &info));
                 }
                 src.on_session_reclaimed(f.sid, node);
             }
             Message::SessionDestroy => {
                 engine.forget_remote_session(f.sid);
-                if let Some(sm) = &self.sm {
+                if let Some(sm) = self.sm() {
                     self.send_all(sm.on_session_destroy(f.sid));
                 }
             }
-            Message::DispChange(ch) => match &self.sm {
+            Message::DispChange(ch) => match self.sm() {
                 Some(sm) => {
                     let r = sm.on_disp_change(f.sid, &ch);
                     match r {
@@ -725,9 +848,10 @@ impl Node {
                     self.send_all(fsm.on_spec(&t));
                 }
                 src.install_dispositions(Arc::new(t));
+                self.announce_mounts_to(from);
             }
             Message::Mount { fs, mounted } => match &self.fsm {
-                Some(fsm) if fsm.manages(fs) => self.send_all(fsm.on_mount(from, fs, mounted)),
+                Some(fsm) if fsm.manages(fs) && self.manages_now(fs) => self.send_all(fsm.on_mount(from, fs, mounted)),
                 _ => warn!(%from, %fs, "mount notice for a file system this node does not manage"),
             },
             Message::Ack => {
@@ -836,6 +960,17 @@ impl EventSink for Node {
 impl MountHost for Node {
     fn cfg(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// The elected metadata manager plays the file system's disposition
+    /// role too: every node gets its table, and answers by announcing its
+    /// mounts to it.
+    fn elected(&self, fs: FsId) {
+        let Some(fsm) = &self.fsm else { return };
+        let f = Frame::new(self.me, 0, Message::DispSpec(fsm.table().to_spec()));
+        let nodes = self.cfg.all_nodes();
+        info!(%fs, nodes = nodes.len() - 1, "elected manager: the dispositions go to every node");
+        self.send_all(nodes.into_iter().filter(|n| *n != self.me).map(|n| (n, f.clone())).collect());
     }
 
     fn cluster(&self) -> Option<Arc<ClusterLink>> {

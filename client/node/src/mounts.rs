@@ -37,6 +37,8 @@ pub trait MountHost: EventSink + 'static {
     fn cfg(&self) -> &NodeConfig;
     /// Its membership through etcd, when configured.
     fn cluster(&self) -> Option<Arc<ClusterLink>>;
+    /// This node was elected `fs`'s manager and serves its metadata now.
+    fn elected(&self, fs: FsId);
 }
 
 /// How long a mount keeps trying to reach its file system's manager.
@@ -179,7 +181,7 @@ impl Mounts {
         let cfg = node.cfg();
         if let Some(link) = node.cluster() {
             for f in cfg.filesystems.iter().filter(|f| f.candidates().contains(&cfg.node_id) && f.mountable()) {
-                self.campaign(cfg.clone(), f.clone(), link.clone(), members.clone());
+                self.campaign(node, cfg.clone(), f.clone(), link.clone(), members.clone());
             }
             return;
         }
@@ -199,8 +201,16 @@ impl Mounts {
     /// wins a term it takes the volume (preempting the last holder's
     /// reservation), replays the journal and serves; it serves until the
     /// term or its membership ends, then campaigns again.
-    fn campaign(self: &Arc<Self>, cfg: NodeConfig, f: FsConfig, link: Arc<ClusterLink>, members: tpfs::rpc::Members) {
+    fn campaign<H: MountHost>(
+        self: &Arc<Self>,
+        node: &Arc<H>,
+        cfg: NodeConfig,
+        f: FsConfig,
+        link: Arc<ClusterLink>,
+        members: tpfs::rpc::Members,
+    ) {
         let me = Arc::downgrade(self);
+        let host = Arc::downgrade(node);
         let stopping = self.stopping.clone();
         let fs = f.id;
         let spawned = std::thread::Builder::new().name(format!("campaign-fs-{fs}")).spawn(move || {
@@ -230,6 +240,9 @@ impl Mounts {
                         let Some(m) = me.upgrade() else { return };
                         m.services.lock().push(s);
                         drop(m);
+                        if let Some(h) = host.upgrade() {
+                            h.elected(FsId(f.id));
+                        }
                     }
                     Err(e) => {
                         warn!(fs = f.id, error = %e, "metadata service not started; giving the role up");

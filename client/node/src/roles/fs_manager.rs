@@ -35,6 +35,11 @@ impl FsManager {
         FsManager { me, state: Mutex::new(State { table: Arc::new(DispositionTable::default()), mounted }) }
     }
 
+    /// The latest table (what a newly elected manager sends to every node).
+    pub fn table(&self) -> Arc<DispositionTable> {
+        self.state.lock().table.clone()
+    }
+
     /// Whether this node manages `fs`.
     pub fn manages(&self, fs: FsId) -> bool {
         self.state.lock().mounted.contains_key(&fs)
