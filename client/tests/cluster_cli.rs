@@ -23,6 +23,29 @@ impl Drop for Up {
     }
 }
 
+/// `cluster status --json` of the cluster in `d`.
+fn status_of(d: &str) -> serde_json::Value {
+    serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
+}
+
+/// The nodes holding `role` (`fs-manager:1`, `session-manager`) in a status.
+fn holders(st: &serde_json::Value, role: &str) -> Vec<u64> {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["roles"].as_array().unwrap().iter().any(|r| r == role))
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Sends `sig` to node `id` of the cluster a status describes.
+fn signal_node(st: &serde_json::Value, id: u64, sig: i32) {
+    let pid = st["nodes"][id as usize - 1]["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the pid of a node daemon this test's cluster started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
 fn tidepool(args: &[&str]) -> String {
     let o = Command::new(TIDEPOOL).args(args).output().unwrap();
     assert!(
@@ -122,9 +145,7 @@ fn cluster_up_on_etcd_and_a_killed_node_leaves() {
     let d = dir.path().to_str().unwrap();
     tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
     let _up = Up(d.to_string());
-    let status = || -> serde_json::Value {
-        serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
-    };
+    let status = || status_of(d);
     let members = |st: &serde_json::Value| -> Vec<u64> {
         st["etcd"]["members"].as_array().unwrap_or_else(|| panic!("{st}")).iter().map(|m| m.as_u64().unwrap()).collect()
     };
@@ -132,12 +153,8 @@ fn cluster_up_on_etcd_and_a_killed_node_leaves() {
     assert_eq!(members(&st), [1, 2, 3]);
     let etcd_pid = st["etcd"]["pid"].as_u64().unwrap();
     // Node 1 is no manager candidate (2 and 3 are): kill it.
-    let node1 = st["nodes"][0]["pid"].as_u64().unwrap();
-    let mgr =
-        (2..=3).find(|i| st["nodes"][*i as usize - 1]["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1"));
-    let mgr = mgr.unwrap_or_else(|| panic!("no manager: {st}"));
-    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
-    assert_eq!(unsafe { libc::kill(node1 as i32, libc::SIGKILL) }, 0);
+    let mgr = *holders(&st, "fs-manager:1").first().unwrap_or_else(|| panic!("no manager: {st}"));
+    signal_node(&st, 1, libc::SIGKILL);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while members(&status()) != [2, 3] {
         assert!(std::time::Instant::now() < deadline, "node 1 is still a member: {}", status());
@@ -181,18 +198,8 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
     let d = dir.path().to_str().unwrap();
     tidepool(&["cluster", "up", "--etcd", "--nodes", "4", "--dir", d, "--size", "64M"]);
     let _up = Up(d.to_string());
-    let status = || -> serde_json::Value {
-        serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
-    };
-    let manager = |st: &serde_json::Value| -> Vec<u64> {
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1"))
-            .map(|n| n["id"].as_u64().unwrap())
-            .collect()
-    };
+    let status = || status_of(d);
+    let manager = |st: &serde_json::Value| holders(st, "fs-manager:1");
     let st = status();
     let old = manager(&st);
     assert!(old == [2] || old == [3], "one of the candidates manages: {st}");
@@ -215,9 +222,7 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
     let sid = common::field(dm4(&["create-session", "--info", "hsm"]).trim(), "sid");
     // Namespace events nothing here raises (nobody answers this session's events).
     dm4(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove"]);
-    let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap();
-    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    signal_node(&st, old, libc::SIGKILL);
     let killed = std::time::Instant::now();
     std::fs::write(m1.join("after"), b"made after the kill").unwrap();
     println!(
@@ -245,14 +250,7 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
     // Node 4 is neither manager: its table comes through the new one. (The
     // session manager may have died with the manager: wait for its successor.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let has_sm = |st: &serde_json::Value| {
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["roles"].as_array().unwrap().iter().any(|r| r == "session-manager"))
-    };
-    while !has_sm(&status()) {
+    while holders(&status(), "session-manager").is_empty() {
         assert!(std::time::Instant::now() < deadline, "no session manager: {}", status());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -283,18 +281,14 @@ fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
     let d = dir.path().to_str().unwrap();
     tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
     let _up = Up(d.to_string());
-    let st: serde_json::Value = serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap();
-    let has_role = |st: &serde_json::Value, i: u64| {
-        st["nodes"][i as usize - 1]["roles"].as_array().unwrap().iter().any(|r| r == "fs-manager:1")
-    };
-    let old = (2..=3).find(|i| has_role(&st, *i)).unwrap_or_else(|| panic!("no manager: {st}"));
+    let st = status_of(d);
+    let has_role = |st: &serde_json::Value, i: u64| holders(st, "fs-manager:1").contains(&i);
+    let old = *holders(&st, "fs-manager:1").first().unwrap_or_else(|| panic!("no manager: {st}"));
     let new = 5 - old;
     let env = env_of(dir.path());
     let m1 = Path::new(&env["TIDEPOOL_NODE1_MOUNT"]).to_path_buf();
     std::fs::write(m1.join("before"), b"written before the freeze").unwrap();
-    let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap() as i32;
-    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    signal_node(&st, old, libc::SIGSTOP);
     std::fs::write(m1.join("during"), b"made while the old manager was frozen").unwrap();
     let log = std::fs::read_to_string(dir.path().join(format!("node{new}/node.log"))).unwrap();
     assert!(log.contains("preempted the last manager's reservation"), "{log}");
@@ -308,15 +302,14 @@ fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
     let e = ctrl.write(1, 0, &block, true).expect_err("the fenced host wrote to the volume");
     assert!(e.to_string().contains("Reservation Conflict"), "{e}");
     let _ = ctrl.shutdown();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    signal_node(&st, old, libc::SIGCONT);
     let old_log = dir.path().join(format!("node{old}/node.log"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !std::fs::read_to_string(&old_log).unwrap().contains("stopping its metadata services") {
         assert!(std::time::Instant::now() < deadline, "the woken manager did not stop serving");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let st: serde_json::Value = serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap();
+    let st = status_of(d);
     assert!(has_role(&st, new) && !has_role(&st, old), "{st}");
     let mnew = Path::new(&env[&format!("TIDEPOOL_NODE{new}_MOUNT")]).to_path_buf();
     assert_eq!(std::fs::read(mnew.join("before")).unwrap(), b"written before the freeze");
@@ -339,18 +332,8 @@ fn a_killed_session_manager_is_replaced_from_its_records_in_etcd() {
     let d = dir.path().to_str().unwrap();
     tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
     let _up = Up(d.to_string());
-    let status = || -> serde_json::Value {
-        serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
-    };
-    let sm = |st: &serde_json::Value| -> Vec<u64> {
-        st["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["roles"].as_array().unwrap().iter().any(|r| r == "session-manager"))
-            .map(|n| n["id"].as_u64().unwrap())
-            .collect()
-    };
+    let status = || status_of(d);
+    let sm = |st: &serde_json::Value| holders(st, "session-manager");
     let st = status();
     let old = sm(&st);
     assert!(old == [1] || old == [3], "one candidate is the session manager: {st}");
@@ -369,9 +352,7 @@ fn a_killed_session_manager_is_replaced_from_its_records_in_etcd() {
     let sid = common::field(ok(dm(&["create-session", "--info", "hsm"])).trim(), "sid");
     // An event nothing here raises (nobody answers this session's events).
     ok(dm(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove"]));
-    let pid = st["nodes"][old as usize - 1]["pid"].as_u64().unwrap();
-    // SAFETY: kill(2) on the pid of the node daemon this test's cluster started.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    signal_node(&st, old, libc::SIGKILL);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while sm(&status()) != [new] {
         assert!(std::time::Instant::now() < deadline, "no new session manager: {}", status());

@@ -19,6 +19,7 @@ use std::time::Duration;
 use coord::mem::MemStore;
 use coord::store::{Kv, LeaseId, Result, Rev, Store, StoreError};
 use coord::{Election, Member, Term};
+use test_support::SimRng;
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -123,24 +124,6 @@ impl Volume {
     }
 }
 
-/// xorshift64*: small, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 struct Node {
     id: u32,
     view: Arc<View>,
@@ -177,7 +160,7 @@ struct Knobs {
 
 fn run(seed: u64, k: Knobs) -> std::result::Result<Counts, String> {
     let store = Arc::new(MemStore::new());
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = SimRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut vol = Volume::default();
     let mut c = Counts::default();
     let mut nodes: Vec<Node> = (1..=k.nodes)
@@ -206,19 +189,19 @@ fn run(seed: u64, k: Knobs) -> std::result::Result<Counts, String> {
         }
         for i in order {
             let n = &mut nodes[i];
-            if faults && n.up && rng.chance(8) {
+            if faults && n.up && rng.per_mille(8) {
                 // Crash: everything in memory goes; the lease runs out by itself.
                 n.up = false;
                 n.member = None;
                 n.term = None;
                 c.crashes += 1;
             } else if !n.up {
-                if !faults || rng.chance(100) {
+                if !faults || rng.per_mille(100) {
                     n.up = true;
                 }
                 continue;
             }
-            if faults && rng.chance(15) {
+            if faults && rng.per_mille(15) {
                 let cut = !n.view.cut.load(Ordering::Relaxed);
                 n.view.cut.store(cut, Ordering::Relaxed);
                 c.partitions += cut as u64;
@@ -233,7 +216,7 @@ fn run(seed: u64, k: Knobs) -> std::result::Result<Counts, String> {
                     }
                 }
                 Some(m) => {
-                    if faults && rng.chance(150) {
+                    if faults && rng.per_mille(150) {
                         c.lost_renewals += 1;
                     } else if let Err(StoreError::LeaseGone(_)) = m.renew() {
                         // Out of the cluster: stop acting, rejoin later.

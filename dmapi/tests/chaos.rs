@@ -18,25 +18,12 @@ use dmapi::session::{Caller, Outbound, SessionConfig, SessionEngine};
 use dmapi::source::{OutEvent, SourceConfig, SourceEngine};
 use dmapi::types::*;
 use dmapi::DmError;
+use test_support::SimRng;
 
 #[derive(Clone)]
 enum Msg {
     ToSession(OutEvent),
     ToSource(NodeId, u64, DmResponse),
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 /// The answer the DM application gives to a read at `offset`: a pure function, so
@@ -116,7 +103,7 @@ fn run(seed: u64) {
     let pump = {
         let (net, engine, srcs, done) = (net.clone(), engine.clone(), srcs.clone(), done.clone());
         thread::spawn(move || {
-            let mut rng = Rng(seed | 1);
+            let mut rng = SimRng::new(seed);
             let mut idle = 0;
             while !done.load(Ordering::Acquire) {
                 let m = {
@@ -124,9 +111,9 @@ fn run(seed: u64) {
                     if q.is_empty() {
                         None
                     } else {
-                        let i = (rng.next() % q.len() as u64) as usize;
+                        let i = (rng.below(q.len() as u64)) as usize;
                         let m = q.swap_remove(i);
-                        if rng.chance(5) {
+                        if rng.percent(5) {
                             q.push(m.clone());
                         }
                         Some(m)
@@ -143,7 +130,7 @@ fn run(seed: u64) {
                     thread::sleep(Duration::from_millis(1));
                     continue;
                 };
-                if rng.chance(10) {
+                if rng.percent(10) {
                     continue;
                 }
                 match m {

@@ -9,6 +9,38 @@ pub use skip::{fuse_available, have_tool, is_root};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// xorshift64*: a small seeded generator, the same on every machine, for the
+/// seeded simulations (a failure replays from its seed).
+pub struct SimRng(u64);
+
+impl SimRng {
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Below `n` (not 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+
+    /// True `per_mille` times in a thousand.
+    pub fn per_mille(&mut self, per_mille: u64) -> bool {
+        self.next_u64() % 1000 < per_mille
+    }
+}
+
 /// A port on `ip` for a server that may be restarted on it: below the
 /// kernel's ephemeral range (32768 up), where outgoing connections take
 /// their local ports and could take a killed server's port before it comes
