@@ -46,6 +46,18 @@ fn signal_node(st: &serde_json::Value, id: u64, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
 }
 
+/// `cluster up --etcd` with `nodes` nodes in a fresh directory, torn down
+/// when the guard drops; `None` after a skip (no FUSE or no etcd here).
+fn etcd_cluster(nodes: u32) -> Option<(tempfile::TempDir, Up)> {
+    if !common::fuse_available() || !test_support::have_tool("etcd") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    tidepool(&["cluster", "up", "--etcd", "--nodes", &nodes.to_string(), "--dir", &d, "--size", "64M"]);
+    Some((dir, Up(d)))
+}
+
 fn tidepool(args: &[&str]) -> String {
     let o = Command::new(TIDEPOOL).args(args).output().unwrap();
     assert!(
@@ -138,13 +150,8 @@ fn cluster_up_status_and_down() {
 /// reservation key off the volume; the others go on; `down` stops etcd too.
 #[test]
 fn cluster_up_on_etcd_and_a_killed_node_leaves() {
-    if !common::fuse_available() || !test_support::have_tool("etcd") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some((dir, _up)) = etcd_cluster(3) else { return };
     let d = dir.path().to_str().unwrap();
-    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
-    let _up = Up(d.to_string());
     let status = || status_of(d);
     let members = |st: &serde_json::Value| -> Vec<u64> {
         st["etcd"]["members"].as_array().unwrap_or_else(|| panic!("{st}")).iter().map(|m| m.as_u64().unwrap()).collect()
@@ -191,13 +198,8 @@ fn cluster_up_on_etcd_and_a_killed_node_leaves() {
 /// node 4 (neither manager) through it.
 #[test]
 fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
-    if !common::fuse_available() || !test_support::have_tool("etcd") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some((dir, _up)) = etcd_cluster(4) else { return };
     let d = dir.path().to_str().unwrap();
-    tidepool(&["cluster", "up", "--etcd", "--nodes", "4", "--dir", d, "--size", "64M"]);
-    let _up = Up(d.to_string());
     let status = || status_of(d);
     let manager = |st: &serde_json::Value| holders(st, "fs-manager:1");
     let st = status();
@@ -274,13 +276,8 @@ fn a_killed_manager_is_replaced_fenced_and_loses_nothing() {
 /// lease gone and stops serving.
 #[test]
 fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
-    if !common::fuse_available() || !test_support::have_tool("etcd") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some((dir, _up)) = etcd_cluster(3) else { return };
     let d = dir.path().to_str().unwrap();
-    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
-    let _up = Up(d.to_string());
     let st = status_of(d);
     let has_role = |st: &serde_json::Value, i: u64| holders(st, "fs-manager:1").contains(&i);
     let old = *holders(&st, "fs-manager:1").first().unwrap_or_else(|| panic!("no manager: {st}"));
@@ -325,13 +322,8 @@ fn a_frozen_manager_is_fenced_and_stops_serving_when_it_wakes() {
 /// nodes.
 #[test]
 fn a_killed_session_manager_is_replaced_from_its_records_in_etcd() {
-    if !common::fuse_available() || !test_support::have_tool("etcd") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some((dir, _up)) = etcd_cluster(3) else { return };
     let d = dir.path().to_str().unwrap();
-    tidepool(&["cluster", "up", "--etcd", "--nodes", "3", "--dir", d, "--size", "64M"]);
-    let _up = Up(d.to_string());
     let status = || status_of(d);
     let sm = |st: &serde_json::Value| holders(st, "session-manager");
     let st = status();
