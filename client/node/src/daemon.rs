@@ -309,7 +309,14 @@ impl Node {
     }
 
     fn session_outbound(&self, o: Outbound) {
-        let (to, f) = o.to_frame(self.me, self.next_seq(), self.sm_node());
+        // Only session announcements go to the session manager: an event's
+        // answer must not wait for etcd to say who that is.
+        let announce = matches!(
+            o,
+            Outbound::SessionCreated { .. } | Outbound::SessionReclaimed { .. } | Outbound::SessionDestroyed { .. }
+        );
+        let sm = if announce { self.sm_node() } else { NodeId(self.cfg.session_manager) };
+        let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
         if let Err(e) = self.send_frame(to, f) {
             warn!(%to, error = %e, ?o, "session message not sent");
         }
