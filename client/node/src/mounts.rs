@@ -215,7 +215,10 @@ impl Mounts {
         let fs = f.id;
         let spawned = std::thread::Builder::new().name(format!("campaign-fs-{fs}")).spawn(move || {
             use std::sync::atomic::Ordering;
-            let Some(addr) = cfg.meta_listen.or(f.meta_addr) else { return };
+            let Some(addr) = cfg.meta_listen.or(f.meta_addr) else {
+                warn!(fs = f.id, "a manager candidate with neither meta_listen nor meta_addr: not campaigning");
+                return;
+            };
             let election = link.election(&f.role());
             let over = || stopping.load(Ordering::Acquire) || link.lost();
             while !over() {
