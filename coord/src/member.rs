@@ -130,14 +130,21 @@ impl Member {
 
     /// Every member of `cluster` now, in node order.
     pub fn list(store: &dyn Store, cluster: &str) -> Result<Vec<MemberInfo>> {
-        let (kvs, _) = store.list(&format!("{}members/", crate::prefix(cluster)))?;
-        Ok(kvs
+        Ok(Member::list_at(store, cluster)?.0)
+    }
+
+    /// [`Member::list`], and the store's revision it was read at (to wait
+    /// for the next change from).
+    pub fn list_at(store: &dyn Store, cluster: &str) -> Result<(Vec<MemberInfo>, crate::Rev)> {
+        let (kvs, rev) = store.list(&format!("{}members/", crate::prefix(cluster)))?;
+        let members = kvs
             .into_iter()
             .filter_map(|kv| {
                 let node = kv.key.rsplit('/').next()?.parse().ok()?;
                 Some(MemberInfo { node, value: kv.value, lease: kv.lease })
             })
-            .collect())
+            .collect();
+        Ok((members, rev))
     }
 
     /// This node's member key (for tests and logs).

@@ -155,10 +155,8 @@ impl ClusterLink {
     /// had published) and joined since.
     #[allow(clippy::type_complexity)]
     fn refresh(&self) -> Result<(Vec<(u32, Vec<u8>)>, Vec<u32>, coord::Rev), StoreError> {
-        let prefix = format!("{}members/", coord::prefix(&self.cluster));
-        let (_, rev) = self.store.list(&prefix)?;
-        let now: BTreeMap<u32, Vec<u8>> =
-            Member::list(&*self.store, &self.cluster)?.into_iter().map(|m| (m.node, m.value)).collect();
+        let (listed, rev) = Member::list_at(&*self.store, &self.cluster)?;
+        let now: BTreeMap<u32, Vec<u8>> = listed.into_iter().map(|m| (m.node, m.value)).collect();
         let mut cur = self.members.write();
         let gone = cur.iter().filter(|(n, _)| !now.contains_key(n)).map(|(n, v)| (*n, v.clone())).collect();
         let new = now.keys().filter(|n| !cur.contains_key(n)).copied().collect();
