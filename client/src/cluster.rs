@@ -9,7 +9,10 @@
 //! the same process before it is signalled). `DIR/cluster.env` gives scripts the mounts and DM sockets.
 //! With `--etcd` it also starts a local etcd (loopback ports, data in
 //! `DIR/etcd`) and the nodes decide membership through its leases, as a
-//! cluster of several machines does.
+//! cluster of several machines does. With `--netns` every node daemon runs
+//! in a network namespace of its own with its own addresses (see
+//! [`crate::netns`]); `partition`/`heal` cut and restore a node's cluster
+//! link, and `exec` runs a command as one of the hosts.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,31 @@ pub enum ClusterCmd {
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
+    /// With `up --netns`: cut node N's cluster link (etcd, peers, the
+    /// metadata service); its storage link stays up.
+    Partition {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: u32,
+    },
+    /// With `up --netns`: restore node N's cluster link.
+    Heal {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: u32,
+    },
+    /// With `up --netns`: run a command in node N's network namespace (or,
+    /// without --node, the hub's, where etcd and the storage node are).
+    Exec {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: Option<u32>,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 const DEFAULT_DIR: &str = "/tmp/tidepool-cluster";
@@ -63,6 +91,11 @@ pub struct UpArgs {
     /// With --etcd: the membership lease (etcd counts whole seconds, at least 2).
     #[arg(long, default_value_t = 3000)]
     lease_ttl_ms: u64,
+    /// Run each node daemon in a network namespace of its own (root only):
+    /// separate cluster and storage networks through bridges in a hub
+    /// namespace, which holds etcd and the storage node.
+    #[arg(long)]
+    netns: bool,
 }
 
 /// The etcd `up --etcd` started.
@@ -84,6 +117,28 @@ struct State {
     nodes: Vec<NodeState>,
     #[serde(default)]
     etcd: Option<EtcdState>,
+    /// With --netns: the namespaces' name prefix.
+    #[serde(default)]
+    netns: Option<String>,
+}
+
+impl State {
+    /// Runs `f` where the storage node and etcd are reachable: in the hub
+    /// namespace with --netns, else right here.
+    fn at_hub<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+        match &self.netns {
+            Some(p) => crate::netns::within(&crate::netns::hub(p), f),
+            None => f(),
+        }
+    }
+
+    /// Runs `f` as node `i`'s host.
+    fn at_node<T: Send>(&self, i: u32, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+        match &self.netns {
+            Some(p) => crate::netns::within(&crate::netns::node(p, i), f),
+            None => f(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +172,9 @@ struct NodeState {
     socket: PathBuf,
     mount: PathBuf,
     log: PathBuf,
+    /// Its DM transport's address (its host's address with --netns).
+    #[serde(default)]
+    addr: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -191,7 +249,36 @@ pub fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Up(a) => up(a),
         ClusterCmd::Status { dir, json } => status(&dir, json),
         ClusterCmd::Down { dir } => down(&dir),
+        ClusterCmd::Partition { dir, node } => link(&dir, node, false),
+        ClusterCmd::Heal { dir, node } => link(&dir, node, true),
+        ClusterCmd::Exec { dir, node, command } => exec(&dir, node, &command),
     }
+}
+
+fn netns_of(st: &State, dir: &Path) -> anyhow::Result<String> {
+    st.netns.clone().with_context(|| format!("the cluster in {} was not started with --netns", dir.display()))
+}
+
+fn link(dir: &Path, node: u32, up: bool) -> anyhow::Result<()> {
+    let st = load(dir)?;
+    let p = netns_of(&st, dir)?;
+    anyhow::ensure!(st.nodes.iter().any(|n| n.id == node), "no node {node} in this cluster");
+    crate::netns::set_cluster_link(&p, node, up)?;
+    println!("tidepool cluster: node {node}'s cluster link is {}", if up { "up" } else { "down" });
+    Ok(())
+}
+
+fn exec(dir: &Path, node: Option<u32>, command: &[String]) -> anyhow::Result<()> {
+    let st = load(dir)?;
+    netns_of(&st, dir)?;
+    let run = || -> anyhow::Result<std::process::ExitStatus> {
+        Command::new(&command[0]).args(&command[1..]).status().with_context(|| format!("running {}", command[0]))
+    };
+    let rc = match node {
+        Some(i) => st.at_node(i, run)?,
+        None => st.at_hub(run)?,
+    };
+    std::process::exit(rc.code().unwrap_or(1));
 }
 
 fn up(a: UpArgs) -> anyhow::Result<()> {
@@ -209,27 +296,23 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
 
     // The storage node on a file-backed volume.
     let vol = dir.join("vol0.img");
-    let sport = free_port()?;
-    let storage_addr = format!("127.0.0.1:{sport}");
-    let sn_args: Vec<String> = vec![
-        "--file".into(),
-        vol.display().to_string(),
-        "--size".into(),
-        a.size.clone(),
-        "--create".into(),
-        "--allow-any-host".into(),
-        "--listen".into(),
-        storage_addr.clone(),
-        "--nqn".into(),
-        NQN.into(),
-        "--discovery-listen".into(),
-        String::new(),
-    ];
-    let sn_log = dir.join("storage-node.log");
-    let mut sn = spawn(&sn_bin, &sn_args, &sn_log)?;
-    let storage = Proc::of(sn.id());
-    let mut st = State { storage, storage_addr: storage_addr.clone(), nqn: NQN.into(), nodes: Vec::new(), etcd: None };
-    let r = wait_storage(&st.storage_addr, &mut sn, &sn_log)
+    let netns = a.netns.then(|| format!("tp{}", std::process::id()));
+    if let Some(p) = &netns {
+        crate::netns::create(p, a.nodes)?;
+    }
+    let storage_addr = match &netns {
+        Some(_) => format!("{}:4420", crate::netns::storage_ip(0)),
+        None => format!("127.0.0.1:{}", free_port()?),
+    };
+    let mut st = State {
+        storage: Proc { pid: 0, start: 0 },
+        storage_addr: storage_addr.clone(),
+        nqn: NQN.into(),
+        nodes: Vec::new(),
+        etcd: None,
+        netns,
+    };
+    let r = start_storage(&a, &dir, &sn_bin, &vol, &mut st)
         .and_then(|_| if a.etcd { start_etcd(&dir, &mut st) } else { Ok(()) })
         .and_then(|_| start_nodes(&a, &dir, &tidepool, &mut st));
     // Whatever started is recorded, so that `down` can stop it even after a failure.
@@ -243,6 +326,12 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     if let Some(e) = &st.etcd {
         env += &format!("TIDEPOOL_ETCD='{}'\n", e.endpoint);
     }
+    if let Some(p) = &st.netns {
+        env += &format!("TIDEPOOL_NETNS_HUB='{}'\n", crate::netns::hub(p));
+        for n in &st.nodes {
+            env += &format!("TIDEPOOL_NODE{}_NETNS='{}'\n", n.id, crate::netns::node(p, n.id));
+        }
+    }
     for n in &st.nodes {
         env += &format!("TIDEPOOL_NODE{}_MOUNT='{}'\n", n.id, n.mount.display());
         env += &format!("TIDEPOOL_NODE{}_DM_SOCKET='{}'\n", n.id, n.socket.display());
@@ -250,20 +339,48 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     std::fs::write(dir.join("cluster.env"), env)?;
     println!("tidepool cluster: up in {} (storage node {storage_addr}, volume {})", dir.display(), vol.display());
     for n in &st.nodes {
-        println!("node {}: pid {}, mount {}, DM socket {}", n.id, n.proc_.pid, n.mount.display(), n.socket.display());
+        println!(
+            "node {}: pid {}, {}, mount {}, DM socket {}",
+            n.id,
+            n.proc_.pid,
+            n.addr,
+            n.mount.display(),
+            n.socket.display()
+        );
     }
     println!("shell variables: . {}", dir.join("cluster.env").display());
     Ok(())
 }
 
-fn wait_storage(addr: &str, sn: &mut std::process::Child, log: &Path) -> anyhow::Result<()> {
-    let end = Instant::now() + Duration::from_secs(20);
+fn start_storage(a: &UpArgs, dir: &Path, bin: &Path, vol: &Path, st: &mut State) -> anyhow::Result<()> {
+    let args: Vec<String> = vec![
+        "--file".into(),
+        vol.display().to_string(),
+        "--size".into(),
+        a.size.clone(),
+        "--create".into(),
+        "--allow-any-host".into(),
+        "--listen".into(),
+        st.storage_addr.clone(),
+        "--nqn".into(),
+        NQN.into(),
+        "--discovery-listen".into(),
+        String::new(),
+    ];
+    let log = dir.join("storage-node.log");
+    let mut sn = st.at_hub(|| spawn(bin, &args, &log))?;
+    st.storage = Proc::of(sn.id());
+    let addr = st.storage_addr.clone();
+    st.at_hub(|| wait_listen(&addr, &mut sn, &log, "the storage node", 20))
+}
+
+/// Waits until something listens on `addr`, failing with `log` when the
+/// process exits first or `secs` pass.
+fn wait_listen(addr: &str, child: &mut std::process::Child, log: &Path, what: &str, secs: u64) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(secs);
     while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > end || sn.try_wait()?.is_some() {
-            bail!(
-                "the storage node did not listen on {addr}; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+        if Instant::now() > end || child.try_wait()?.is_some() {
+            bail!("{what} did not listen on {addr}; its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -277,8 +394,11 @@ fn start_etcd(dir: &Path, st: &mut State) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .context("etcd is not installed (apt-get install etcd-server; scripts/setup.sh does)")?;
-    let (cport, pport) = (free_port()?, free_port()?);
-    let (client, peer) = (format!("http://127.0.0.1:{cport}"), format!("http://127.0.0.1:{pport}"));
+    let (host, cport, pport) = match &st.netns {
+        Some(_) => (crate::netns::cluster_ip(0), 2379, 2380),
+        None => ("127.0.0.1".to_string(), free_port()?, free_port()?),
+    };
+    let (client, peer) = (format!("http://{host}:{cport}"), format!("http://{host}:{pport}"));
     let args = vec![
         "--name=tidepool".to_string(),
         format!("--data-dir={}", dir.join("etcd").display()),
@@ -289,48 +409,54 @@ fn start_etcd(dir: &Path, st: &mut State) -> anyhow::Result<()> {
         format!("--initial-cluster=tidepool={peer}"),
     ];
     let log = dir.join("etcd.log");
-    let mut child = spawn(&bin, &args, &log)?;
+    let mut child = st.at_hub(|| spawn(&bin, &args, &log))?;
     st.etcd = Some(EtcdState { proc_: Proc::of(child.id()), endpoint: client });
-    let end = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", cport)).is_err() {
-        if Instant::now() > end || child.try_wait()?.is_some() {
-            bail!(
-                "etcd did not listen on port {cport}; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    st.at_hub(|| wait_listen(&format!("{host}:{cport}"), &mut child, &log, "etcd", 30))
 }
 
 /// The members etcd has for the cluster now.
-fn etcd_members(endpoint: &str) -> anyhow::Result<Vec<u32>> {
-    let s = coord::etcd::EtcdStore::connect(&[endpoint.to_string()])?;
-    Ok(coord::Member::list(&s, CLUSTER)?.iter().map(|m| m.node).collect())
+fn etcd_members(st: &State, endpoint: &str) -> anyhow::Result<Vec<u32>> {
+    st.at_hub(|| {
+        let s = coord::etcd::EtcdStore::connect(&[endpoint.to_string()])?;
+        Ok(coord::Member::list(&s, CLUSTER)?.iter().map(|m| m.node).collect())
+    })
 }
 
 fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyhow::Result<()> {
     // The file system, unless the volume has one.
-    let ctrl = std::sync::Arc::new(nvmf::Controller::connect(&st.storage_addr, NQN, &nvmf::ConnectOpts::default())?);
-    let dev = tpfs::blockdev::NvmfDev::new(ctrl.clone(), 1, 4096)?;
-    if tpfs::mkfs::read_superblock(&dev).is_err() {
-        tpfs::mkfs::mkfs(&dev, &tpfs::mkfs::MkfsOpts { label: "tidepool".into(), ..Default::default() })?;
-        println!("tidepool cluster: made the file system on the volume");
-    }
-    drop(dev);
-    if let Ok(c) = std::sync::Arc::try_unwrap(ctrl) {
-        let _ = c.shutdown();
-    }
+    st.at_hub(|| {
+        let ctrl =
+            std::sync::Arc::new(nvmf::Controller::connect(&st.storage_addr, NQN, &nvmf::ConnectOpts::default())?);
+        let dev = tpfs::blockdev::NvmfDev::new(ctrl.clone(), 1, 4096)?;
+        if tpfs::mkfs::read_superblock(&dev).is_err() {
+            tpfs::mkfs::mkfs(&dev, &tpfs::mkfs::MkfsOpts { label: "tidepool".into(), ..Default::default() })?;
+            println!("tidepool cluster: made the file system on the volume");
+        }
+        drop(dev);
+        if let Ok(c) = std::sync::Arc::try_unwrap(ctrl) {
+            let _ = c.shutdown();
+        }
+        Ok(())
+    })?;
 
     let n = a.nodes;
     let fs_manager = if n >= 2 { 2 } else { 1 };
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
-    let meta = free_port()?;
     // With etcd, the file system's manager is elected among candidates, each
     // serving metadata on a port of its own when it wins.
     let candidates: Vec<u32> = if n >= 3 { vec![2, 3] } else { vec![fs_manager] };
-    let meta_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    // Each node's DM transport and (with etcd) metadata service; the static
+    // manager's metadata address. Hosts of their own have fixed ports.
+    let (dm_addr, meta_addr, meta): (Vec<String>, Vec<String>, String) = if st.netns.is_some() {
+        let ip = crate::netns::cluster_ip;
+        (
+            (1..=n).map(|i| format!("{}:7100", ip(i))).collect(),
+            (1..=n).map(|i| format!("{}:7101", ip(i))).collect(),
+            format!("{}:7102", ip(fs_manager)),
+        )
+    } else {
+        let port = |_| free_port().map(|p| format!("127.0.0.1:{p}"));
+        ((1..=n).map(port).collect::<anyhow::Result<_>>()?, (1..=n).map(port).collect::<anyhow::Result<_>>()?, port(0)?)
+    };
     let key = key()?;
     let mut children = Vec::new();
     for id in 1..=n {
@@ -339,24 +465,24 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
         std::fs::create_dir_all(&mount)?;
         let socket = ndir.join("dm.sock");
         let mut t = String::new();
-        t += &format!("node_id = {id}\nlisten = \"127.0.0.1:{}\"\n", ports[id as usize - 1]);
+        t += &format!("node_id = {id}\nlisten = \"{}\"\n", dm_addr[id as usize - 1]);
         t += &format!(
             "api_socket = \"{}\"\ncluster_key = \"{key}\"\nsession_manager = 1\nmounts = []\n",
             socket.display()
         );
         if st.etcd.is_some() {
-            t += &format!("meta_listen = \"127.0.0.1:{}\"\n", meta_ports[id as usize - 1]);
+            t += &format!("meta_listen = \"{}\"\n", meta_addr[id as usize - 1]);
             // Nodes 1 and 3 campaign for the session manager, 2 and 3 for the
             // file system's manager: a node may end up holding both.
             t += &format!("session_managers = {:?}\n", if n >= 3 { vec![1, 3] } else { vec![1] });
         }
         for p in 1..=n {
             if p != id {
-                t += &format!("[[peers]]\nid = {p}\naddr = \"127.0.0.1:{}\"\n", ports[p as usize - 1]);
+                t += &format!("[[peers]]\nid = {p}\naddr = \"{}\"\n", dm_addr[p as usize - 1]);
             }
         }
         t += &format!(
-            "[[filesystems]]\nid = 1\nmanager = {fs_manager}\naddr = \"{}\"\nnqn = \"{NQN}\"\nmeta_addr = \"127.0.0.1:{meta}\"\n",
+            "[[filesystems]]\nid = 1\nmanager = {fs_manager}\naddr = \"{}\"\nnqn = \"{NQN}\"\nmeta_addr = \"{meta}\"\n",
             st.storage_addr
         );
         if st.etcd.is_some() {
@@ -373,10 +499,17 @@ fn start_nodes(a: &UpArgs, dir: &Path, tidepool: &Path, st: &mut State) -> anyho
         std::fs::File::create(&config)?.write_all(t.as_bytes())?;
         let log = ndir.join("node.log");
         let args = vec!["node".to_string(), "run".into(), "--config".into(), config.display().to_string()];
-        let child = spawn(tidepool, &args, &log)?;
+        let child = st.at_node(id, || spawn(tidepool, &args, &log))?;
         let pid = child.id();
         children.push(child);
-        st.nodes.push(NodeState { id, proc_: Proc::of(pid), socket, mount, log });
+        st.nodes.push(NodeState {
+            id,
+            proc_: Proc::of(pid),
+            socket,
+            mount,
+            log,
+            addr: dm_addr[id as usize - 1].clone(),
+        });
     }
     let end = Instant::now() + Duration::from_secs(60);
     for (node, child) in st.nodes.iter().zip(&mut children) {
@@ -410,6 +543,7 @@ struct NodeReport {
     pid: u32,
     alive: bool,
     roles: Vec<String>,
+    addr: String,
     mount: String,
     mount_state: String,
     dm_socket: String,
@@ -451,6 +585,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             pid: n.proc_.pid,
             alive: ours(&n.proc_),
             roles,
+            addr: n.addr.clone(),
             mount: n.mount.display().to_string(),
             mount_state: state,
             dm_socket: n.socket.display().to_string(),
@@ -458,7 +593,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         });
     }
     let etcd = st.etcd.as_ref().map(|e| {
-        let members = etcd_members(&e.endpoint).map_err(|x| x.to_string());
+        let members = etcd_members(&st, &e.endpoint).map_err(|x| x.to_string());
         (e, members)
     });
     if json {
@@ -468,6 +603,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         });
         let v = serde_json::json!({
             "dir": dir.display().to_string(),
+            "netns": st.netns,
             "storage": { "pid": st.storage.pid, "alive": ours(&st.storage), "addr": st.storage_addr, "nqn": st.nqn },
             "etcd": etcd,
             "nodes": nodes,
@@ -530,6 +666,9 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             signal(&e.proc_, libc::SIGKILL);
             wait_gone(&e.proc_, Duration::from_secs(5));
         }
+    }
+    if let Some(p) = &st.netns {
+        crate::netns::destroy(p, st.nodes.len() as u32);
     }
     std::fs::remove_file(state_path(dir))?;
     let _ = std::fs::remove_file(dir.join("cluster.env"));

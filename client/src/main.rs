@@ -4,6 +4,7 @@
 mod bench;
 mod cluster;
 mod hsm_cli;
+mod netns;
 mod node_cli;
 
 use anyhow::Context;

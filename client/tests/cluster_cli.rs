@@ -10,84 +10,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::cluster_up::*;
 use common::TIDEPOOL;
-
-/// Runs `cluster down` when dropped, so that a failing test leaves no
-/// cluster behind (its mounts, their managers gone, would hang every
-/// sync(2) on the machine).
-struct Up(String);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new(TIDEPOOL).args(["cluster", "down", "--dir", &self.0]).output();
-    }
-}
-
-/// `cluster status --json` of the cluster in `d`.
-fn status_of(d: &str) -> serde_json::Value {
-    serde_json::from_str(&tidepool(&["cluster", "status", "--dir", d, "--json"])).unwrap()
-}
-
-/// The nodes holding `role` (`fs-manager:1`, `session-manager`) in a status.
-fn holders(st: &serde_json::Value, role: &str) -> Vec<u64> {
-    st["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["roles"].as_array().unwrap().iter().any(|r| r == role))
-        .map(|n| n["id"].as_u64().unwrap())
-        .collect()
-}
-
-/// Sends `sig` to node `id` of the cluster a status describes.
-fn signal_node(st: &serde_json::Value, id: u64, sig: i32) {
-    let pid = st["nodes"][id as usize - 1]["pid"].as_u64().unwrap();
-    // SAFETY: kill(2) on the pid of a node daemon this test's cluster started.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
-}
-
-/// `cluster up --etcd` with `nodes` nodes in a fresh directory, torn down
-/// when the guard drops; `None` after a skip (no FUSE or no etcd here).
-fn etcd_cluster(nodes: u32) -> Option<(tempfile::TempDir, Up)> {
-    if !common::fuse_available() || !test_support::have_tool("etcd") {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    tidepool(&["cluster", "up", "--etcd", "--nodes", &nodes.to_string(), "--dir", &d, "--size", "64M"]);
-    Some((dir, Up(d)))
-}
-
-fn tidepool(args: &[&str]) -> String {
-    let o = Command::new(TIDEPOOL).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "tidepool {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn env_of(dir: &Path) -> std::collections::HashMap<String, String> {
-    std::fs::read_to_string(dir.join("cluster.env"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
-fn mounted(p: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == Some(p))
-}
-
-/// Running, not a zombie waiting for a parent (the daemons' parent, `up`,
-/// has exited) to reap it.
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-}
 
 #[test]
 fn cluster_up_status_and_down() {

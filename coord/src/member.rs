@@ -6,7 +6,7 @@
 //! (the `lost` callback) before it may join again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,12 @@ pub struct Member {
     lease: LeaseId,
     ttl: Duration,
     lost: Arc<AtomicBool>,
+    /// With the background renewal: until when the lease is surely alive
+    /// (the send time of the last renewal etcd granted, plus the TTL).
+    /// Past it this node must act as out, whatever etcd says later.
+    valid_until: Arc<Mutex<Option<Instant>>>,
+    /// When the lease was asked for (its TTL counts from no earlier).
+    granted_at: Instant,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -42,11 +48,23 @@ impl Member {
     /// of `ttl` (not renewed until [`Member::keep_alive_in_background`] or
     /// [`Member::renew`]).
     pub fn join(store: Arc<dyn Store>, cluster: &str, node: u32, value: &[u8], ttl: Duration) -> Result<Member> {
+        let granted_at = Instant::now();
         let lease = store.grant(ttl)?;
         let key = key(cluster, node);
         store.put(&key, value, lease)?;
         tracing::info!(node, lease = format_args!("{lease:#x}"), ttl_ms = ttl.as_millis() as u64, "joined the cluster");
-        Ok(Member { store, node, key, lease, ttl, lost: Arc::default(), stop: Arc::default(), thread: None })
+        Ok(Member {
+            store,
+            node,
+            key,
+            lease,
+            ttl,
+            lost: Arc::default(),
+            valid_until: Arc::default(),
+            granted_at,
+            stop: Arc::default(),
+            thread: None,
+        })
     }
 
     pub fn node(&self) -> u32 {
@@ -62,9 +80,11 @@ impl Member {
         self.ttl
     }
 
-    /// Whether the lease is known to be gone (this node is out).
+    /// Whether the lease is known to be gone (this node is out), or, with
+    /// the background renewal, may have expired unseen.
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
+            || self.valid_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() >= t)
     }
 
     /// Publishes `value` in this node's member key instead of what it
@@ -83,25 +103,56 @@ impl Member {
     }
 
     /// Renews the lease every third of the TTL from a thread; when it is
-    /// gone, or etcd could not be reached for a whole TTL (it may have
-    /// expired unseen), calls `on_lost` once and stops.
+    /// gone, or no renewal was granted for a whole TTL (it may have expired
+    /// unseen), calls `on_lost` once and stops. The renewals run on a
+    /// second thread so that one stuck on an unreachable etcd cannot hold
+    /// the verdict past the lease's end: the node is out at the deadline.
     pub fn keep_alive_in_background(&mut self, on_lost: impl FnOnce() + Send + 'static) {
         let (store, lease, ttl) = (self.store.clone(), self.lease, self.ttl);
         let (lost, stop, node) = (self.lost.clone(), self.stop.clone(), self.node);
+        let valid = self.valid_until.clone();
+        let mut until = self.granted_at + ttl;
+        *valid.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
         let t = std::thread::Builder::new()
             .name("coord-lease".into())
             .spawn(move || {
-                let mut good = Instant::now();
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(ttl / 3);
-                    match store.keep_alive(lease) {
-                        Ok(()) => good = Instant::now(),
-                        Err(StoreError::LeaseGone(_)) => break,
-                        Err(e) if good.elapsed() >= ttl => {
-                            tracing::error!(node, error = %e, "etcd unreachable for a whole lease TTL");
+                let (ask, asked) = std::sync::mpsc::channel::<()>();
+                let (tell, told) = std::sync::mpsc::channel();
+                let renewer = std::thread::Builder::new().name("coord-renew".into()).spawn(move || {
+                    while asked.recv().is_ok() {
+                        let sent = Instant::now();
+                        if tell.send((sent, store.keep_alive(lease))).is_err() {
+                            return;
+                        }
+                    }
+                });
+                if let Err(e) = renewer {
+                    tracing::error!(node, error = %e, "cannot start the lease renewal thread");
+                } else {
+                    'renewing: while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(ttl / 3);
+                        if ask.send(()).is_err() {
                             break;
                         }
-                        Err(e) => tracing::warn!(node, error = %e, "lease renewal failed; retrying"),
+                        let left = until.saturating_duration_since(Instant::now());
+                        match told.recv_timeout(left) {
+                            Ok((sent, Ok(()))) => {
+                                until = until.max(sent + ttl);
+                                *valid.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+                            }
+                            Ok((_, Err(StoreError::LeaseGone(_)))) => break 'renewing,
+                            Ok((_, Err(e))) if Instant::now() < until => {
+                                tracing::warn!(node, error = %e, "lease renewal failed; retrying");
+                            }
+                            Ok((_, Err(e))) => {
+                                tracing::error!(node, error = %e, "etcd unreachable for a whole lease TTL");
+                                break 'renewing;
+                            }
+                            Err(_) => {
+                                tracing::error!(node, "no lease renewal granted for a whole TTL");
+                                break 'renewing;
+                            }
+                        }
                     }
                 }
                 if !stop.load(Ordering::Acquire) {

@@ -1118,6 +1118,14 @@ impl Mounted {
         self.meta.recheck_manager()
     }
 
+    /// This node is out of the cluster (its lease ended; others may fence
+    /// it and take its tokens): every call to the manager fails at once
+    /// and the mount no longer reconnects, so nothing waits on a manager
+    /// that will refuse it. What it held is not given back.
+    pub fn expel(&self) {
+        self.meta.close();
+    }
+
     /// Where this mount's in-process manager listens, if it runs one.
     pub fn manager_addr(&self) -> Option<SocketAddr> {
         self.manager.as_ref().map(|m| m.addr)

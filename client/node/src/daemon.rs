@@ -244,6 +244,13 @@ impl Node {
                 if let Some(n) = w.upgrade() {
                     error!("this node's etcd lease is gone: stopping its metadata services");
                     n.hosted.stop_services();
+                    n.hosted.expel_mounts();
+                    if !n.cfg.session_managers.is_empty() {
+                        // Whatever etcd says later, the term went with the lease.
+                        if n.sm.lock().take().is_some() {
+                            warn!("the session manager's term ended with the lease");
+                        }
+                    }
                 }
             });
             let (w1, w2) = (Arc::downgrade(&node), Arc::downgrade(&node));

@@ -151,6 +151,8 @@ struct Hosted {
     /// The mount's `st_dev`, which a DM application's path or descriptor
     /// on it has (`dm_path_to_handle`).
     dev: Option<u64>,
+    /// The node left the cluster under it ([`Mounts::expel_mounts`]).
+    expelled: bool,
 }
 
 /// A metadata service this node runs.
@@ -279,7 +281,7 @@ impl Mounts {
                 return Err(DmError::Busy("the mount point is mounted by this node already"));
             }
             h.retain(|x| x.path != m.path);
-            h.push(Hosted { fs, path: m.path.clone(), mounted: None, failed: None, dev: None });
+            h.push(Hosted { fs, path: m.path.clone(), mounted: None, failed: None, dev: None, expelled: false });
         }
         let r = mount_with_patience(node, m);
         let mut h = self.hosted.lock();
@@ -334,6 +336,7 @@ impl Mounts {
                 fs: h.fs.0,
                 path: h.path.display().to_string(),
                 state: match (&h.mounted, &h.failed) {
+                    (Some(_), _) if h.expelled => "expelled: this node is out of the cluster".into(),
                     (Some(_), _) => "mounted".into(),
                     (None, Some(e)) => format!("failed: {e}"),
                     (None, None) => "mounting".into(),
@@ -372,6 +375,19 @@ impl Mounts {
                     ),
                     Err(e) => warn!(node, fs = s.fs.0, error = %e, "could not fence the departed node"),
                 }
+            }
+        }
+    }
+
+    /// This node is out of the cluster: every hosted mount fails its calls
+    /// to the manager from now on instead of waiting to reconnect (see
+    /// [`tpfs::fuse::Mounted::expel`]); they stay until unmounted.
+    pub fn expel_mounts(&self) {
+        for h in self.hosted.lock().iter_mut() {
+            if let Some(m) = &h.mounted {
+                m.expel();
+                h.expelled = true;
+                warn!(fs = h.fs.0, path = %h.path.display(), "this node is out of the cluster: the mount fails its operations");
             }
         }
     }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use libdmapi::Dm;
 
+pub mod cluster_up;
+
 pub const TIDEPOOL: &str = env!("CARGO_BIN_EXE_tidepool");
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_tidepool-dm-testdriver");
 pub const KEY: &str = "integration-test-cluster-key";
