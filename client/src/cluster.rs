@@ -41,6 +41,15 @@ pub enum ClusterCmd {
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
+    /// Stop the storage node (SIGTERM, or SIGKILL with --kill) and start it
+    /// again on the same volume and address: the nodes connect again and go
+    /// on, and the reservations come back from its PTPL file.
+    RestartStorage {
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        #[arg(long)]
+        kill: bool,
+    },
     /// With `up --netns`: cut node N's cluster link (etcd, peers, the
     /// metadata service); its storage link stays up.
     Partition {
@@ -249,10 +258,39 @@ pub fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Up(a) => up(a),
         ClusterCmd::Status { dir, json } => status(&dir, json),
         ClusterCmd::Down { dir } => down(&dir),
+        ClusterCmd::RestartStorage { dir, kill } => restart_storage(&dir, kill),
         ClusterCmd::Partition { dir, node } => link(&dir, node, false),
         ClusterCmd::Heal { dir, node } => link(&dir, node, true),
         ClusterCmd::Exec { dir, node, command } => exec(&dir, node, &command),
     }
+}
+
+fn restart_storage(dir: &Path, kill: bool) -> anyhow::Result<()> {
+    let mut st = load(dir)?;
+    signal(&st.storage, if kill { libc::SIGKILL } else { libc::SIGTERM });
+    if !wait_gone(&st.storage, Duration::from_secs(10)) {
+        signal(&st.storage, libc::SIGKILL);
+        anyhow::ensure!(wait_gone(&st.storage, Duration::from_secs(5)), "the storage node does not stop");
+    }
+    let t0 = Instant::now();
+    // The volume exists: no size, nothing to create.
+    let a = UpArgs {
+        nodes: st.nodes.len() as u32,
+        dir: dir.to_path_buf(),
+        size: String::new(),
+        etcd: false,
+        lease_ttl_ms: 0,
+        netns: false,
+    };
+    let r = start_storage(&a, dir, &sibling("storage-node")?, &dir.join("vol0.img"), &mut st);
+    std::fs::write(state_path(dir), serde_json::to_string_pretty(&st)?)?;
+    r?;
+    println!(
+        "tidepool cluster: storage node restarted (pid {}, serving again after {} ms)",
+        st.storage.pid,
+        t0.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 fn netns_of(st: &State, dir: &Path) -> anyhow::Result<String> {
@@ -353,12 +391,11 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
 }
 
 fn start_storage(a: &UpArgs, dir: &Path, bin: &Path, vol: &Path, st: &mut State) -> anyhow::Result<()> {
-    let args: Vec<String> = vec![
-        "--file".into(),
-        vol.display().to_string(),
-        "--size".into(),
-        a.size.clone(),
-        "--create".into(),
+    let mut args: Vec<String> = vec!["--file".into(), vol.display().to_string()];
+    if !a.size.is_empty() {
+        args.extend(["--size".into(), a.size.clone(), "--create".into()]);
+    }
+    args.extend([
         "--allow-any-host".into(),
         "--listen".into(),
         st.storage_addr.clone(),
@@ -366,7 +403,10 @@ fn start_storage(a: &UpArgs, dir: &Path, bin: &Path, vol: &Path, st: &mut State)
         NQN.into(),
         "--discovery-listen".into(),
         String::new(),
-    ];
+        // Reservations (the fences) outlive a restart of the storage node.
+        "--ptpl-file".into(),
+        dir.join("vol0.ptpl").display().to_string(),
+    ]);
     let log = dir.join("storage-node.log");
     let mut sn = st.at_hub(|| spawn(bin, &args, &log))?;
     st.storage = Proc::of(sn.id());

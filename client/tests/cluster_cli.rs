@@ -296,3 +296,67 @@ fn a_killed_session_manager_is_replaced_from_its_records_in_etcd() {
     }
     tidepool(&["cluster", "down", "--dir", d]);
 }
+
+/// The storage node killed (SIGKILL) and started again under a running
+/// `up --etcd` cluster: the nodes connect to it again and go on (a write
+/// on node 1 made while it is down completes once it is back and every
+/// node reads it), what was acknowledged before is on the volume, and the
+/// reservations come back from its PTPL file: the manager still holds the
+/// volume, and a node fenced before the restart (killed, its key
+/// preempted) is still refused after it.
+#[test]
+fn a_restarted_storage_node_keeps_data_and_fences_and_the_nodes_go_on() {
+    let Some((dir, _up)) = etcd_cluster(3) else { return };
+    let d = dir.path().to_str().unwrap();
+    let st = status_of(d);
+    let mgr = holders(&st, "fs-manager:1");
+    assert!(mgr == [2] || mgr == [3], "{st}");
+    let env = env_of(dir.path());
+    let m = |i: u64| Path::new(&env[&format!("TIDEPOOL_NODE{i}_MOUNT")]).to_path_buf();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m(2).join("before")).unwrap();
+        f.write_all(&[5u8; 300_000]).unwrap();
+        f.sync_all().unwrap();
+    }
+    // Node 1 (no candidate) dies and is fenced off the volume.
+    signal_node(&st, 1, libc::SIGKILL);
+    let mlog = dir.path().join(format!("node{}/node.log", mgr[0]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&mlog).unwrap().contains("fenced the departed node off the volume") {
+        assert!(std::time::Instant::now() < deadline, "node 1 was not fenced");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = tidepool(&["cluster", "restart-storage", "--dir", d, "--kill"]);
+    assert!(out.contains("storage node restarted"), "{out}");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(m(3).join("across")).unwrap();
+        f.write_all(b"written across the restart").unwrap();
+        f.sync_all().unwrap();
+    }
+    assert_eq!(std::fs::read(m(2).join("across")).unwrap(), b"written across the restart");
+    assert_eq!(std::fs::read(m(3).join("before")).unwrap(), vec![5u8; 300_000]);
+    let slog = std::fs::read_to_string(dir.path().join("storage-node.log")).unwrap();
+    assert!(slog.contains("reservations loaded (persist through power loss)"), "{slog}");
+    let logs: String =
+        [2, 3].iter().map(|i| std::fs::read_to_string(dir.path().join(format!("node{i}/node.log"))).unwrap()).collect();
+    assert!(logs.contains("connected again after losing the controller"), "{logs}");
+    // The fences outlived the restart.
+    let ctrl = nvmf::Controller::connect(&env["TIDEPOOL_STORAGE"], &env["TIDEPOOL_NQN"], &nvmf::ConnectOpts::default())
+        .unwrap();
+    let (_, rtype, regs) = ctrl.resv_report(1).unwrap();
+    let holder: Vec<u32> =
+        regs.iter().filter(|r| r.rcsts & 1 != 0).map(|r| node::fencing::node_of(r.rkey.get())).collect();
+    assert_eq!((rtype, holder), (node::fencing::RTYPE, vec![mgr[0] as u32]));
+    assert!(regs.iter().all(|r| node::fencing::node_of(r.rkey.get()) != 1), "node 1 registered again");
+    let _ = ctrl.shutdown();
+    let opts = nvmf::ConnectOpts::default().with_hostnqn("nqn.2026-11.io.tidepool:node-1");
+    let ctrl = nvmf::Controller::connect(&env["TIDEPOOL_STORAGE"], &env["TIDEPOOL_NQN"], &opts).unwrap();
+    let mut block = vec![0u8; 512];
+    ctrl.read(1, 0, &mut block).unwrap();
+    let e = ctrl.write(1, 0, &block, true).expect_err("the fenced node wrote after the restart");
+    assert!(e.to_string().contains("Reservation Conflict"), "{e}");
+    let _ = ctrl.shutdown();
+    tidepool(&["cluster", "down", "--dir", d]);
+}

@@ -127,6 +127,11 @@ pub struct NamespaceCfg {
     /// so it is the same on every start.
     #[serde(default)]
     pub uuid: Option<String>,
+    /// Where reservations persist through restarts (Persist Through Power
+    /// Loss, turned on by a host's Register with CPTPL = 3); without it a
+    /// host asking for persistence gets Invalid Field.
+    #[serde(default)]
+    pub ptpl_file: Option<PathBuf>,
 }
 
 /// Parses "4096", "64K", "256M", "1G", "2T".
@@ -175,6 +180,7 @@ impl Config {
                     block_size: 512,
                     direct: false,
                     uuid: None,
+                    ptpl_file: None,
                 }],
             }],
         }
@@ -265,7 +271,11 @@ impl NamespaceCfg {
                 *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{subnqn}/{}", self.nsid).as_bytes()).as_bytes()
             }
         };
-        Namespace::new(self.nsid, backend, self.block_size, uuid).map_err(anyhow::Error::msg)
+        let ns = Namespace::new(self.nsid, backend, self.block_size, uuid).map_err(anyhow::Error::msg)?;
+        match &self.ptpl_file {
+            Some(p) => ns.with_ptpl_file(p.clone()).map_err(|e| anyhow::anyhow!("namespace {}: {e}", self.nsid)),
+            None => Ok(ns),
+        }
     }
 }
 

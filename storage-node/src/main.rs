@@ -40,6 +40,10 @@ struct Args {
     /// Backing file or block device of namespace 1.
     #[arg(long, conflicts_with = "memory")]
     file: Option<PathBuf>,
+    /// Keep namespace 1's reservations in this file through restarts (once a
+    /// host registers with Persist Through Power Loss).
+    #[arg(long)]
+    ptpl_file: Option<PathBuf>,
     /// Back namespace 1 with memory instead of a file.
     #[arg(long)]
     memory: bool,
@@ -70,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let a = Args::parse();
     let mut cfg = match &a.config {
@@ -93,6 +98,7 @@ fn main() -> anyhow::Result<()> {
                         block_size: a.block_size,
                         direct: a.direct,
                         uuid: None,
+                        ptpl_file: a.ptpl_file.clone(),
                     }],
                 }],
             }

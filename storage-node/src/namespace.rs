@@ -3,6 +3,8 @@
 use crate::backend::Backend;
 use crate::resv::ResvState;
 use parking_lot::RwLock;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct Namespace {
@@ -19,6 +21,9 @@ pub struct Namespace {
     /// while its backing device is replaced): I/O gets Namespace Not
     /// Ready, which hosts retry, instead of an error they would not.
     pub ready: AtomicBool,
+    /// Where its reservations persist through a restart (as SPDK's
+    /// `ptpl_file`), once a host asks for it (Register with CPTPL = 3).
+    pub ptpl_file: Option<PathBuf>,
 }
 
 /// Counters for the SMART log, in blocks and commands.
@@ -68,7 +73,51 @@ impl Namespace {
             resv: RwLock::new(ResvState::default()),
             stats: NsStats::default(),
             ready: AtomicBool::new(true),
+            ptpl_file: None,
         })
+    }
+
+    /// Keeps the reservations in `path` through restarts, loading what a
+    /// previous run saved there.
+    pub fn with_ptpl_file(mut self, path: PathBuf) -> Result<Self, String> {
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                let st = ResvState::from_ptpl_text(&t).map_err(|e| format!("{}: {e}", path.display()))?;
+                tracing::info!(
+                    nsid = self.nsid,
+                    registrants = st.registrants.len(),
+                    reserved = st.reservation.is_some(),
+                    "reservations loaded (persist through power loss)"
+                );
+                *self.resv.get_mut() = st;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        self.ptpl_file = Some(path);
+        Ok(self)
+    }
+
+    /// Saves `st` to the PTPL file (write, fsync, rename, fsync of the
+    /// directory: a crash leaves the old state or the new one), or removes
+    /// the file when persistence was turned off.
+    pub fn save_ptpl(&self, st: &ResvState) -> std::io::Result<()> {
+        let Some(path) = &self.ptpl_file else { return Ok(()) };
+        if !st.ptpl {
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(st.to_ptpl_text().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     pub fn block_size(&self) -> u32 {

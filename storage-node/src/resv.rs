@@ -27,6 +27,28 @@ pub struct ResvState {
     /// Current reservation: its type and, unless an "all registrants"
     /// type, the holder.
     pub reservation: Option<(ResvType, HostId)>,
+    /// Persist Through Power Loss is active (a host registered with
+    /// CPTPL = 3 and the namespace has a PTPL file): every change is saved
+    /// before it is acknowledged, and a restarted target loads it.
+    pub ptpl: bool,
+}
+
+/// The first line of a PTPL file, with its format version.
+const PTPL_MAGIC: &str = "tidepool-ptpl 1";
+
+fn hex16(h: &HostId) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex16(s: &str) -> Option<HostId> {
+    let mut h = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(h)
 }
 
 /// What a reservation change did, so the target can notify other hosts.
@@ -41,6 +63,54 @@ pub struct Effects {
 }
 
 impl ResvState {
+    /// The persisted form: text, one item a line, so an operator can read
+    /// what a restart will bring back.
+    pub fn to_ptpl_text(&self) -> String {
+        let mut t = format!("{PTPL_MAGIC}\ngeneration {}\n", self.generation);
+        for r in &self.registrants {
+            t += &format!("registrant {} {:016x}\n", hex16(&r.hostid), r.key);
+        }
+        if let Some((ty, holder)) = self.reservation {
+            t += &format!("reservation {} {}\n", ty as u8, hex16(&holder));
+        }
+        t
+    }
+
+    /// Reads [`ResvState::to_ptpl_text`]'s form back (persistence active).
+    /// Registrants come back with no controller (cntlid 0xffff) until one
+    /// of their host's controllers connects.
+    pub fn from_ptpl_text(text: &str) -> Result<ResvState, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(PTPL_MAGIC) {
+            return Err(format!("not a PTPL file (no '{PTPL_MAGIC}' line)"));
+        }
+        let mut st = ResvState { ptpl: true, ..Default::default() };
+        for (n, l) in lines.enumerate() {
+            let bad = || format!("line {}: cannot read '{l}'", n + 2);
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [] => {}
+                ["generation", g] => st.generation = g.parse().map_err(|_| bad())?,
+                ["registrant", h, k] => st.registrants.push(Registrant {
+                    hostid: unhex16(h).ok_or_else(bad)?,
+                    key: u64::from_str_radix(k, 16).map_err(|_| bad())?,
+                    cntlid: 0xffff,
+                }),
+                ["reservation", t, h] => {
+                    let t = t.parse::<u8>().ok().and_then(ResvType::from_u8).ok_or_else(bad)?;
+                    st.reservation = Some((t, unhex16(h).ok_or_else(bad)?));
+                }
+                _ => return Err(bad()),
+            }
+        }
+        if let Some((t, h)) = st.reservation {
+            if !t.all_registrants() && !st.is_registered(&h) {
+                return Err("the reservation's holder is not registered".into());
+            }
+        }
+        Ok(st)
+    }
+
     fn find(&self, h: &HostId) -> Option<usize> {
         self.registrants.iter().position(|r| &r.hostid == h)
     }
@@ -236,6 +306,33 @@ mod tests {
     const EA: u8 = ResvType::ExclusiveAccess as u8;
     const WERO: u8 = ResvType::WriteExclusiveRegOnly as u8;
     const EAAR: u8 = ResvType::ExclusiveAccessAllRegs as u8;
+
+    #[test]
+    fn the_ptpl_text_round_trips_and_bad_files_are_refused() {
+        let mut s = ResvState::default();
+        reg(&mut s, A, 0xa);
+        reg(&mut s, B, 0xbbbb_0000_0000_0001);
+        s.acquire(A, action::ACQUIRE, false, WERO, 0xa, 0).unwrap();
+        let back = ResvState::from_ptpl_text(&s.to_ptpl_text()).unwrap();
+        assert!(back.ptpl);
+        assert_eq!(back.generation, s.generation);
+        assert_eq!(back.reservation, s.reservation);
+        let keys = |s: &ResvState| s.registrants.iter().map(|r| (r.hostid, r.key)).collect::<Vec<_>>();
+        assert_eq!(keys(&back), keys(&s));
+        assert_eq!(back.check_access(&C, true), Err(Status::RESERVATION_CONFLICT), "the fence holds after a restart");
+        assert!(back.check_access(&B, true).is_ok());
+        for bad in [
+            "",
+            "tidepool-ptpl 2\n",
+            "tidepool-ptpl 1\ngeneration x\n",
+            "tidepool-ptpl 1\nregistrant 0102 0a\n",
+            "tidepool-ptpl 1\nreservation 9 01010101010101010101010101010101\n",
+            "tidepool-ptpl 1\nreservation 1 01010101010101010101010101010101\n",
+            "tidepool-ptpl 1\nsomething else\n",
+        ] {
+            assert!(ResvState::from_ptpl_text(bad).is_err(), "{bad:?} was read");
+        }
+    }
 
     fn reg(s: &mut ResvState, h: HostId, key: u64) {
         s.register(h, 1, action::REGISTER, false, 0, key).unwrap();

@@ -29,14 +29,31 @@ pub fn node_of(key: u64) -> u32 {
 }
 
 /// Registers this host on namespace `nsid` with `key`, replacing the key of
-/// an earlier life of this node if it had one.
+/// an earlier life of this node if it had one, and asks the target to keep
+/// the reservations through a restart (Persist Through Power Loss), so a
+/// restarted storage node still fences who was fenced. A target that cannot
+/// persist them (Invalid Field) gets the registration without, and a warning.
 pub fn register(ctrl: &Controller, nsid: u32, key: u64) -> nvmf::Result<()> {
-    match ctrl.resv_register(nsid, action::REGISTER, false, 0, key) {
-        Ok(()) => Ok(()),
+    let invalid = |e: &nvmf::NvmfError| e.status() == Some(nvme_wire::status::Status::INVALID_FIELD);
+    let with = |cptpl: u8| match ctrl.resv_register_ptpl(nsid, action::REGISTER, false, 0, key, cptpl) {
         // Registered already (another key): replace it, whatever it was.
-        Err(_) => ctrl.resv_register(nsid, action::REPLACE, true, 0, key),
+        Err(e) if !invalid(&e) => ctrl.resv_register_ptpl(nsid, action::REPLACE, true, 0, key, cptpl),
+        r => r,
+    };
+    match with(PERSIST) {
+        Err(e) if invalid(&e) => {
+            tracing::warn!(
+                nsid,
+                "the storage node keeps reservations in memory only: a restart of it drops every fence"
+            );
+            with(0)
+        }
+        r => r,
     }
 }
+
+/// CPTPL: persist the reservations through power loss.
+const PERSIST: u8 = 3;
 
 /// Takes the reservation for this host (registered with `key`) as the file
 /// system's manager: acquired if nobody holds it, else the holder preempted

@@ -30,7 +30,15 @@ pub struct ConnectOpts {
     /// then end a read with a C2HData PDU flagged SUCCESS instead of a
     /// separate CapsuleResp, one PDU less per read.
     pub disable_sqflow: bool,
+    /// After an established association fails (the connection dropped, the
+    /// target restarted), how long to keep trying to connect again (every
+    /// [`RECONNECT_DELAY`]) with the failed command waiting, as Linux's
+    /// `ctrl_loss_tmo`; zero fails at once.
+    pub reconnect_for: Duration,
 }
+
+/// Between two attempts to connect again.
+pub const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 
 impl Default for ConnectOpts {
     fn default() -> Self {
@@ -46,6 +54,7 @@ impl Default for ConnectOpts {
             kato_ms: 10_000,
             poll_mode: false,
             disable_sqflow: true,
+            reconnect_for: Duration::from_secs(30),
         }
     }
 }
@@ -72,15 +81,43 @@ pub struct Controller {
     pub cntlid: u16,
     pub subnqn: String,
     pub id: Box<IdCtrl>,
-    admin: Arc<Mutex<QueuePair>>,
+    shared: Arc<Shared>,
     io: Vec<Mutex<QueuePair>>,
     stop: Arc<AtomicBool>,
     keepalive: Option<std::thread::JoinHandle<()>>,
     pub opts: ConnectOpts,
 }
 
-fn lock(m: &Mutex<QueuePair>) -> std::sync::MutexGuard<'_, QueuePair> {
+/// What the keep-alive thread shares with the controller: the admin queue
+/// and what it takes to set the association up again.
+struct Shared {
+    addr: String,
+    subnqn: String,
+    opts: ConnectOpts,
+    admin: Mutex<QueuePair>,
+    /// The association now; taken (after any I/O queue lock, never while
+    /// the admin queue's is held) to set up a new one.
+    assoc: Mutex<Assoc>,
+}
+
+/// One association (admin queue and the controller it made); a queue
+/// connected under an older one is connected again before it is used.
+#[derive(Clone, Copy)]
+struct Assoc {
+    epoch: u64,
+    cntlid: u16,
+    depth: u16,
+    inline: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a failure means the connection or the association is gone (as
+/// opposed to a command the controller answered with an error).
+fn transport_failed(e: &NvmfError) -> bool {
+    matches!(e, NvmfError::Io(_) | NvmfError::Protocol(_) | NvmfError::Terminated { .. } | NvmfError::Timeout(_))
 }
 
 fn connect_queue(
@@ -99,6 +136,94 @@ fn connect_queue(
     Ok((q, r.result as u16))
 }
 
+/// Connects the admin queue and enables the controller: (admin queue,
+/// cntlid, CAP).
+fn associate(addr: &str, subnqn: &str, opts: &ConnectOpts) -> Result<(QueuePair, u16, u64)> {
+    let (mut admin, cntlid) = connect_queue(addr, subnqn, opts, 0, 32, 0xffff)?;
+    let cap = admin.exec(Property { eight: true, offset: prop::CAP, value: 0 }.get_sqe(0), DataDir::None, None)?.result;
+    let timeout = Duration::from_millis(500 * nvme_wire::fabrics::cap::to_500ms(cap).max(1) as u64);
+    admin.exec(
+        Property { eight: false, offset: prop::CC, value: cc::ENABLE_DEFAULT as u64 }.set_sqe(0),
+        DataDir::None,
+        None,
+    )?;
+    let t0 = Instant::now();
+    loop {
+        let st = admin
+            .exec(Property { eight: false, offset: prop::CSTS, value: 0 }.get_sqe(0), DataDir::None, None)?
+            .result as u32;
+        if st & csts::CFS != 0 {
+            return Err(NvmfError::Protocol("controller fatal status after enable".into()));
+        }
+        if st & csts::RDY != 0 {
+            break;
+        }
+        if t0.elapsed() > timeout {
+            return Err(NvmfError::Timeout("controller did not become ready".into()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok((admin, cntlid, cap))
+}
+
+/// Asks for `n` I/O queues; how many the controller grants.
+fn ask_queues(admin: &mut QueuePair, n: u16) -> Result<u16> {
+    let mut s = sqe(opc::SET_FEATURES, 0, 0);
+    let want = (n - 1) as u32;
+    s.cdw10 = (feat::NUM_QUEUES as u32).into();
+    s.cdw11 = (want | want << 16).into();
+    Ok((admin.exec(s, DataDir::None, None)?.result as u16) + 1)
+}
+
+impl Shared {
+    /// Sets up a new association if `seen` (the epoch of the queue that
+    /// failed) is still the current one, and returns the current one. Only
+    /// the admin queue is replaced here; I/O queues reconnect when used.
+    fn reassociate(&self, seen: u64, io_queues: u16) -> Result<Assoc> {
+        let mut a = lock(&self.assoc);
+        if a.epoch != seen {
+            return Ok(*a);
+        }
+        let (mut admin, cntlid, _) = associate(&self.addr, &self.subnqn, &self.opts)?;
+        if io_queues > 0 {
+            ask_queues(&mut admin, io_queues)?;
+        }
+        a.epoch += 1;
+        a.cntlid = cntlid;
+        admin.epoch = a.epoch;
+        *lock(&self.admin) = admin;
+        tracing::warn!(addr = %self.addr, subnqn = %self.subnqn, cntlid, "connected again after losing the controller");
+        Ok(*a)
+    }
+
+    /// Connects I/O queue `qid` again under the current association (a new
+    /// one first if `q`'s is the current one, which failed).
+    fn reconnect_io(&self, q: &mut QueuePair, io_queues: u16) -> Result<()> {
+        let a = self.reassociate(q.epoch, io_queues)?;
+        let (mut nq, _) = connect_queue(&self.addr, &self.subnqn, &self.opts, q.qid(), a.depth, a.cntlid)?;
+        nq.set_inline_max(a.inline);
+        nq.set_poll_mode(self.opts.poll_mode);
+        nq.epoch = a.epoch;
+        *q = nq;
+        Ok(())
+    }
+
+    /// Waits out a lost association: tries again every
+    /// [`RECONNECT_DELAY`] until `connect` succeeds or `deadline` passes.
+    fn retry_until(&self, deadline: Instant, mut connect: impl FnMut() -> Result<()>) -> Result<()> {
+        loop {
+            match connect() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() + RECONNECT_DELAY < deadline => {
+                    tracing::debug!(addr = %self.addr, error = %e, "the controller is not back yet");
+                    std::thread::sleep(RECONNECT_DELAY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 impl Controller {
     /// Connects the admin queue, enables the controller and connects
     /// `opts.io_queues` I/O queues.
@@ -106,45 +231,17 @@ impl Controller {
         if subnqn.len() > nvme_wire::fabrics::NQN_MAX || opts.hostnqn.len() > nvme_wire::fabrics::NQN_MAX {
             return Err(NvmfError::Invalid("NQN longer than 223 bytes".into()));
         }
-        let (mut admin, cntlid) = connect_queue(addr, subnqn, opts, 0, 32, 0xffff)?;
-        let cap =
-            admin.exec(Property { eight: true, offset: prop::CAP, value: 0 }.get_sqe(0), DataDir::None, None)?.result;
-        let timeout = Duration::from_millis(500 * nvme_wire::fabrics::cap::to_500ms(cap).max(1) as u64);
-        admin.exec(
-            Property { eight: false, offset: prop::CC, value: cc::ENABLE_DEFAULT as u64 }.set_sqe(0),
-            DataDir::None,
-            None,
-        )?;
-        let t0 = Instant::now();
-        loop {
-            let st = admin
-                .exec(Property { eight: false, offset: prop::CSTS, value: 0 }.get_sqe(0), DataDir::None, None)?
-                .result as u32;
-            if st & csts::CFS != 0 {
-                return Err(NvmfError::Protocol("controller fatal status after enable".into()));
-            }
-            if st & csts::RDY != 0 {
-                break;
-            }
-            if t0.elapsed() > timeout {
-                return Err(NvmfError::Timeout("controller did not become ready".into()));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let (mut admin, cntlid, cap) = associate(addr, subnqn, opts)?;
         let mut idb = vec![0u8; 4096];
         admin.exec(identify_sqe(cns::CONTROLLER, 0), DataDir::FromCtrl(4096), Some(&mut idb))?;
         let id = Box::new(IdCtrl::read_from_bytes(&idb[..]).map_err(|_| NvmfError::Protocol("identify size".into()))?);
         let mqes = nvme_wire::fabrics::cap::mqes(cap) as u32 + 1;
         let depth = (opts.queue_depth as u32).min(mqes).max(2) as u16;
+        let inline = (id.ioccsz.get() as usize * 16).saturating_sub(64);
         let mut io = Vec::new();
         let is_discovery = subnqn == DISCOVERY_NQN;
         if !is_discovery && opts.io_queues > 0 {
-            let mut s = sqe(opc::SET_FEATURES, 0, 0);
-            let want = (opts.io_queues - 1) as u32;
-            s.cdw10 = (feat::NUM_QUEUES as u32).into();
-            s.cdw11 = (want | want << 16).into();
-            let granted = (admin.exec(s, DataDir::None, None)?.result as u16) + 1;
-            let inline = (id.ioccsz.get() as usize * 16).saturating_sub(64);
+            let granted = ask_queues(&mut admin, opts.io_queues)?;
             for qid in 1..=opts.io_queues.min(granted) {
                 let (mut q, _) = connect_queue(addr, subnqn, opts, qid, depth, cntlid)?;
                 q.set_inline_max(inline);
@@ -152,34 +249,93 @@ impl Controller {
                 io.push(Mutex::new(q));
             }
         }
-        let admin = Arc::new(Mutex::new(admin));
+        let shared = Arc::new(Shared {
+            addr: addr.to_owned(),
+            subnqn: subnqn.to_owned(),
+            opts: opts.clone(),
+            admin: Mutex::new(admin),
+            assoc: Mutex::new(Assoc { epoch: 0, cntlid, depth, inline }),
+        });
         let stop = Arc::new(AtomicBool::new(false));
+        let nio = io.len() as u16;
         let keepalive = (opts.kato_ms > 0).then(|| {
-            let (a, s) = (admin.clone(), stop.clone());
+            let (sh, s) = (Arc::downgrade(&shared), stop.clone());
             let every = Duration::from_millis(opts.kato_ms as u64 / 2);
             std::thread::spawn(move || {
                 let mut last = Instant::now();
+                let mut failing = false;
                 while !s.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(50));
-                    if last.elapsed() >= every {
-                        if let Err(e) = lock(&a).exec(sqe(opc::KEEP_ALIVE, 0, 0), DataDir::None, None) {
-                            tracing::warn!(error = %e, "keep-alive failed");
-                            break;
-                        }
-                        last = Instant::now();
+                    let Some(sh) = sh.upgrade() else { return };
+                    if last.elapsed() < every {
+                        continue;
                     }
+                    let (r, epoch) = {
+                        let mut a = lock(&sh.admin);
+                        (a.exec(sqe(opc::KEEP_ALIVE, 0, 0), DataDir::None, None), a.epoch)
+                    };
+                    match r {
+                        Ok(_) => failing = false,
+                        Err(e) if transport_failed(&e) && !sh.opts.reconnect_for.is_zero() => {
+                            if !failing {
+                                tracing::warn!(error = %e, "keep-alive failed; connecting again");
+                                failing = true;
+                            }
+                            // An idle host sets the association up again too,
+                            // so that it is there when I/O comes.
+                            if let Err(e) = sh.reassociate(epoch, nio) {
+                                tracing::debug!(error = %e, "the controller is not back yet");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "keep-alive failed");
+                            return;
+                        }
+                    }
+                    last = Instant::now();
                 }
             })
         });
         tracing::info!(addr, subnqn, cntlid, transport = %opts.transport, io_queues = io.len(), depth, "connected");
-        Ok(Self { cntlid, subnqn: subnqn.to_owned(), id, admin, io, stop, keepalive, opts: opts.clone() })
+        Ok(Self { cntlid, subnqn: subnqn.to_owned(), id, shared, io, stop, keepalive, opts: opts.clone() })
+    }
+
+    /// Runs `f` on I/O queue `i`; when the connection or the association
+    /// fails under it, connects again (for up to `opts.reconnect_for`) and
+    /// runs `f` again from the start, so `f` must be safe to repeat (reads
+    /// and writes of the same blocks are).
+    fn with_io<T>(&self, i: usize, mut f: impl FnMut(&mut QueuePair) -> Result<T>) -> Result<T> {
+        if self.io.is_empty() {
+            return Err(NvmfError::Invalid("no I/O queues".into()));
+        }
+        let mut q = lock(&self.io[i % self.io.len()]);
+        let mut deadline = None;
+        loop {
+            if q.epoch != lock(&self.shared.assoc).epoch {
+                let dl = *deadline.get_or_insert_with(|| Instant::now() + self.opts.reconnect_for);
+                self.shared.retry_until(dl, || self.shared.reconnect_io(&mut q, self.io.len() as u16))?;
+            }
+            match f(&mut q) {
+                Err(e) if transport_failed(&e) && !self.opts.reconnect_for.is_zero() => {
+                    let dl = *deadline.get_or_insert_with(|| Instant::now() + self.opts.reconnect_for);
+                    if Instant::now() >= dl {
+                        return Err(e);
+                    }
+                    tracing::warn!(qid = q.qid(), error = %e, "lost the controller; connecting again");
+                    let n = self.io.len() as u16;
+                    self.shared.retry_until(dl, || self.shared.reconnect_io(&mut q, n))?;
+                }
+                r => return r,
+            }
+        }
     }
 
     pub fn io_queue_count(&self) -> usize {
         self.io.len()
     }
 
-    /// Exclusive use of I/O queue `i` (for callers that keep many commands in flight).
+    /// Exclusive use of I/O queue `i` (for callers that keep many commands
+    /// in flight; they see a lost connection as an error, with no reconnect).
     pub fn io_queue(&self, i: usize) -> std::sync::MutexGuard<'_, QueuePair> {
         lock(&self.io[i % self.io.len()])
     }
@@ -187,20 +343,36 @@ impl Controller {
     /// Exclusive use of the admin queue, for asynchronous admin commands
     /// (Asynchronous Event Request).
     pub fn admin_queue(&self) -> std::sync::MutexGuard<'_, QueuePair> {
-        lock(&self.admin)
+        lock(&self.shared.admin)
     }
 
-    pub fn admin_exec(&self, s: Sqe, data: DataDir<'_>, read_into: Option<&mut [u8]>) -> Result<Completed> {
-        lock(&self.admin).exec(s, data, read_into)
-    }
-
-    fn io_exec(&self, s: Sqe, data: DataDir<'_>, read_into: Option<&mut [u8]>) -> Result<Completed> {
-        if self.io.is_empty() {
-            return Err(NvmfError::Invalid("no I/O queues".into()));
+    /// Runs an admin command, connecting again and repeating it when the
+    /// association fails under it (as [`Controller::with_io`] does).
+    pub fn admin_exec(&self, s: Sqe, data: DataDir<'_>, mut read_into: Option<&mut [u8]>) -> Result<Completed> {
+        let mut deadline = None;
+        loop {
+            let (r, epoch) = {
+                let mut a = lock(&self.shared.admin);
+                (a.exec(s, data, read_into.as_deref_mut()), a.epoch)
+            };
+            match r {
+                Err(e) if transport_failed(&e) && !self.opts.reconnect_for.is_zero() => {
+                    let dl = *deadline.get_or_insert_with(|| Instant::now() + self.opts.reconnect_for);
+                    if Instant::now() >= dl {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "lost the controller's admin queue; connecting again");
+                    let n = self.io.len() as u16;
+                    self.shared.retry_until(dl, || self.shared.reassociate(epoch, n).map(|_| ()))?;
+                }
+                r => return r,
+            }
         }
+    }
+
+    fn io_exec(&self, s: Sqe, data: DataDir<'_>, mut read_into: Option<&mut [u8]>) -> Result<Completed> {
         // Spread synchronous callers over the queues by thread.
-        let i = thread_slot() % self.io.len();
-        lock(&self.io[i]).exec(s, data, read_into)
+        self.with_io(thread_slot(), |q| q.exec(s, data, read_into.as_deref_mut()))
     }
 
     pub fn identify_ns(&self, nsid: u32) -> Result<NsInfo> {
@@ -312,36 +484,34 @@ impl Controller {
         mut submit: impl FnMut(&mut QueuePair, usize) -> Result<u16>,
         mut done: impl FnMut(&QueuePair, &Completed),
     ) -> Result<()> {
-        if self.io.is_empty() {
-            return Err(NvmfError::Invalid("no I/O queues".into()));
-        }
-        let mut q = lock(&self.io[thread_slot() % self.io.len()]);
-        let (mut sent, mut back) = (0, 0);
-        let mut failed: Option<NvmfError> = None;
-        let mut out = Vec::with_capacity(RANGE_IN_FLIGHT);
-        let mut cids = Vec::with_capacity(n);
-        while back < n {
-            while failed.is_none() && sent < n && sent - back < RANGE_IN_FLIGHT && q.has_room() {
-                cids.push(submit(&mut q, sent)?);
-                sent += 1;
-            }
-            if sent == back {
-                break;
-            }
-            out.clear();
-            q.poll(&mut out, 1)?;
-            // (A late answer to some earlier caller's timed-out command is
-            // not one of these.)
-            for c in out.iter().filter(|c| cids.get(c.tag as usize) == Some(&c.cid)) {
-                back += 1;
-                if c.status.is_success() {
-                    done(&q, c);
-                } else if failed.is_none() {
-                    failed = Some(NvmfError::Status { status: c.status, result: c.result });
+        self.with_io(thread_slot(), |q| {
+            let (mut sent, mut back) = (0, 0);
+            let mut failed: Option<NvmfError> = None;
+            let mut out = Vec::with_capacity(RANGE_IN_FLIGHT);
+            let mut cids = Vec::with_capacity(n);
+            while back < n {
+                while failed.is_none() && sent < n && sent - back < RANGE_IN_FLIGHT && q.has_room() {
+                    cids.push(submit(q, sent)?);
+                    sent += 1;
+                }
+                if sent == back {
+                    break;
+                }
+                out.clear();
+                q.poll(&mut out, 1)?;
+                // (A late answer to some earlier caller's timed-out command is
+                // not one of these.)
+                for c in out.iter().filter(|c| cids.get(c.tag as usize) == Some(&c.cid)) {
+                    back += 1;
+                    if c.status.is_success() {
+                        done(q, c);
+                    } else if failed.is_none() {
+                        failed = Some(NvmfError::Status { status: c.status, result: c.result });
+                    }
                 }
             }
-        }
-        failed.map_or(Ok(()), Err)
+            failed.map_or(Ok(()), Err)
+        })
     }
 
     pub fn write(&self, nsid: u32, slba: u64, data: &[u8], fua: bool) -> Result<()> {
@@ -391,8 +561,23 @@ impl Controller {
     }
 
     pub fn resv_register(&self, nsid: u32, action: u8, iekey: bool, crkey: u64, nrkey: u64) -> Result<()> {
+        self.resv_register_ptpl(nsid, action, iekey, crkey, nrkey, 0)
+    }
+
+    /// Reservation Register with Change Persist Through Power Loss State
+    /// (`cptpl`: 0 no change, 2 off, 3 on: the target keeps the
+    /// reservations through a restart).
+    pub fn resv_register_ptpl(
+        &self,
+        nsid: u32,
+        action: u8,
+        iekey: bool,
+        crkey: u64,
+        nrkey: u64,
+        cptpl: u8,
+    ) -> Result<()> {
         let mut s = sqe(opc::RESV_REGISTER, 0, nsid);
-        s.cdw10 = resv::cdw10(action, iekey, 0, 0).into();
+        s.cdw10 = resv::cdw10(action, iekey, 0, cptpl).into();
         let k = KeyPair { crkey: crkey.into(), nrkey: nrkey.into() };
         self.io_exec(s, DataDir::ToCtrl(k.as_bytes()), None).map(|_| ())
     }
@@ -439,7 +624,7 @@ impl Controller {
     /// command only: the admin queue ends by closing its connection.)
     pub fn shutdown(mut self) -> Result<()> {
         self.stop_keepalive();
-        let mut a = lock(&self.admin);
+        let mut a = lock(&self.shared.admin);
         a.exec(
             Property { eight: false, offset: prop::CC, value: (cc::ENABLE_DEFAULT | cc::SHN_NORMAL) as u64 }.set_sqe(0),
             DataDir::None,

@@ -95,13 +95,15 @@ pub trait QueueTransport: Send {
 pub struct QueuePair {
     link: Box<dyn QueueTransport>,
     transport: Transport,
+    /// The controller's association this queue was connected under.
+    pub(crate) epoch: u64,
 }
 
 impl QueuePair {
     /// An NVMe/TCP queue: opens the connection and exchanges ICReq / ICResp.
     pub fn connect(addr: &str, qid: u16, depth: u16, hdgst: bool, ddgst: bool) -> Result<Self> {
         let q = super::tcp::TcpQueue::connect(addr, qid, depth, hdgst, ddgst)?;
-        Ok(Self { link: Box::new(q), transport: Transport::Tcp })
+        Ok(Self { link: Box::new(q), transport: Transport::Tcp, epoch: 0 })
     }
 
     /// A queue on `transport` (digests apply to TCP only), ready for its
@@ -112,7 +114,7 @@ impl QueuePair {
             #[cfg(feature = "rdma")]
             Transport::Rdma => {
                 let q = super::rdma::RdmaQueue::connect(addr, qid, depth)?;
-                Ok(Self { link: Box::new(q), transport })
+                Ok(Self { link: Box::new(q), transport, epoch: 0 })
             }
             #[cfg(not(feature = "rdma"))]
             Transport::Rdma => Err(NvmfError::Transport(

@@ -93,6 +93,16 @@ fn connect(ctx: &mut QueueCtx, c: Connect, data: &[u8]) -> Completion {
             return Completion::err(Status::CONNECT_CTRL_BUSY);
         };
         tracing::info!(cntlid = ctrl.cntlid, host = %ctrl.hostnqn, subsys = %ctrl.subsys.nqn, kato_ms = kato, "admin queue connected; controller created");
+        // A host whose registration came back from the PTPL file has a
+        // controller again: the Reservation Report names it.
+        for nsid in ctrl.subsys.nsids() {
+            if let Some(ns) = ctrl.subsys.namespace(nsid) {
+                let mut r = ns.resv.write();
+                for reg in r.registrants.iter_mut().filter(|g| g.hostid == d.hostid && g.cntlid == 0xffff) {
+                    reg.cntlid = ctrl.cntlid;
+                }
+            }
+        }
         ctx.ctrl = Some(ctrl.clone());
         ctx.qid = 0;
         ctx.depth = depth as u16;

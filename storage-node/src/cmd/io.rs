@@ -188,38 +188,31 @@ pub fn execute(
         IoCmd::ResvRegister { cdw10 } => {
             let Ok(k) = KeyPair::read_from_bytes(data_in) else { return Status::SGL_INVALID_DATA.into() };
             let cptpl = (cdw10 >> 30) as u8;
-            if cptpl == 3 {
-                // Persist through power loss is not supported.
+            if cptpl == 1 || (cptpl == 3 && ns.ptpl_file.is_none()) {
+                // Reserved, or persistence asked of a namespace with nowhere to keep it.
                 return Status::INVALID_FIELD.into();
             }
-            let r = ns.resv.write().register(
-                *h,
-                ctrl.cntlid,
-                cdw10 as u8 & 7,
-                cdw10 & 8 != 0,
-                k.crkey.get(),
-                k.nrkey.get(),
-            );
-            resv_result(ctrl, ns, r)
+            resv_change(ctrl, ns, |st| {
+                let fx = st.register(*h, ctrl.cntlid, cdw10 as u8 & 7, cdw10 & 8 != 0, k.crkey.get(), k.nrkey.get())?;
+                match cptpl {
+                    3 => st.ptpl = true,
+                    2 => st.ptpl = false,
+                    _ => {}
+                }
+                Ok(fx)
+            })
         }
         IoCmd::ResvAcquire { cdw10 } => {
             let Ok(k) = KeyPair::read_from_bytes(data_in) else { return Status::SGL_INVALID_DATA.into() };
-            let r = ns.resv.write().acquire(
-                *h,
-                cdw10 as u8 & 7,
-                cdw10 & 8 != 0,
-                (cdw10 >> 8) as u8,
-                k.crkey.get(),
-                k.nrkey.get(),
-            );
-            resv_result(ctrl, ns, r)
+            resv_change(ctrl, ns, |st| {
+                st.acquire(*h, cdw10 as u8 & 7, cdw10 & 8 != 0, (cdw10 >> 8) as u8, k.crkey.get(), k.nrkey.get())
+            })
         }
         IoCmd::ResvRelease { cdw10 } => {
             let Some(crkey) = data_in.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))) else {
                 return Status::SGL_INVALID_DATA.into();
             };
-            let r = ns.resv.write().release(*h, cdw10 as u8 & 7, cdw10 & 8 != 0, (cdw10 >> 8) as u8, crkey);
-            resv_result(ctrl, ns, r)
+            resv_change(ctrl, ns, |st| st.release(*h, cdw10 as u8 & 7, cdw10 & 8 != 0, (cdw10 >> 8) as u8, crkey))
         }
         IoCmd::ResvReport { extended } => {
             if !extended {
@@ -231,6 +224,7 @@ pub fn execute(
             hdr.gen = st.generation.into();
             hdr.rtype = st.reservation.map_or(0, |(t, _)| t as u8);
             hdr.regctl = (st.registrants.len() as u16).into();
+            hdr.ptpls = st.ptpl as u8;
             data_out.fill(0);
             let n = data_out.len().min(64);
             data_out[..n].copy_from_slice(&hdr.as_bytes()[..n]);
@@ -316,6 +310,30 @@ pub fn execute_batch(ctrl: &Ctrl, ns: &Namespace, ops: &mut [IoOp<'_>], out: &mu
             Err(e) => io_err(e, write),
         };
     }
+}
+
+/// Applies a reservation change under the write lock; with persistence
+/// active (before or after it) the new state is on disk before the change
+/// is acknowledged, and a change that cannot be saved is undone and fails.
+fn resv_change(
+    ctrl: &Ctrl,
+    ns: &Namespace,
+    f: impl FnOnce(&mut crate::resv::ResvState) -> Result<crate::resv::Effects, Status>,
+) -> Completion {
+    let mut st = ns.resv.write();
+    let before = ns.ptpl_file.as_ref().map(|_| st.clone());
+    let r = f(&mut st);
+    if let (Ok(_), Some(old)) = (&r, before) {
+        if old.ptpl || st.ptpl {
+            if let Err(e) = ns.save_ptpl(&st) {
+                tracing::error!(nsid = ns.nsid, error = %e, "cannot save the reservations: the change is undone");
+                *st = old;
+                return Status::INTERNAL.into();
+            }
+        }
+    }
+    drop(st);
+    resv_result(ctrl, ns, r)
 }
 
 fn resv_result(ctrl: &Ctrl, ns: &Namespace, r: Result<crate::resv::Effects, Status>) -> Completion {
