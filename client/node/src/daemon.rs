@@ -109,6 +109,9 @@ pub struct Node {
     cluster: Option<Arc<ClusterLink>>,
     /// Where this node announced each of its mounts (the role may move).
     announced: Mutex<HashMap<FsId, NodeId>>,
+    /// Session announcements made while no session manager was elected,
+    /// in order; the heartbeat sends them once one is.
+    unannounced: Mutex<Vec<Outbound>>,
 }
 
 impl Node {
@@ -206,6 +209,7 @@ impl Node {
                 files: Mutex::new(HashMap::new()),
                 cluster,
                 announced: Mutex::new(HashMap::new()),
+                unannounced: Mutex::new(Vec::new()),
                 cfg,
             }
         });
@@ -228,7 +232,10 @@ impl Node {
         let period = node.cfg.heartbeat_interval();
         thread::Builder::new().name(format!("dm-heartbeat-{me}")).spawn(move || loop {
             match w.upgrade() {
-                Some(n) if !n.stop.load(Ordering::Acquire) => n.heartbeat(),
+                Some(n) if !n.stop.load(Ordering::Acquire) => {
+                    n.heartbeat();
+                    n.send_unannounced();
+                }
                 _ => return,
             }
             thread::sleep(period);
@@ -322,10 +329,38 @@ impl Node {
             o,
             Outbound::SessionCreated { .. } | Outbound::SessionReclaimed { .. } | Outbound::SessionDestroyed { .. }
         );
-        let sm = if announce { self.sm_node() } else { NodeId(self.cfg.session_manager) };
+        let sm = match announce {
+            true => match self.elected_sm() {
+                Some(n) if self.unannounced.lock().is_empty() => n,
+                _ => {
+                    // Nobody to record it (or older ones still wait): kept, in order.
+                    warn!(?o, "no session manager is elected: the announcement waits for one");
+                    self.unannounced.lock().push(o);
+                    return;
+                }
+            },
+            false => NodeId(self.cfg.session_manager),
+        };
         let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
         if let Err(e) = self.send_frame(to, f) {
             warn!(%to, error = %e, ?o, "session message not sent");
+        }
+    }
+
+    /// Sends the session announcements kept while no session manager was
+    /// elected, once one is (from the heartbeat).
+    fn send_unannounced(&self) {
+        if self.unannounced.lock().is_empty() {
+            return;
+        }
+        let Some(sm) = self.elected_sm() else { return };
+        let kept = std::mem::take(&mut *self.unannounced.lock());
+        info!(%sm, announcements = kept.len(), "a session manager is elected: sending what waited for it");
+        for o in kept {
+            let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
+            if let Err(e) = self.send_frame(to, f) {
+                warn!(%to, error = %e, ?o, "session message not sent");
+            }
         }
     }
 
@@ -640,14 +675,26 @@ impl Node {
     /// The session manager node now: the holder of the role in etcd when it
     /// is elected, else the configured one.
     fn sm_node(&self) -> NodeId {
+        self.elected_sm().unwrap_or(NodeId(self.cfg.session_manager))
+    }
+
+    /// [`Node::sm_node`], but `None` while the role is elected and nobody
+    /// holds it (or etcd cannot say).
+    fn elected_sm(&self) -> Option<NodeId> {
         if let (Some(link), false) = (&self.cluster, self.cfg.session_managers.is_empty()) {
-            match link.election(SESSION_MANAGER_ROLE).leader() {
-                Ok(Some(l)) => return NodeId(l.holder),
-                Ok(None) => warn!("no session manager is elected now"),
-                Err(e) => warn!(error = %e, "cannot ask etcd who the session manager is"),
-            }
+            return match link.election(SESSION_MANAGER_ROLE).leader() {
+                Ok(Some(l)) => Some(NodeId(l.holder)),
+                Ok(None) => {
+                    warn!("no session manager is elected now");
+                    None
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot ask etcd who the session manager is");
+                    None
+                }
+            };
         }
-        NodeId(self.cfg.session_manager)
+        Some(NodeId(self.cfg.session_manager))
     }
 
     /// Campaigns for the session-manager role from a thread: a term's
