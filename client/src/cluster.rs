@@ -708,7 +708,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         }
     }
     if let Some(p) = &st.netns {
-        crate::netns::destroy(p, st.nodes.len() as u32);
+        crate::netns::destroy(p);
     }
     std::fs::remove_file(state_path(dir))?;
     let _ = std::fs::remove_file(dir.join("cluster.env"));

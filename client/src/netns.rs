@@ -75,7 +75,7 @@ pub fn create(prefix: &str, nodes: u32) -> anyhow::Result<()> {
     }
     let r = build(prefix, nodes);
     if r.is_err() {
-        destroy(prefix, nodes);
+        destroy(prefix);
     }
     r
 }
@@ -105,13 +105,16 @@ fn build(prefix: &str, nodes: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the namespaces (their links go with them). Quiet about ones
-/// already gone.
-pub fn destroy(prefix: &str, nodes: u32) {
-    for i in 1..=nodes {
-        let _ = ip(&["netns", "del", &node(prefix, i)]);
+/// Removes the namespaces (their links go with them): every one named
+/// with `prefix`, however many nodes were made before a failure.
+pub fn destroy(prefix: &str) {
+    let mine = |n: &str| n.strip_prefix(prefix).is_some_and(|rest| rest == "-hub" || rest.starts_with("-n"));
+    let names: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| mine(n)).collect())
+        .unwrap_or_default();
+    for n in names {
+        let _ = ip(&["netns", "del", &n]);
     }
-    let _ = ip(&["netns", "del", &hub(prefix)]);
 }
 
 /// Sets node `i`'s cluster link down (`up == false`) or up again.

@@ -91,12 +91,22 @@ fn cluster_up_on_etcd_and_a_killed_node_leaves() {
         assert!(std::time::Instant::now() < deadline, "node 1 is still a member: {}", status());
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let log = std::fs::read_to_string(dir.path().join(format!("node{mgr}/node.log"))).unwrap();
-    assert!(log.contains("node left the cluster") && log.contains("node=1"), "{log}");
-    // Its connection to the manager ended with its process (a live one cut
-    // off from etcd would be expelled), and its reservation key is fenced.
-    assert!(log.contains("client gone; dropping its tokens client=node-1"), "{log}");
-    assert!(log.contains("fenced the departed node off the volume"), "{log}");
+    // The manager sees it leave (its follower may act a moment after etcd
+    // lists it gone). Its connection to the manager ended with its process
+    // (a live one cut off from etcd would be expelled), and its
+    // reservation key is fenced.
+    let mlog = dir.path().join(format!("node{mgr}/node.log"));
+    let seen = |log: &str| {
+        log.contains("node left the cluster")
+            && log.contains("node=1")
+            && log.contains("client gone; dropping its tokens client=node-1")
+            && log.contains("fenced the departed node off the volume")
+    };
+    while !seen(&std::fs::read_to_string(&mlog).unwrap()) {
+        let log = std::fs::read_to_string(&mlog).unwrap();
+        assert!(std::time::Instant::now() < deadline, "the manager did not expel and fence node 1: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // The survivors' mounts work on.
     let env = env_of(dir.path());
     let m2 = env["TIDEPOOL_NODE2_MOUNT"].clone();

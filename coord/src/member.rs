@@ -129,8 +129,13 @@ impl Member {
                 if let Err(e) = renewer {
                     tracing::error!(node, error = %e, "cannot start the lease renewal thread");
                 } else {
+                    // The first renewal goes at once: the time since the
+                    // grant was asked counts against the lease already.
+                    let mut first = true;
                     'renewing: while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(ttl / 3);
+                        if !std::mem::take(&mut first) {
+                            std::thread::sleep(ttl / 3);
+                        }
                         if ask.send(()).is_err() {
                             break;
                         }
