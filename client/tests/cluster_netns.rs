@@ -92,7 +92,9 @@ fn a_manager_killed_under_fio_verify_from_two_hosts_loses_nothing() {
 /// its reservation key; a node on the other side writes a block of a file
 /// the cut-off host is writing too, and the cut-off host's writes, still
 /// sent over its storage link, are refused (Reservation Conflict) and never
-/// land over the newer data, before or after the link comes back.
+/// land over the newer data. Its mount fails at once while it is out.
+/// Healed, it joins again under a new lease (a new reservation key) and
+/// mounts again; the old mount's writes still never land.
 #[test]
 fn a_partitioned_manager_is_fenced_off_the_volume_it_still_reaches() {
     let Some((dir, _up)) = etcd_cluster_with(3, &["--netns", "--lease-ttl-ms", "2000"]) else { return };
@@ -160,9 +162,33 @@ fn a_partitioned_manager_is_fenced_off_the_volume_it_still_reaches() {
         !w.status.success() && String::from_utf8_lossy(&w.stderr).contains("Reservation Conflict"),
         "the cut-off host wrote to the volume: {w:?}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Out of the cluster, its mount fails at once rather than waiting on a
+    // manager that refuses it.
+    let state_of = |st: &serde_json::Value| st["nodes"][old as usize - 1]["mount_state"].as_str().unwrap().to_string();
+    let st = status_of(d);
+    assert!(state_of(&st).starts_with("expelled"), "{st}");
+    let t = Instant::now();
+    assert!(std::fs::metadata(mold.join("shared")).is_err());
+    assert!(t.elapsed() < Duration::from_secs(5), "a stat on the expelled mount took {:?}", t.elapsed());
+    let oldlog = std::fs::read_to_string(dir.path().join(format!("node{old}/node.log"))).unwrap();
+    assert!(oldlog.contains("stopping its metadata services"), "{oldlog}");
+    // Healed, it joins again under a new lease and mounts again, while the
+    // old mount's writer still tries: none of its writes may land.
     tidepool(&["cluster", "heal", "--dir", d, "--node", &old.to_string()]);
-    std::thread::sleep(Duration::from_millis(1500));
+    let oldlog_path = dir.path().join(format!("node{old}/node.log"));
+    let end = Instant::now() + Duration::from_secs(30);
+    while state_of(&status_of(d)) != "mounted" {
+        let log = std::fs::read_to_string(&oldlog_path).unwrap();
+        assert!(Instant::now() < end, "the healed node did not mount again: {}\n{log}", status_of(d));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let members: Vec<u64> =
+        status_of(d)["etcd"]["members"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+    assert_eq!(members, [1, 2, 3]);
+    assert_eq!(std::fs::read(mold.join("after")).unwrap(), b"made across the partition");
+    std::fs::write(mold.join("back"), b"from the rejoined node").unwrap();
+    assert_eq!(std::fs::read(m1.join("back")).unwrap(), b"from the rejoined node");
+    std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Release);
     let (ok, failed) = writer.join().unwrap();
     assert!(ok > 0 && failed > 0, "the cut-off host's writes: {ok} landed, {failed} refused");
@@ -170,13 +196,5 @@ fn a_partitioned_manager_is_fenced_off_the_volume_it_still_reaches() {
     assert!(data[..4096].iter().all(|&b| b == b'N'), "the cut-off host wrote over newer data");
     assert_eq!(std::fs::read(mount_of(&env, new).join("after")).unwrap(), b"made across the partition");
     let oldlog = std::fs::read_to_string(dir.path().join(format!("node{old}/node.log"))).unwrap();
-    assert!(oldlog.contains("stopping its metadata services"), "{oldlog}");
-    // Out of the cluster, its mount fails at once rather than waiting on a
-    // manager that refuses it.
-    let st = status_of(d);
-    let state = st["nodes"][old as usize - 1]["mount_state"].as_str().unwrap().to_string();
-    assert!(state.starts_with("expelled"), "{st}");
-    let t = Instant::now();
-    assert!(std::fs::metadata(mold.join("shared")).is_err());
-    assert!(t.elapsed() < Duration::from_secs(5), "a stat on the expelled mount took {:?}", t.elapsed());
+    assert!(oldlog.contains("joined the cluster again after losing the lease"), "{oldlog}");
 }

@@ -15,6 +15,9 @@ pub trait BlockDev: Send + Sync {
     fn write(&self, block: u64, data: &[u8], fua: bool) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+    /// Refuses every later read and write, for good (the host was expelled
+    /// and must not write what it still holds). Nothing for local devices.
+    fn close(&self) {}
     /// Zeroes `count` blocks from `block` (newly allocated blocks must not
     /// show what a freed file left there).
     fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
@@ -108,6 +111,9 @@ impl NvmfDev {
 impl BlockDev for NvmfDev {
     fn block_size(&self) -> u32 {
         self.bs
+    }
+    fn close(&self) {
+        self.ctrl.close();
     }
     fn blocks(&self) -> u64 {
         self.blocks

@@ -1064,6 +1064,8 @@ pub struct MountOpts {
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     meta: MetaClient,
+    /// Its volume, closed when the node is expelled.
+    dev: Arc<dyn BlockDev>,
     manager: Option<ManagerHandle>,
     /// Where its DM events go and the root's handle.
     dm: Option<(DmLink, DmHandle)>,
@@ -1121,9 +1123,12 @@ impl Mounted {
     /// This node is out of the cluster (its lease ended; others may fence
     /// it and take its tokens): every call to the manager fails at once
     /// and the mount no longer reconnects, so nothing waits on a manager
-    /// that will refuse it. What it held is not given back.
+    /// that will refuse it. What it held is not given back, and its volume
+    /// connection is closed for good, so that no write it still had under
+    /// way can land once this host registers again in a new membership.
     pub fn expel(&self) {
         self.meta.close();
+        self.dev.close();
     }
 
     /// Where this mount's in-process manager listens, if it runs one.
@@ -1222,7 +1227,7 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
         }
         dm = Some((link.clone(), root));
     }
-    let mut fs = TidepoolFs::new(meta.clone(), dev);
+    let mut fs = TidepoolFs::new(meta.clone(), dev.clone());
     if let Some(link) = opts.dm {
         fs = fs.with_dm(link);
     }
@@ -1242,7 +1247,7 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
     cfg.n_threads = Some(if opts.threads == 0 { DEFAULT_THREADS } else { opts.threads });
     cfg.clone_fd = true;
     let session = fuser::spawn_mount(fs, mountpoint, &cfg)?;
-    Ok(Mounted { session: Some(session), meta, manager, dm })
+    Ok(Mounted { session: Some(session), meta, dev, manager, dm })
 }
 
 /// How often a thread waiting for a lock looks at its process's signals.

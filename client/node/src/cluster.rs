@@ -43,6 +43,9 @@ pub struct ClusterLink {
     node: u32,
     member: Mutex<Option<Member>>,
     members: RwLock<BTreeMap<u32, Vec<u8>>>,
+    /// For joining again after the lease was lost.
+    dm_addr: std::net::SocketAddr,
+    ttl: Duration,
     /// (volume, key) this node registered on, so that it registers once per
     /// membership: registering again after a fence would undo it.
     registered: Mutex<std::collections::HashSet<(String, u64)>>,
@@ -72,10 +75,25 @@ impl ClusterLink {
             node,
             member: Mutex::new(Some(member)),
             members: RwLock::default(),
+            dm_addr,
+            ttl: cfg.lease_ttl(),
             registered: Mutex::default(),
         });
         link.refresh()?;
         Ok(link)
+    }
+
+    /// Joins the cluster again after this node's lease was lost: a new
+    /// lease, so a new membership with a new reservation key (the old one
+    /// was fenced, and stays so). Only after the node stopped everything it
+    /// did under the old one: what it held is others' now.
+    pub fn rejoin(&self) -> Result<(), StoreError> {
+        let member = Member::join(self.store.clone(), &self.cluster, self.node, b"", self.ttl)?;
+        member.publish(&member_value(self.dm_addr, crate::fencing::key(self.node, member.lease())))?;
+        *self.member.lock() = Some(member);
+        self.refresh()?;
+        info!(node = self.node, "joined the cluster again after losing the lease");
+        Ok(())
     }
 
     /// Starts renewing the lease; `on_lost` runs once if it is lost.

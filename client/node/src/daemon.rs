@@ -244,22 +244,7 @@ impl Node {
             node.mount(FsId(fs), true);
         }
         if let Some(link) = &node.cluster {
-            let w = Arc::downgrade(&node);
-            link.keep_alive(move || {
-                // Out of the cluster: others may fence this node and take its
-                // roles; it must not go on serving metadata.
-                if let Some(n) = w.upgrade() {
-                    error!("this node's etcd lease is gone: stopping its metadata services");
-                    n.hosted.stop_services();
-                    n.hosted.expel_mounts();
-                    if !n.cfg.session_managers.is_empty() {
-                        // Whatever etcd says later, the term went with the lease.
-                        if n.sm.lock().take().is_some() {
-                            warn!("the session manager's term ended with the lease");
-                        }
-                    }
-                }
-            });
+            node.watch_lease(link);
             let (w1, w2) = (Arc::downgrade(&node), Arc::downgrade(&node));
             link.follow(
                 move |n, rkey| {
@@ -697,6 +682,59 @@ impl Node {
         Some(NodeId(self.cfg.session_manager))
     }
 
+    /// Renews this node's lease; when it is lost, [`Node::lease_lost`].
+    fn watch_lease(self: &Arc<Self>, link: &Arc<ClusterLink>) {
+        let w = Arc::downgrade(self);
+        link.keep_alive(move || {
+            if let Some(n) = w.upgrade() {
+                n.lease_lost();
+            }
+        });
+    }
+
+    /// Out of the cluster: others may fence this node and take its roles
+    /// and tokens. It stops serving metadata, its session manager term
+    /// ends, its mounts fail at once (and their volume connections close),
+    /// and it tries to join again, as GPFS's mmfsd does after an expel.
+    fn lease_lost(self: &Arc<Self>) {
+        error!("this node's etcd lease is gone: stopping its metadata services");
+        self.hosted.stop_services();
+        self.hosted.expel_mounts();
+        if !self.cfg.session_managers.is_empty() && self.sm.lock().take().is_some() {
+            // Whatever etcd says later, the term went with the lease.
+            warn!("the session manager's term ended with the lease");
+        }
+        let w = Arc::downgrade(self);
+        let spawned = thread::Builder::new().name("cluster-rejoin".into()).spawn(move || loop {
+            thread::sleep(Duration::from_secs(1));
+            let Some(n) = w.upgrade() else { return };
+            if n.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(link) = n.cluster.clone() else { return };
+            match link.rejoin() {
+                Ok(()) => return n.rejoined(&link),
+                Err(e) => debug!(error = %e, "cannot join the cluster again yet"),
+            }
+        });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot start joining the cluster again: restart the node");
+        }
+    }
+
+    /// Back in the cluster under a new lease: renew it, campaign again for
+    /// the roles this node may hold, and mount again what was expelled.
+    fn rejoined(self: &Arc<Self>, link: &Arc<ClusterLink>) {
+        self.watch_lease(link);
+        if self.cfg.session_managers.contains(&self.me.0) {
+            if let Err(e) = self.campaign_session_manager(link.clone()) {
+                warn!(error = %e, "cannot campaign for the session manager");
+            }
+        }
+        self.hosted.start_services(self, self.fs_members());
+        self.hosted.remount_expelled(self);
+    }
+
     /// Campaigns for the session-manager role from a thread: a term's
     /// holder loads the registry and the table from etcd, sends them out
     /// and plays the role until the term ends.
@@ -704,7 +742,10 @@ impl Node {
         let w = Arc::downgrade(self);
         thread::Builder::new().name("campaign-sm".into()).spawn(move || {
             let election = link.election(SESSION_MANAGER_ROLE);
-            let over = || w.upgrade().is_none_or(|n| n.stop.load(Ordering::Acquire)) || link.lost();
+            // This campaign belongs to one membership: a later one campaigns anew.
+            let lease0 = link.lease();
+            let over =
+                || w.upgrade().is_none_or(|n| n.stop.load(Ordering::Acquire)) || link.lost() || link.lease() != lease0;
             while !over() {
                 let Some(lease) = link.lease() else { return };
                 let term = match election.campaign(link.node(), b"", lease, Duration::from_millis(200), &over) {

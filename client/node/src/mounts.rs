@@ -158,6 +158,8 @@ struct Hosted {
 /// A metadata service this node runs.
 struct Service {
     fs: FsId,
+    /// The term it serves under, with membership by etcd.
+    epoch: Option<coord::Rev>,
     handle: ManagerHandle,
     /// With membership by etcd: the volume connection, namespace and this
     /// node's key, to fence nodes that leave.
@@ -222,7 +224,9 @@ impl Mounts {
                 return;
             };
             let election = link.election(&f.role());
-            let over = || stopping.load(Ordering::Acquire) || link.lost();
+            // This campaign belongs to one membership: a later one campaigns anew.
+            let lease0 = link.lease();
+            let over = || stopping.load(Ordering::Acquire) || link.lost() || link.lease() != lease0;
             while !over() {
                 let Some(lease) = link.lease() else { return };
                 let value = format!("meta={addr}");
@@ -239,7 +243,8 @@ impl Mounts {
                 let won = Instant::now();
                 info!(fs = f.id, epoch = term.epoch, "elected the file system's manager");
                 match serve(&cfg, &f, addr, members.clone(), Some(&link)) {
-                    Ok(s) => {
+                    Ok(mut s) => {
+                        s.epoch = Some(term.epoch);
                         info!(fs = f.id, %addr, epoch = term.epoch, took_ms = won.elapsed().as_millis() as u64,
                             "metadata service started");
                         let Some(m) = me.upgrade() else { return };
@@ -261,8 +266,9 @@ impl Mounts {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 warn!(fs = f.id, epoch = term.epoch, "the manager's term ended; metadata service stopped");
+                // Only this term's service: a later membership's may run already.
                 if let Some(m) = me.upgrade() {
-                    m.services.lock().retain(|s| s.fs != FsId(f.id));
+                    m.services.lock().retain(|s| s.fs != FsId(f.id) || s.epoch != Some(term.epoch));
                 }
             }
         });
@@ -392,6 +398,37 @@ impl Mounts {
         }
     }
 
+    /// After this node joined the cluster again: every expelled mount is
+    /// unmounted (detached if busy: its open files keep failing) and
+    /// mounted again from the configuration, on a new volume connection
+    /// registered with the new membership's key.
+    pub fn remount_expelled<H: MountHost>(self: &Arc<Self>, node: &Arc<H>) {
+        let expelled: Vec<Hosted> = {
+            let mut h = self.hosted.lock();
+            let (gone, stay): (Vec<Hosted>, Vec<Hosted>) =
+                std::mem::take(&mut *h).into_iter().partition(|x| x.expelled);
+            *h = stay;
+            gone
+        };
+        for h in expelled {
+            if let Some(m) = h.mounted {
+                if let Err(e) = m.unmount() {
+                    warn!(path = %h.path.display(), error = %e, "the expelled mount is busy; detaching it");
+                    detach(&h.path);
+                }
+            }
+            let Some(cfg) = node.cfg().fuse_mounts.iter().find(|m| m.path == h.path).cloned() else { continue };
+            info!(fs = cfg.fs, path = %cfg.path.display(), "mounting again after rejoining the cluster");
+            let (me, n) = (self.clone(), node.clone());
+            let spawned = std::thread::Builder::new().name(format!("mount-{}", cfg.fs)).spawn(move || {
+                let _ = me.mount(&n, &cfg);
+            });
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot mount again");
+            }
+        }
+    }
+
     /// Every hosted mount reconnects to its manager if the role moved.
     pub fn recheck_managers(&self) {
         for h in self.hosted.lock().iter() {
@@ -458,7 +495,7 @@ fn serve(
     // Nobody but a member gets a token.
     m.set_members(members);
     let handle = m.serve(addr, fs_creds(cfg)?)?;
-    Ok(Service { fs: FsId(f.id), handle, fence })
+    Ok(Service { fs: FsId(f.id), epoch: None, handle, fence })
 }
 
 fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {
@@ -505,7 +542,21 @@ fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std:
 
 fn retryable(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionRefused | ConnectionReset | TimedOut) || e.to_string().contains("Connection refused")
+    // (A network just healed answers EHOSTUNREACH until its neighbours are
+    // found again.)
+    matches!(e.kind(), ConnectionRefused | ConnectionReset | TimedOut | HostUnreachable | NetworkUnreachable)
+        || matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH))
+        || e.to_string().contains("Connection refused")
+        || e.to_string().contains("No route to host")
+}
+
+/// Detaches the mount on `path` lazily, whatever state it is in.
+fn detach(path: &Path) {
+    let ok = std::process::Command::new("fusermount3").arg("-uz").arg(path).status().is_ok_and(|s| s.success())
+        || std::process::Command::new("umount").arg("-l").arg(path).status().is_ok_and(|s| s.success());
+    if !ok {
+        warn!(path = %path.display(), "could not detach the mount");
+    }
 }
 
 /// A mount left behind by a daemon that was killed answers every access

@@ -95,6 +95,9 @@ struct Shared {
     subnqn: String,
     opts: ConnectOpts,
     admin: Mutex<QueuePair>,
+    /// Closed for good ([`Controller::close`]): every command fails and
+    /// nothing connects again.
+    closed: AtomicBool,
     /// The association now; taken (after any I/O queue lock, never while
     /// the admin queue's is held) to set up a new one.
     assoc: Mutex<Assoc>,
@@ -176,10 +179,18 @@ fn ask_queues(admin: &mut QueuePair, n: u16) -> Result<u16> {
 }
 
 impl Shared {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(NvmfError::Invalid("the controller is closed".into()));
+        }
+        Ok(())
+    }
+
     /// Sets up a new association if `seen` (the epoch of the queue that
     /// failed) is still the current one, and returns the current one. Only
     /// the admin queue is replaced here; I/O queues reconnect when used.
     fn reassociate(&self, seen: u64, io_queues: u16) -> Result<Assoc> {
+        self.check_open()?;
         let mut a = lock(&self.assoc);
         if a.epoch != seen {
             return Ok(*a);
@@ -254,6 +265,7 @@ impl Controller {
             subnqn: subnqn.to_owned(),
             opts: opts.clone(),
             admin: Mutex::new(admin),
+            closed: AtomicBool::new(false),
             assoc: Mutex::new(Assoc { epoch: 0, cntlid, depth, inline }),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -267,6 +279,9 @@ impl Controller {
                 while !s.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(50));
                     let Some(sh) = sh.upgrade() else { return };
+                    if sh.closed.load(Ordering::Acquire) {
+                        return;
+                    }
                     if last.elapsed() < every {
                         continue;
                     }
@@ -311,6 +326,7 @@ impl Controller {
         let mut q = lock(&self.io[i % self.io.len()]);
         let mut deadline = None;
         loop {
+            self.shared.check_open()?;
             if q.epoch != lock(&self.shared.assoc).epoch {
                 let dl = *deadline.get_or_insert_with(|| Instant::now() + self.opts.reconnect_for);
                 self.shared.retry_until(dl, || self.shared.reconnect_io(&mut q, self.io.len() as u16))?;
@@ -334,6 +350,13 @@ impl Controller {
         self.io.len()
     }
 
+    /// Closes the controller for good, though others still hold it: every
+    /// command from now on fails and it never connects again. For a host
+    /// that must not write what it still holds (it was expelled).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+
     /// Exclusive use of I/O queue `i` (for callers that keep many commands
     /// in flight; they see a lost connection as an error, with no reconnect).
     pub fn io_queue(&self, i: usize) -> std::sync::MutexGuard<'_, QueuePair> {
@@ -351,6 +374,7 @@ impl Controller {
     pub fn admin_exec(&self, s: Sqe, data: DataDir<'_>, mut read_into: Option<&mut [u8]>) -> Result<Completed> {
         let mut deadline = None;
         loop {
+            self.shared.check_open()?;
             let (r, epoch) = {
                 let mut a = lock(&self.shared.admin);
                 (a.exec(s, data, read_into.as_deref_mut()), a.epoch)
