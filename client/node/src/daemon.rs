@@ -112,6 +112,8 @@ pub struct Node {
     /// Session announcements made while no session manager was elected,
     /// in order; the heartbeat sends them once one is.
     unannounced: Mutex<Vec<Outbound>>,
+    /// The elected session manager this node last announced a session to.
+    announced_sm: Mutex<Option<NodeId>>,
 }
 
 impl Node {
@@ -210,6 +212,7 @@ impl Node {
                 cluster,
                 announced: Mutex::new(HashMap::new()),
                 unannounced: Mutex::new(Vec::new()),
+                announced_sm: Mutex::new(None),
                 cfg,
             }
         });
@@ -326,10 +329,33 @@ impl Node {
             },
             false => NodeId(self.cfg.session_manager),
         };
+        if announce {
+            *self.announced_sm.lock() = Some(sm);
+        }
         let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
         if let Err(e) = self.send_frame(to, f) {
             warn!(%to, error = %e, ?o, "session message not sent");
         }
+    }
+
+    /// The elected session manager this node announced sessions to left the
+    /// cluster: it may have died before it recorded the last of them, so
+    /// every session of this node is announced again to the next one (a
+    /// manager records a session it has already as it is).
+    fn announce_sessions_again(&self) {
+        let mine: Vec<Outbound> = self
+            .dm
+            .engine()
+            .sessions()
+            .into_iter()
+            .filter(|s| s.node == self.me)
+            .map(|s| Outbound::SessionCreated { sid: s.sid, info: s.info })
+            .collect();
+        info!(sessions = mine.len(), "the session manager left: this node's sessions go to the next one");
+        let mut q = self.unannounced.lock();
+        let later = std::mem::take(&mut *q);
+        *q = mine;
+        q.extend(later.into_iter().filter(|o| !matches!(o, Outbound::SessionCreated { .. })));
     }
 
     /// Sends the session announcements kept while no session manager was
@@ -341,6 +367,7 @@ impl Node {
         let Some(sm) = self.elected_sm() else { return };
         let kept = std::mem::take(&mut *self.unannounced.lock());
         info!(%sm, announcements = kept.len(), "a session manager is elected: sending what waited for it");
+        *self.announced_sm.lock() = Some(sm);
         for o in kept {
             let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
             if let Err(e) = self.send_frame(to, f) {
@@ -807,6 +834,10 @@ impl Node {
     fn peer_left(&self, n: NodeId, rkey: Option<u64>) {
         if self.membership.declare_failed(n) {
             self.on_peer_failed(n);
+        }
+        if !self.cfg.session_managers.is_empty() && *self.announced_sm.lock() == Some(n) {
+            *self.announced_sm.lock() = None;
+            self.announce_sessions_again();
         }
         self.hosted.expel(n.0, rkey);
         // If it managed a file system, its clients here must not wait on a
