@@ -198,3 +198,79 @@ fn a_partitioned_manager_is_fenced_off_the_volume_it_still_reaches() {
     let oldlog = std::fs::read_to_string(dir.path().join(format!("node{old}/node.log"))).unwrap();
     assert!(oldlog.contains("joined the cluster again after losing the lease"), "{oldlog}");
 }
+
+/// The session manager killed (kill -9) while a DM application on a third
+/// host answers the synchronous create events of files made on another:
+/// the events travel from source to session node without the session
+/// manager, so every create completes (those made during the failover
+/// too), the application sees each exactly once and answers it, and its
+/// session keeps its id at the next session manager.
+#[test]
+fn a_killed_session_manager_loses_no_event_of_an_application_on_a_third_host() {
+    use std::io::BufRead as _;
+    let Some((dir, _up)) = etcd_cluster_with(3, &["--netns", "--lease-ttl-ms", "2000"]) else { return };
+    let d = dir.path().to_str().unwrap();
+    let st = status_of(d);
+    let sm = holders(&st, "session-manager");
+    assert!(sm == [1] || sm == [3], "one candidate is the session manager: {st}");
+    // Node 2 is never a session manager candidate: the application runs there.
+    let (old, ops) = (sm[0], 4 - sm[0]);
+    let env = env_of(dir.path());
+    const N: usize = 30;
+    let mut app = Command::new(TIDEPOOL)
+        .args(["dm", "--socket", &env["TIDEPOOL_NODE2_DM_SOCKET"], "listen", "--info", "app"])
+        .args(["--events", "create"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = app.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let line = || rx.recv_timeout(Duration::from_secs(10)).expect("the application said nothing");
+    let sid = common::field(&line(), "sid");
+    assert_eq!(line(), "READY");
+    let mops = mount_of(&env, ops);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for i in 0..N {
+            if let Err(e) = std::fs::write(mops.join(format!("f{i:02}")), b"x") {
+                let _ = done_tx.send(Err(format!("create f{i:02}: {e}")));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        let _ = done_tx.send(Ok(()));
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    signal_node(&st, old, libc::SIGKILL);
+    // (Bounded: a create whose event nobody answers would wait forever.)
+    let r = done.recv_timeout(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the application this test started.
+    unsafe { libc::kill(app.id() as i32, libc::SIGTERM) };
+    let _ = app.wait();
+    let out: Vec<String> = rx.try_iter().collect();
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}; the application saw: {out:?}"),
+        Err(_) => panic!("the creates did not finish; the application saw: {out:?}"),
+    }
+    let mut names: Vec<String> = out
+        .iter()
+        .filter(|l| l.starts_with("EVENT type=create"))
+        .map(|l| common::field(l, "name1"))
+        .filter(|n| n.starts_with('f'))
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..N).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(names, want, "each create's event once: {out:?}");
+    assert_eq!(out.iter().filter(|l| l.starts_with("RESPONDED")).count(), N, "{out:?}");
+    // The session kept its id at the next session manager.
+    wait_for(30, "no new session manager", || holders(&status_of(d), "session-manager") == [ops]);
+    let s = tidepool(&["dm", "--socket", &env[&format!("TIDEPOOL_NODE{ops}_DM_SOCKET")], "sessions"]);
+    assert!(s.contains(&format!("sid={sid} node=2 info=app")), "{s}");
+}
