@@ -727,6 +727,11 @@ impl Node {
         error!("this node's etcd lease is gone: stopping its metadata services");
         self.hosted.stop_services();
         self.hosted.expel_mounts();
+        // The DMAPI file functions' connections too; the next call after the
+        // node is back connects anew (before that, it is refused).
+        for f in std::mem::take(&mut *self.files.lock()).into_values() {
+            f.expel();
+        }
         if !self.cfg.session_managers.is_empty() && self.sm.lock().take().is_some() {
             // Whatever etcd says later, the term went with the lease.
             warn!("the session manager's term ended with the lease");

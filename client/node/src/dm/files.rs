@@ -107,6 +107,15 @@ impl DmFs {
         })
     }
 
+    /// This node is out of the cluster: calls to the manager fail from now
+    /// on and the volume connection is closed for good, as a mount's are
+    /// ([`tpfs::fuse::Mounted::expel`]). The rights it held went with the
+    /// node's tokens.
+    pub fn expel(&self) {
+        self.meta().close();
+        self.data.dev.close();
+    }
+
     /// Reconnects to the file system's manager if its role moved.
     pub fn recheck_manager(&self) -> bool {
         self.meta().recheck_manager()
