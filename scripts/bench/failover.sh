@@ -9,6 +9,9 @@
 # A renewal goes every third of the TTL, so a kill lands between two and
 # the dead lease ends 2/3 to 3/3 of a TTL later: expect 0.67-1.0x the TTL
 # and a little more.
+# Then the same for the session manager (nodes 1 and 3 are its candidates):
+# kill -9 of it to the first disposition change from node 2 that a new
+# one accepts, per TTL.
 # Usage: scripts/bench/failover.sh [TTLs in ms, default "2000 3000 5000"]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,6 +53,31 @@ for ttl in $TTLS; do
     printf "%-8s %-12s %-10s\n" "$eff" "$((t1 - t0))" "$(python3 -c "print(f'{($t1-$t0)/$eff:.2f}')")"
     "$bin/tidepool" cluster down --dir "$work/c" >/dev/null 2>&1
     mv "$work/c" "$work/c.$ttl"
+done
+
+sm_of() { # the node holding session-manager
+    "$bin/tidepool" cluster status --dir "$work/c" --json |
+        python3 -c 'import json,sys; s=json.load(sys.stdin); print([n["id"] for n in s["nodes"] if "session-manager" in n["roles"]][0])'
+}
+printf "\nsession manager\n%-8s %-12s %-10s %-8s\n" "ttl_ms" "failover_ms" "x_ttl" "tries"
+for ttl in $TTLS; do
+    "$bin/tidepool" cluster up --etcd --lease-ttl-ms "$ttl" --nodes 3 --dir "$work/c" --size 64M >/dev/null
+    # shellcheck disable=SC1091
+    . "$work/c/cluster.env"
+    s2=$TIDEPOOL_NODE2_DM_SOCKET
+    sid=$("$bin/tidepool" dm --socket "$s2" create-session --info bench | sed 's/.*sid=\([0-9]*\).*/\1/')
+    "$bin/tidepool" dm --socket "$s2" set-disp --sid "$sid" --fs 1 --events remove >/dev/null
+    kill -9 "$(pid_of "$(sm_of)")"
+    t0=$(ms)
+    tries=0
+    until "$bin/tidepool" dm --socket "$s2" set-disp --sid "$sid" --fs 1 --events remove,rename >/dev/null 2>&1; do
+        tries=$((tries + 1))
+    done
+    t1=$(ms)
+    eff=$(( (ttl + 999) / 1000 * 1000 )); [ "$eff" -lt 2000 ] && eff=2000
+    printf "%-8s %-12s %-10s %-8s\n" "$eff" "$((t1 - t0))" "$(python3 -c "print(f'{($t1-$t0)/$eff:.2f}')")" "$tries"
+    "$bin/tidepool" cluster down --dir "$work/c" >/dev/null 2>&1
+    mv "$work/c" "$work/c.sm.$ttl"
 done
 
 if command -v fio >/dev/null; then
