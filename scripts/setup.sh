@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the coordination tests start a real etcd; protobuf-compiler:
 # etcd-client's build generates its gRPC stubs with protoc.
-pkgs=(build-essential pkg-config fuse3 libfuse3-dev fio stress-ng bindfs etcd-server protobuf-compiler)
+# iproute2: `tidepool cluster up --netns` and its tests make network namespaces with ip.
+pkgs=(build-essential pkg-config fuse3 libfuse3-dev fio stress-ng bindfs etcd-server protobuf-compiler iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
