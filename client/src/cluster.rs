@@ -680,6 +680,12 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether something is mounted on `p` (as this process sees the mounts).
+fn mounted(p: &Path) -> bool {
+    let Some(p) = p.to_str() else { return false };
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(p)))
+}
+
 fn down(dir: &Path) -> anyhow::Result<()> {
     let st = load(dir)?;
     // Node daemons first (SIGTERM: each unmounts its mount), then the storage node.
@@ -692,8 +698,18 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             signal(&n.proc_, libc::SIGKILL);
             wait_gone(&n.proc_, Duration::from_secs(5));
         }
-        // A mount a killed daemon left behind.
-        node::mounts::detach_dead(&n.mount);
+        // A mount a killed daemon left behind (its connection may take a
+        // moment to read as dead: asked again for a while).
+        let end = Instant::now() + Duration::from_secs(3);
+        while mounted(&n.mount) && Instant::now() < end {
+            node::mounts::detach_dead(&n.mount);
+            if mounted(&n.mount) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if mounted(&n.mount) {
+            eprintln!("tidepool cluster: node {}'s mount {} is still there", n.id, n.mount.display());
+        }
     }
     signal(&st.storage, libc::SIGTERM);
     if !wait_gone(&st.storage, Duration::from_secs(10)) {
