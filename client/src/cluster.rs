@@ -274,15 +274,7 @@ fn restart_storage(dir: &Path, kill: bool) -> anyhow::Result<()> {
     }
     let t0 = Instant::now();
     // The volume exists: no size, nothing to create.
-    let a = UpArgs {
-        nodes: st.nodes.len() as u32,
-        dir: dir.to_path_buf(),
-        size: String::new(),
-        etcd: false,
-        lease_ttl_ms: 0,
-        netns: false,
-    };
-    let r = start_storage(&a, dir, &sibling("storage-node")?, &dir.join("vol0.img"), &mut st);
+    let r = start_storage(None, dir, &sibling("storage-node")?, &dir.join("vol0.img"), &mut st);
     std::fs::write(state_path(dir), serde_json::to_string_pretty(&st)?)?;
     r?;
     println!(
@@ -350,7 +342,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         etcd: None,
         netns,
     };
-    let r = start_storage(&a, &dir, &sn_bin, &vol, &mut st)
+    let r = start_storage(Some(&a.size), &dir, &sn_bin, &vol, &mut st)
         .and_then(|_| if a.etcd { start_etcd(&dir, &mut st) } else { Ok(()) })
         .and_then(|_| start_nodes(&a, &dir, &tidepool, &mut st));
     // Whatever started is recorded, so that `down` can stop it even after a failure.
@@ -390,10 +382,11 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_storage(a: &UpArgs, dir: &Path, bin: &Path, vol: &Path, st: &mut State) -> anyhow::Result<()> {
+/// Starts the storage node on `vol`; with `size`, creating or growing it.
+fn start_storage(size: Option<&str>, dir: &Path, bin: &Path, vol: &Path, st: &mut State) -> anyhow::Result<()> {
     let mut args: Vec<String> = vec!["--file".into(), vol.display().to_string()];
-    if !a.size.is_empty() {
-        args.extend(["--size".into(), a.size.clone(), "--create".into()]);
+    if let Some(size) = size {
+        args.extend(["--size".into(), size.to_string(), "--create".into()]);
     }
     args.extend([
         "--allow-any-host".into(),

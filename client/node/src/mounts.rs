@@ -545,7 +545,6 @@ fn retryable(e: &std::io::Error) -> bool {
     // (A network just healed answers EHOSTUNREACH until its neighbours are
     // found again.)
     matches!(e.kind(), ConnectionRefused | ConnectionReset | TimedOut | HostUnreachable | NetworkUnreachable)
-        || matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH))
         || e.to_string().contains("Connection refused")
         || e.to_string().contains("No route to host")
 }
@@ -567,9 +566,5 @@ pub fn detach_dead(path: &Path) {
         return;
     }
     warn!(path = %path.display(), "a dead mount is left on the mount point; detaching it");
-    let detached = std::process::Command::new("fusermount3").arg("-uz").arg(path).status().is_ok_and(|s| s.success())
-        || std::process::Command::new("umount").arg("-l").arg(path).status().is_ok_and(|s| s.success());
-    if !detached {
-        warn!(path = %path.display(), "cannot detach the dead mount");
-    }
+    detach(path);
 }
