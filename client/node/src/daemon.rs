@@ -332,6 +332,10 @@ impl Node {
         if announce {
             *self.announced_sm.lock() = Some(sm);
         }
+        self.send_session(&o, sm);
+    }
+
+    fn send_session(&self, o: &Outbound, sm: NodeId) {
         let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
         if let Err(e) = self.send_frame(to, f) {
             warn!(%to, error = %e, ?o, "session message not sent");
@@ -369,10 +373,7 @@ impl Node {
         info!(%sm, announcements = kept.len(), "a session manager is elected: sending what waited for it");
         *self.announced_sm.lock() = Some(sm);
         for o in kept {
-            let (to, f) = o.to_frame(self.me, self.next_seq(), sm);
-            if let Err(e) = self.send_frame(to, f) {
-                warn!(%to, error = %e, ?o, "session message not sent");
-            }
+            self.send_session(&o, sm);
         }
     }
 
