@@ -386,3 +386,135 @@ fn a_restarted_storage_node_keeps_data_and_fences_and_the_nodes_go_on() {
     let _ = ctrl.shutdown();
     tidepool(&["cluster", "down", "--dir", d]);
 }
+
+/// What a session manager distributes is stamped with its term, and a node
+/// refuses a frame of an older term: a disposition table from a deposed
+/// manager (here a peer with the cluster key sending what one cut off by a
+/// partition still could, with a version above anything installed) leaves
+/// the node's table as the elected manager sent it, and the node says why.
+/// The same table stamped with a later term is installed, so it is the
+/// stamp alone that refused it.
+#[test]
+fn a_deposed_session_managers_table_is_refused() {
+    use std::io::Write;
+    let Some((dir, _up)) = etcd_cluster(3) else { return };
+    let d = dir.path().to_str().unwrap();
+    let env = env_of(dir.path());
+    let dm = |args: &[&str]| {
+        let mut a = vec!["dm", "--socket", &env["TIDEPOOL_NODE2_DM_SOCKET"]];
+        a.extend_from_slice(args);
+        tidepool(&a)
+    };
+    let sid = common::field(dm(&["create-session", "--info", "hsm"]).trim(), "sid");
+    dm(&["set-disp", "--sid", &sid, "--fs", "1", "--events", "remove"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !dm(&["disp", "--sid", &sid]).contains("remove") {
+        assert!(std::time::Instant::now() < deadline, "the disposition never reached node 2");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let toml = std::fs::read_to_string(dir.path().join("node2/node.toml")).unwrap();
+    let setting = |k: &str| {
+        let l = toml.lines().find(|l| l.starts_with(&format!("{k} = "))).unwrap();
+        l.split_once(" = ").unwrap().1.trim_matches('"').to_string()
+    };
+    let mut peer = common::peer::handshake(&setting("listen"), 2, setting("cluster_key").as_bytes());
+    let spec = |epoch: u64| {
+        let mut s = dmapi::disp::DispositionTable::default().to_spec();
+        s.version = 1 << 40;
+        let f =
+            dmapi::proto::Frame::new(dmapi::types::NodeId(common::peer::PEER), 1, dmapi::proto::Message::DispSpec(s));
+        dmapi::proto::encode_frame(&f.in_term(epoch)).unwrap()
+    };
+    peer.write_all(&spec(1)).unwrap();
+    let log = dir.path().join("node2/node.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !std::fs::read_to_string(&log).unwrap().contains("a frame of a deposed session manager's term; refused") {
+        assert!(std::time::Instant::now() < deadline, "the stale table was not refused");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(dm(&["disp", "--sid", &sid]).contains("remove"), "the stale table replaced the elected manager's");
+    peer.write_all(&spec(1 << 50)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while dm(&["disp", "--sid", &sid]).contains("remove") {
+        assert!(std::time::Instant::now() < deadline, "a table of a later term was not installed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    tidepool(&["cluster", "down", "--dir", d]);
+}
+
+/// With membership by etcd, heartbeats only detect and etcd decides: a
+/// source node frozen (SIGSTOP) past the heartbeats' failure timeout but
+/// within its lease is suspected, not failed, so its outstanding
+/// synchronous event is not cancelled; woken, its read is answered by the
+/// DM application and completes. (Failed on silence alone, the session's
+/// node would retire the token and send the application a cancel event.)
+#[test]
+fn a_node_silent_within_its_lease_is_suspected_not_failed() {
+    use std::io::BufRead;
+    let Some((dir, _up)) = etcd_cluster_with(3, &["--lease-ttl-ms", "12000"]) else { return };
+    let d = dir.path().to_str().unwrap();
+    let st = status_of(d);
+    let env = env_of(dir.path());
+    let m1 = Path::new(&env["TIDEPOOL_NODE1_MOUNT"]).to_path_buf();
+    std::fs::write(m1.join("data"), b"read while its node was frozen").unwrap();
+    let s2 = env["TIDEPOOL_NODE2_DM_SOCKET"].clone();
+    let mut app = Command::new(TIDEPOOL)
+        .args(["dm", "--socket", &s2, "listen", "--info", "hsm", "--events", "read", "--hold"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let out = app.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let t = std::time::Duration::from_secs(20);
+    let expect = |what: &str| loop {
+        let l = lines.recv_timeout(t).unwrap_or_else(|_| panic!("the application never printed {what}"));
+        if l.starts_with(what) {
+            return l;
+        }
+    };
+    let sid = common::field(&expect("SESSION"), "sid");
+    expect("READY");
+    let s1 = env["TIDEPOOL_NODE1_DM_SOCKET"].clone();
+    let deadline = std::time::Instant::now() + t;
+    while !tidepool(&["dm", "--socket", &s1, "disp", "--sid", &sid]).contains("read") {
+        assert!(std::time::Instant::now() < deadline, "the disposition never reached node 1");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // One read(2), so one event: `cat` would read again for the end of file.
+    let reader = Command::new("dd")
+        .arg(format!("if={}", m1.join("data").display()))
+        .args(["bs=4096", "count=1", "status=none"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token = common::field(&expect("EVENT type=read"), "token");
+    signal_node(&st, 1, libc::SIGSTOP);
+    let log2 = dir.path().join("node2/node.log");
+    let deadline = std::time::Instant::now() + t;
+    while !std::fs::read_to_string(&log2).unwrap().contains("peer silent; still a member in etcd") {
+        if std::time::Instant::now() > deadline {
+            signal_node(&st, 1, libc::SIGCONT);
+            panic!("node 2 never noticed node 1's silence");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    signal_node(&st, 1, libc::SIGCONT);
+    let r = tidepool(&["dm", "--socket", &s2, "respond", "--sid", &sid, "--token", &token]);
+    assert!(!r.contains("ESRCH"), "{r}");
+    let o = reader.wait_with_output().unwrap();
+    assert_eq!((o.status.success(), &o.stdout[..]), (true, &b"read while its node was frozen"[..]));
+    let log = std::fs::read_to_string(&log2).unwrap();
+    assert!(!log.contains("peer failed"), "node 1 was failed within its lease:\n{log}");
+    while let Ok(l) = lines.try_recv() {
+        assert!(!l.contains("type=cancel"), "the event was cancelled: {l}");
+    }
+    let _ = app.kill();
+    let _ = app.wait();
+    tidepool(&["cluster", "down", "--dir", d]);
+}

@@ -11,12 +11,11 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use common::peer::handshake;
 use common::{field, outcome, standard, Cluster, KEY, TIDEPOOL};
-use dmapi::proto::{decode_frame, encode_frame, Frame, Message};
+use dmapi::proto::{encode_frame, Frame, Message};
 use dmapi::types::NodeId;
-use dmapi::wire::{MsgHeader, HEADER_LEN};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use dmapi::wire::MsgHeader;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -108,37 +107,6 @@ fn source_node_killed_with_event_outstanding_is_cleaned_up() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("ESRCH"), "the retired token is gone");
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac(key: &[u8], role: &[u8], c: u32, s: u32, n1: &[u8], n2: &[u8]) -> [u8; 32] {
-    let mut m = HmacSha256::new_from_slice(key).unwrap();
-    for part in [role, &c.to_le_bytes(), &s.to_le_bytes(), n1, n2] {
-        m.update(part);
-    }
-    m.finalize().into_bytes().into()
-}
-
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Frame> {
-    let mut buf = vec![0u8; HEADER_LEN];
-    s.read_exact(&mut buf)?;
-    let h = dmapi::wire::decode_header(&buf).map_err(std::io::Error::other)?;
-    buf.resize(HEADER_LEN + h.payload_len.get() as usize, 0);
-    s.read_exact(&mut buf[HEADER_LEN..])?;
-    Ok(decode_frame(&buf).map_err(std::io::Error::other)?.0)
-}
-
-/// Connects to node `to` as node 99 and runs the handshake with `key`.
-fn handshake(port: u16, to: u32, key: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect((common::dm_ip().as_str(), port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let n_c = [7u8; 32];
-    s.write_all(&encode_frame(&Frame::new(NodeId(99), 0, Message::Hello { nonce: n_c })).unwrap()).unwrap();
-    let Message::Challenge { nonce: n_s, .. } = read_frame(&mut s).unwrap().msg else { panic!("no challenge") };
-    let m = mac(key, b"tidepool-dm C", 99, to, &n_s, &n_c);
-    s.write_all(&encode_frame(&Frame::new(NodeId(99), 0, Message::Auth { mac: m })).unwrap()).unwrap();
-    s
-}
-
 /// Whether the peer closed `s` (EOF or reset) within the read timeout.
 fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
@@ -161,23 +129,23 @@ fn bad_connections_are_dropped_and_other_peers_are_unaffected() {
     let c = Cluster::start(&standard("", false));
     let mut hsm = c.listen(3, &["--info", "hsm", "--events", "read"]);
     c.driver(4, &["wait-route", "--event", "read", "--node", "3"]);
-    let port = c.node(3).port;
+    let addr = format!("{}:{}", common::dm_ip(), c.node(3).port);
 
     // Not a Tidepool node at all.
-    let mut s = TcpStream::connect((common::dm_ip().as_str(), port)).unwrap();
+    let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     assert!(closed(&mut s), "garbage must be refused");
     assert!(c.wait_log(3, "incoming DM connection refused", T));
 
     // Wrong cluster key: refused, and nothing it sends is taken.
-    let mut s = handshake(port, 3, b"not the key");
+    let mut s = handshake(&addr, 3, b"not the key");
     let _ = s.write_all(&encode_frame(&Frame::new(NodeId(99), 1, Message::Heartbeat { now_ns: 1 })).unwrap());
     assert!(closed(&mut s), "an unauthenticated peer must be refused");
     assert!(c.wait_log(3, "node 99 failed authentication", T), "node 3 log:\n{}", c.log(3));
 
     // Authenticated, then a header announcing a 2 MiB payload.
-    let mut s = handshake(port, 3, KEY.as_bytes());
+    let mut s = handshake(&addr, 3, KEY.as_bytes());
     let mut h = MsgHeader::new(15, 2 << 20, 99, 1, 0).to_bytes().to_vec();
     h.extend_from_slice(&[0u8; 64]);
     s.write_all(&h).unwrap();
@@ -185,7 +153,7 @@ fn bad_connections_are_dropped_and_other_peers_are_unaffected() {
     assert!(c.wait_log(3, "dropping connection", T), "node 3 log:\n{}", c.log(3));
 
     // Authenticated, then an unknown message type.
-    let mut s = handshake(port, 3, KEY.as_bytes());
+    let mut s = handshake(&addr, 3, KEY.as_bytes());
     let mut f = encode_frame(&Frame::new(NodeId(99), 1, Message::Ack)).unwrap();
     f[5] = 200;
     s.write_all(&f).unwrap();

@@ -22,7 +22,7 @@ use crate::types::{
     DM_SESSION_INFO_LEN,
 };
 use crate::wire::{split_frame, Dec, Enc, MsgHeader, WireError, HEADER_LEN, MAX_PAYLOAD};
-use zerocopy::byteorder::little_endian::{I32, U16};
+use zerocopy::byteorder::little_endian::{I32, U16, U64};
 
 /// Length of handshake nonces and MACs.
 pub use crate::auth::AUTH_LEN;
@@ -332,14 +332,22 @@ pub struct Frame {
     pub token: DmToken,
     /// `FLAG_*` bits.
     pub flags: u16,
+    /// The sending role's term (see [`MsgHeader::epoch`]), or 0.
+    pub epoch: u64,
     /// The message.
     pub msg: Message,
 }
 
 impl Frame {
-    /// A frame with ref_seq, sid, token and flags zero.
+    /// A frame with ref_seq, sid, token, flags and epoch zero.
     pub fn new(source: NodeId, seq: u64, msg: Message) -> Frame {
-        Frame { source, seq, ref_seq: 0, sid: DmSessId(0), token: DmToken(0), flags: 0, msg }
+        Frame { source, seq, ref_seq: 0, sid: DmSessId(0), token: DmToken(0), flags: 0, epoch: 0, msg }
+    }
+
+    /// The same frame stamped with a role's term.
+    pub fn in_term(mut self, epoch: u64) -> Frame {
+        self.epoch = epoch;
+        self
     }
 }
 
@@ -672,6 +680,7 @@ pub fn encode_frame(f: &Frame) -> Result<Vec<u8>, WireError> {
     h.flags = U16::new(f.flags);
     h.sid = I32::new(f.sid.0);
     h.token = I32::new(f.token.0);
+    h.epoch = U64::new(f.epoch);
     e.buf[..HEADER_LEN].copy_from_slice(&h.to_bytes());
     Ok(e.buf)
 }
@@ -693,6 +702,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Frame, usize), WireError> {
             sid: DmSessId(h.sid.get()),
             token: DmToken(h.token.get()),
             flags: h.flags.get(),
+            epoch: h.epoch.get(),
             msg,
         },
         used,
@@ -854,17 +864,20 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
         (1u32..100_000).prop_flat_map(|source| {
-            (any::<u64>(), any::<u64>(), any::<i32>(), any::<i32>(), any::<u16>(), arb_message(source)).prop_map(
-                move |(seq, ref_seq, sid, token, flags, msg)| Frame {
+            (
+                (any::<u64>(), any::<u64>(), any::<i32>(), any::<i32>()),
+                (any::<u16>(), any::<u64>(), arb_message(source)),
+            )
+                .prop_map(move |((seq, ref_seq, sid, token), (flags, epoch, msg))| Frame {
                     source: NodeId(source),
                     seq,
                     ref_seq,
                     sid: DmSessId(sid),
                     token: DmToken(token),
                     flags,
+                    epoch,
                     msg,
-                },
-            )
+                })
         })
     }
 

@@ -461,6 +461,7 @@ impl OutEvent {
             sid: self.sid,
             token: DmToken(0),
             flags: if self.resend { FLAG_RESEND } else { 0 },
+            epoch: 0,
             msg: Message::Event { fs: self.fs, sync: self.sync, event: self.event.clone() },
         }
     }

@@ -1,4 +1,4 @@
-//! The one framing of every cluster DM message: a fixed 40-byte little-endian header
+//! The one framing of every cluster DM message: a fixed 48-byte little-endian header
 //! ([`MsgHeader`]) followed by `payload_len` bytes of payload (see [`crate::proto`]).
 //!
 //! Decoding takes untrusted bytes and never panics: every length is checked against
@@ -18,9 +18,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// `b"TPDM"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TPDM");
 /// Protocol version carried in every header.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header length.
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 48;
 /// Largest payload accepted; a longer frame is rejected before anything is allocated.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
@@ -54,6 +54,11 @@ pub struct MsgHeader {
     pub sid: I32,
     /// The event token the message is about, or 0.
     pub token: I32,
+    /// The term of the role that sent (or first sent, if passed on) this
+    /// frame: the session manager's election revision for what it
+    /// distributes; 0 for everything else and under static roles. A node
+    /// refuses a role's frame stamped older than a term it has heard of.
+    pub epoch: U64,
 }
 
 const _: () = assert!(size_of::<MsgHeader>() == HEADER_LEN);
@@ -64,9 +69,10 @@ const _: () = assert!(std::mem::offset_of!(MsgHeader, seq) == 16);
 const _: () = assert!(std::mem::offset_of!(MsgHeader, ref_seq) == 24);
 const _: () = assert!(std::mem::offset_of!(MsgHeader, sid) == 32);
 const _: () = assert!(std::mem::offset_of!(MsgHeader, token) == 36);
+const _: () = assert!(std::mem::offset_of!(MsgHeader, epoch) == 40);
 
 impl MsgHeader {
-    /// A header with magic and version filled in, flags, ref_seq, sid and token zero.
+    /// A header with magic and version filled in, flags, sid, token and epoch zero.
     pub fn new(msg_type: u8, payload_len: u32, source_node: u32, seq: u64, ref_seq: u64) -> Self {
         MsgHeader {
             magic: U32::new(MAGIC),
@@ -79,10 +85,11 @@ impl MsgHeader {
             ref_seq: U64::new(ref_seq),
             sid: I32::new(0),
             token: I32::new(0),
+            epoch: U64::new(0),
         }
     }
 
-    /// The header's 40 bytes.
+    /// The header's 48 bytes.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b.copy_from_slice(self.as_bytes());
@@ -283,12 +290,14 @@ mod tests {
         h.sid = I32::new(-5);
         h.token = I32::new(77);
         h.flags = U16::new(FLAG_RESEND);
+        h.epoch = U64::new(0x0a0b);
         let b = h.to_bytes();
         assert_eq!(&b[0..4], b"TPDM");
         assert_eq!(b[4], VERSION);
         assert_eq!(b[5], 4);
         assert_eq!(&b[12..16], &[4, 3, 2, 1]);
         assert_eq!(b[16], 0x88);
+        assert_eq!(&b[40..42], &[0x0b, 0x0a]);
         assert_eq!(decode_header(&b).unwrap(), h);
     }
 
@@ -310,11 +319,11 @@ mod tests {
     fn split_frame_waits_for_the_whole_payload() {
         let mut f = MsgHeader::new(1, 3, 1, 1, 0).to_bytes().to_vec();
         f.extend_from_slice(&[1, 2]);
-        assert_eq!(split_frame(&f).unwrap_err(), WireError::Incomplete { needed: 43 });
+        assert_eq!(split_frame(&f).unwrap_err(), WireError::Incomplete { needed: HEADER_LEN + 3 });
         f.extend_from_slice(&[3, 99]);
         let (_, p, used) = split_frame(&f).unwrap();
         assert_eq!(p, &[1, 2, 3]);
-        assert_eq!(used, 43);
+        assert_eq!(used, HEADER_LEN + 3);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::mounts::{MountHost, Mounts};
 use crate::roles::fs_manager::FsManager;
 use crate::roles::membership::{Membership, PeerChange};
 use crate::roles::session_manager::{Durable, SessionManager};
-use crate::roles::Sends;
+use crate::roles::{epoch_of, Sends, Terms};
 use libdmapi::channel::{error_from_errno, NodeStatus};
 use tpfs::fuse::EventSink;
 
@@ -114,6 +114,8 @@ pub struct Node {
     unannounced: Mutex<Vec<Outbound>>,
     /// The elected session manager this node last announced a session to.
     announced_sm: Mutex<Option<NodeId>>,
+    /// The latest session-manager term heard of: frames of older ones are refused.
+    terms: Terms,
 }
 
 impl Node {
@@ -201,7 +203,7 @@ impl Node {
                         .then(|| Arc::new(SessionManager::new(me, cfg.all_nodes(), fs_managers))),
                 ),
                 fsm: (!managed.is_empty()).then(|| FsManager::new(me, managed)),
-                membership: Membership::new(cfg.failure_timeout()),
+                membership: Membership::new(cfg.failure_timeout(), cluster.is_some()),
                 rpcs: Mutex::new(HashMap::new()),
                 mounts: Mutex::new(BTreeSet::new()),
                 send_failed: Mutex::new(BTreeSet::new()),
@@ -213,6 +215,7 @@ impl Node {
                 announced: Mutex::new(HashMap::new()),
                 unannounced: Mutex::new(Vec::new()),
                 announced_sm: Mutex::new(None),
+                terms: Terms::default(),
                 cfg,
             }
         });
@@ -600,7 +603,18 @@ impl Node {
             }
         }
         for n in self.membership.sweep() {
-            self.on_peer_failed(n);
+            match &self.cluster {
+                // etcd decides: failed when its lease is gone (`peer_left`).
+                Some(link) if link.is_member(n.0) => {
+                    warn!(node = %n, "peer silent; still a member in etcd, so not failed until its lease ends")
+                }
+                Some(_) => {
+                    if self.membership.declare_failed(n) {
+                        self.on_peer_failed(n);
+                    }
+                }
+                None => self.on_peer_failed(n),
+            }
         }
         // A send failed to a peer that never stopped answering heartbeats (a
         // connection reset, say): re-send what it may have missed.
@@ -696,7 +710,11 @@ impl Node {
     fn elected_sm(&self) -> Option<NodeId> {
         if let (Some(link), false) = (&self.cluster, self.cfg.session_managers.is_empty()) {
             return match link.election(SESSION_MANAGER_ROLE).leader() {
-                Ok(Some(l)) => Some(NodeId(l.holder)),
+                Ok(Some(l)) => {
+                    // Heard of from etcd before any frame of its term arrives.
+                    self.terms.admit(epoch_of(l.epoch));
+                    Some(NodeId(l.holder))
+                }
                 Ok(None) => {
                     warn!("no session manager is elected now");
                     None
@@ -797,6 +815,7 @@ impl Node {
                     Ok(sm) => {
                         let sm = Arc::new(sm);
                         info!(epoch = term.epoch, "elected the session manager");
+                        n.terms.admit(epoch_of(term.epoch));
                         *n.sm.lock() = Some(sm.clone());
                         n.send_all(sm.announce());
                     }
@@ -855,7 +874,7 @@ impl Node {
     }
 
     fn on_peer_failed(&self, n: NodeId) {
-        warn!(node = %n, "peer failed (no heartbeat)");
+        warn!(node = %n, "peer failed");
         let cancelled = self.dm.engine().source_node_failed(n);
         let waiting = self.source.engine().on_session_node_failed(n);
         info!(node = %n, cancelled, waiting, "failure handled");
@@ -897,6 +916,22 @@ impl Node {
                 None => {}
             }
         }
+        let from_sm = matches!(
+            f.msg,
+            Message::DispSpec(_)
+                | Message::SessionCreate { .. }
+                | Message::SessionReclaim { .. }
+                | Message::SessionDestroy
+        );
+        if from_sm && !self.terms.admit(f.epoch) {
+            warn!(%from, epoch = f.epoch, latest = self.terms.latest(), kind = ?f.msg.msg_type(),
+                "a frame of a deposed session manager's term; refused");
+            return;
+        }
+        // A stamped session message is a session manager's mirror, never an
+        // announcement for this node to record if it is the manager (the
+        // stamp is newer than its own term, or it was refused above).
+        let sm_here = if f.epoch == 0 { self.sm() } else { None };
         let engine = self.dm.engine();
         let src = self.source.engine();
         match f.msg {
@@ -930,7 +965,7 @@ impl Node {
             Message::Pending { delay_ms } => {
                 src.on_pending(f.ref_seq, Duration::from_millis(delay_ms));
             }
-            Message::SessionCreate { node, info } => match self.sm() {
+            Message::SessionCreate { node, info } => match sm_here {
                 Some(sm) => {
                     engine.register_remote_session(f.sid, node, &info);
                     self.send_all(sm.on_session_create(f.sid, node, &info));
@@ -948,14 +983,14 @@ impl Node {
             },
             Message::SessionReclaim { node, info } => {
                 engine.register_remote_session(f.sid, node, &info);
-                if let Some(sm) = self.sm() {
+                if let Some(sm) = &sm_here {
                     self.send_all(sm.on_session_reclaim(f.sid, node, &info));
                 }
                 src.on_session_reclaimed(f.sid, node);
             }
             Message::SessionDestroy => {
                 engine.forget_remote_session(f.sid);
-                if let Some(sm) = self.sm() {
+                if let Some(sm) = &sm_here {
                     self.send_all(sm.on_session_destroy(f.sid));
                 }
             }
@@ -984,7 +1019,7 @@ impl Node {
                     }
                 };
                 if let Some(fsm) = &self.fsm {
-                    self.send_all(fsm.on_spec(&t));
+                    self.send_all(fsm.on_spec(&t, f.epoch));
                 }
                 src.install_dispositions(Arc::new(t));
                 self.announce_mounts_to(from);
@@ -1106,7 +1141,7 @@ impl MountHost for Node {
     /// mounts to it.
     fn elected(&self, fs: FsId) {
         let Some(fsm) = &self.fsm else { return };
-        let f = Frame::new(self.me, 0, Message::DispSpec(fsm.table().to_spec()));
+        let f = fsm.table_frame();
         let nodes = self.cfg.all_nodes();
         info!(%fs, nodes = nodes.len() - 1, "elected manager: the dispositions go to every node");
         self.send_all(nodes.into_iter().filter(|n| *n != self.me).map(|n| (n, f.clone())).collect());

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use libdmapi::Dm;
 
 pub mod cluster_up;
+pub mod peer;
 
 pub const TIDEPOOL: &str = env!("CARGO_BIN_EXE_tidepool");
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_tidepool-dm-testdriver");

@@ -4,7 +4,8 @@
 //! table in answer to its `Mount`.
 //!
 //! The table is cluster-wide (it is small and versioned), so every mounting node
-//! receives one object and installs it if newer.
+//! receives one object and installs it if newer. It is passed on stamped with
+//! the term of the session manager that made it, as it came.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use super::Sends;
 
 struct State {
     table: Arc<DispositionTable>,
+    /// The session-manager term `table` came with.
+    epoch: u64,
     mounted: BTreeMap<FsId, BTreeSet<NodeId>>,
 }
 
@@ -32,7 +35,7 @@ impl FsManager {
     /// The role on node `me` for `managed` file systems.
     pub fn new(me: NodeId, managed: impl IntoIterator<Item = FsId>) -> Self {
         let mounted = managed.into_iter().map(|f| (f, BTreeSet::new())).collect();
-        FsManager { me, state: Mutex::new(State { table: Arc::new(DispositionTable::default()), mounted }) }
+        FsManager { me, state: Mutex::new(State { table: Arc::new(DispositionTable::default()), epoch: 0, mounted }) }
     }
 
     /// The latest table (what a newly elected manager sends to every node).
@@ -40,22 +43,30 @@ impl FsManager {
         self.state.lock().table.clone()
     }
 
+    /// The latest table as a frame, stamped as it came.
+    pub fn table_frame(&self) -> Frame {
+        let st = self.state.lock();
+        Frame::new(self.me, 0, Message::DispSpec(st.table.to_spec())).in_term(st.epoch)
+    }
+
     /// Whether this node manages `fs`.
     pub fn manages(&self, fs: FsId) -> bool {
         self.state.lock().mounted.contains_key(&fs)
     }
 
-    /// A table from the session manager: if newer, keep it and send it to every
-    /// node that mounts one of our file systems (this node installs it itself).
-    pub fn on_spec(&self, table: &DispositionTable) -> Sends {
+    /// A table from the session manager of term `epoch`: if newer, keep it
+    /// and send it to every node that mounts one of our file systems (this
+    /// node installs it itself).
+    pub fn on_spec(&self, table: &DispositionTable, epoch: u64) -> Sends {
         let mut st = self.state.lock();
         if !table.is_newer_than(&st.table) {
             return Vec::new();
         }
         st.table = Arc::new(table.clone());
+        st.epoch = epoch;
         let nodes: BTreeSet<NodeId> = st.mounted.values().flatten().copied().filter(|n| *n != self.me).collect();
         info!(version = table.version(), nodes = nodes.len(), "dispositions distributed to mounting nodes");
-        let f = Frame::new(self.me, 0, Message::DispSpec(table.to_spec()));
+        let f = Frame::new(self.me, 0, Message::DispSpec(table.to_spec())).in_term(epoch);
         nodes.into_iter().map(|n| (n, f.clone())).collect()
     }
 
@@ -72,7 +83,7 @@ impl FsManager {
         }
         info!(%node, %fs, mounted, "mount recorded");
         if mounted && node != self.me && st.table.version() > 0 {
-            return vec![(node, Frame::new(self.me, 0, Message::DispSpec(st.table.to_spec())))];
+            return vec![(node, Frame::new(self.me, 0, Message::DispSpec(st.table.to_spec())).in_term(st.epoch))];
         }
         Vec::new()
     }
@@ -91,9 +102,11 @@ mod tests {
         let sid = DmSessId::compose(NodeId(3), 1).unwrap();
         let set: EventSet = [EventType::Read].into_iter().collect();
         t.dm_set_disp(sid, NodeId(3), &DmHandle::fs(FsId(1)), set).unwrap();
-        assert_eq!(m.on_spec(&t).len(), 1);
-        assert!(m.on_spec(&t).is_empty(), "same version is not sent twice");
-        assert_eq!(m.on_mount(NodeId(5), FsId(1), true).len(), 1);
+        let sent = m.on_spec(&t, 12);
+        assert!(matches!(&sent[..], [(NodeId(4), f)] if f.epoch == 12), "passed on in its term");
+        assert!(m.on_spec(&t, 12).is_empty(), "same version is not sent twice");
+        let late = m.on_mount(NodeId(5), FsId(1), true);
+        assert!(matches!(&late[..], [(NodeId(5), f)] if f.epoch == 12));
         assert!(m.on_mount(NodeId(5), FsId(9), true).is_empty());
     }
 }

@@ -108,12 +108,6 @@ pub struct SessionManager {
     durable: Option<Durable>,
 }
 
-fn frame(me: NodeId, sid: DmSessId, msg: Message) -> Frame {
-    let mut f = Frame::new(me, 0, msg);
-    f.sid = sid;
-    f
-}
-
 impl SessionManager {
     /// The role on node `me`, for a cluster of `nodes` whose file systems are managed
     /// by `fs_managers`.
@@ -149,6 +143,18 @@ impl SessionManager {
         self.nodes.iter().filter(|n| **n != self.me).flat_map(|n| self.on_node_alive(*n)).collect()
     }
 
+    /// The term this role plays under (0: a static role).
+    pub fn epoch(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| super::epoch_of(d.epoch))
+    }
+
+    /// A frame of this role about `sid`, stamped with its term.
+    fn frame(&self, sid: DmSessId, msg: Message) -> Frame {
+        let mut f = Frame::new(self.me, 0, msg).in_term(self.epoch());
+        f.sid = sid;
+        f
+    }
+
     fn record(&self, what: &str, r: DmResult<()>) {
         if let Err(e) = r {
             tracing::error!(error = %e, what, "the session registry in etcd is behind");
@@ -160,7 +166,7 @@ impl SessionManager {
     }
 
     fn spec(&self, table: &DispositionTable) -> Sends {
-        let f = Frame::new(self.me, 0, Message::DispSpec(table.to_spec()));
+        let f = self.frame(DmSessId(0), Message::DispSpec(table.to_spec()));
         self.fs_managers.iter().map(|n| (*n, f.clone())).collect()
     }
 
@@ -171,7 +177,7 @@ impl SessionManager {
         }
         self.state.lock().registry.insert(sid, (node, info.to_vec()));
         info!(%sid, %node, "session registered");
-        self.to_all(&frame(self.me, sid, Message::SessionCreate { node, info: info.to_vec() }))
+        self.to_all(&self.frame(sid, Message::SessionCreate { node, info: info.to_vec() }))
     }
 
     /// A session was reclaimed on `node`: record where it lives, point its
@@ -191,7 +197,7 @@ impl SessionManager {
             }
             out.extend(self.spec(&st.table));
         }
-        out.extend(self.to_all(&frame(self.me, sid, Message::SessionReclaim { node, info: info.to_vec() })));
+        out.extend(self.to_all(&self.frame(sid, Message::SessionReclaim { node, info: info.to_vec() })));
         out
     }
 
@@ -207,7 +213,7 @@ impl SessionManager {
                 self.record("dispositions", d.put_table(&st.table));
             }
         }
-        let mut out = self.to_all(&frame(self.me, sid, Message::SessionDestroy));
+        let mut out = self.to_all(&self.frame(sid, Message::SessionDestroy));
         if st.table.version() != v {
             out.extend(self.spec(&st.table));
         }
@@ -239,12 +245,10 @@ impl SessionManager {
         let mut out: Sends = st
             .registry
             .iter()
-            .map(|(sid, (n, info))| {
-                (node, frame(self.me, *sid, Message::SessionCreate { node: *n, info: info.clone() }))
-            })
+            .map(|(sid, (n, info))| (node, self.frame(*sid, Message::SessionCreate { node: *n, info: info.clone() })))
             .collect();
         if self.fs_managers.contains(&node) && st.table.version() > 0 {
-            out.push((node, Frame::new(self.me, 0, Message::DispSpec(st.table.to_spec()))));
+            out.push((node, self.frame(DmSessId(0), Message::DispSpec(st.table.to_spec()))));
         }
         out
     }
@@ -327,5 +331,11 @@ mod tests {
             .announce()
             .iter()
             .any(|(n, f)| *n == NodeId(3) && matches!(f.msg, Message::SessionCreate { .. })));
+        // What each term sends carries its epoch, so nodes can tell the
+        // deposed one's mirrors from the new one's.
+        let (e1, e2) = (crate::roles::epoch_of(t1.epoch), crate::roles::epoch_of(t2.epoch));
+        assert!(e2 > e1 && e1 > 0 && second.epoch() == e2);
+        assert!(second.announce().iter().all(|(_, f)| f.epoch == e2));
+        assert!(first.on_session_destroy(sid).iter().all(|(_, f)| f.epoch == e1));
     }
 }
