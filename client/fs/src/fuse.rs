@@ -1206,10 +1206,10 @@ pub fn mount(dev: Arc<dyn BlockDev>, mountpoint: &Path, opts: MountOpts) -> std:
         }
     };
     let name = if opts.name.is_empty() { format!("mount-{}", std::process::id()) } else { opts.name.clone() };
-    let meta = MetaClient::connect(addr, &name, &opts.creds)?;
-    if let Some(r) = &opts.resolve {
-        meta.set_resolver(r.clone());
-    }
+    let meta = match &opts.resolve {
+        Some(r) if manager.is_none() => MetaClient::connect_resolved(r.clone(), &name, &opts.creds)?,
+        _ => MetaClient::connect(addr, &name, &opts.creds)?,
+    };
     let mut dm = None;
     if let Some(link) = &opts.dm {
         // The node learns its dispositions for this file system from the

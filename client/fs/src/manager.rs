@@ -60,6 +60,8 @@ pub struct Manager {
     next_conn: AtomicU64,
     /// [`REVOKE_TIMEOUT`] unless set (milliseconds).
     revoke_timeout_ms: AtomicU64,
+    /// The term served under ([`Manager::set_term`]).
+    epoch: AtomicU64,
     /// Which nodes may connect (any that proves the key unless set).
     members: Mutex<rpc::Members>,
     /// Files open on the nodes. Taken after `meta`, never before.
@@ -202,6 +204,7 @@ impl Manager {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             revoke_timeout_ms: AtomicU64::new(REVOKE_TIMEOUT.as_millis() as u64),
+            epoch: AtomicU64::new(0),
             members: Mutex::new(Arc::new(|_| true)),
             uses: Mutex::new(Uses::default()),
             locks: Mutex::new(Locks::default()),
@@ -309,6 +312,13 @@ impl Manager {
         *self.members.lock() = members;
     }
 
+    /// The election term this manager serves under (etcd's revision; 0,
+    /// the default, for static roles): told to clients in the handshake,
+    /// and a client that found a later term in etcd is refused.
+    pub fn set_term(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
     /// Drops every connection of node `node` (it left the cluster): its
     /// tokens, opens and locks go as if it had disconnected. How many.
     pub fn expel_node(&self, node: u32) -> usize {
@@ -354,11 +364,12 @@ impl Manager {
         // Nothing of an unauthenticated client reaches the tables.
         let _ = out.set_read_timeout(Some(rpc::HANDSHAKE_WAIT));
         let members = self.members.lock().clone();
+        let epoch = self.epoch.load(Ordering::Acquire);
         let hello = || {
             let m = self.meta.lock();
-            Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid }
+            Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid, epoch }
         };
-        let (node, name) = match rpc::handshake_server(&mut r, &mut out, creds, &*members, hello) {
+        let (node, name) = match rpc::handshake_server(&mut r, &mut out, creds, &*members, epoch, hello) {
             Ok(who) => who,
             Err(e) => {
                 tracing::warn!(%from, reason = %e, "file-system client refused");
@@ -1293,6 +1304,32 @@ mod tests {
         assert!(matches!(create(&c, "in"), Ok(Reply::Changed { .. })));
         let other = Manager::open(volume()).unwrap().serve("127.0.0.1:0".parse().unwrap(), wrong.clone()).unwrap();
         assert_eq!(denied(MetaClient::connect(other.addr, "c", &key(2))), Some(io::ErrorKind::PermissionDenied));
+    }
+
+    /// A manager tells clients its term, and the handshake refuses a
+    /// deposed one: a client that found a later term in etcd is turned away
+    /// by a manager of an older one, and a client turns away a manager
+    /// whose term is older than the one it looks for.
+    #[test]
+    fn a_manager_of_an_older_term_and_its_clients_refuse_each_other() {
+        let m = Manager::open(volume()).unwrap();
+        m.set_term(7);
+        let h = m.serve("127.0.0.1:0".parse().unwrap(), Credentials::default()).unwrap();
+        let at = |epoch: u64| -> crate::remote::Resolver { Arc::new(move || Ok((h.addr, epoch))) };
+        let kind = |r: io::Result<MetaClient>| r.err().map(|e| e.kind());
+        let newer = MetaClient::connect_resolved(at(9), "newer", &Credentials::default());
+        assert_eq!(kind(newer), Some(io::ErrorKind::ConnectionRefused));
+        assert!(m.conns.lock().is_empty(), "a refused client is not on the books");
+        for epoch in [7, 3, 0] {
+            let c = MetaClient::connect_resolved(at(epoch), "c", &Credentials::default()).unwrap();
+            assert!(matches!(create(&c, &format!("in-{epoch}")), Ok(Reply::Changed { .. })), "term {epoch}");
+        }
+        // A manager of no term does not check, so the client refuses it
+        // itself when it looks for one; a client of no term takes it.
+        m.set_term(0);
+        let c = MetaClient::connect_resolved(at(9), "c", &Credentials::default());
+        assert_eq!(kind(c), Some(io::ErrorKind::ConnectionRefused), "a manager of no term, a client of term 9");
+        assert!(MetaClient::connect_resolved(at(0), "c", &Credentials::default()).is_ok());
     }
 
     /// A node expelled (it left the cluster) loses its connections and

@@ -77,11 +77,15 @@ struct Link {
 }
 
 /// Where the manager is now (it moves when another node takes the role
-/// over): asked again before every reconnection attempt.
-pub type Resolver = Arc<dyn Fn() -> io::Result<SocketAddr> + Send + Sync>;
+/// over) and the term it holds the role in: asked again before every
+/// reconnection attempt.
+pub type Resolver = Arc<dyn Fn() -> io::Result<(SocketAddr, u64)> + Send + Sync>;
 
 struct Inner {
     addr: Mutex<SocketAddr>,
+    /// The manager's term as last resolved (0: any); one of an older term
+    /// is refused at the handshake.
+    epoch: AtomicU64,
     resolve: Mutex<Option<Resolver>>,
     name: String,
     creds: rpc::Credentials,
@@ -121,10 +125,29 @@ impl MetaClient {
     /// prove the cluster key, or refuses this node, is an error of kind
     /// `PermissionDenied`.
     pub fn connect(addr: SocketAddr, name: &str, creds: &rpc::Credentials) -> io::Result<MetaClient> {
+        Self::connect_in(addr, 0, None, name, creds)
+    }
+
+    /// Connects to the manager `r` names, in the term it names, and finds
+    /// it through `r` again whenever the connection is lost
+    /// ([`MetaClient::set_resolver`]).
+    pub fn connect_resolved(r: Resolver, name: &str, creds: &rpc::Credentials) -> io::Result<MetaClient> {
+        let (addr, epoch) = r()?;
+        Self::connect_in(addr, epoch, Some(r), name, creds)
+    }
+
+    fn connect_in(
+        addr: SocketAddr,
+        epoch: u64,
+        resolve: Option<Resolver>,
+        name: &str,
+        creds: &rpc::Credentials,
+    ) -> io::Result<MetaClient> {
         let (tx, rx) = mpsc::channel::<u64>();
         let inner = Arc::new(Inner {
             addr: Mutex::new(addr),
-            resolve: Mutex::new(None),
+            epoch: AtomicU64::new(epoch),
+            resolve: Mutex::new(resolve),
             name: name.to_string(),
             creds: creds.clone(),
             link: Mutex::new(None),
@@ -160,10 +183,11 @@ impl MetaClient {
     /// so that it reconnects to the holder. Whether it dropped it.
     pub fn recheck_manager(&self) -> bool {
         let Some(r) = self.inner.resolve.lock().clone() else { return false };
-        let now = *self.inner.addr.lock();
-        if r().is_ok_and(|a| a == now) {
+        let now = (*self.inner.addr.lock(), self.inner.epoch.load(Ordering::Acquire));
+        if r().is_ok_and(|at| at == now) {
             return false;
         }
+        let now = now.0;
         let link = self.inner.link.lock().clone();
         match link {
             Some(l) => {
@@ -193,7 +217,8 @@ impl MetaClient {
         let mut out = s;
         // The handshake runs before the receive thread exists, bounded in time.
         out.set_read_timeout(Some(rpc::HANDSHAKE_WAIT))?;
-        let geometry = rpc::handshake_client(&mut r, &mut out, &self.inner.creds, &self.inner.name)?;
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let geometry = rpc::handshake_client(&mut r, &mut out, &self.inner.creds, &self.inner.name, epoch)?;
         out.set_read_timeout(None)?;
         *self.inner.hello.lock() = Some(geometry);
         let link = Arc::new(Link { out: Mutex::new(out) });
@@ -396,7 +421,10 @@ impl MetaClient {
             let resolver = self.inner.resolve.lock().clone();
             if let Some(r) = resolver {
                 match r() {
-                    Ok(a) => *self.inner.addr.lock() = a,
+                    Ok((a, epoch)) => {
+                        *self.inner.addr.lock() = a;
+                        self.inner.epoch.store(epoch, Ordering::Release);
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "no manager to reconnect to yet");
                         std::thread::sleep(Duration::from_millis(100));

@@ -101,6 +101,9 @@ pub enum Req {
         name: String,
         node: u32,
         nonce: [u8; AUTH_LEN],
+        /// The manager's term the client found in etcd (0: any, static
+        /// roles): a manager of an older term refuses it.
+        epoch: u64,
     },
     /// Second message: the client's proof that it holds the cluster key.
     Auth {
@@ -327,10 +330,12 @@ pub enum Reply {
         nonce: [u8; AUTH_LEN],
         proof: [u8; AUTH_LEN],
     },
-    /// The handshake is done: the file system's geometry.
+    /// The handshake is done: the file system's geometry, and the term the
+    /// manager serves under (0: static roles).
     Hello {
         block_size: u32,
         fsid: [u8; 16],
+        epoch: u64,
     },
     /// A token granted: the inode, all its extents and its DM state.
     Granted {
@@ -449,16 +454,24 @@ fn refused(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, why)
 }
 
-/// The client's side of the handshake, as node `me` called `name`; the
-/// file system's block size and id.
+fn stale(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, why)
+}
+
+/// The client's side of the handshake, as node `me` called `name`, with
+/// the manager of term `epoch` (0: any); the file system's block size and
+/// id. A manager of an older term (deposed, not knowing it yet) is refused
+/// with an error of kind `ConnectionRefused`, as one that refuses us
+/// because it is.
 pub fn handshake_client(
     r: &mut impl Read,
     w: &mut impl Write,
     me: &Credentials,
     name: &str,
+    epoch: u64,
 ) -> io::Result<(u32, [u8; 16])> {
     let n_c = auth::nonce()?;
-    send(w, Kind::Req, 0, &Req::Hello { name: name.to_string(), node: me.node, nonce: n_c })?;
+    send(w, Kind::Req, 0, &Req::Hello { name: name.to_string(), node: me.node, nonce: n_c, epoch })?;
     let (node, n_s) = match recv_reply(r)? {
         Reply::Challenge { node, nonce, proof }
             if auth::check(&me.key, SERVER_ROLE, me.node, node, &n_c, &nonce, &proof) =>
@@ -473,7 +486,13 @@ pub fn handshake_client(
     let proof = auth::proof(&me.key, CLIENT_ROLE, me.node, node, &n_s, &n_c);
     send(w, Kind::Req, 0, &Req::Auth { proof })?;
     match recv_reply(r)? {
-        Reply::Hello { block_size, fsid } => Ok((block_size, fsid)),
+        Reply::Hello { epoch: theirs, .. } if epoch != 0 && theirs < epoch => {
+            Err(stale(format!("the manager (node {node}) serves term {theirs}, older than the elected term {epoch}")))
+        }
+        Reply::Hello { block_size, fsid, .. } => Ok((block_size, fsid)),
+        Reply::Err(e) if e == libc::ESTALE => {
+            Err(stale(format!("the manager (node {node}) is of an older term than {epoch}, the elected one")))
+        }
         Reply::Err(e) if e == libc::EACCES => {
             Err(refused(format!("the manager refused node {}: not a cluster member, or another cluster key", me.node)))
         }
@@ -488,20 +507,23 @@ fn recv_reply(r: &mut impl Read) -> io::Result<Reply> {
     }
 }
 
-/// The manager's side of the handshake with one new connection: the
-/// client's node id and name once it proved the key and is a member, and
-/// after `hello` (the geometry) went back; an error of kind
-/// `PermissionDenied` (with the reason, for the log) when it is refused.
+/// The manager's side of the handshake with one new connection, as the
+/// manager of term `epoch` (0: static roles): the client's node id and name
+/// once it proved the key and is a member, and after `hello` (the geometry)
+/// went back; an error of kind `PermissionDenied` (with the reason, for the
+/// log) when it is refused, `ConnectionRefused` when the client found a
+/// later term in etcd than this manager's (this one is deposed).
 pub fn handshake_server(
     r: &mut impl Read,
     w: &mut impl Write,
     me: &Credentials,
     members: &dyn Fn(u32) -> bool,
+    epoch: u64,
     hello: impl FnOnce() -> Reply,
 ) -> io::Result<(u32, String)> {
     let (kind, _, body) = recv(r)?;
-    let (name, node, n_c) = match (kind, decode::<Req>(&body)) {
-        (Kind::Req, Ok(Req::Hello { name, node, nonce })) => (name, node, nonce),
+    let (name, node, n_c, wanted) = match (kind, decode::<Req>(&body)) {
+        (Kind::Req, Ok(Req::Hello { name, node, nonce, epoch })) => (name, node, nonce, epoch),
         _ => return Err(refused("the first message is not a hello".into())),
     };
     let n_s = auth::nonce()?;
@@ -519,6 +541,12 @@ pub fn handshake_server(
     if !members(node) {
         let _ = send(w, Kind::Reply, 0, &Reply::Err(libc::EACCES));
         return Err(refused(format!("node {node} ({name}) is not a cluster member")));
+    }
+    if epoch != 0 && wanted > epoch {
+        let _ = send(w, Kind::Reply, 0, &Reply::Err(libc::ESTALE));
+        return Err(stale(format!(
+            "node {node} ({name}) wants the manager of term {wanted}; this one serves {epoch}, an older term"
+        )));
     }
     send(w, Kind::Reply, 0, &hello())?;
     Ok((node, name))

@@ -119,24 +119,32 @@ pub(crate) fn volume(
 /// Where `f`'s metadata service is now: the holder of its role in etcd, or
 /// its configured `meta_addr`.
 pub(crate) fn manager_of(f: &FsConfig, link: Option<&ClusterLink>) -> std::io::Result<SocketAddr> {
+    manager_in_term(f, link).map(|(a, _)| a)
+}
+
+/// [`manager_of`], with the term the holder has the role in (0 without etcd).
+fn manager_in_term(f: &FsConfig, link: Option<&ClusterLink>) -> std::io::Result<(SocketAddr, u64)> {
     let Some(link) = link else {
-        return f.meta_addr.ok_or_else(|| std::io::Error::other(format!("file system {} has no meta_addr", f.id)));
+        let a = f.meta_addr.ok_or_else(|| std::io::Error::other(format!("file system {} has no meta_addr", f.id)))?;
+        return Ok((a, 0));
     };
     let refused = |why: String| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, why);
     let leader = link.election(&f.role()).leader().map_err(|e| refused(e.to_string()))?;
     let l = leader.ok_or_else(|| refused(format!("file system {} has no manager elected yet", f.id)))?;
-    crate::cluster::field(&l.value, "meta")
+    let a = crate::cluster::field(&l.value, "meta")
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("file system {}: the manager's address is unreadable", f.id)))
+        .ok_or_else(|| std::io::Error::other(format!("file system {}: the manager's address is unreadable", f.id)))?;
+    Ok((a, crate::roles::epoch_of(l.epoch)))
 }
 
 /// With membership by etcd, finds `f`'s manager again whenever a
-/// connection to it is lost (another node may hold the role now).
+/// connection to it is lost (another node may hold the role now), with
+/// the term it holds it in.
 pub(crate) fn resolver(f: &FsConfig, link: Option<&Arc<ClusterLink>>) -> Option<tpfs::remote::Resolver> {
     let (f, link) = (f.clone(), Arc::downgrade(link?));
     Some(Arc::new(move || {
         let l = link.upgrade().ok_or_else(|| std::io::Error::other("the node is stopping"))?;
-        manager_of(&f, Some(&l))
+        manager_in_term(&f, Some(&l))
     }))
 }
 
@@ -242,9 +250,8 @@ impl Mounts {
                     };
                 let won = Instant::now();
                 info!(fs = f.id, epoch = term.epoch, "elected the file system's manager");
-                match serve(&cfg, &f, addr, members.clone(), Some(&link)) {
-                    Ok(mut s) => {
-                        s.epoch = Some(term.epoch);
+                match serve(&cfg, &f, addr, members.clone(), Some((&link, term.epoch))) {
+                    Ok(s) => {
                         info!(fs = f.id, %addr, epoch = term.epoch, took_ms = won.elapsed().as_millis() as u64,
                             "metadata service started");
                         let Some(m) = me.upgrade() else { return };
@@ -473,8 +480,9 @@ fn serve(
     f: &FsConfig,
     addr: SocketAddr,
     members: tpfs::rpc::Members,
-    link: Option<&ClusterLink>,
+    term: Option<(&ClusterLink, coord::Rev)>,
 ) -> std::io::Result<Service> {
+    let (link, epoch) = (term.map(|t| t.0), term.map(|t| t.1));
     let (ctrl, dev) = volume(cfg, f, link)?;
     let mut fence = None;
     if let Some(key) = link.and_then(|l| l.rkey()) {
@@ -494,8 +502,9 @@ fn serve(
     m.set_revoke_timeout(Duration::from_secs(f.token_timeout_secs.max(1)));
     // Nobody but a member gets a token.
     m.set_members(members);
+    m.set_term(epoch.map_or(0, crate::roles::epoch_of));
     let handle = m.serve(addr, fs_creds(cfg)?)?;
-    Ok(Service { fs: FsId(f.id), epoch: None, handle, fence })
+    Ok(Service { fs: FsId(f.id), epoch, handle, fence })
 }
 
 fn mount_with_patience<H: MountHost>(node: &Arc<H>, m: &FuseMountConfig) -> std::io::Result<(Mounted, u64)> {

@@ -94,10 +94,10 @@ impl DmFs {
         creds: &tpfs::rpc::Credentials,
         resolve: Option<tpfs::remote::Resolver>,
     ) -> std::io::Result<DmFs> {
-        let meta = MetaClient::connect(manager, name, creds)?;
-        if let Some(r) = resolve {
-            meta.set_resolver(r);
-        }
+        let meta = match resolve {
+            Some(r) => MetaClient::connect_resolved(r, name, creds)?,
+            None => MetaClient::connect(manager, name, creds)?,
+        };
         Ok(DmFs {
             data: DataPath::new(meta, dev),
             fs,
