@@ -450,7 +450,6 @@ fn a_deposed_session_managers_table_is_refused() {
 /// node would retire the token and send the application a cancel event.)
 #[test]
 fn a_node_silent_within_its_lease_is_suspected_not_failed() {
-    use std::io::BufRead;
     let Some((dir, _up)) = etcd_cluster_with(3, &["--lease-ttl-ms", "12000"]) else { return };
     let d = dir.path().to_str().unwrap();
     let st = status_of(d);
@@ -458,18 +457,7 @@ fn a_node_silent_within_its_lease_is_suspected_not_failed() {
     let m1 = Path::new(&env["TIDEPOOL_NODE1_MOUNT"]).to_path_buf();
     std::fs::write(m1.join("data"), b"read while its node was frozen").unwrap();
     let s2 = env["TIDEPOOL_NODE2_DM_SOCKET"].clone();
-    let mut app = Command::new(TIDEPOOL)
-        .args(["dm", "--socket", &s2, "listen", "--info", "hsm", "--events", "read", "--hold"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let out = app.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (mut app, lines) = dm_listen(&s2, &["--info", "hsm", "--events", "read", "--hold"]);
     let t = std::time::Duration::from_secs(20);
     let expect = |what: &str| loop {
         let l = lines.recv_timeout(t).unwrap_or_else(|_| panic!("the application never printed {what}"));

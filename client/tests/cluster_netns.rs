@@ -207,7 +207,6 @@ fn a_partitioned_manager_is_fenced_off_the_volume_it_still_reaches() {
 /// session keeps its id at the next session manager.
 #[test]
 fn a_killed_session_manager_loses_no_event_of_an_application_on_a_third_host() {
-    use std::io::BufRead as _;
     let Some((dir, _up)) = etcd_cluster_with(3, &["--netns", "--lease-ttl-ms", "2000"]) else { return };
     let d = dir.path().to_str().unwrap();
     let st = status_of(d);
@@ -217,19 +216,7 @@ fn a_killed_session_manager_loses_no_event_of_an_application_on_a_third_host() {
     let (old, ops) = (sm[0], 4 - sm[0]);
     let env = env_of(dir.path());
     const N: usize = 30;
-    let mut app = Command::new(TIDEPOOL)
-        .args(["dm", "--socket", &env["TIDEPOOL_NODE2_DM_SOCKET"], "listen", "--info", "app"])
-        .args(["--events", "create"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = app.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let (mut app, rx) = dm_listen(&env["TIDEPOOL_NODE2_DM_SOCKET"], &["--info", "app", "--events", "create"]);
     let line = || rx.recv_timeout(Duration::from_secs(10)).expect("the application said nothing");
     let sid = common::field(&line(), "sid");
     assert_eq!(line(), "READY");
