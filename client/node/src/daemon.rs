@@ -931,7 +931,8 @@ impl Node {
         // A stamped session message is a session manager's mirror, never an
         // announcement for this node to record if it is the manager (the
         // stamp is newer than its own term, or it was refused above).
-        let sm_here = if f.epoch == 0 { self.sm() } else { None };
+        let epoch = f.epoch;
+        let sm_here = || if epoch == 0 { self.sm() } else { None };
         let engine = self.dm.engine();
         let src = self.source.engine();
         match f.msg {
@@ -965,7 +966,7 @@ impl Node {
             Message::Pending { delay_ms } => {
                 src.on_pending(f.ref_seq, Duration::from_millis(delay_ms));
             }
-            Message::SessionCreate { node, info } => match sm_here {
+            Message::SessionCreate { node, info } => match sm_here() {
                 Some(sm) => {
                     engine.register_remote_session(f.sid, node, &info);
                     self.send_all(sm.on_session_create(f.sid, node, &info));
@@ -983,14 +984,14 @@ impl Node {
             },
             Message::SessionReclaim { node, info } => {
                 engine.register_remote_session(f.sid, node, &info);
-                if let Some(sm) = &sm_here {
+                if let Some(sm) = sm_here() {
                     self.send_all(sm.on_session_reclaim(f.sid, node, &info));
                 }
                 src.on_session_reclaimed(f.sid, node);
             }
             Message::SessionDestroy => {
                 engine.forget_remote_session(f.sid);
-                if let Some(sm) = &sm_here {
+                if let Some(sm) = sm_here() {
                     self.send_all(sm.on_session_destroy(f.sid));
                 }
             }
