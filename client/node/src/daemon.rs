@@ -926,6 +926,13 @@ impl Node {
         if from_sm && !self.terms.admit(f.epoch) {
             warn!(%from, epoch = f.epoch, latest = self.terms.latest(), kind = ?f.msg.msg_type(),
                 "a frame of a deposed session manager's term; refused");
+            // A newly elected file-system manager makes itself known with the
+            // table it has, stamped with the term it came in; that table may
+            // be stale, but the election is etcd's, and this node's mounts
+            // must still be announced to it or no later table reaches them.
+            if matches!(f.msg, Message::DispSpec(_)) {
+                self.announce_mounts_to(from);
+            }
             return;
         }
         // A stamped session message is a session manager's mirror, never an
