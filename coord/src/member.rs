@@ -48,8 +48,24 @@ impl Member {
     /// of `ttl` (not renewed until [`Member::keep_alive_in_background`] or
     /// [`Member::renew`]).
     pub fn join(store: Arc<dyn Store>, cluster: &str, node: u32, value: &[u8], ttl: Duration) -> Result<Member> {
-        let granted_at = Instant::now();
-        let lease = store.grant(ttl)?;
+        // A grant that took half the TTL to come (etcd just reachable
+        // again) leaves a lease this node must already count as nearly
+        // expired, and it would be out again at once: asked for again.
+        let mut tries = 0;
+        let (granted_at, lease) = loop {
+            let asked = Instant::now();
+            let lease = store.grant(ttl)?;
+            tries += 1;
+            if asked.elapsed() < ttl / 2 || tries == 3 {
+                break (asked, lease);
+            }
+            tracing::warn!(
+                node,
+                waited_ms = asked.elapsed().as_millis() as u64,
+                "the lease came too late to be of use; asking again"
+            );
+            let _ = store.revoke(lease);
+        };
         let key = key(cluster, node);
         store.put(&key, value, lease)?;
         tracing::info!(node, lease = format_args!("{lease:#x}"), ttl_ms = ttl.as_millis() as u64, "joined the cluster");

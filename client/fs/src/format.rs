@@ -73,13 +73,32 @@ pub const JCOMMIT_MAGIC: [u8; 4] = *b"TPJC";
 #[repr(C)]
 pub struct JournalHeader {
     pub magic: [u8; 4],
-    pub rsvd: [u8; 4],
+    /// [`JHDR_TOKENS_OUT`] or 0.
+    pub flags: u8,
+    pub rsvd: [u8; 3],
     /// Sequence number of the oldest transaction not yet written home.
     pub head_seq: U64,
     /// Journal block (relative to the journal start) where it begins.
     pub head_pos: U64,
+    /// Bumped by every manager that opens the file system: its tokens,
+    /// and the sizes set under them, are of this incarnation.
+    pub incarnation: U64,
+    /// How many connection ids follow the header ([`JHDR_VOID_OVERFLOW`]
+    /// if more were voided than the block holds): connections of this
+    /// incarnation whose exclusive tokens were taken from them (expelled,
+    /// or gone), so sizes set under them are never taken in again.
+    pub nvoid: U32,
+    pub rsvd2: U32,
 }
-const _: () = assert!(size_of::<JournalHeader>() == 24);
+const _: () = assert!(size_of::<JournalHeader>() == 40);
+/// A manager has granted tokens and not taken them all back: the next one
+/// starts in recovery (the nodes give back sizes set under them first).
+pub const JHDR_TOKENS_OUT: u8 = 1;
+/// More connections were voided than the header block lists: sizes under
+/// any token of its incarnation are void.
+pub const JHDR_VOID_OVERFLOW: u8 = 2;
+/// Most voided connection ids the header block lists.
+pub const JHDR_MAX_VOID: usize = 256;
 
 /// A transaction's descriptor block header; `count` home block numbers
 /// (U64 each) follow it in the same block.

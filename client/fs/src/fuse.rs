@@ -1163,6 +1163,7 @@ impl Mounted {
             Some(s) => s.umount_and_join(),
             None => return Ok(()),
         };
+        self.meta.give_back_all();
         self.meta.close();
         if let Some((link, _)) = self.dm.take() {
             let rc = r.as_ref().err().map_or(0, |x| x.raw_os_error().unwrap_or(libc::EIO));

@@ -11,7 +11,8 @@
 
 use super::blockdev::BlockDev;
 use super::format::{
-    seal, sealed_ok, JournalCommit, JournalDesc, JournalHeader, JCOMMIT_MAGIC, JDESC_MAGIC, JHDR_MAGIC,
+    seal, sealed_ok, JournalCommit, JournalDesc, JournalHeader, JCOMMIT_MAGIC, JDESC_MAGIC, JHDR_MAGIC, JHDR_MAX_VOID,
+    JHDR_TOKENS_OUT, JHDR_VOID_OVERFLOW,
 };
 use super::{FsError, Result};
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +45,20 @@ pub struct Journal {
     /// The newest committed image of every block not yet written home:
     /// what a reader must see instead of the stale home block.
     newest: HashMap<u64, Vec<u8>>,
+    /// The header's flags ([`JHDR_TOKENS_OUT`], [`JHDR_VOID_OVERFLOW`]).
+    flags: u8,
+    incarnation: u64,
+    /// Connections of this incarnation whose sizes are void.
+    void: Vec<u64>,
+}
+
+/// What the manager before this one left: its incarnation, and which of
+/// its connections' sizes are void (all of them if `all_void`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prior {
+    pub incarnation: u64,
+    pub void: Vec<u64>,
+    pub all_void: bool,
 }
 
 /// The largest transaction, in metadata blocks, one descriptor can name.
@@ -59,7 +74,16 @@ impl Journal {
         }
         let bs = dev.block_size() as usize;
         let mut b = vec![0u8; bs];
-        let h = JournalHeader { magic: JHDR_MAGIC, rsvd: [0; 4], head_seq: 1.into(), head_pos: 1.into() };
+        let h = JournalHeader {
+            magic: JHDR_MAGIC,
+            flags: 0,
+            rsvd: [0; 3],
+            head_seq: 1.into(),
+            head_pos: 1.into(),
+            incarnation: 0.into(),
+            nvoid: 0.into(),
+            rsvd2: 0.into(),
+        };
         b[..size_of::<JournalHeader>()].copy_from_slice(h.as_bytes());
         seal(&mut b);
         dev.write(start, &b, true)
@@ -91,7 +115,13 @@ impl Journal {
             tail: h.head_pos.get(),
             live: VecDeque::new(),
             newest: HashMap::new(),
+            flags: h.flags,
+            incarnation: h.incarnation.get(),
+            void: Vec::new(),
         };
+        let n = (h.nvoid.get() as usize).min(JHDR_MAX_VOID).min((bs - size_of::<JournalHeader>() - 4) / 8);
+        let at = size_of::<JournalHeader>();
+        j.void = (0..n).map(|k| u64::from_le_bytes(b[at + k * 8..at + k * 8 + 8].try_into().unwrap())).collect();
         let mut replayed = 0;
         while let Some((tx, blocks)) = j.read_tx(j.tail, j.next_seq)? {
             j.next_seq = tx.seq + 1;
@@ -213,16 +243,94 @@ impl Journal {
         self.newest.clear();
         self.head_seq = self.next_seq;
         self.head_pos = if self.tail >= self.nblocks { 1 } else { self.tail };
+        self.write_header()
+    }
+
+    fn write_header(&self) -> Result<()> {
         let mut b = vec![0u8; self.bs];
         let h = JournalHeader {
             magic: JHDR_MAGIC,
-            rsvd: [0; 4],
+            flags: self.flags,
+            rsvd: [0; 3],
             head_seq: self.head_seq.into(),
             head_pos: self.head_pos.into(),
+            incarnation: self.incarnation.into(),
+            nvoid: (self.void.len() as u32).into(),
+            rsvd2: 0.into(),
         };
         b[..size_of::<JournalHeader>()].copy_from_slice(h.as_bytes());
+        let at = size_of::<JournalHeader>();
+        for (k, c) in self.void.iter().enumerate() {
+            b[at + k * 8..at + k * 8 + 8].copy_from_slice(&c.to_le_bytes());
+        }
         seal(&mut b);
         self.dev.write(self.start, &b, true)
+    }
+
+    /// A manager opens the file system: a new incarnation, recorded (FUA).
+    /// Returns what the one before left.
+    pub fn begin_incarnation(&mut self) -> Result<Prior> {
+        let prior = Prior {
+            incarnation: self.incarnation,
+            void: self.void.clone(),
+            all_void: self.flags & JHDR_VOID_OVERFLOW != 0,
+        };
+        let saved = (self.incarnation, std::mem::take(&mut self.void), self.flags);
+        self.incarnation += 1;
+        self.flags &= !JHDR_VOID_OVERFLOW;
+        if let Err(e) = self.write_header() {
+            (self.incarnation, self.void, self.flags) = saved;
+            return Err(e);
+        }
+        Ok(prior)
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Records (FUA) that sizes set under connection `conn`'s tokens are
+    /// void: they were taken from it. Once the list is full, every
+    /// connection's are ([`JHDR_VOID_OVERFLOW`]).
+    pub fn void_conn(&mut self, conn: u64) -> Result<()> {
+        if self.void.contains(&conn) || self.flags & JHDR_VOID_OVERFLOW != 0 {
+            return Ok(());
+        }
+        let max = JHDR_MAX_VOID.min((self.bs - size_of::<JournalHeader>() - 4) / 8);
+        let was = self.flags;
+        if self.void.len() < max {
+            self.void.push(conn);
+        } else {
+            self.flags |= JHDR_VOID_OVERFLOW;
+        }
+        let r = self.write_header();
+        if r.is_err() {
+            if self.flags == was {
+                self.void.pop();
+            }
+            self.flags = was;
+        }
+        r
+    }
+
+    /// Whether the last manager left tokens out ([`JHDR_TOKENS_OUT`]).
+    pub fn tokens_out(&self) -> bool {
+        self.flags & JHDR_TOKENS_OUT != 0
+    }
+
+    /// Records on the volume (FUA) whether tokens are out.
+    pub fn set_tokens_out(&mut self, out: bool) -> Result<()> {
+        let flags = if out { self.flags | JHDR_TOKENS_OUT } else { self.flags & !JHDR_TOKENS_OUT };
+        if flags == self.flags {
+            return Ok(());
+        }
+        let was = self.flags;
+        self.flags = flags;
+        let r = self.write_header();
+        if r.is_err() {
+            self.flags = was;
+        }
+        r
     }
 
     pub fn next_seq(&self) -> u64 {

@@ -31,6 +31,7 @@ pub mod meta;
 pub mod mkfs;
 pub mod remote;
 pub mod rpc;
+pub mod tokens;
 
 /// File-system errors, each with the errno a POSIX caller sees.
 #[derive(Debug, thiserror::Error)]

@@ -28,8 +28,9 @@ use super::format::Inode;
 use super::locks::{LockSet, LockType, EOF};
 use super::meta::{Cred, MetaError, MetaStore, SetAttr};
 use super::rpc::{self, Destroyed, Kind, Mode, Reply, Req, RevokeDone};
+use super::tokens::{Claim, Step, Tokens, Under};
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,11 +51,15 @@ pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 /// again (held before a restart), so nobody takes one of them first. The
 /// orphan grace, if shorter, bounds it too.
 pub const LOCK_GRACE: Duration = Duration::from_secs(2);
+/// How long a manager taking over from one that left tokens out grants
+/// none (the nodes give back the sizes set under the old tokens first;
+/// see [`super::tokens`]). The orphan grace, if shorter, bounds it too.
+pub const TOKEN_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Manager {
     meta: Mutex<MetaStore>,
     dev: Arc<dyn BlockDev>,
-    table: Mutex<Table>,
+    table: Mutex<Tokens>,
     cv: Condvar,
     conns: Mutex<HashMap<u64, Arc<Peer>>>,
     next_conn: AtomicU64,
@@ -76,6 +81,15 @@ pub struct Manager {
     gc: Mutex<GroupCommit>,
     gc_cv: Condvar,
     durable: Arc<AtomicU64>,
+    /// The journal, for its header (incarnation, voided connections, the
+    /// tokens-out mark) without the metadata lock.
+    journal: Arc<Mutex<super::journal::Journal>>,
+    /// Set when the handle is dropped: connections end because the
+    /// manager stops, and their tokens are for the next one to recover,
+    /// not void.
+    stopping: AtomicBool,
+    /// The journal header says tokens are out ([`Journal::set_tokens_out`](super::journal::Journal::set_tokens_out)).
+    tokens_marked: AtomicBool,
 }
 
 #[derive(Default)]
@@ -127,9 +141,17 @@ struct Peer {
     node: u32,
     name: String,
     out: Mutex<TcpStream>,
+    /// Expelled: its tokens were taken from it, and nothing it still
+    /// sends (a size under a token it lost) counts.
+    expelled: AtomicBool,
 }
 
 impl Peer {
+    fn expel(&self) {
+        self.expelled.store(true, Ordering::Release);
+        let _ = self.out.lock().shutdown(Shutdown::Both);
+    }
+
     fn send<T: serde::Serialize>(&self, kind: Kind, id: u64, body: &T) {
         let mut w = self.out.lock();
         if let Err(e) = rpc::send(&mut *w, kind, id, body) {
@@ -137,22 +159,6 @@ impl Peer {
             let _ = w.shutdown(Shutdown::Both);
         }
     }
-}
-
-#[derive(Default)]
-struct Table {
-    inodes: HashMap<u64, Tok>,
-}
-
-#[derive(Default)]
-struct Tok {
-    holders: HashMap<u64, Mode>,
-    revoking: HashSet<u64>,
-    /// Holders being revoked that last said, then, that a DM right holds
-    /// their token ([`Kind::RevokeHeld`]): they are waited for, not expelled.
-    held: HashMap<u64, Instant>,
-    next: u64,
-    serving: u64,
 }
 
 /// A running manager; dropping it stops accepting new clients.
@@ -170,11 +176,25 @@ impl Drop for ManagerHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        for p in self.manager.conns.lock().values() {
-            let _ = p.out.lock().shutdown(Shutdown::Both);
-        }
+        // Idle if no token is out: a grant after this check is never
+        // received, its reply written after the connections are shut.
+        self.manager.stopping.store(true, Ordering::Release);
+        let idle = {
+            let t = self.manager.table.lock();
+            let idle = t.holders().next().is_none();
+            for p in self.manager.conns.lock().values() {
+                let _ = p.out.lock().shutdown(Shutdown::Both);
+            }
+            idle
+        };
         if let Err(e) = self.manager.make_durable() {
             tracing::error!(errno = e, "metadata staged at shutdown: the journal write failed");
+        }
+        if idle && self.manager.tokens_marked.load(Ordering::Acquire) {
+            let r = self.manager.journal.lock().set_tokens_out(false);
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not record that no token is out; the next manager recovers");
+            }
         }
     }
 }
@@ -196,10 +216,26 @@ impl Manager {
         meta.enable_group_commit();
         let durable = meta.durable();
         let orphans = meta.orphans();
+        let journal = meta.journal();
+        let (recovering, prior) = {
+            let mut j = journal.lock();
+            (j.tokens_out(), j.begin_incarnation()?)
+        };
+        let table = if recovering {
+            tracing::info!(
+                grace_ms = grace.min(TOKEN_GRACE).as_millis() as u64,
+                prior = prior.incarnation,
+                voided = prior.void.len(),
+                "the last manager left tokens out; recovering them before granting any"
+            );
+            Tokens::recovering(Instant::now() + grace.min(TOKEN_GRACE), prior)
+        } else {
+            Tokens::new()
+        };
         let m = Arc::new(Manager {
             meta: Mutex::new(meta),
             dev,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(table),
             cv: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -213,6 +249,9 @@ impl Manager {
             gc: Mutex::new(GroupCommit::default()),
             gc_cv: Condvar::new(),
             durable,
+            tokens_marked: AtomicBool::new(recovering),
+            stopping: AtomicBool::new(false),
+            journal,
         });
         if !orphans.is_empty() {
             let weak = Arc::downgrade(&m);
@@ -326,7 +365,7 @@ impl Manager {
         for p in &gone {
             tracing::warn!(client = %p.name, node, "expelling a node that left the cluster");
             // Its connection thread sees the end and drops what it held.
-            let _ = p.out.lock().shutdown(Shutdown::Both);
+            p.expel();
         }
         gone.len()
     }
@@ -365,9 +404,11 @@ impl Manager {
         let _ = out.set_read_timeout(Some(rpc::HANDSHAKE_WAIT));
         let members = self.members.lock().clone();
         let epoch = self.epoch.load(Ordering::Acquire);
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let incarnation = self.journal.lock().incarnation();
         let hello = || {
             let m = self.meta.lock();
-            Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid, epoch }
+            Reply::Hello { block_size: m.block_size(), fsid: m.superblock().fsid, epoch, incarnation, conn: id }
         };
         let (node, name) = match rpc::handshake_server(&mut r, &mut out, creds, &*members, epoch, hello) {
             Ok(who) => who,
@@ -378,22 +419,25 @@ impl Manager {
             }
         };
         let _ = out.set_read_timeout(None);
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         tracing::info!(client = %name, node, id, "client connected");
-        let peer = Arc::new(Peer { id, node, name, out: Mutex::new(out) });
+        let peer = Arc::new(Peer { id, node, name, out: Mutex::new(out), expelled: AtomicBool::new(false) });
         self.conns.lock().insert(id, peer.clone());
         let why = loop {
             let (kind, rid, body) = match rpc::recv(&mut r) {
                 Ok(m) => m,
                 Err(e) => break e,
             };
+            // What was still buffered when it was expelled is not taken in.
+            if peer.expelled.load(Ordering::Acquire) {
+                break io::Error::new(io::ErrorKind::ConnectionAborted, "expelled");
+            }
             match kind {
                 Kind::Req => match rpc::decode::<Req>(&body) {
                     Ok(req) => self.dispatch(&peer, rid, req),
                     Err(e) => break e,
                 },
                 Kind::RevokeDone => match rpc::decode::<RevokeDone>(&body) {
-                    Ok(d) => self.revoke_done(id, d),
+                    Ok(d) => self.revoke_done(&peer, d),
                     Err(e) => break e,
                 },
                 Kind::RevokeHeld => self.revoke_held(id, rid),
@@ -403,13 +447,15 @@ impl Manager {
         tracing::info!(client = %peer.name, node = peer.node, reason = %why, "client gone; dropping its tokens");
         let _ = peer.out.lock().shutdown(Shutdown::Both);
         self.conns.lock().remove(&id);
-        let mut t = self.table.lock();
-        for tok in t.inodes.values_mut() {
-            tok.holders.remove(&id);
-            tok.revoking.remove(&id);
-            tok.held.remove(&id);
+        {
+            let mut t = self.table.lock();
+            // Sizes it set under them may still come, through the next
+            // manager's recovery: void them first, on the volume.
+            if !self.stopping.load(Ordering::Acquire) && t.holders().any(|(_, c, m)| c == id && m == Mode::Write) {
+                self.void_conn(id);
+            }
+            t.drop_conn(id);
         }
-        drop(t);
         self.cv.notify_all();
         self.drop_uses(id);
         // Files only it had open may be gone with it.
@@ -531,8 +577,8 @@ impl Manager {
     /// will be used again.
     fn retire(&self, ino: u64) -> Option<Destroyed> {
         let mut t = self.table.lock();
-        self.take_turn(&mut t, ino);
-        self.revoke_conflicts(&mut t, ino, Mode::Write, None);
+        let mut c = t.claim(ino, Mode::Write, None);
+        self.settle(&mut t, &mut c);
         let d = MutexGuard::unlocked(&mut t, || {
             let mut m = self.meta.lock();
             if self.uses.lock().total.contains_key(&ino) {
@@ -548,7 +594,8 @@ impl Manager {
                 }
             }
         });
-        self.end_turn(&mut t, ino);
+        t.finish(c);
+        self.cv.notify_all();
         d
     }
 
@@ -629,18 +676,12 @@ impl Manager {
             },
             Req::Downgrade { ino, dirty } => {
                 if let Some((size, mtime)) = dirty {
-                    if let Err(e) = self.meta.lock().apply_dirty(ino, size, mtime) {
-                        tracing::warn!(ino, error = %e, "size given back with a downgrade not recorded");
+                    if let Err(e) = self.set_size(peer, ino, size, mtime, None) {
+                        tracing::warn!(ino, errno = e, "size given back with a downgrade not recorded");
                     }
                 }
-                let mut t = self.table.lock();
-                if let Some(h) = t.inodes.get_mut(&ino).and_then(|tok| tok.holders.get_mut(&peer.id)) {
-                    if *h == Mode::Write {
-                        *h = Mode::Read;
-                    }
-                }
-                drop(t);
-                // A reader waiting in revoke_conflicts sees no conflict now.
+                self.table.lock().downgrade(ino, peer.id);
+                // A reader waiting in settle sees no conflict now.
                 self.cv.notify_all();
                 Reply::Done
             }
@@ -681,9 +722,9 @@ impl Manager {
                     Err(e) => err(e),
                 }
             }
-            Req::Flush { ino, size, mtime_ns } => match self.meta.lock().apply_dirty(ino, size, mtime_ns) {
-                Ok(_) => Reply::Done,
-                Err(e) => err(e),
+            Req::Flush { ino, size, mtime_ns, under } => match self.set_size(peer, ino, size, mtime_ns, under) {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Err(e),
             },
             Req::Scan { dir, from, max, attr } => self.scan(dir, from, (max as usize).clamp(1, SCAN_MAX), attr),
             Req::Open { ino } => match self.open_use(&mut self.meta.lock(), peer.id, ino) {
@@ -719,35 +760,39 @@ impl Manager {
         self.reply(peer, rid, &reply);
     }
 
-    fn revoke_done(&self, conn: u64, d: RevokeDone) {
+    /// Records a size and mtime `peer` set under its exclusive token on
+    /// `ino` (or under the old manager's, in recovery). ESTALE if it does
+    /// not hold that token: a size set under a token taken from it would
+    /// undo changes made since by the node that got it.
+    fn set_size(&self, peer: &Peer, ino: u64, size: u64, mtime: u64, under: Option<Under>) -> Result<(), i32> {
+        // The store is held across the check: a grant to another node
+        // reads the inode after this size, not before.
+        let mut m = self.meta.lock();
+        if !self.table.lock().may_set_size(ino, peer.id, under, Instant::now()) {
+            tracing::warn!(client = %peer.name, node = peer.node, ino, "a size set under a token the node no longer holds; refused");
+            return Err(libc::ESTALE);
+        }
+        m.apply_dirty(ino, size, mtime).map(|_| ()).map_err(|e| e.errno())
+    }
+
+    fn revoke_done(&self, peer: &Peer, d: RevokeDone) {
         if let Some((size, mtime)) = d.dirty {
-            if let Err(e) = self.meta.lock().apply_dirty(d.ino, size, mtime) {
-                tracing::warn!(ino = d.ino, error = %e, "size given back with a token not recorded");
+            if let Err(e) = self.set_size(peer, d.ino, size, mtime, None) {
+                tracing::warn!(ino = d.ino, errno = e, "size given back with a token not recorded");
             }
             // The holder has forgotten it: it must not be lost now.
             if let Err(e) = self.make_durable() {
                 tracing::warn!(ino = d.ino, errno = e, "size given back with a token not recorded");
             }
         }
-        let mut t = self.table.lock();
-        if let Some(tok) = t.inodes.get_mut(&d.ino) {
-            tok.holders.remove(&conn);
-            tok.revoking.remove(&conn);
-            tok.held.remove(&conn);
-        }
-        drop(t);
+        self.table.lock().give_back(d.ino, peer.id);
         self.cv.notify_all();
     }
 
     /// A holder being revoked says a DM right holds its token: it is alive,
     /// and the revoke waits for the right's release.
     fn revoke_held(&self, conn: u64, ino: u64) {
-        let mut t = self.table.lock();
-        if let Some(tok) = t.inodes.get_mut(&ino) {
-            if tok.revoking.contains(&conn) {
-                tok.held.insert(conn, Instant::now());
-            }
-        }
+        self.table.lock().held(ino, conn, Instant::now());
     }
 
     fn slow(&self, peer: &Arc<Peer>, rid: u64, req: Req) {
@@ -825,7 +870,7 @@ impl Manager {
         // The holder of the exclusive token (a DM application under its
         // right) changes the file at once: nobody else holds anything, and
         // a node waiting for the token must not make it wait in turn.
-        let exclusive = self.table.lock().inodes.get(&ino).and_then(|t| t.holders.get(&peer.id).copied());
+        let exclusive = self.table.lock().mode(ino, peer.id);
         if exclusive == Some(Mode::Write) {
             let reply = {
                 let mut m = self.meta.lock();
@@ -845,7 +890,7 @@ impl Manager {
         }
         self.op(peer, rid, &[(ino, true)], |m, p| match f(m) {
             Ok(i) => {
-                let mode = self.table.lock().inodes.get(&ino).and_then(|t| t.holders.get(&p.id).copied());
+                let mode = self.table.lock().mode(ino, p.id);
                 (
                     None,
                     Reply::Granted {
@@ -877,96 +922,85 @@ impl Manager {
 
     // ---- tokens -------------------------------------------------------------
 
-    fn take_turn(&self, t: &mut MutexGuard<'_, Table>, ino: u64) {
-        let tok = t.inodes.entry(ino).or_default();
-        let me = tok.next;
-        tok.next += 1;
-        while t.inodes.get(&ino).is_some_and(|k| k.serving != me) {
-            self.cv.wait(t);
+    /// Records that sizes set under connection `id`'s tokens are void
+    /// ([`Journal::void_conn`](super::journal::Journal::void_conn)). If the
+    /// write fails this manager is cut off the volume (fenced) or the
+    /// volume failed; its journal writes fail the same way, so nothing it
+    /// does after becomes durable.
+    fn void_conn(&self, id: u64) {
+        if let Err(e) = self.journal.lock().void_conn(id) {
+            tracing::error!(conn = id, error = %e, "cannot record a client's tokens as taken back");
         }
     }
 
-    /// [`take_turn`](Self::take_turn) if nobody has or waits for one.
-    fn try_take_turn(&self, t: &mut MutexGuard<'_, Table>, ino: u64) -> bool {
-        let tok = t.inodes.entry(ino).or_default();
-        if tok.serving != tok.next {
-            return false;
-        }
-        tok.next += 1;
-        true
+    /// Whether `peer` may still be granted tokens: not expelled, and its
+    /// end not handled yet. Asked under the token table: the connection's
+    /// end leaves `conns` before its tokens are dropped, so a grant either
+    /// sees it gone or is dropped with the rest (the token simulation found
+    /// a grant to a connection gone meanwhile staying behind, unrevocable).
+    fn live(&self, peer: &Peer) -> bool {
+        !peer.expelled.load(Ordering::Acquire) && self.conns.lock().contains_key(&peer.id)
     }
 
-    fn end_turn(&self, t: &mut MutexGuard<'_, Table>, ino: u64) {
-        if let Some(tok) = t.inodes.get_mut(&ino) {
-            tok.serving += 1;
-            if tok.serving == tok.next && tok.holders.is_empty() {
-                t.inodes.remove(&ino);
-            }
-        }
-        self.cv.notify_all();
-    }
-
-    /// Takes back every token on `ino` that conflicts with `mode`, except
-    /// those of `keep`; a holder that neither answers nor says a DM right
-    /// holds the token within the timeout is expelled. One that does is
-    /// waited for as long as it keeps saying so (XDSM: the access waits for
-    /// the right).
-    fn revoke_conflicts(&self, t: &mut MutexGuard<'_, Table>, ino: u64, mode: Mode, keep: Option<u64>) {
-        let started = Instant::now();
-        let timeout = self.revoke_timeout();
+    /// Drives `c` until it is clear: its turn, and every conflicting token
+    /// back (revokes sent, late holders expelled).
+    fn settle(&self, t: &mut MutexGuard<'_, Tokens>, c: &mut Claim) {
         loop {
-            let Some(tok) = t.inodes.get_mut(&ino) else { return };
-            let conflicts: Vec<u64> =
-                tok.holders.iter().filter(|(c, m)| Some(**c) != keep && mode.conflicts(**m)).map(|(c, _)| *c).collect();
-            if conflicts.is_empty() {
-                return;
-            }
-            let fresh: Vec<u64> = conflicts.iter().copied().filter(|c| tok.revoking.insert(*c)).collect();
-            if !fresh.is_empty() {
-                let peers: Vec<Arc<Peer>> = {
-                    let c = self.conns.lock();
-                    fresh.iter().filter_map(|id| c.get(id).cloned()).collect()
-                };
-                MutexGuard::unlocked(t, || {
-                    for p in peers {
-                        p.send(Kind::Revoke, ino, &());
+            match t.step(c, self.revoke_timeout(), Instant::now()) {
+                Step::Clear => return,
+                Step::Revoke(to) => {
+                    let peers: Vec<Arc<Peer>> = {
+                        let conns = self.conns.lock();
+                        to.iter().filter_map(|id| conns.get(id).cloned()).collect()
+                    };
+                    MutexGuard::unlocked(t, || {
+                        for p in peers {
+                            p.send(Kind::Revoke, c.ino, &());
+                        }
+                    });
+                }
+                Step::Expel(late) => {
+                    // Void on the volume before anyone else gets the token.
+                    for &id in &late {
+                        self.void_conn(id);
                     }
-                });
-                continue;
-            }
-            // Each holder's time runs from the revoke or its last note.
-            let heard = |c: &u64| tok.held.get(c).copied().unwrap_or(started).max(started);
-            let deadline = conflicts.iter().map(|c| heard(c) + timeout).min().unwrap_or(started + timeout);
-            if self.cv.wait_until(t, deadline).timed_out() {
-                let Some(tok) = t.inodes.get_mut(&ino) else { return };
-                let now = Instant::now();
-                let late: Vec<u64> = conflicts
-                    .iter()
-                    .copied()
-                    .filter(|c| {
-                        tok.holders.contains_key(c)
-                            && now >= tok.held.get(c).copied().unwrap_or(started).max(started) + timeout
-                    })
-                    .collect();
-                for c in late {
-                    if let Some(p) = self.conns.lock().get(&c) {
-                        tracing::error!(client = %p.name, node = p.node, ino, "token not given back in time; expelling the client");
-                        let _ = p.out.lock().shutdown(Shutdown::Both);
+                    for id in late {
+                        if let Some(p) = self.conns.lock().get(&id) {
+                            tracing::error!(client = %p.name, node = p.node, ino = c.ino, "token not given back in time; expelling the client");
+                            p.expel();
+                        }
                     }
-                    if let Some(tok) = t.inodes.get_mut(&ino) {
-                        tok.holders.remove(&c);
-                        tok.revoking.remove(&c);
-                        tok.held.remove(&c);
-                    }
+                    self.cv.notify_all();
+                }
+                Step::Wait(None) => self.cv.wait(t),
+                Step::Wait(Some(until)) => {
+                    self.cv.wait_until(t, until);
                 }
             }
         }
     }
 
+    /// Records, once, that tokens are out before the first is granted: a
+    /// manager taking over then knows to recover them.
+    fn mark_tokens_out(&self) -> Result<(), i32> {
+        if self.tokens_marked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.journal.lock().set_tokens_out(true).map_err(|e| {
+            tracing::error!(error = %e, "cannot record in the journal that tokens are out; granting none");
+            libc::EIO
+        })?;
+        self.tokens_marked.store(true, Ordering::Release);
+        Ok(())
+    }
+
     fn acquire(&self, peer: &Arc<Peer>, rid: u64, ino: u64, mode: Mode) {
+        if let Err(e) = self.mark_tokens_out() {
+            return self.reply(peer, rid, &Reply::Err(e));
+        }
         let mut t = self.table.lock();
-        self.take_turn(&mut t, ino);
-        self.revoke_conflicts(&mut t, ino, mode, Some(peer.id));
+        let mut c = t.claim(ino, mode, Some(peer.id));
+        self.settle(&mut t, &mut c);
         // Never hold the token table while waiting for the metadata lock:
         // namespace changes take them in the other order.
         let got = MutexGuard::unlocked(&mut t, || {
@@ -975,9 +1009,8 @@ impl Manager {
         });
         let reply = match got {
             Ok((i, exts, dm)) => {
-                if let Some(tok) = t.inodes.get_mut(&ino) {
-                    let h = tok.holders.entry(peer.id).or_insert(Mode::None);
-                    *h = (*h).max(mode);
+                if self.live(peer) {
+                    t.grant(ino, peer.id, mode);
                 }
                 Reply::Granted { ino, mode, inode: rpc::inode_bytes(&i), extents: rpc::extents_bytes(&exts), dm }
             }
@@ -985,7 +1018,8 @@ impl Manager {
         };
         // Written before the turn ends: any revoke of this grant comes after it.
         MutexGuard::unlocked(&mut t, || self.reply(peer, rid, &reply));
-        self.end_turn(&mut t, ino);
+        t.finish(c);
+        self.cv.notify_all();
     }
 
     /// Runs a namespace change on `inos` (`true`: the requester keeps its
@@ -1008,25 +1042,34 @@ impl Manager {
             }
         }
         set.sort();
+        if let Err(e) = self.mark_tokens_out() {
+            return self.reply(peer, rid, &Reply::Err(e));
+        }
         let mut t = self.table.lock();
+        let mut claims = Vec::with_capacity(set.len());
         for &(ino, keep) in &set {
-            self.take_turn(&mut t, ino);
-            self.revoke_conflicts(&mut t, ino, Mode::Write, keep.then_some(peer.id));
+            let mut c = t.claim(ino, Mode::Write, keep.then_some(peer.id));
+            self.settle(&mut t, &mut c);
+            claims.push(c);
         }
         MutexGuard::unlocked(&mut t, || {
             let (new, reply) = {
                 let mut m = self.meta.lock();
                 let (new, reply) = f(&mut m, peer);
+                let mut turn = None;
                 if let Some(ino) = new {
                     let mut t = self.table.lock();
-                    t.inodes.entry(ino).or_default().holders.insert(peer.id, Mode::Write);
+                    if self.live(peer) {
+                        t.grant(ino, peer.id, Mode::Write);
+                    }
                     // The new inode's turn is held until the reply is out:
                     // nobody learns of it and has its token revoked before
                     // the requester has it (the reply waits for the
                     // journal, not under the store). If an old use of the
                     // number still has the turn, the batch is written here
                     // and the reply goes under the store instead.
-                    if !self.try_take_turn(&mut t, ino) {
+                    turn = t.try_claim(ino);
+                    if turn.is_none() {
                         drop(t);
                         let reply = match m.flush() {
                             Ok(()) => reply,
@@ -1038,17 +1081,18 @@ impl Manager {
                         return peer.send(Kind::Reply, rid, &reply);
                     }
                 }
-                (new, reply)
+                (turn, reply)
             };
             self.reply(peer, rid, &reply);
-            if let Some(ino) = new {
-                let mut t = self.table.lock();
-                self.end_turn(&mut t, ino);
+            if let Some(c) = new {
+                self.table.lock().finish(c);
+                self.cv.notify_all();
             }
         });
-        for &(ino, _) in &set {
-            self.end_turn(&mut t, ino);
+        for c in claims {
+            t.finish(c);
         }
+        self.cv.notify_all();
     }
 
     fn remove(&self, peer: &Arc<Peer>, rid: u64, parent: u64, name: Vec<u8>, rmdir: bool) {
@@ -1358,5 +1402,58 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         gone.close();
+    }
+
+    /// Sizes count only under the token they were set under: refused from
+    /// a node without one, taken from its holder; and a restarted manager
+    /// takes back, in its recovery, those set under its predecessor's
+    /// tokens, except on a connection that predecessor voided.
+    #[test]
+    fn sizes_count_under_their_token_and_a_successor_recovers_them() {
+        let dev = volume();
+        let m1 = Manager::open(dev.clone()).unwrap();
+        let h1 = m1.serve("127.0.0.1:0".parse().unwrap(), Credentials::default()).unwrap();
+        let a = MetaClient::connect(h1.addr, "a", &Credentials::default()).unwrap();
+        let b = MetaClient::connect(h1.addr, "b", &Credentials::default()).unwrap();
+        let ino = |r: Result<Reply, i32>| match r {
+            Ok(Reply::Changed { inode: Some(i), grant: Some(Mode::Write), .. }) => {
+                rpc::inode_from(&i).unwrap().ino.get()
+            }
+            r => panic!("create: {r:?}"),
+        };
+        let f = ino(create(&a, "f"));
+        let g = ino(create(&b, "g"));
+        let flush = |c: &MetaClient, ino: u64, size: u64, under: Option<Under>| {
+            c.ask(Req::Flush { ino, size, mtime_ns: 1, under }).map(|_| ())
+        };
+        let a_tag = a.slot(f).st.lock().under;
+        let b_tag = b.slot(g).st.lock().under;
+        assert_ne!(a_tag.1, b_tag.1, "each connection has its own id");
+        assert_eq!(flush(&b, f, 1 << 20, Some(b_tag)), Err(libc::ESTALE), "a size from a node without the token");
+        assert_eq!(flush(&a, f, 4096, Some(a_tag)), Ok(()), "its holder's");
+        // Node b goes holding an exclusive token: its sizes are void.
+        b.close();
+        let t = Instant::now();
+        while m1.conns.lock().len() > 1 {
+            assert!(t.elapsed() < Duration::from_secs(10), "b's connection did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The manager stops with a's tokens out; the next one recovers.
+        drop(h1);
+        drop(m1);
+        a.close();
+        let m2 = Manager::open_with_grace(dev.clone(), Duration::from_millis(600)).unwrap();
+        let h2 = m2.serve("127.0.0.1:0".parse().unwrap(), Credentials::default()).unwrap();
+        let c = MetaClient::connect(h2.addr, "c", &Credentials::default()).unwrap();
+        assert_eq!(flush(&c, f, 8192, Some(a_tag)), Ok(()), "set under the last manager's token");
+        assert_eq!(flush(&c, g, 8192, Some(b_tag)), Err(libc::ESTALE), "set on a connection it voided");
+        assert_eq!(flush(&c, f, 1 << 20, Some((a_tag.0 - 1, a_tag.1))), Err(libc::ESTALE), "an older manager's");
+        let t = Instant::now();
+        let (_, i) = c.ensure(f, Mode::Read).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(300), "granted during the recovery: {:?}", t.elapsed());
+        assert_eq!(i.size.get(), 8192);
+        assert_eq!(c.ensure(g, Mode::Read).unwrap().1.size.get(), 0);
+        assert_eq!(flush(&c, f, 1 << 20, Some(a_tag)), Err(libc::ESTALE), "after the recovery");
+        c.close();
     }
 }

@@ -50,6 +50,9 @@ pub struct SlotState {
     pub extents: Vec<Extent>,
     /// Size and mtime set here under an exclusive token, not yet given back.
     pub dirty: Option<(u64, u64)>,
+    /// The token `dirty` was set under ([`crate::tokens::Under`]): said
+    /// when it is given back to a manager recovering from that one's.
+    pub under: (u64, u64),
     /// Directory names looked up under a shared token (None: no such name).
     pub names: HashMap<Vec<u8>, Option<u64>>,
     /// Managed regions and DM attributes, as of the grant.
@@ -97,6 +100,9 @@ struct Inner {
     revokes: Mutex<Option<mpsc::Sender<u64>>>,
     closing: AtomicBool,
     hello: Mutex<Option<(u32, [u8; 16])>>,
+    /// The manager incarnation and connection id of the current link:
+    /// what tokens granted now are known by.
+    under: Mutex<(u64, u64)>,
     /// The record locks this node's processes hold, by inode and lock
     /// owner, declared again to a manager that restarted; and how many
     /// waits for one each owner has outstanding.
@@ -158,6 +164,7 @@ impl MetaClient {
             revokes: Mutex::new(Some(tx)),
             closing: AtomicBool::new(false),
             hello: Mutex::new(None),
+            under: Mutex::new((0, 0)),
             locks: Mutex::new(NodeLocks::default()),
         });
         let c = MetaClient { inner };
@@ -218,9 +225,10 @@ impl MetaClient {
         // The handshake runs before the receive thread exists, bounded in time.
         out.set_read_timeout(Some(rpc::HANDSHAKE_WAIT))?;
         let epoch = self.inner.epoch.load(Ordering::Acquire);
-        let geometry = rpc::handshake_client(&mut r, &mut out, &self.inner.creds, &self.inner.name, epoch)?;
+        let w = rpc::handshake_client(&mut r, &mut out, &self.inner.creds, &self.inner.name, epoch)?;
         out.set_read_timeout(None)?;
-        *self.inner.hello.lock() = Some(geometry);
+        *self.inner.hello.lock() = Some((w.block_size, w.fsid));
+        *self.inner.under.lock() = w.under;
         let link = Arc::new(Link { out: Mutex::new(out) });
         *self.inner.link.lock() = Some(link.clone());
         self.inner.link_cv.notify_all();
@@ -266,6 +274,9 @@ impl MetaClient {
                     return;
                 }
                 st.mode = Some(st.mode.map_or(*mode, |m| m.max(*mode)));
+                if st.dirty.is_none() {
+                    st.under = *self.inner.under.lock();
+                }
                 st.dm = dm.clone();
                 let keep_size = st.dirty.map(|d| d.0);
                 st.inode = Some(i);
@@ -283,6 +294,7 @@ impl MetaClient {
                         let slot = self.slot(i.ino.get());
                         let mut st = slot.st.lock();
                         st.mode = Some(*m);
+                        st.under = *self.inner.under.lock();
                         st.inode = Some(i);
                         st.extents.clear();
                         // A new inode: nothing of an earlier one of that number.
@@ -479,10 +491,20 @@ impl MetaClient {
         let slots: Vec<(u64, Arc<Slot>)> = self.inner.slots.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
         for (ino, slot) in slots {
             let _io = slot.io.write();
-            let d = slot.st.lock().dirty.take();
-            if let Some((size, mtime_ns)) = d {
-                if let Err(e) = self.call(Req::Flush { ino, size, mtime_ns }) {
-                    tracing::error!(ino, error = %e, "could not give back a file size after reconnecting");
+            let d = {
+                let mut st = slot.st.lock();
+                st.dirty.take().map(|d| (d, st.under))
+            };
+            if let Some(((size, mtime_ns), under)) = d {
+                if let Err(e) = self.ask(Req::Flush { ino, size, mtime_ns, under: Some(under) }) {
+                    // ESTALE: set under a token taken from this node (or
+                    // given back too late): newer changes win.
+                    tracing::error!(
+                        ino,
+                        size,
+                        errno = e,
+                        "a file size set here could not be given back after reconnecting; dropped"
+                    );
                 }
             }
         }
@@ -684,6 +706,32 @@ impl MetaClient {
         slot.unpinned.notify_all();
     }
 
+    /// Gives every token held here back (a clean unmount, nothing in
+    /// flight), with the sizes set under them, so that the manager knows
+    /// none is out. Returns once the manager has taken them in.
+    pub fn give_back_all(&self) {
+        let Some(l) = self.inner.link.lock().clone() else { return };
+        let slots: Vec<(u64, Arc<Slot>)> = self.inner.slots.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (ino, slot) in slots {
+            let _io = slot.io.write();
+            let mut st = slot.st.lock();
+            // A DM right keeps its token (its application lets go of it).
+            if st.mode.is_none() || st.pins > 0 {
+                continue;
+            }
+            st.mode = None;
+            st.gen += 1;
+            st.names.clear();
+            st.inode = None;
+            st.extents.clear();
+            let dirty = st.dirty.take();
+            drop(st);
+            let _ = rpc::send(&mut *l.out.lock(), Kind::RevokeDone, ino, &RevokeDone { ino, dirty });
+        }
+        // Taken in order on the connection: answered, it has them all.
+        let _ = self.call(Req::StatFs);
+    }
+
     /// Stops reconnecting; pending and later calls fail.
     pub fn close(&self) {
         self.inner.closing.store(true, Ordering::Release);
@@ -705,9 +753,18 @@ impl MetaClient {
 
     /// Records this inode's size and mtime set here in the manager's journal.
     pub fn flush(&self, ino: u64, slot: &Slot) -> Result<(), i32> {
-        let d = slot.st.lock().dirty.take();
-        if let Some((size, mtime_ns)) = d {
-            if let Err(e) = self.ask(Req::Flush { ino, size, mtime_ns }) {
+        let d = {
+            let mut st = slot.st.lock();
+            st.dirty.take().map(|d| (d, st.under))
+        };
+        if let Some(((size, mtime_ns), under)) = d {
+            if let Err(e) = self.ask(Req::Flush { ino, size, mtime_ns, under: Some(under) }) {
+                if e == libc::ESTALE {
+                    // Set under a token the manager took from this node
+                    // (expelled): newer changes win, so it is dropped.
+                    tracing::error!(ino, size, "a size set under a token this node lost is dropped");
+                    return Err(e);
+                }
                 let mut st = slot.st.lock();
                 st.dirty = Some(st.dirty.map_or((size, mtime_ns), |(s, m)| (s.max(size), m.max(mtime_ns))));
                 return Err(e);

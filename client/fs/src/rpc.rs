@@ -167,11 +167,14 @@ pub enum Req {
         lblk: u64,
         count: u64,
     },
-    /// Size and mtime changed under an exclusive token (fsync).
+    /// Size and mtime changed under an exclusive token (fsync), or under
+    /// one of the last manager's (given back in its successor's recovery);
+    /// `under` names the token ([`crate::tokens::Under`]).
     Flush {
         ino: u64,
         size: u64,
         mtime_ns: u64,
+        under: Option<(u64, u64)>,
     },
     StatFs,
     /// Change a file's DM attributes, managed regions or (on the root) the
@@ -330,12 +333,15 @@ pub enum Reply {
         nonce: [u8; AUTH_LEN],
         proof: [u8; AUTH_LEN],
     },
-    /// The handshake is done: the file system's geometry, and the term the
-    /// manager serves under (0: static roles).
+    /// The handshake is done: the file system's geometry, the term the
+    /// manager serves under (0: static roles), its incarnation and this
+    /// connection's id there (what tokens granted on it are known by).
     Hello {
         block_size: u32,
         fsid: [u8; 16],
         epoch: u64,
+        incarnation: u64,
+        conn: u64,
     },
     /// A token granted: the inode, all its extents and its DM state.
     Granted {
@@ -463,13 +469,22 @@ fn stale(why: String) -> io::Error {
 /// id. A manager of an older term (deposed, not knowing it yet) is refused
 /// with an error of kind `ConnectionRefused`, as one that refuses us
 /// because it is.
+/// What a finished handshake tells the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Welcome {
+    pub block_size: u32,
+    pub fsid: [u8; 16],
+    /// The manager's incarnation and this connection's id there.
+    pub under: (u64, u64),
+}
+
 pub fn handshake_client(
     r: &mut impl Read,
     w: &mut impl Write,
     me: &Credentials,
     name: &str,
     epoch: u64,
-) -> io::Result<(u32, [u8; 16])> {
+) -> io::Result<Welcome> {
     let n_c = auth::nonce()?;
     send(w, Kind::Req, 0, &Req::Hello { name: name.to_string(), node: me.node, nonce: n_c, epoch })?;
     let (node, n_s) = match recv_reply(r)? {
@@ -489,7 +504,9 @@ pub fn handshake_client(
         Reply::Hello { epoch: theirs, .. } if epoch != 0 && theirs < epoch => {
             Err(stale(format!("the manager (node {node}) serves term {theirs}, older than the elected term {epoch}")))
         }
-        Reply::Hello { block_size, fsid, .. } => Ok((block_size, fsid)),
+        Reply::Hello { block_size, fsid, incarnation, conn, .. } => {
+            Ok(Welcome { block_size, fsid, under: (incarnation, conn) })
+        }
         Reply::Err(e) if e == libc::ESTALE => {
             Err(stale(format!("the manager (node {node}) is of an older term than {epoch}, the elected one")))
         }
