@@ -286,10 +286,7 @@ fn run(seed: u64, k: Knobs) -> std::result::Result<Counts, String> {
 }
 
 fn seeds() -> Vec<u64> {
-    match std::env::var("TIDEPOOL_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("TIDEPOOL_SIM_SEED is a number")],
-        Err(_) => (1..=200).collect(),
-    }
+    test_support::sim_seeds(200)
 }
 
 #[test]

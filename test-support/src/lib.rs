@@ -41,6 +41,17 @@ impl SimRng {
     }
 }
 
+/// The seeds a seeded simulation runs: `TIDEPOOL_SIM_SEED=<n>` replays
+/// seed n alone, `TIDEPOOL_SIM_SEEDS=<n>` runs seeds 1 to n (a longer run
+/// than the suite's), and otherwise seeds 1 to `default`.
+pub fn sim_seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("TIDEPOOL_SIM_SEED") {
+        return vec![s.parse().expect("TIDEPOOL_SIM_SEED is a number")];
+    }
+    let n = std::env::var("TIDEPOOL_SIM_SEEDS").map_or(default, |n| n.parse().expect("TIDEPOOL_SIM_SEEDS is a number"));
+    (1..=n).collect()
+}
+
 /// A port on `ip` for a server that may be restarted on it: below the
 /// kernel's ephemeral range (32768 up), where outgoing connections take
 /// their local ports and could take a killed server's port before it comes

@@ -61,6 +61,12 @@ pub struct Prior {
     pub all_void: bool,
 }
 
+/// How many voided connection ids fit after the header in a block of `bs`
+/// bytes (before its CRC), at most [`JHDR_MAX_VOID`].
+fn void_capacity(bs: usize) -> usize {
+    JHDR_MAX_VOID.min((bs - size_of::<JournalHeader>() - 4) / 8)
+}
+
 /// The largest transaction, in metadata blocks, one descriptor can name.
 pub fn max_tx_blocks(bs: usize) -> usize {
     (bs - size_of::<JournalDesc>() - 4) / 8
@@ -119,7 +125,7 @@ impl Journal {
             incarnation: h.incarnation.get(),
             void: Vec::new(),
         };
-        let n = (h.nvoid.get() as usize).min(JHDR_MAX_VOID).min((bs - size_of::<JournalHeader>() - 4) / 8);
+        let n = (h.nvoid.get() as usize).min(void_capacity(bs));
         let at = size_of::<JournalHeader>();
         j.void = (0..n).map(|k| u64::from_le_bytes(b[at + k * 8..at + k * 8 + 8].try_into().unwrap())).collect();
         let mut replayed = 0;
@@ -267,6 +273,18 @@ impl Journal {
         self.dev.write(self.start, &b, true)
     }
 
+    /// Applies `change` to the header's fields and writes the header (FUA);
+    /// if the write fails, the fields are as they were.
+    fn rewrite_header(&mut self, change: impl FnOnce(&mut Self)) -> Result<()> {
+        let saved = (self.flags, self.incarnation, self.void.clone());
+        change(self);
+        let r = self.write_header();
+        if r.is_err() {
+            (self.flags, self.incarnation, self.void) = saved;
+        }
+        r
+    }
+
     /// A manager opens the file system: a new incarnation, recorded (FUA).
     /// Returns what the one before left.
     pub fn begin_incarnation(&mut self) -> Result<Prior> {
@@ -275,13 +293,11 @@ impl Journal {
             void: self.void.clone(),
             all_void: self.flags & JHDR_VOID_OVERFLOW != 0,
         };
-        let saved = (self.incarnation, std::mem::take(&mut self.void), self.flags);
-        self.incarnation += 1;
-        self.flags &= !JHDR_VOID_OVERFLOW;
-        if let Err(e) = self.write_header() {
-            (self.incarnation, self.void, self.flags) = saved;
-            return Err(e);
-        }
+        self.rewrite_header(|j| {
+            j.incarnation += 1;
+            j.void.clear();
+            j.flags &= !JHDR_VOID_OVERFLOW;
+        })?;
         Ok(prior)
     }
 
@@ -296,21 +312,14 @@ impl Journal {
         if self.void.contains(&conn) || self.flags & JHDR_VOID_OVERFLOW != 0 {
             return Ok(());
         }
-        let max = JHDR_MAX_VOID.min((self.bs - size_of::<JournalHeader>() - 4) / 8);
-        let was = self.flags;
-        if self.void.len() < max {
-            self.void.push(conn);
-        } else {
-            self.flags |= JHDR_VOID_OVERFLOW;
-        }
-        let r = self.write_header();
-        if r.is_err() {
-            if self.flags == was {
-                self.void.pop();
+        let full = self.void.len() >= void_capacity(self.bs);
+        self.rewrite_header(|j| {
+            if full {
+                j.flags |= JHDR_VOID_OVERFLOW;
+            } else {
+                j.void.push(conn);
             }
-            self.flags = was;
-        }
-        r
+        })
     }
 
     /// Whether the last manager left tokens out ([`JHDR_TOKENS_OUT`]).
@@ -320,17 +329,10 @@ impl Journal {
 
     /// Records on the volume (FUA) whether tokens are out.
     pub fn set_tokens_out(&mut self, out: bool) -> Result<()> {
-        let flags = if out { self.flags | JHDR_TOKENS_OUT } else { self.flags & !JHDR_TOKENS_OUT };
-        if flags == self.flags {
+        if self.tokens_out() == out {
             return Ok(());
         }
-        let was = self.flags;
-        self.flags = flags;
-        let r = self.write_header();
-        if r.is_err() {
-            self.flags = was;
-        }
-        r
+        self.rewrite_header(|j| j.flags ^= JHDR_TOKENS_OUT)
     }
 
     pub fn next_seq(&self) -> u64 {

@@ -960,11 +960,9 @@ impl Manager {
                     });
                 }
                 Step::Expel(late) => {
-                    // Void on the volume before anyone else gets the token.
-                    for &id in &late {
-                        self.void_conn(id);
-                    }
                     for id in late {
+                        // Void on the volume before anyone else gets the token.
+                        self.void_conn(id);
                         if let Some(p) = self.conns.lock().get(&id) {
                             tracing::error!(client = %p.name, node = p.node, ino = c.ino, "token not given back in time; expelling the client");
                             p.expel();

@@ -692,11 +692,15 @@ fn run(seed: u64, k: Knobs) -> Result<Counts, String> {
 }
 
 fn seeds() -> Vec<u64> {
-    match std::env::var("TIDEPOOL_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("TIDEPOOL_SIM_SEED is a number")],
-        // TIDEPOOL_SIM_SEEDS=<n>: seeds 1 to n (a longer run than the suite's).
-        Err(_) => (1..=std::env::var("TIDEPOOL_SIM_SEEDS").map_or(300, |n| n.parse().expect("a number"))).collect(),
-    }
+    test_support::sim_seeds(300)
+}
+
+/// The checker catches what `k` breaks: some seed from 1 to `seeds`
+/// fails, for a reason that names `why`.
+fn assert_caught(k: Knobs, seeds: u64, why: &str) {
+    let caught = (1..=seeds).find_map(|seed| run(seed, k).err());
+    println!("caught: {caught:?}");
+    assert!(caught.as_deref().is_some_and(|e| e.contains(why)), "{caught:?}");
 }
 
 const KNOBS: Knobs = Knobs {
@@ -737,9 +741,7 @@ fn tokens_keep_every_acknowledged_change_under_seeded_faults() {
 #[test]
 fn the_checker_catches_sizes_under_lost_tokens() {
     let k = Knobs { trust_lost_tokens: true, ..KNOBS };
-    let caught = (1..=300).find_map(|seed| run(seed, k).err());
-    println!("caught: {caught:?}");
-    assert!(caught.as_deref().is_some_and(|e| e.contains("last acknowledged change")), "{caught:?}");
+    assert_caught(k, 300, "last acknowledged change");
 }
 
 /// The checker can fail: a restarted manager that grants before the nodes
@@ -747,9 +749,7 @@ fn the_checker_catches_sizes_under_lost_tokens() {
 #[test]
 fn the_checker_catches_a_manager_that_skips_recovery() {
     let k = Knobs { no_recovery: true, ..KNOBS };
-    let caught = (1..=300).find_map(|seed| run(seed, k).err());
-    println!("caught: {caught:?}");
-    assert!(caught.as_deref().is_some_and(|e| e.contains("last acknowledged change")), "{caught:?}");
+    assert_caught(k, 300, "last acknowledged change");
 }
 
 /// The checker can fail: a token granted to a connection already gone
@@ -757,9 +757,7 @@ fn the_checker_catches_a_manager_that_skips_recovery() {
 #[test]
 fn the_checker_catches_a_grant_to_a_departed_connection() {
     let k = Knobs { grant_to_gone: true, ..KNOBS };
-    let caught = (1..=300).find_map(|seed| run(seed, k).err());
-    println!("caught: {caught:?}");
-    assert!(caught.as_deref().is_some_and(|e| e.contains("stayed behind")), "{caught:?}");
+    assert_caught(k, 300, "stayed behind");
 }
 
 /// The checker can fail: a manager that takes a token by force without
@@ -771,9 +769,7 @@ fn the_checker_catches_a_forced_token_not_voided() {
     // another node, a manager crash, the thaw inside the next one's
     // grace): denser faults and more seeds than the others need.
     let k = Knobs { no_void: true, density: 3, ..KNOBS };
-    let caught = (1..=3000).find_map(|seed| run(seed, k).err());
-    println!("caught: {caught:?}");
-    assert!(caught.as_deref().is_some_and(|e| e.contains("last acknowledged change")), "{caught:?}");
+    assert_caught(k, 3000, "last acknowledged change");
 }
 
 /// Denser faults, for a longer run by hand: `TIDEPOOL_SIM_SEEDS=3000
